@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for the tests and run them (pytest). MNIST comes from $MNISTLAB_DATA,
+# else ../shared/data beside the repo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # system packages some tests use (Fashion-MNIST from Debian)
+  if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  fi
+fi
+scripts/setup.sh test
+export MNISTLAB_DATA="${MNISTLAB_DATA:-$(cd .. && pwd)/shared/data}"
+.venv/bin/ruff check src tests benchmarks
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,167 @@
+"""The `mnistlab` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import MnistlabError
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {s}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {s}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    v = float(s)
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, not {s}")
+    return v
+
+
+def _add_train(sub) -> None:
+    from .config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
+    from .data import DATASETS
+    from .models import MODELS
+
+    p = sub.add_parser("train", help="train a model, evaluate it on the test set, save it",
+                       description="Train a model. Defaults are the seed's recipe: SGD lr 0.1, "
+                       "momentum 0.5, batch 64, 10 epochs; precision 'auto' is bf16 autocast where "
+                       "the hardware supports it natively, else fp32.")
+    p.add_argument("--model", choices=list(MODELS), help="model to train (default: cnn)")
+    p.add_argument("--dataset", choices=list(DATASETS), help="dataset (default: mnist)")
+    p.add_argument("--preset", choices=list(PRESETS), help="a named recipe; other flags override it")
+    p.add_argument("--epochs", type=_positive_int, help="number of epochs (default: 10)")
+    p.add_argument("--batch-size", type=_positive_int, help="training batch size (default: 64)")
+    p.add_argument("--test-batch-size", type=_positive_int, help="evaluation batch size (default: 1000)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimiser (default: sgd)")
+    p.add_argument("--lr", type=_positive_float, help="learning rate (default: 0.1)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default: 0.5)")
+    p.add_argument("--weight-decay", type=float, help="weight decay (default: 0)")
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default: constant)")
+    p.add_argument("--seed", type=int, help="random seed; same seed and device give the same weights (default: 1)")
+    p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=PRECISIONS, help="auto (default), bf16 autocast or fp32")
+    p.add_argument("--threads", type=_nonneg_int, help="CPU threads for torch (default: torch's own)")
+    p.add_argument("--val-size", type=_nonneg_int, help="images held out of training for validation (default: 0)")
+    p.add_argument("--train-limit", type=_nonneg_int, help="train on only the first N images (default: all)")
+    p.add_argument("--log-interval", type=_positive_int, help="print the running loss every N steps (default: 300)")
+    p.add_argument("--eval-every", type=_positive_int, help="test every N epochs, and at the end (default: 2)")
+    p.add_argument("--checkpoint-every", type=_positive_int,
+                   help="checkpoint every N epochs, and at the end (default: 5)")
+    p.add_argument("--data-dir", help="dataset folder (default: $MNISTLAB_DATA, else ./data)")
+    p.add_argument("--out", help="run folder (default: a new folder under runs/)")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from one of its checkpoints")
+    p.add_argument("--dry-run", action="store_true", help="a quick smoke run: 1 epoch on 640 images")
+    p.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from .config import from_preset
+    from .training import train
+
+    overrides = {k: getattr(args, k) for k in (
+        "model", "dataset", "epochs", "batch_size", "test_batch_size", "optimizer", "lr", "momentum",
+        "weight_decay", "schedule", "seed", "device", "precision", "threads", "val_size", "train_limit",
+        "log_interval", "eval_every", "checkpoint_every")}
+    if args.dry_run:
+        overrides.update(epochs=1, train_limit=640, log_interval=5)
+    cfg = from_preset(args.preset, **overrides)
+    train(cfg, out=args.out, resume=args.resume, data_dir=args.data_dir,
+          progress=False if args.no_progress else None)
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a saved model on the whole test set")
+    p.add_argument("checkpoint", help="a model.pt or checkpoint written by mnistlab train")
+    p.add_argument("--data-dir", help="dataset folder (default: $MNISTLAB_DATA, else ./data)")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="which split (default: test)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from .prediction import load_model
+    from .training import resolve_device
+
+    clf = load_model(args.checkpoint, resolve_device(args.device))
+    ev = clf.evaluate(args.data_dir, args.split)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "model": clf.model_name, "dataset": clf.dataset,
+                          "split": args.split, **ev.to_dict()}))
+    else:
+        print(f"{args.checkpoint}: {clf.model_name} on {clf.dataset} ({args.split} split)")
+        print(ev.report())
+    return 0
+
+
+def cmd_losses(args) -> int:
+    from .losses import lesson
+
+    print(lesson())
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import MODELS
+
+    for name, cls in MODELS.items():
+        print(f"{name:8} {(cls.__doc__ or '').strip().splitlines()[0]}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import DATASETS
+
+    for spec in DATASETS.values():
+        print(f"{spec.name:14} folder {spec.folder}/raw/, mean {spec.mean}, std {spec.std}, "
+              f"classes: {', '.join(spec.classes)}")
+    return 0
+
+
+def _add_lists(sub) -> None:
+    sub.add_parser("losses", help="walk through softmax, NLL and cross-entropy with the seed's numbers"
+                   ).set_defaults(func=cmd_losses)
+    sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
+    sub.add_parser("datasets", help="list the registered datasets").set_defaults(func=cmd_datasets)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="mnistlab", description="Train, evaluate and use MNIST-family classifiers.")
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_train, _add_eval, _add_lists):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MnistlabError as e:
+        print(f"mnistlab: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mnistlab: interrupted.", file=sys.stderr)
+        return 130
+    except OSError as e:  # e.g. a full disk while appending metrics
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mnistlab: error: {where}{e.strerror or e}.", file=sys.stderr)
+        return 1

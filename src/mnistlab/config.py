@@ -1,0 +1,77 @@
+"""One config object for a run, and the named presets that fill it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import MnistlabError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "onecycle")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run. Saved in every checkpoint as a plain dict."""
+
+    model: str = "cnn"
+    model_config: dict = field(default_factory=dict)
+    dataset: str = "mnist"
+    epochs: int = 10
+    batch_size: int = 64
+    test_batch_size: int = 1000
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.5
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    seed: int = 1
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast where the hardware has it, else fp32
+    threads: int = 0  # 0: leave torch's default
+    val_size: int = 0  # images carved from the training set for validation
+    train_limit: int = 0  # 0: the whole training set (smaller for smoke runs and tests)
+    log_interval: int = 300
+    eval_every: int = 2
+    checkpoint_every: int = 5
+
+    def validate(self) -> RunConfig:
+        positive = ("epochs", "batch_size", "test_batch_size", "log_interval",
+                    "eval_every", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise MnistlabError(f"--{name.replace('_', '-')} must be a positive number, not {getattr(self, name)}.")
+        if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
+            raise MnistlabError(f"--lr must be a positive finite number, not {self.lr}.")
+        for name in ("momentum", "weight_decay", "val_size", "train_limit", "threads"):
+            if getattr(self, name) < 0:
+                raise MnistlabError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}.")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise MnistlabError(f"--{name} must be one of {', '.join(allowed)}, not '{getattr(self, name)}'.")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# The seed's recipe is the default for its two models; presets change only what they name.
+PRESETS: dict[str, dict] = {
+    "seed": {},
+}
+
+
+def from_preset(preset: str | None, **overrides) -> RunConfig:
+    """A RunConfig from a preset name, then explicit overrides (None means 'not given')."""
+    if preset is not None and preset not in PRESETS:
+        raise MnistlabError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}.")
+    values = dict(PRESETS.get(preset or "seed", {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return RunConfig(**values).validate()

@@ -1,0 +1,272 @@
+"""Datasets of the MNIST family: the IDX reader, the registry, finding or fetching files,
+and a loader that keeps the whole set as one uint8 tensor and yields index slices."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import tempfile
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+# IDX type codes (third magic byte) -> numpy big-endian dtype.
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (gzip-compressed or raw) and check its structure.
+
+    The magic number, the number of dimensions, every size and the file's length
+    are checked; any problem raises DataError naming the file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        opener = gzip.open if head == b"\x1f\x8b" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found.") from None
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot be read as gzip or IDX data ({e}).") from None
+    if len(raw) < 4:
+        raise DataError(f"{path}: too short to be an IDX file ({len(raw)} bytes).")
+    zero, code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or code not in _IDX_DTYPES or not 1 <= ndim <= 4:
+        raise DataError(f"{path}: not an IDX file (bad magic number 0x{raw[:4].hex()}).")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated inside the IDX header.")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = _IDX_DTYPES[code]
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "longer than its header says"
+        raise DataError(
+            f"{path}: {what}: header says shape {tuple(shape)} ({expected} bytes), "
+            f"file holds {len(raw)} bytes."
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the toolkit knows about one dataset of the MNIST family."""
+
+    name: str
+    folder: str  # torchvision's folder name: <data_dir>/<folder>/raw/
+    files: dict[str, tuple[str, str]]  # part -> (file name, official md5)
+    mirrors: tuple[str, ...]
+    classes: tuple[str, ...]
+    mean: float
+    std: float
+    system_dirs: tuple[str, ...] = ()  # where an OS package installs the files
+
+
+_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_PARTS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def _files(*md5s: str) -> dict[str, tuple[str, str]]:
+    return {part: (name, md5) for part, name, md5 in zip(_PARTS, _MNIST_FILES, md5s)}
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist", folder="MNIST",
+        files=_files("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+                     "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
+        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                 "http://yann.lecun.com/exdb/mnist/"),
+        classes=tuple(str(d) for d in range(10)), mean=0.1307, std=0.3081,
+    ),
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist", folder="FashionMNIST",
+        files=_files("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                     "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        mean=0.2860, std=0.3530,
+        system_dirs=("/usr/share/datasets/fashion-mnist",),  # Debian's dataset-fashion-mnist
+    ),
+    "kmnist": DatasetSpec(
+        name="kmnist", folder="KMNIST",
+        files=_files("bdb82020997e1d708af4cf47b453dcf7", "e144d726b3acfaa3e44228e80efcd344",
+                     "5c965bf0a639b31b8f53240b1b52f4d7", "7320c461ea6c1c855c0b718fb2a4b134"),
+        mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+        mean=0.1918, std=0.3483,
+    ),
+}
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}.") from None
+
+
+def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """--data-dir, else $MNISTLAB_DATA, else ./data."""
+    return Path(data_dir or os.environ.get("MNISTLAB_DATA") or "data")
+
+
+def _candidate_dirs(spec: DatasetSpec, root: Path) -> list[Path]:
+    dirs = [root / spec.folder / "raw", root / spec.folder, root]
+    return dirs + [Path(d) for d in spec.system_dirs]
+
+
+def _find(spec: DatasetSpec, root: Path, filename: str) -> Path | None:
+    for d in _candidate_dirs(spec, root):
+        for name in (filename, filename.removesuffix(".gz")):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_file(urls: list[str], dest: Path, md5: str, timeout: float = 15.0) -> None:
+    """Fetch the first mirror that answers into a temp file, check md5, rename into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for url in urls:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                while block := resp.read(1 << 20):
+                    out.write(block)
+            got = md5sum(Path(tmp))
+            if got != md5:
+                errors.append(f"{url}: md5 {got} is not the official {md5}")
+                continue
+            os.replace(tmp, dest)
+            return
+        except OSError as e:  # URLError and socket timeouts are OSErrors
+            errors.append(f"{url}: {getattr(e, 'reason', e)}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise DataError(f"could not download {dest.name} ({'; '.join(errors)}).")
+
+
+def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None,
+           download: bool = True) -> dict[str, Path]:
+    """Find the dataset's four files; download the missing ones unless MNISTLAB_OFFLINE=1."""
+    root = default_data_dir(data_dir)
+    download = download and os.environ.get("MNISTLAB_OFFLINE", "") in ("", "0")
+    found = {part: _find(spec, root, name) for part, (name, _) in spec.files.items()}
+    missing = [part for part, p in found.items() if p is None]
+    if missing and download:
+        target = root / spec.folder / "raw"
+        try:
+            for part in missing:
+                name, md5 = spec.files[part]
+                download_file([m + name for m in spec.mirrors], target / name, md5)
+                found[part] = target / name
+        except (DataError, OSError) as e:
+            names = ", ".join(spec.files[p][0] for p in missing)
+            raise DataError(
+                f"{spec.name}: missing {names}; put them in {target} (or a flat folder given by "
+                f"--data-dir or MNISTLAB_DATA); downloading failed: {e}"
+            ) from None
+    elif missing:
+        names = ", ".join(spec.files[p][0] for p in missing)
+        raise DataError(f"{spec.name}: missing {names}; put them in {root / spec.folder / 'raw'}.")
+    return found  # type: ignore[return-value]
+
+
+def load_split(name: str, train: bool, data_dir: str | os.PathLike | None = None,
+               download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode one split once: images as uint8 [N, 28, 28], labels as int64 [N]."""
+    spec = get_dataset_spec(name)
+    files = locate(spec, data_dir, download)
+    split = "train" if train else "test"
+    img_path, lbl_path = files[f"{split}_images"], files[f"{split}_labels"]
+    images, labels = read_idx(img_path), read_idx(lbl_path)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise DataError(f"{img_path}: expected uint8 images of 28x28, found {images.dtype} {images.shape}.")
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise DataError(f"{lbl_path}: expected a 1-D uint8 label file, found {labels.dtype} {labels.shape}.")
+    if len(images) != len(labels):
+        raise DataError(f"{lbl_path}: holds {len(labels)} labels for {len(images)} images in {img_path}.")
+    if labels.size and labels.max() >= len(spec.classes):
+        raise DataError(f"{lbl_path}: label {labels.max()} is out of range 0-{len(spec.classes) - 1}.")
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of one epoch, a pure function of (seed, epoch).
+
+    Deriving it rather than carrying a generator makes resuming mid-run exact and lets
+    every distributed rank compute the same order without talking.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+class Loader:
+    """Batches from a uint8 image tensor held on the device; normalised on the fly.
+
+    `order` is a callable epoch -> index tensor (None: in order, as for the test set).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 mean: float, std: float, device: torch.device | str = "cpu",
+                 channels_last: bool = False, order=None):
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size = batch_size
+        self.mean, self.std = mean, std
+        self.channels_last = channels_last
+        self.order = order
+
+    def __len__(self) -> int:
+        n = len(self.order(0)) if self.order else len(self.images)
+        return -(-n // self.batch_size)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(1).float().sub_(self.mean * 255).div_(self.std * 255)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (images, labels) from batch number `start` of `epoch` on."""
+        bs = self.batch_size
+        if self.order is None:  # in order: plain slices, no gather
+            for i in range(start * bs, len(self.images), bs):
+                yield self.normalize(self.images[i:i + bs]), self.labels[i:i + bs]
+            return
+        idx = self.order(epoch).to(self.images.device)
+        for i in range(start * bs, len(idx), bs):
+            b = idx[i:i + bs]
+            yield self.normalize(self.images[b]), self.labels[b]
+
+    def __iter__(self):
+        return self.batches()

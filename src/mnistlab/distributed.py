@@ -1,0 +1,91 @@
+"""Data-parallel training on PyTorch's own engine, started by torchrun.
+
+Without torchrun's environment every function here is a no-op for one process, so the
+training loop reads the same either way.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import torch
+import torch.distributed as td
+
+SYNC_EVERY = 20  # steps between the ranks' checks for a stop request (one all-reduce each)
+
+
+def is_initialized() -> bool:
+    return td.is_available() and td.is_initialized()
+
+
+def rank() -> int:
+    return td.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return td.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def is_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+
+
+def device_for_rank(device: torch.device) -> torch.device:
+    """Start the process group when torchrun launched us: NCCL on GPUs, gloo on CPU."""
+    if not launched_by_torchrun():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if not is_initialized():
+        td.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def shard(order):
+    """Each rank takes every world_size-th index of the epoch's shuffled order.
+
+    Step i of rank r then sees order[i*B*W + r :: W] within the global batch i, so the
+    ranks together see exactly the global batch a single process would.
+    """
+    if not is_initialized():
+        return order
+    r, w = rank(), world_size()
+    return lambda epoch: order(epoch)[r::w]
+
+
+def wrap(model: torch.nn.Module) -> torch.nn.Module:
+    if not is_initialized():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [model_device(model).index] if model_device(model).type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def any_rank(flag: bool, step: int) -> bool:
+    """True when any rank raised the flag (checked every SYNC_EVERY steps under torchrun)."""
+    if not is_initialized():
+        return flag
+    if step % SYNC_EVERY:
+        return False
+    t = torch.tensor([int(flag)], device="cuda" if td.get_backend() == "nccl" else "cpu")
+    td.all_reduce(t)
+    return bool(t.item())
+
+
+def describe() -> str:
+    return f", {world_size()} processes" if is_initialized() else ""

@@ -1,0 +1,304 @@
+"""Training: one function, `train(config)`, readable top to bottom.
+
+The whole dataset sits on the device as uint8; each epoch's order is a pure function of
+(seed, epoch), so a checkpoint taken anywhere resumes to the same final weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import distributed as dist
+from .checkpoints import load_checkpoint, save_checkpoint, write_json
+from .config import RunConfig
+from .data import Loader, epoch_permutation, get_dataset_spec, load_split
+from .errors import CheckpointError, MnistlabError
+from .evaluation import autocast, evaluate, format_accuracy
+from .models import build_model
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MnistlabError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MnistlabError("--device cuda was asked for, but this PyTorch sees no CUDA GPU.")
+    return device
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast, or None for plain fp32. 'auto' uses bf16 where the hardware does it natively."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return None
+
+
+def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    # fused kernels: one pass over the parameters instead of several small ops per tensor
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, fused=True)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25)
+    return None
+
+
+def split_train_val(images: torch.Tensor, labels: torch.Tensor, val_size: int):
+    """Carve a fixed validation split from the training set (same for every seed)."""
+    if val_size >= len(images):
+        raise MnistlabError(f"--val-size {val_size} leaves no training images (the set has {len(images)}).")
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(20240601))
+    val, train = perm[:val_size], perm[val_size:].sort().values
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_path: Path
+    test_correct: int
+    test_total: int
+    train_seconds: float
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.test_correct / self.test_total
+
+
+class _StopRequest:
+    """First Ctrl-C asks the loop to stop after the current step; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        if dist.is_main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def new_run_dir(cfg: RunConfig, root: str = "runs") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{cfg.model}-{cfg.dataset}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def _prepare_run_dir(out: str | os.PathLike | None, cfg: RunConfig, resuming: bool) -> Path:
+    run_dir = Path(out) if out else new_run_dir(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MnistlabError(f"--out {run_dir} is a file, not a folder.")
+    if not resuming and run_dir.is_dir() and any(run_dir.glob("*.pt")):
+        raise MnistlabError(f"--out {run_dir} already holds a run; choose another folder or use --resume.")
+    if dist.is_main():
+        write_json(cfg.to_dict(), run_dir / "config.json")  # fails early if the folder is unwritable
+    return run_dir
+
+
+class _Log:
+    """Plain lines, or a tqdm bar on a terminal; only rank 0 speaks and writes metrics."""
+
+    def __init__(self, metrics_path: Path, progress: bool | None):
+        self.speak = dist.is_main()
+        self.progress = self.speak and (sys.stderr.isatty() if progress is None else progress)
+        self.metrics_path = metrics_path
+        self.history: list[dict] = []
+
+    def line(self, text: str) -> None:
+        if self.speak:
+            tqdm.write(text, file=sys.stdout)
+
+    def record(self, **event) -> None:
+        self.history.append(event)
+        if self.speak:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(event) + "\n")
+
+    def bar(self, total: int, initial: int, desc: str):
+        return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=not self.progress,
+                    dynamic_ncols=True)
+
+
+def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
+          data_dir: str | os.PathLike | None = None, progress: bool | None = None) -> TrainResult:
+    """Train `cfg.model` on `cfg.dataset`, evaluate on the test set, save into a run folder."""
+    state = None
+    if resume:
+        state = load_checkpoint(resume)
+        if "optimizer_state" not in state:
+            raise CheckpointError(f"{resume}: holds only final weights, not a resumable training state.")
+        cfg = RunConfig.from_dict(state["config"]).validate()
+        out = out or Path(resume).parent
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = dist.device_for_rank(resolve_device(cfg.device))
+    amp = amp_dtype(cfg.precision, device)
+    spec = get_dataset_spec(cfg.dataset)
+    run_dir = _prepare_run_dir(out, cfg, resuming=state is not None)
+    log = _Log(run_dir / "metrics.jsonl", progress)
+
+    # data: decoded once, kept on the device, sliced into batches
+    images, labels = load_split(cfg.dataset, train=True, data_dir=data_dir)
+    (images, labels), (val_images, val_labels) = split_train_val(images, labels, cfg.val_size)
+    if cfg.train_limit:
+        images, labels = images[:cfg.train_limit], labels[:cfg.train_limit]
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, **cfg.model_config)
+    channels_last = getattr(model, "channels_last", False)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    n_train = len(images)
+    order = dist.shard(lambda epoch: epoch_permutation(n_train, cfg.seed, epoch))
+    train_loader = Loader(images, labels, cfg.batch_size // dist.world_size(), spec.mean, spec.std,
+                          device, channels_last, order=order)
+    test_images, test_labels = load_split(cfg.dataset, train=False, data_dir=data_dir)
+    test_loader = Loader(test_images, test_labels, cfg.test_batch_size, spec.mean, spec.std, device, channels_last)
+    val_loader = (Loader(val_images, val_labels, cfg.test_batch_size, spec.mean, spec.std, device, channels_last)
+                  if cfg.val_size else None)
+
+    steps_per_epoch = len(train_loader)
+    opt = make_optimizer(cfg, model)
+    sched = make_scheduler(cfg, opt, steps_per_epoch)
+    ddp_model = dist.wrap(model)
+    epoch, step_in_epoch, global_step, train_seconds = 1, 0, 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model_state"])
+        opt.load_state_dict(state["optimizer_state"])
+        if sched is not None and state.get("scheduler_state"):
+            sched.load_state_dict(state["scheduler_state"])
+        torch.set_rng_state(state["rng_state"])
+        epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
+        global_step, train_seconds = state["global_step"], state["train_seconds"]
+        log.history = list(state.get("history", []))
+        log.line(f"resuming {resume} at epoch {epoch}, step {step_in_epoch}/{steps_per_epoch}")
+
+    def checkpoint(path: Path, final: bool = False) -> None:
+        if not dist.is_main():
+            return
+        ckpt = {
+            "model": cfg.model, "model_config": cfg.model_config, "dataset": cfg.dataset,
+            "normalization": [spec.mean, spec.std], "classes": list(spec.classes),
+            "config": cfg.to_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
+            "global_step": global_step, "train_seconds": train_seconds, "history": log.history,
+            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        }
+        if not final:  # model.pt carries weights only; checkpoints carry the whole training state
+            ckpt |= {"optimizer_state": opt.state_dict(), "rng_state": torch.get_rng_state(),
+                     "scheduler_state": sched.state_dict() if sched is not None else None}
+        save_checkpoint(ckpt, path)
+
+    def test(split: str, loader: Loader) -> tuple[int, int]:
+        ev = evaluate(model, loader, spec.classes)
+        log.record(event=split, epoch=epoch, correct=ev.correct, total=ev.total,
+                   accuracy=ev.accuracy, loss=ev.loss)
+        log.line(f"epoch {epoch:>3} {split}: {format_accuracy(ev.correct, ev.total)}  loss {ev.loss:.4f}")
+        return ev.correct, ev.total
+
+    log.line(f"training {cfg.model} on {cfg.dataset} ({n_train} images, {steps_per_epoch} steps/epoch, "
+             f"{device.type}, {'bf16 autocast' if amp else 'fp32'}{dist.describe()}) -> {run_dir}")
+    model.train()
+    with _StopRequest() as stop:
+        while epoch <= cfg.epochs:
+            running, seen = torch.zeros((), device=device), 0
+            bar = log.bar(steps_per_epoch, step_in_epoch, f"epoch {epoch}/{cfg.epochs}")
+            t0 = time.perf_counter()
+            for x, y in train_loader.batches(epoch, step_in_epoch):
+                with autocast(device, amp):
+                    loss = F.cross_entropy(ddp_model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                running += loss.detach()
+                seen += 1
+                step_in_epoch += 1
+                global_step += 1
+                bar.update()
+                if step_in_epoch % cfg.log_interval == 0 or step_in_epoch == steps_per_epoch:
+                    mean = _check_finite(running.item() / seen, epoch, step_in_epoch, cfg.lr)
+                    log.record(event="train", epoch=epoch, step=step_in_epoch, loss=mean)
+                    if step_in_epoch % cfg.log_interval == 0:
+                        log.line(f"epoch {epoch:>3} [{step_in_epoch:>5}/{steps_per_epoch}] loss {mean:.4f}")
+                    running, seen = torch.zeros((), device=device), 0
+                if dist.any_rank(stop.requested, global_step):
+                    break
+            train_seconds += time.perf_counter() - t0
+            bar.close()
+            if step_in_epoch == steps_per_epoch:  # the epoch is complete
+                log.record(event="epoch", epoch=epoch, train_seconds=train_seconds)
+                if val_loader is not None:
+                    test("validation", val_loader)
+                if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                    test("test", test_loader)
+                epoch, step_in_epoch = epoch + 1, 0
+                if (epoch - 1) % cfg.checkpoint_every == 0 or epoch > cfg.epochs:
+                    checkpoint(run_dir / f"ckpt-epoch{epoch - 1:03d}.pt")
+            if stop.requested:
+                path = run_dir / "ckpt-interrupt.pt"
+                checkpoint(path)
+                log.line(f"interrupted: saved {path}; continue with: mnistlab train --resume {path}")
+                raise KeyboardInterrupt
+
+    epoch = cfg.epochs
+    final = next(e for e in reversed(log.history) if e["event"] == "test")
+    model_path = run_dir / "model.pt"
+    checkpoint(model_path, final=True)
+    log.line(f"test accuracy: {format_accuracy(final['correct'], final['total'])}; "
+             f"{train_seconds:.1f} s of training; saved {model_path}")
+    return TrainResult(run_dir, model_path, final["correct"], final["total"], train_seconds, log.history)
+
+
+def _check_finite(value: float, epoch: int, step: int, lr: float) -> float:
+    if not math.isfinite(value):
+        raise MnistlabError(
+            f"the training loss became {value} at epoch {epoch}, step {step}; the run stopped. "
+            f"The learning rate ({lr}) is probably too high: try a lower --lr.")
+    return value

@@ -1,0 +1,32 @@
+"""Shared fixtures. Real MNIST comes from $MNISTLAB_DATA, else ../shared/data beside the repo."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fakes import make_fake_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_dir() -> Path | None:
+    for cand in (os.environ.get("MNISTLAB_DATA"), REPO.parent / "shared" / "data"):
+        if cand and (Path(cand) / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").is_file():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = _data_dir()
+    if d is None:
+        if os.environ.get("CI"):
+            pytest.fail("MNIST not found: set MNISTLAB_DATA or put ../shared/data beside the repo")
+        pytest.skip("MNIST not found (set MNISTLAB_DATA)")
+    return d
+
+
+@pytest.fixture
+def fake_data(tmp_path) -> Path:
+    return make_fake_mnist(tmp_path / "data")

@@ -1,0 +1,33 @@
+"""Tiny IDX files and fake datasets in MNIST's layout, for tests."""
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    """Write an IDX file (uint8) the way the MNIST files are laid out."""
+    array = np.asarray(array, dtype=np.uint8)
+    data = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    opener = gzip.open if gz else open
+    with opener(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def make_fake_mnist(root: Path, n_train: int = 200, n_test: int = 50, flat: bool = False, seed: int = 0) -> Path:
+    """A tiny dataset in MNIST's file layout: labels learnable from a bright square's position."""
+    rng = np.random.default_rng(seed)
+    folder = root if flat else root / "MNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 30, (n, 28, 28)).astype(np.uint8)
+        for i, y in enumerate(labels):
+            r, c = divmod(int(y), 5)
+            images[i, 4 + 10 * r:12 + 10 * r, 2 + 5 * c:6 + 5 * c] = 255
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root

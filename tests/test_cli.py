@@ -1,0 +1,104 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mnistlab.checkpoints import load_checkpoint
+
+
+def run(*args, env=None, timeout=300):
+    env = {**os.environ, "MNISTLAB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mnistlab", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def assert_clean_error(proc, pattern, code=1):
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert pattern in proc.stderr, proc.stderr
+
+
+def test_losses_command():
+    proc = run("losses")
+    assert proc.returncode == 0
+    assert "0.9729" in proc.stdout and "0.4966" in proc.stdout
+
+
+def test_train_dry_run_then_eval_json(data_dir, tmp_path):
+    proc = run("train", "--model", "cnn", "--dry-run", "--data-dir", data_dir, "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("test accuracy:")][0]
+    correct = int(line.split()[2].split("/")[0])
+    proc = run("eval", tmp_path / "run" / "model.pt", "--json", "--data-dir", data_dir)
+    report = json.loads(proc.stdout)
+    assert report["total"] == 10000 and report["correct"] == correct
+    assert sum(map(sum, report["confusion"])) == 10000
+    text = run("eval", tmp_path / "run" / "model.pt", "--data-dir", data_dir).stdout
+    assert f"{correct}/10000 = " in text and "most confused" in text
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs: must be a positive whole number"),
+    (["--lr", "-1"], "--lr: must be a positive finite number"),
+    (["--batch-size", "abc"], "--batch-size: invalid"),
+    (["--model", "resnet"], "invalid choice: 'resnet'"),
+    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+])
+def test_absurd_flags(flags, message):
+    assert_clean_error(run("train", *flags), message, code=2)
+
+
+def test_missing_dataset_names_files_and_folder(tmp_path):
+    proc = run("train", "--data-dir", tmp_path / "empty", "--out", tmp_path / "run")
+    assert_clean_error(proc, "missing train-images-idx3-ubyte.gz")
+    assert "put them in" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_dataset_names_the_file(fake_data, tmp_path):
+    img = fake_data / "MNIST/raw/train-images-idx3-ubyte.gz"
+    img.write_bytes(img.read_bytes()[:300])
+    assert_clean_error(run("train", "--data-dir", fake_data, "--out", tmp_path / "run"),
+                       "train-images-idx3-ubyte.gz")
+
+
+def test_unwritable_output_folder(fake_data, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_clean_error(run("train", "--data-dir", fake_data, "--out", tmp_path / "afile" / "run"),
+                       "cannot write")
+
+
+def test_eval_of_a_non_checkpoint(tmp_path):
+    (tmp_path / "notes.pt").write_text("hello")
+    assert_clean_error(run("eval", tmp_path / "notes.pt"), "notes.pt: not a readable checkpoint")
+    assert_clean_error(run("eval", tmp_path / "missing.pt"), "missing.pt: no such checkpoint")
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_weights(data_dir, tmp_path):
+    flags = ["--model", "mlp", "--epochs", "1", "--train-limit", "20000", "--log-interval", "20",
+             "--data-dir", data_dir, "--no-progress"]
+    env = {**os.environ, "MNISTLAB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", *map(str, flags), "--out", tmp_path / "a"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:  # wait for the first running-loss line: training is under way
+        if "loss" in line:
+            break
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    ckpt = tmp_path / "a" / "ckpt-interrupt.pt"
+    state = load_checkpoint(ckpt)
+    assert 0 < state["step_in_epoch"] < 313
+    assert not (tmp_path / "a" / "model.pt").exists()
+
+    assert run("train", "--resume", ckpt, "--data-dir", data_dir).returncode == 0
+    assert run("train", *flags, "--out", tmp_path / "b").returncode == 0
+    resumed = load_checkpoint(tmp_path / "a" / "model.pt")["model_state"]
+    unbroken = load_checkpoint(tmp_path / "b" / "model.pt")["model_state"]
+    assert all(torch.equal(resumed[k], unbroken[k]) for k in unbroken)

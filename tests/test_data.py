@@ -1,0 +1,168 @@
+import gzip
+import http.server
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from fakes import make_fake_mnist, write_idx
+from mnistlab import DataError, data
+from mnistlab.data import Loader, epoch_permutation, load_split, read_idx
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_read_idx_round_trip(tmp_path, gz):
+    a = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    path = write_idx(tmp_path / ("x.gz" if gz else "x"), a, gz=gz)
+    np.testing.assert_array_equal(read_idx(path), a)
+
+
+def test_truncated_file_names_file_and_problem(tmp_path):
+    path = write_idx(tmp_path / "x", np.zeros((3, 28, 28)), gz=False)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"x: truncated.*\(3, 28, 28\)"):
+        read_idx(path)
+
+
+def test_longer_than_header_is_refused(tmp_path):
+    path = write_idx(tmp_path / "x", np.zeros((3, 28, 28)), gz=False)
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(DataError, match="longer than its header"):
+        read_idx(path)
+
+
+def test_bad_magic_is_refused(tmp_path):
+    path = tmp_path / "x.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b"PK\x03\x04" + b"\0" * 100)
+    with pytest.raises(DataError, match="bad magic number"):
+        read_idx(path)
+
+
+def test_corrupt_gzip_is_refused(tmp_path):
+    path = write_idx(tmp_path / "x.gz", np.zeros((3, 28, 28)))
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2:] = b"\xff" * (len(raw) - len(raw) // 2)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="x.gz"):
+        read_idx(path)
+
+
+def test_real_mnist_loads_whole_and_in_range(data_dir):
+    x, y = load_split("mnist", train=True, data_dir=data_dir, download=False)
+    assert x.shape == (60000, 28, 28) and x.dtype == torch.uint8
+    assert y.shape == (60000,) and set(y.unique().tolist()) == set(range(10))
+    xt, yt = load_split("mnist", train=False, data_dir=data_dir, download=False)
+    assert xt.shape == (10000, 28, 28)
+    assert yt[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the official test set's first labels
+    mean = x.float().mean().item() / 255
+    assert mean == pytest.approx(0.1307, abs=1e-4)
+
+
+def test_flat_folder_and_uncompressed_files_are_accepted(tmp_path):
+    root = make_fake_mnist(tmp_path / "flat", flat=True)
+    p = root / "t10k-labels-idx1-ubyte.gz"
+    (root / "t10k-labels-idx1-ubyte").write_bytes(gzip.decompress(p.read_bytes()))
+    p.unlink()
+    x, y = load_split("mnist", train=False, data_dir=root, download=False)
+    assert x.shape == (50, 28, 28) and y.shape == (50,)
+
+
+def test_env_variable_is_used(tmp_path, monkeypatch):
+    root = make_fake_mnist(tmp_path / "env")
+    monkeypatch.setenv("MNISTLAB_DATA", str(root))
+    assert load_split("mnist", train=False, download=False)[0].shape == (50, 28, 28)
+
+
+def test_mislabelled_file_is_refused(tmp_path):
+    root = make_fake_mnist(tmp_path / "d")
+    write_idx(root / "MNIST/raw/t10k-labels-idx1-ubyte.gz", np.full(50, 12))
+    with pytest.raises(DataError, match="label 12 is out of range"):
+        load_split("mnist", train=False, data_dir=root, download=False)
+
+
+def test_count_mismatch_is_refused(tmp_path):
+    root = make_fake_mnist(tmp_path / "d")
+    write_idx(root / "MNIST/raw/t10k-labels-idx1-ubyte.gz", np.zeros(49))
+    with pytest.raises(DataError, match="49 labels for 50 images"):
+        load_split("mnist", train=False, data_dir=root, download=False)
+
+
+def test_missing_files_offline_says_what_and_where(tmp_path):
+    with pytest.raises(DataError, match=r"missing .*t10k-images-idx3-ubyte.gz.*put them in"):
+        load_split("kmnist", train=False, data_dir=tmp_path, download=False)
+
+
+def test_unknown_dataset():
+    with pytest.raises(DataError, match="unknown dataset 'cifar'"):
+        load_split("cifar", train=False)
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """Serve a folder on loopback, as a dataset mirror would."""
+    served = tmp_path / "mirror"
+    served.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(served), **k)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield served, f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+
+
+def test_download_checks_md5_and_renames_into_place(tmp_path, file_server):
+    served, url = file_server
+    src = make_fake_mnist(tmp_path / "src", flat=True)
+    name = "t10k-labels-idx1-ubyte.gz"
+    (served / name).write_bytes((src / name).read_bytes())
+    dest = tmp_path / "dl" / name
+    data.download_file([url + "missing.gz", url + name], dest, data.md5sum(src / name))
+    assert dest.read_bytes() == (src / name).read_bytes()
+    with pytest.raises(DataError, match="md5"):
+        data.download_file([url + name], tmp_path / "dl2" / name, "0" * 32)
+    assert not (tmp_path / "dl2" / name).exists()
+    assert not list((tmp_path / "dl2").iterdir())  # no partial file left behind
+
+
+def test_epoch_order_is_seeded_and_reshuffled():
+    a, b = epoch_permutation(1000, 1, 1), epoch_permutation(1000, 1, 2)
+    assert torch.equal(a, epoch_permutation(1000, 1, 1))
+    assert not torch.equal(a, b)
+    assert torch.equal(a.sort().values, torch.arange(1000))
+
+
+def test_loader_covers_every_image_once_per_epoch_and_normalises():
+    images = torch.arange(130, dtype=torch.uint8).view(130, 1, 1).expand(130, 28, 28).contiguous()
+    labels = torch.arange(130) % 10
+    loader = Loader(images, labels, 32, mean=0.5, std=0.25, order=lambda e: epoch_permutation(130, 3, e))
+    batches = list(loader.batches(epoch=1))
+    assert [len(y) for _, y in batches] == [32, 32, 32, 32, 2] and len(loader) == 5
+    firsts = torch.cat([x[:, 0, 0, 0] for x, _ in batches])
+    ids = torch.round((firsts * 0.25 + 0.5) * 255).long()
+    assert sorted(ids.tolist()) == list(range(130))
+    assert torch.equal(torch.cat([y for _, y in batches]), ids % 10)  # labels travel with images
+    assert list(loader.batches(epoch=1, start=4))[0][1].tolist() == batches[4][1].tolist()
+
+
+def test_test_loader_keeps_file_order():
+    images = torch.zeros(25, 28, 28, dtype=torch.uint8)
+    labels = torch.arange(25) % 10
+    loader = Loader(images, labels, 10, 0.0, 1.0)
+    assert torch.equal(torch.cat([y for _, y in loader]), labels)
+
+
+def test_fashion_mnist_from_debian_package(tmp_path):
+    from pathlib import Path
+
+    if not Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (scripts/test.sh installs it as root)")
+    x, y = load_split("fashion-mnist", train=False, data_dir=tmp_path, download=False)
+    assert x.shape == (10000, 28, 28) and torch.bincount(y).tolist() == [1000] * 10

@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from mnistlab import MnistlabError, RunConfig, from_preset, load_model, train
+from mnistlab.checkpoints import load_checkpoint
+
+
+def _weights(path):
+    return load_checkpoint(path)["model_state"]
+
+
+def test_one_epoch_of_the_seed_cnn_reaches_97_percent(data_dir, tmp_path):
+    cfg = RunConfig(model="cnn", epochs=1)
+    result = train(cfg, out=tmp_path / "run", data_dir=data_dir, progress=False)
+    assert result.test_total == 10000
+    assert result.test_accuracy >= 0.97
+    # the run folder holds what it promises, and model.pt evaluates to the same count
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"model.pt", "ckpt-epoch001.pt", "metrics.jsonl", "config.json"} <= names
+    assert load_model(result.model_path).evaluate(data_dir).correct == result.test_correct
+
+
+def test_same_seed_same_weights_and_resume_matches_unbroken_run(data_dir, tmp_path):
+    cfg = dict(model="mlp", epochs=2, train_limit=3000, checkpoint_every=1, eval_every=1)
+    a = train(RunConfig(**cfg), out=tmp_path / "a", data_dir=data_dir, progress=False)
+    b = train(RunConfig(**cfg), out=tmp_path / "b", data_dir=data_dir, progress=False)
+    resumed = train(RunConfig(**cfg), resume=tmp_path / "a" / "ckpt-epoch001.pt", out=tmp_path / "c",
+                    data_dir=data_dir, progress=False)
+    wa, wb, wc = _weights(a.model_path), _weights(b.model_path), _weights(resumed.model_path)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+        assert torch.equal(wa[k], wc[k]), k
+    other = train(RunConfig(**cfg, seed=2), out=tmp_path / "d", data_dir=data_dir, progress=False)
+    assert not torch.equal(_weights(other.model_path)["net.1.weight"], wa["net.1.weight"])
+
+
+def test_nan_loss_stops_with_advice(fake_data, tmp_path):
+    cfg = RunConfig(model="mlp", epochs=1, lr=1e12, log_interval=1)
+    with pytest.raises(MnistlabError, match="try a lower --lr"):
+        train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False)
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_validation_split_is_carved_from_training(fake_data, tmp_path):
+    cfg = RunConfig(model="mlp", epochs=1, val_size=50, batch_size=10)
+    result = train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False)
+    val = [e for e in result.history if e["event"] == "validation"]
+    train_steps = [e for e in result.history if e["event"] == "train"]
+    assert val and val[0]["total"] == 50
+    assert train_steps[-1]["step"] == 15  # 150 training images left, batch 10
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=-1), dict(lr=0.0), dict(lr=float("nan")),
+                                 dict(optimizer="lbfgs"), dict(val_size=-5)])
+def test_absurd_settings_are_refused(bad):
+    with pytest.raises(MnistlabError):
+        RunConfig(**bad).validate()
+
+
+def test_presets_and_overrides():
+    assert from_preset(None).lr == 0.1 and from_preset(None).batch_size == 64
+    assert from_preset("seed", epochs=3, lr=None).epochs == 3
+    with pytest.raises(MnistlabError, match="unknown preset"):
+        from_preset("nope")
+
+
+def test_existing_run_folder_is_not_overwritten(fake_data, tmp_path):
+    cfg = RunConfig(model="mlp", epochs=1)
+    train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False)
+    before = (tmp_path / "run" / "model.pt").read_bytes()
+    with pytest.raises(MnistlabError, match="already holds a run"):
+        train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False)
+    assert (tmp_path / "run" / "model.pt").read_bytes() == before
