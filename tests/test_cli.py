@@ -43,7 +43,9 @@ def test_train_dry_run_then_eval_json(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "--epochs: must be a positive whole number"),
+    (["--epochs", "0"], "--epochs: must be a positive finite number"),
+    (["--batch-size", "0"], "--batch-size: must be a positive whole number"),
+    (["--augment", "[1]"], "--augment: must be a JSON object"),
     (["--lr", "-1"], "--lr: must be a positive finite number"),
     (["--batch-size", "abc"], "--batch-size: invalid"),
     (["--model", "resnet"], "invalid choice: 'resnet'"),

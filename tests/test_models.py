@@ -32,3 +32,10 @@ def test_channels_last_gives_the_same_answer():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(MnistlabError, match="unknown model 'resnet'"):
         build_model("resnet")
+
+
+def test_fast_model_config_changes_its_size():
+    small = build_model("fast", channels=(8, 16), hidden=32)
+    big = build_model("fast")
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters())
+    assert small(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -71,3 +71,23 @@ def test_existing_run_folder_is_not_overwritten(fake_data, tmp_path):
     with pytest.raises(MnistlabError, match="already holds a run"):
         train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False)
     assert (tmp_path / "run" / "model.pt").read_bytes() == before
+
+
+def test_fractional_epochs_stop_early_and_schedule_ends(fake_data, tmp_path):
+    cfg = RunConfig(model="mlp", epochs=1.5, batch_size=20, optimizer="adam", lr=0.01, schedule="onecycle",
+                    log_interval=1)
+    result = train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False)
+    steps = [(e["epoch"], e["step"]) for e in result.history if e["event"] == "train"]
+    assert steps[-1] == (2, 5)  # 10 steps per epoch, then half of the second
+    assert len(steps) == 15
+
+
+def test_fast_preset_with_augmentation_learns_the_fake_task(fake_data, tmp_path):
+    cfg = from_preset("fast", epochs=3, batch_size=20, augment={"degrees": 5, "translate": 0.05})
+    result = train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False)
+    assert result.test_accuracy >= 0.9  # squares at 10 positions: easy, but not without learning
+
+
+def test_unknown_augmentation_is_refused():
+    with pytest.raises(MnistlabError, match="--augment takes degrees"):
+        RunConfig(augment={"rotate": 3}).validate()

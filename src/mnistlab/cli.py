@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -30,6 +31,16 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def _json_object(s: str) -> dict:
+    try:
+        value = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, like '{\"degrees\": 10}'")
+    return value
+
+
 def _add_train(sub) -> None:
     from .config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
     from .data import DATASETS
@@ -42,7 +53,11 @@ def _add_train(sub) -> None:
     p.add_argument("--model", choices=list(MODELS), help="model to train (default: cnn)")
     p.add_argument("--dataset", choices=list(DATASETS), help="dataset (default: mnist)")
     p.add_argument("--preset", choices=list(PRESETS), help="a named recipe; other flags override it")
-    p.add_argument("--epochs", type=_positive_int, help="number of epochs (default: 10)")
+    p.add_argument("--model-config", type=_json_object, help="model settings as JSON, e.g. '{\"hidden\": 128}'")
+    p.add_argument("--augment", type=_json_object,
+                   help="batch augmentation as JSON: degrees, scale, translate, elastic, elastic_sigma")
+    p.add_argument("--epochs", type=_positive_float,
+                   help="number of epochs; a fraction ends the last one early (default: 10)")
     p.add_argument("--batch-size", type=_positive_int, help="training batch size (default: 64)")
     p.add_argument("--test-batch-size", type=_positive_int, help="evaluation batch size (default: 1000)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimiser (default: sgd)")
@@ -50,6 +65,8 @@ def _add_train(sub) -> None:
     p.add_argument("--momentum", type=float, help="SGD momentum (default: 0.5)")
     p.add_argument("--weight-decay", type=float, help="weight decay (default: 0)")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default: constant)")
+    p.add_argument("--warmup", type=float, help="onecycle: fraction of steps warming up (default: 0.25)")
+    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default: 0)")
     p.add_argument("--seed", type=int, help="random seed; same seed and device give the same weights (default: 1)")
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, help="auto (default), bf16 autocast or fp32")
@@ -69,13 +86,11 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from .config import from_preset
+    from .config import RunConfig, from_preset
     from .training import train
 
-    overrides = {k: getattr(args, k) for k in (
-        "model", "dataset", "epochs", "batch_size", "test_batch_size", "optimizer", "lr", "momentum",
-        "weight_decay", "schedule", "seed", "device", "precision", "threads", "val_size", "train_limit",
-        "log_interval", "eval_every", "checkpoint_every")}
+    # every RunConfig field with a flag of the same name; None means "not given"
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(RunConfig)}
     if args.dry_run:
         overrides.update(epochs=1, train_limit=640, log_interval=5)
     cfg = from_preset(args.preset, **overrides)

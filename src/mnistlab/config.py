@@ -19,7 +19,7 @@ class RunConfig:
     model: str = "cnn"
     model_config: dict = field(default_factory=dict)
     dataset: str = "mnist"
-    epochs: int = 10
+    epochs: float = 10  # a fraction ends the last epoch early (1.25 = one epoch and a quarter)
     batch_size: int = 64
     test_batch_size: int = 1000
     optimizer: str = "sgd"
@@ -27,6 +27,9 @@ class RunConfig:
     momentum: float = 0.5
     weight_decay: float = 0.0
     schedule: str = "constant"
+    warmup: float = 0.25  # onecycle: fraction of the steps spent raising the learning rate
+    label_smoothing: float = 0.0
+    augment: dict = field(default_factory=dict)  # Augment's fields, e.g. {"degrees": 10}
     seed: int = 1
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast where the hardware has it, else fp32
@@ -45,12 +48,20 @@ class RunConfig:
                 raise MnistlabError(f"--{name.replace('_', '-')} must be a positive number, not {getattr(self, name)}.")
         if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
             raise MnistlabError(f"--lr must be a positive finite number, not {self.lr}.")
+        if not 0 < self.warmup < 1 or not 0 <= self.label_smoothing < 1:
+            raise MnistlabError("--warmup must lie strictly between 0 and 1, --label-smoothing in [0, 1).")
         for name in ("momentum", "weight_decay", "val_size", "train_limit", "threads"):
             if getattr(self, name) < 0:
                 raise MnistlabError(f"--{name.replace('_', '-')} must not be negative, not {getattr(self, name)}.")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise MnistlabError(f"--{name} must be one of {', '.join(allowed)}, not '{getattr(self, name)}'.")
+        from .augment import Augment
+
+        try:
+            Augment(**self.augment)
+        except TypeError:
+            raise MnistlabError(f"--augment takes {', '.join(Augment().to_dict())}; got {self.augment}.") from None
         return self
 
     def to_dict(self) -> dict:
@@ -65,6 +76,15 @@ class RunConfig:
 # The seed's recipe is the default for its two models; presets change only what they name.
 PRESETS: dict[str, dict] = {
     "seed": {},
+    # Time-to-99% on a CPU (issue 4). Chosen on a 5,000-image validation split, never the
+    # test set: see BENCHMARKS.md for the search and benchmarks/speed.py for the figures.
+    "fast": dict(model="fast", model_config={"channels": [16, 32], "hidden": 256}, optimizer="adam",
+                 lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=1.25,
+                 label_smoothing=0.1, eval_every=1),
+    # 99.5% within a minute on a CPU (issue 4): wider, with batch augmentation, 10 epochs.
+    "accurate": dict(model="fast", model_config={"channels": [32, 64], "hidden": 256}, optimizer="adam",
+                     lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=10,
+                     label_smoothing=0.1, augment={"degrees": 10, "scale": 0.1, "translate": 0.1}),
 }
 
 

@@ -252,6 +252,11 @@ class Loader:
         n = len(self.order(0)) if self.order else len(self.images)
         return -(-n // self.batch_size)
 
+    @property
+    def background(self) -> float:
+        """The normalised value of a blank (0) pixel."""
+        return -self.mean / self.std
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(1).float().sub_(self.mean * 255).div_(self.std * 255)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

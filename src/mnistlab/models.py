@@ -64,3 +64,25 @@ class CNN(nn.Module):
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
         x = F.relu(F.max_pool2d(self.conv2(x), 2))
         return self.fc(x.flatten(1))
+
+
+def _conv_pool_bn(c_in: int, c_out: int, k: int) -> list[nn.Module]:
+    # pooling before batch norm and ReLU: both then touch a quarter of the values, which is
+    # most of the step's time on a CPU for the first layer
+    return [nn.Conv2d(c_in, c_out, k, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+@register("fast")
+class FastCNN(nn.Module):
+    """Batch-normalised two-conv CNN tuned for time-to-accuracy: conv5-pool-BN-ReLU, conv3-pool-BN-ReLU, FC."""
+
+    channels_last = True
+
+    def __init__(self, channels: tuple[int, int] = (16, 32), hidden: int = 256, num_classes: int = 10):
+        super().__init__()
+        c1, c2 = channels
+        self.features = nn.Sequential(*_conv_pool_bn(1, c1, 5), *_conv_pool_bn(c1, c2, 3), nn.Flatten())
+        self.classifier = nn.Sequential(nn.Linear(c2 * 25, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

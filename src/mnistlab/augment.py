@@ -1,0 +1,59 @@
+"""Augmentation on whole batches, on the training device: one affine_grid / grid_sample
+call per batch instead of a PIL transform per image.
+
+Randomness comes from a generator seeded per step, so a resumed run draws the same
+distortions as an unbroken one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Augment:
+    degrees: float = 0.0  # rotation drawn from [-degrees, degrees]
+    scale: float = 0.0  # zoom factor drawn from [1 - scale, 1 + scale]
+    translate: float = 0.0  # shift drawn from [-translate, translate] x image size, each axis
+    elastic: float = 0.0  # elastic displacement strength in pixels (0: off)
+    elastic_sigma: float = 4.0  # smoothness of the elastic field, in pixels
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __call__(self, x: torch.Tensor, seed: int, background: float = 0.0) -> torch.Tensor:
+        """Distort a batch [N, C, H, W]; pixels that come from outside get `background`."""
+        n, _, h, w = x.shape
+        g = torch.Generator(device=x.device).manual_seed(seed)
+
+        def uniform(*shape):
+            return torch.rand(*shape, generator=g, device=x.device) * 2 - 1
+
+        angle = uniform(n) * math.radians(self.degrees)
+        zoom = 1 + uniform(n) * self.scale
+        shift = uniform(n, 2) * self.translate * 2  # grid coordinates span [-1, 1]
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+        if self.elastic:
+            grid = grid + self._elastic_field(n, h, w, uniform, x.device)
+        out = F.grid_sample(x.float() - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out = out + background
+        return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+            memory_format=torch.channels_last) and x.shape[1] > 1 else out
+
+    def _elastic_field(self, n, h, w, uniform, device) -> torch.Tensor:
+        # smooth random displacements (Simard et al. 2003), in grid units
+        radius = int(3 * self.elastic_sigma)
+        t = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+        kernel = torch.exp(-t ** 2 / (2 * self.elastic_sigma ** 2))
+        kernel = kernel / kernel.sum()
+        field = uniform(n, 2, h, w)
+        field = F.conv2d(field, kernel.view(1, 1, 1, -1).expand(2, 1, 1, -1), padding=(0, radius), groups=2)
+        field = F.conv2d(field, kernel.view(1, 1, -1, 1).expand(2, 1, -1, 1), padding=(radius, 0), groups=2)
+        field = field / field.abs().amax(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+        return (field * self.elastic * 2 / torch.tensor([w, h], device=device).view(1, 2, 1, 1)).permute(0, 2, 3, 1)

@@ -1,0 +1,44 @@
+import torch
+
+from mnistlab.augment import Augment
+
+BG = -0.1307 / 0.3081
+
+
+def _batch(n=16):
+    x = torch.full((n, 1, 28, 28), BG)
+    x[:, :, 8:20, 12:16] = 2.0  # a bar of ink
+    return x
+
+
+def test_identity_when_all_strengths_are_zero():
+    x = _batch()
+    torch.testing.assert_close(Augment()(x, seed=0, background=BG), x, atol=1e-5, rtol=0)
+
+
+def test_seeded_and_different_per_image():
+    aug = Augment(degrees=15, scale=0.1, translate=0.1, elastic=2.0)
+    x = _batch()
+    a, b = aug(x, seed=7, background=BG), aug(x, seed=7, background=BG)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, aug(x, seed=8, background=BG))
+    assert not torch.allclose(a[0], a[1])  # each image gets its own draw
+
+
+def test_background_stays_background_and_ink_is_kept():
+    x = _batch()
+    out = Augment(degrees=10, translate=0.1)(x, seed=1, background=BG)
+    corners = out[:, :, :2, :2]
+    torch.testing.assert_close(corners, torch.full_like(corners, BG), atol=1e-5, rtol=0)
+    ink_before = (x > 0).float().sum((1, 2, 3))
+    ink_after = (out > 0).float().sum((1, 2, 3))
+    assert ((ink_after - ink_before).abs() / ink_before).max() < 0.5
+
+
+def test_translation_moves_the_centre_of_mass():
+    x = _batch(64)
+    out = Augment(translate=0.15)(x, seed=3, background=BG)
+    cols = torch.arange(28.0)
+    com = lambda t: ((t - BG).clamp(min=0).sum((1, 2)) * cols).sum(-1) / (t - BG).clamp(min=0).sum((1, 2, 3))  # noqa: E731
+    shift = (com(out) - com(x)).abs()
+    assert shift.max() > 2.0 and shift.max() < 0.15 * 28 + 1
