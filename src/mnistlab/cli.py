@@ -70,6 +70,8 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed; same seed and device give the same weights (default: 1)")
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, help="auto (default), bf16 autocast or fp32")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (helps on GPUs; slower on small CPUs)")
     p.add_argument("--threads", type=_nonneg_int, help="CPU threads for torch (default: torch's own)")
     p.add_argument("--val-size", type=_nonneg_int, help="images held out of training for validation (default: 0)")
     p.add_argument("--train-limit", type=_nonneg_int, help="train on only the first N images (default: all)")

@@ -34,6 +34,7 @@ class RunConfig:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast where the hardware has it, else fp32
     threads: int = 0  # 0: leave torch's default
+    compile: bool = False  # torch.compile the model (pays off on GPUs; measured slower on a 2-core CPU)
     val_size: int = 0  # images carved from the training set for validation
     train_limit: int = 0  # 0: the whole training set (smaller for smoke runs and tests)
     log_interval: int = 300

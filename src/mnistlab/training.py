@@ -229,6 +229,10 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
     sched = make_scheduler(cfg, opt, total_steps)
     augment = Augment(**cfg.augment) if cfg.augment else None
     ddp_model = dist.wrap(model)
+    if cfg.compile:
+        ddp_model = torch.compile(ddp_model)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     epoch, step_in_epoch, global_step, train_seconds = 1, 0, 0, 0.0
     if state is not None:
         model.load_state_dict(state["model_state"])
