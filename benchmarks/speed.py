@@ -119,6 +119,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (the warm-up pays for it)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-training", action="store_true", help="only the inference table")
+    p.add_argument("--no-inference", action="store_true", help="only the training table")
     args = p.parse_args()
     if args.data_dir:
         args.data_dir = str(Path(args.data_dir).resolve())
@@ -126,7 +127,8 @@ def main() -> None:
     print(f"command: python benchmarks/speed.py {' '.join(sys.argv[1:])}\n")
     if not args.no_training:
         training_table(args)
-    inference_table(args)
+    if not args.no_inference:
+        inference_table(args)
 
 
 if __name__ == "__main__":

@@ -171,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        return _run(args)
+    finally:
+        from . import distributed
+
+        distributed.shutdown()
+
+
+def _run(args) -> int:
+    try:
         return args.func(args)
     except MnistlabError as e:
         print(f"mnistlab: error: {e}", file=sys.stderr)
@@ -178,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mnistlab: interrupted.", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        from . import distributed as dist
+
+        if not dist.is_initialized():
+            raise
+        # a peer process died or failed: say so once, without gloo's or NCCL's traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"mnistlab: error: rank {dist.rank()}: the distributed job broke ({first[:200]}); checkpoints "
+              "already written are intact: continue with mnistlab train --resume CHECKPOINT.", file=sys.stderr)
+        return 1
     except OSError as e:  # e.g. a full disk while appending metrics
         where = f"{e.filename}: " if e.filename else ""
         print(f"mnistlab: error: {where}{e.strerror or e}.", file=sys.stderr)

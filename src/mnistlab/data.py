@@ -247,6 +247,12 @@ class Loader:
         self.mean, self.std = mean, std
         self.channels_last = channels_last
         self.order = order
+        self.seen = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares of indices served
+
+    def shard(self, rank: int, world: int) -> Loader:
+        """Every world-th image from `rank` on: a rank's share of an in-order split."""
+        return Loader(self.images[rank::world], self.labels[rank::world], self.batch_size, self.mean, self.std,
+                      self.images.device, self.channels_last)
 
     def __len__(self) -> int:
         n = len(self.order(0)) if self.order else len(self.images)
@@ -268,9 +274,14 @@ class Loader:
             for i in range(start * bs, len(self.images), bs):
                 yield self.normalize(self.images[i:i + bs]), self.labels[i:i + bs]
             return
-        idx = self.order(epoch).to(self.images.device)
+        order = self.order(epoch)
+        idx = order.to(self.images.device)
         for i in range(start * bs, len(idx), bs):
             b = idx[i:i + bs]
+            # a checksum of what was served, so runs can prove they saw the same data
+            served = order[i:i + bs].double()
+            self.seen += torch.stack([torch.tensor(float(len(served)), dtype=torch.float64), served.sum(),
+                                      served.square().sum()])
             yield self.normalize(self.images[b]), self.labels[b]
 
     def __iter__(self):

@@ -82,9 +82,44 @@ def any_rank(flag: bool, step: int) -> bool:
         return flag
     if step % SYNC_EVERY:
         return False
-    t = torch.tensor([int(flag)], device="cuda" if td.get_backend() == "nccl" else "cpu")
-    td.all_reduce(t)
-    return bool(t.item())
+    return bool(all_reduce_sum(torch.tensor([int(flag)])).item())
+
+
+def _collective_device() -> str:
+    return "cuda" if td.get_backend() == "nccl" else "cpu"
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over the ranks (identity in one process)."""
+    if not is_initialized():
+        return t
+    out = t.to(_collective_device())
+    td.all_reduce(out)
+    return out.to(t.device)
+
+
+def broadcast_str(value: str) -> str:
+    """Rank 0's value of a string, on every rank."""
+    if not is_initialized():
+        return value
+    box = [value]
+    td.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_initialized():
+        td.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly (an abandoned gloo group can abort the process at exit)."""
+    if is_initialized():
+        try:
+            td.barrier()  # let every rank reach the end before any tears its connections down
+        except RuntimeError:
+            pass  # a peer already died: nothing to wait for
+        td.destroy_process_group()
 
 
 def describe() -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import distributed as dist
 from .data import Loader
 
 
@@ -100,13 +101,26 @@ def predict_logits(model: torch.nn.Module, loader: Loader,
 
 def evaluate(model: torch.nn.Module, loader: Loader, classes: tuple[str, ...],
              amp_dtype: torch.dtype | None = None) -> Evaluation:
+    """Exact counts over the whole loader. Under torchrun each rank takes a share and the
+    confusion matrices and loss sums are added up, so the counts equal one process's."""
+    if dist.world_size() > 1:
+        loader = loader.shard(dist.rank(), dist.world_size())
     logits, labels = predict_logits(model, loader, amp_dtype)
-    return evaluation_from_logits(logits, labels, classes)
+    k = len(classes)
+    sums = torch.cat([_confusion(logits, labels, k).flatten().double(),
+                      F.cross_entropy(logits, labels, reduction="sum").double().view(1).cpu()])
+    sums = dist.all_reduce_sum(sums)
+    confusion = sums[:-1].round().long().view(k, k)
+    total = int(confusion.sum())
+    return Evaluation(confusion=confusion, loss=sums[-1].item() / total if total else float("nan"),
+                      classes=tuple(classes))
+
+
+def _confusion(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.bincount(labels * k + logits.argmax(1), minlength=k * k).reshape(k, k).cpu()
 
 
 def evaluation_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> Evaluation:
     k = len(classes)
-    pred = logits.argmax(1)
-    confusion = torch.bincount(labels * k + pred, minlength=k * k).reshape(k, k).cpu()
     loss = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
-    return Evaluation(confusion=confusion, loss=loss, classes=tuple(classes))
+    return Evaluation(confusion=_confusion(logits, labels, k), loss=loss, classes=tuple(classes))

@@ -134,7 +134,7 @@ def new_run_dir(cfg: RunConfig, root: str = "runs") -> Path:
 
 
 def _prepare_run_dir(out: str | os.PathLike | None, cfg: RunConfig, resuming: bool) -> Path:
-    run_dir = Path(out) if out else new_run_dir(cfg)
+    run_dir = Path(dist.broadcast_str(str(out) if out else str(new_run_dir(cfg))))
     if run_dir.exists() and not run_dir.is_dir():
         raise MnistlabError(f"--out {run_dir} is a file, not a folder.")
     if not resuming and run_dir.is_dir() and any(run_dir.glob("*.pt")):
@@ -300,7 +300,10 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
             train_seconds += time.perf_counter() - t0
             bar.close()
             if step_in_epoch == epoch_steps:  # the epoch is complete
-                log.record(event="epoch", epoch=epoch, train_seconds=train_seconds)
+                count, index_sum, index_sq_sum = dist.all_reduce_sum(data.train.seen).tolist()
+                data.train.seen.zero_()
+                log.record(event="epoch", epoch=epoch, train_seconds=train_seconds, steps=global_step,
+                           samples=int(count), index_sum=int(index_sum), index_sq_sum=int(index_sq_sum))
                 if data.val is not None:
                     test("validation", data.val)
                 if epoch % cfg.eval_every == 0 or epoch == last_epoch:
