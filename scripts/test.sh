@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  # system packages some tests use (Fashion-MNIST from Debian)
-  if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  # system packages some tests use: Fashion-MNIST, and Chromium for the browser test
+  # (driven by Playwright through executable_path; Playwright never downloads a browser here)
+  if ! dpkg -s dataset-fashion-mnist chromium >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null
   fi
 fi
 scripts/setup.sh test

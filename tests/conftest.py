@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from fakes import make_fake_mnist
+from mnistlab import RunConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,3 +31,10 @@ def data_dir() -> Path:
 @pytest.fixture
 def fake_data(tmp_path) -> Path:
     return make_fake_mnist(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(data_dir, tmp_path_factory):
+    """The seed CNN after one epoch (about 98%): a real model for the prediction tests."""
+    out = tmp_path_factory.mktemp("cnn")
+    return train(RunConfig(model="cnn", epochs=1), out=out, data_dir=data_dir, progress=False).model_path

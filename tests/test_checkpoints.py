@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from mnistlab import CheckpointError, MnistlabError
-from mnistlab.checkpoints import atomic_write, load_checkpoint, save_checkpoint
-from mnistlab.prediction import load_model
+from mnistlab.checkpoints import load_checkpoint, save_checkpoint
+from mnistlab.classifier import load_model
+from mnistlab.fileio import atomic_write
 
 
 class Evil:

@@ -4,20 +4,32 @@
     result = mnistlab.train(mnistlab.RunConfig(model="cnn"))
     model = mnistlab.load_model(result.model_path)
     print(model.evaluate().accuracy)
+    print(mnistlab.Predictor.from_checkpoint(result.model_path).predict("digit.png").label)
+
+Names are imported on first use, so `mnistlab.preprocessing` and the ONNX Runtime path
+work without torch installed.
 """
 
-from .config import PRESETS, RunConfig, from_preset
-from .data import DATASETS, load_split, read_idx
+from importlib import import_module
+
 from .errors import CheckpointError, DataError, MnistlabError
-from .evaluation import Evaluation, format_accuracy
-from .models import MODELS, build_model
-from .prediction import Classifier, load_model
-from .training import TrainResult, train
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DATASETS", "MODELS", "PRESETS", "CheckpointError", "Classifier", "DataError", "Evaluation",
-    "MnistlabError", "RunConfig", "TrainResult", "build_model", "format_accuracy", "from_preset",
-    "load_model", "load_split", "read_idx", "train",
-]
+_LAZY = {
+    "PRESETS": "config", "RunConfig": "config", "from_preset": "config",
+    "DATASETS": "data", "load_split": "data", "read_idx": "data",
+    "Evaluation": "evaluation", "format_accuracy": "evaluation",
+    "MODELS": "models", "build_model": "models",
+    "Classifier": "classifier", "load_model": "classifier",
+    "Prediction": "prediction", "Predictor": "prediction",
+    "TrainResult": "training", "train": "training",
+}
+
+__all__ = ["CheckpointError", "DataError", "MnistlabError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'mnistlab' has no attribute {name!r}")

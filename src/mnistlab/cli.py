@@ -112,7 +112,7 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .prediction import load_model
+    from .classifier import load_model
     from .training import resolve_device
 
     clf = load_model(args.checkpoint, resolve_device(args.device))
@@ -123,6 +123,68 @@ def cmd_eval(args) -> int:
     else:
         print(f"{args.checkpoint}: {clf.model_name} on {clf.dataset} ({args.split} split)")
         print(ev.report())
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="classify your own images (PNG, JPEG, BMP, GIF, WebP; files or folders)")
+    p.add_argument("checkpoint", help="a model.pt, checkpoint or exported .onnx file")
+    p.add_argument("images", nargs="+", help="image files, or folders of them")
+    p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show (default: 3)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line, with all probabilities")
+    p.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, as PNG")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    from pathlib import Path
+
+    from .fileio import atomic_write
+    from .prediction import Predictor
+    from .preprocessing import image_files
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
+    failed = 0
+    for path in image_files(args.images):
+        try:
+            pred = predictor.predict(path)
+        except MnistlabError as e:
+            failed += 1
+            if args.json:
+                print(json.dumps({"source": str(path), "error": str(e)}))
+            print(f"mnistlab: {e}", file=sys.stderr)
+            continue
+        if args.save_preprocessed:
+            from PIL import Image
+
+            out = Path(args.save_preprocessed) / f"{path.stem}.png"
+            atomic_write(out, lambda tmp, px=pred.preprocessed: Image.fromarray(px).save(tmp, format="PNG"))
+        if args.json:
+            print(json.dumps(pred.to_dict(args.top)))
+        else:
+            top = ", ".join(f"{c} {100 * p:.1f}%" for c, p in pred.top(args.top))
+            print(f"{path}: {pred.label} ({100 * pred.confidence:.1f}%)   top: {top}")
+    return 1 if failed else 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="a local web page to draw a digit on, and a JSON API")
+    p.add_argument("checkpoint", help="a model.pt, checkpoint or exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--max-upload", type=_positive_int, default=2_000_000, help="largest request body, bytes (2 MB)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="server processes, each with its own copy of the model (default: 1)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from .serving import serve
+
+    if not 0 < args.port < 65536:
+        raise MnistlabError(f"--port must lie between 1 and 65535, not {args.port}.")
+    serve(args.checkpoint, host=args.host, port=args.port, max_bytes=args.max_upload, workers=args.workers)
     return 0
 
 
@@ -163,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnistlab", description="Train, evaluate and use MNIST-family classifiers.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_lists):
+    for add in (_add_train, _add_eval, _add_predict, _add_serve, _add_lists):
         add(sub)
     return parser
 

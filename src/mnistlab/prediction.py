@@ -1,65 +1,129 @@
-"""A trained model ready to use: `load_model(path)` then `.predict_proba()` or `.evaluate()`."""
+"""Predictions on a person's own images: `Predictor.from_checkpoint(path).predict(image)`.
+
+The predictor runs either a PyTorch checkpoint or an exported `.onnx` file; the ONNX path
+imports only onnxruntime, numpy and pillow, never torch.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
-import torch
+import numpy as np
 
-from .checkpoints import load_checkpoint
-from .data import Loader, load_split
-from .errors import CheckpointError, MnistlabError
-from .evaluation import Evaluation, evaluate
-from .models import build_model
-
-
-class Classifier:
-    """A model with what it needs to be used: its classes, normalisation and temperature."""
-
-    def __init__(self, module: torch.nn.Module, checkpoint: dict, device: torch.device, source: str = ""):
-        self.module = module.eval()
-        self.device = device
-        self.source = source
-        self.model_name: str = checkpoint["model"]
-        self.dataset: str = checkpoint["dataset"]
-        self.classes: tuple[str, ...] = tuple(checkpoint["classes"])
-        self.mean, self.std = (float(v) for v in checkpoint["normalization"])
-        self.temperature: float = float(checkpoint.get("temperature", 1.0))
-        self.channels_last = getattr(module, "channels_last", False)
-
-    def loader(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> Loader:
-        return Loader(images, labels, batch_size, self.mean, self.std, self.device, self.channels_last)
-
-    @torch.no_grad()
-    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities [N, K] for uint8 images [N, 28, 28] (0 = background, 255 = ink)."""
-        if images.dim() == 2:
-            images = images.unsqueeze(0)
-        if images.dim() != 3 or images.shape[1:] != (28, 28):
-            raise MnistlabError(f"expected images of shape [N, 28, 28], got {list(images.shape)}.")
-        x = self.loader(images, torch.zeros(len(images), dtype=torch.long)).normalize(images.to(self.device))
-        return torch.softmax(self.module(x).float() / self.temperature, dim=1).cpu()
-
-    def evaluate(self, data_dir: str | os.PathLike | None = None, split: str = "test") -> Evaluation:
-        """Exact accuracy and confusion on the whole split of the model's own dataset."""
-        images, labels = load_split(self.dataset, train=split == "train", data_dir=data_dir)
-        return evaluate(self.module, self.loader(images, labels), self.classes)
+from .errors import MnistlabError
+from .preprocessing import preprocess
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
-    """Load a checkpoint or model.pt written by `mnistlab train`."""
-    ckpt = load_checkpoint(path)
-    try:
-        module = build_model(ckpt["model"], **ckpt.get("model_config", {}))
-    except (MnistlabError, TypeError) as e:
-        raise CheckpointError(f"{path}: cannot rebuild model '{ckpt['model']}' ({e}).") from None
-    try:
-        module.load_state_dict(ckpt["model_state"])
-    except RuntimeError:
-        raise CheckpointError(
-            f"{path}: its weights do not fit the model '{ckpt['model']}' it names "
-            "(a checkpoint of another model or a damaged file).") from None
-    device = torch.device(device)
-    if getattr(module, "channels_last", False):
-        module = module.to(memory_format=torch.channels_last)
-    return Classifier(module.to(device), ckpt, device, str(path))
+@dataclass
+class Prediction:
+    probabilities: np.ndarray  # [K], sums to 1
+    classes: tuple[str, ...]
+    preprocessed: np.ndarray  # the uint8 28x28 image the model saw
+    source: str = ""
+
+    @property
+    def index(self) -> int:
+        return int(self.probabilities.argmax())
+
+    @property
+    def label(self) -> str:
+        return self.classes[self.index]
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probabilities.max())
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probabilities)[:k]
+        return [(self.classes[i], float(self.probabilities[i])) for i in order]
+
+    def to_dict(self, k: int = 3) -> dict:
+        return {"source": self.source, "prediction": self.label, "confidence": self.confidence,
+                "top": [{"class": c, "probability": p} for c, p in self.top(k)],
+                "probabilities": {c: float(p) for c, p in zip(self.classes, self.probabilities)}}
+
+
+class _TorchBackend:
+    def __init__(self, path: str | os.PathLike, device: str):
+        import torch
+
+        from .classifier import load_model
+
+        self._torch = torch
+        self.clf = load_model(path, device)
+        self.classes, self.name = self.clf.classes, f"{self.clf.model_name} ({Path(path).name})"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.clf.predict_proba(self._torch.from_numpy(images)).numpy()
+
+
+class _OnnxBackend:
+    def __init__(self, path: str | os.PathLike):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MnistlabError("running an .onnx model needs onnxruntime: pip install 'mnistlab[onnx]'.") from None
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise MnistlabError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]}).") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "mnistlab" not in meta:
+            raise MnistlabError(f"{path}: an ONNX model, but not one exported by mnistlab export.")
+        info = json.loads(meta["mnistlab"])
+        inp = self.session.get_inputs()[0]
+        if list(inp.shape[1:]) != [1, 28, 28]:
+            raise MnistlabError(f"{path}: its input has shape {inp.shape}, not [N, 1, 28, 28].")
+        self.input_name = inp.name
+        self.classes = tuple(info["classes"])
+        self.mean, self.std = info["normalization"]
+        self.outputs_probs = info["output"] == "probabilities"
+        self.temperature = float(info.get("temperature", 1.0))
+        self.name = f"{info['model']} ({Path(path).name}, ONNX Runtime)"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = ((images.astype(np.float32) / 255 - self.mean) / self.std)[:, None]
+        out = self.session.run(None, {self.input_name: x})[0].astype(np.float64)
+        if self.outputs_probs:
+            return out
+        z = out / self.temperature
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+
+class Predictor:
+    """Preprocess images the MNIST way and return the model's whole class distribution."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.classes: tuple[str, ...] = backend.classes
+        self.name: str = backend.name
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> Predictor:
+        """A PyTorch checkpoint (model.pt, ckpt-*.pt) or an .onnx file from `mnistlab export`."""
+        if Path(path).suffix.lower() == ".onnx":
+            if not Path(path).is_file():
+                raise MnistlabError(f"{path}: no such ONNX file.")
+            return cls(_OnnxBackend(path))
+        return cls(_TorchBackend(path, device))
+
+    def predict(self, image, name: str | None = None) -> Prediction:
+        """One image (path, bytes or PIL image) -> its Prediction."""
+        pixels = preprocess(image, name)
+        source = name or (str(image) if isinstance(image, (str, os.PathLike)) else "")
+        return self.predict_pixels(pixels, source)
+
+    def predict_pixels(self, pixels: np.ndarray, source: str = "") -> Prediction:
+        """An already MNIST-like 28x28 array (ink high, 0-255) -> its Prediction."""
+        pixels = np.asarray(pixels)
+        if pixels.shape != (28, 28):
+            raise MnistlabError(f"expected a 28x28 array, got shape {list(pixels.shape)}.")
+        if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
+            raise MnistlabError("pixel values must lie between 0 and 255.")
+        pixels = np.round(pixels).astype(np.uint8)
+        probs = self.backend(pixels[None])[0]
+        return Prediction(probs, self.classes, pixels, source)

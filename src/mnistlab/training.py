@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .augment import Augment
-from .checkpoints import load_checkpoint, save_checkpoint, write_json
+from .checkpoints import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data import Loader, epoch_permutation, get_dataset_spec, load_split
 from .errors import CheckpointError, MnistlabError
 from .evaluation import autocast, evaluate, format_accuracy
+from .fileio import write_json
 from .models import build_model
 
 

@@ -1,0 +1,169 @@
+"""`mnistlab serve`: a local page to draw a digit on, and a small JSON API (Starlette/FastAPI + uvicorn).
+
+POST /api/predict takes an image (multipart field "file", or the raw bytes with an image
+content type) or JSON {"pixels": 28x28 array, ink high, 0-255} and answers the whole
+distribution. GET /healthz says the server is up. Bodies over the limit get 413, bad ones
+400 or 422 with a message; no request can produce a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from importlib import resources
+
+from .errors import MnistlabError
+from .preprocessing import NoDigitError
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+except ImportError:  # the serve extra is not installed
+    FastAPI = None
+
+log = logging.getLogger("mnistlab.serving")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over max_bytes with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = _error(413, f"request body over the limit of {self.max_bytes:,} bytes")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await too_large(scope, receive, send)
+        seen, over = 0, False
+
+        async def limited_receive():
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:  # stop reading; the app sees an empty, final body
+                    over = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded_send(message):
+            if over:  # whatever the app answers to a cut body, the client gets 413
+                if message["type"] == "http.response.start":
+                    await too_large(scope, receive, send)
+                return
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+
+def create_app(predictor, max_bytes: int = 2_000_000):
+    """The ASGI app around one loaded Predictor (loaded once, shared by every request)."""
+    if FastAPI is None:
+        raise MnistlabError("mnistlab serve needs FastAPI and uvicorn: pip install 'mnistlab[serve]'.")
+    app = FastAPI(title="mnistlab", docs_url=None, redoc_url=None, openapi_url=None)
+    page = resources.files("mnistlab").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return page
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "model": predictor.name, "classes": list(predictor.classes)}
+
+    @app.post("/api/predict")
+    async def predict(request: Request):
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        try:
+            if ctype == "application/json":
+                pred = predictor.predict_pixels(_pixels(await request.body()), "pixels")
+            elif ctype == "multipart/form-data":
+                pred = predictor.predict(await _uploaded_file(request), name="uploaded file")
+            elif ctype.startswith("image/") or ctype == "application/octet-stream":
+                pred = predictor.predict(await request.body(), name="request body")
+            else:
+                return _error(415, "send an image (multipart field 'file', or raw bytes with an image content "
+                                   "type) or JSON {\"pixels\": 28x28 array}")
+        except NoDigitError as e:
+            return _error(422, str(e))
+        except MnistlabError as e:
+            return _error(400, str(e))
+        # a plain JSONResponse: FastAPI's generic encoder costs more than the model on a 28x28 list
+        return JSONResponse({**pred.to_dict(len(predictor.classes)), "preprocessed": pred.preprocessed.tolist()})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc):  # a bug of ours: log it, never show a traceback
+        log.exception("unexpected error")
+        return _error(500, "internal error")
+
+    return BodyLimit(app, max_bytes)
+
+
+def _pixels(body: bytes):
+    import numpy as np
+
+    try:
+        data = json.loads(body)
+        pixels = np.asarray(data["pixels"], dtype=np.float64)
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        raise MnistlabError("the JSON must be an object {\"pixels\": 28x28 array of numbers 0-255}.") from None
+    return pixels
+
+
+async def _uploaded_file(request) -> bytes:
+    try:
+        form = await request.form()
+    except Exception:  # python-multipart's own errors for malformed bodies
+        raise MnistlabError("malformed multipart body.") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise MnistlabError("the multipart body has no file field named 'file'.")
+    return await upload.read()
+
+
+def serve(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
+          max_bytes: int = 2_000_000, workers: int = 1) -> None:
+    """Load the model once per worker process and serve the page and the API until Ctrl-C."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise MnistlabError("mnistlab serve needs FastAPI and uvicorn: pip install 'mnistlab[serve]'.") from None
+    predictor = _load(str(checkpoint))  # fails here, with one sentence, before any worker starts
+    print(f"serving {predictor.name} on http://{host}:{port}/ with {workers} worker process"
+          f"{'es' if workers > 1 else ''} (Ctrl-C to stop)", flush=True)
+    if workers == 1:
+        uvicorn.run(create_app(predictor, max_bytes), host=host, port=port, log_level="warning", access_log=False)
+        return
+    os.environ["MNISTLAB_SERVE"] = json.dumps({"checkpoint": str(checkpoint), "max_bytes": max_bytes})
+    uvicorn.run("mnistlab.serving:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", access_log=False)
+
+
+def app_from_environment():
+    """The app for each uvicorn worker process (uvicorn needs an importable factory to fork workers)."""
+    settings = json.loads(os.environ["MNISTLAB_SERVE"])
+    return create_app(_load(settings["checkpoint"]), settings["max_bytes"])
+
+
+def _load(checkpoint: str):
+    from .prediction import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    _one_thread_per_request(predictor)
+    return predictor
+
+
+def _one_thread_per_request(predictor) -> None:
+    # a 28x28 forward pass is too small to split over cores; one thread avoids contention
+    if hasattr(predictor.backend, "clf"):
+        import torch
+
+        torch.set_num_threads(1)

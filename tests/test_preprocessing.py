@@ -1,0 +1,94 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnistlab import MnistlabError, load_split
+from mnistlab.preprocessing import NoDigitError, center_of_mass, preprocess
+
+
+@pytest.fixture(scope="module")
+def digits(data_dir):
+    x, y = load_split("mnist", train=False, data_dir=data_dir, download=False)
+    return x[:20].numpy(), y[:20].numpy()
+
+
+def png_bytes(img: Image.Image, fmt="PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def bar_image(w=300, h=200, dark_on_light=True):
+    a = np.zeros((h, w), np.uint8)
+    a[40:160, 140:160] = 255  # a vertical bar: a "1", 120 px tall
+    return Image.fromarray(255 - a if dark_on_light else a)
+
+
+def test_mnist_digit_survives_the_round_trip(digits):
+    x, _ = digits
+    for d in x[:10]:
+        out = preprocess(Image.fromarray(d))
+        assert out.shape == (28, 28) and out.dtype == np.uint8
+        # already MNIST-like: the pipeline must give it back nearly unchanged
+        assert np.corrcoef(out.ravel().astype(float), d.ravel().astype(float))[0, 1] > 0.98
+
+
+@pytest.mark.parametrize("dark_on_light", [True, False])
+def test_polarity_crop_scale_and_centre(dark_on_light):
+    out = preprocess(bar_image(dark_on_light=dark_on_light)).astype(float)
+    rows = np.flatnonzero(out.max(1) > 30)
+    assert out[0].max() == 0 and out[:, 0].max() == 0  # background is black
+    assert 19 <= rows[-1] - rows[0] + 1 <= 21  # longer side scaled to 20 px
+    cy, cx = center_of_mass(out)
+    assert abs(cy - 14) <= 0.6 and abs(cx - 14) <= 0.6  # centre of mass at the centre
+
+
+NO_SUCH_FILE = {("JPEG", "RGBA"), ("JPEG", "LA"), ("JPEG", "P"), ("BMP", "LA")}  # formats lacking the mode
+
+
+@pytest.mark.parametrize("fmt, mode", [(f, m) for f in ("PNG", "BMP", "GIF", "WEBP", "JPEG")
+                                       for m in ("L", "RGB", "P", "RGBA", "LA", "1") if (f, m) not in NO_SUCH_FILE])
+def test_formats_and_modes(fmt, mode):
+    img = bar_image().convert(mode)
+    out = preprocess(png_bytes(img, fmt))
+    assert 19 <= np.ptp(np.flatnonzero(out.max(1) > 30)) + 1 <= 21
+
+
+def test_transparent_canvas_with_dark_strokes():
+    rgba = np.zeros((200, 200, 4), np.uint8)  # fully transparent black...
+    rgba[30:170, 90:110] = [10, 10, 10, 255]  # ...with an opaque dark stroke
+    out = preprocess(png_bytes(Image.fromarray(rgba, "RGBA")))
+    assert out[14, 14] > 100 and out[0, 0] == 0
+
+
+def test_blank_image_is_no_digit():
+    with pytest.raises(NoDigitError, match="no digit found"):
+        preprocess(png_bytes(Image.new("L", (64, 64), 255)))
+    with pytest.raises(NoDigitError):
+        noise = np.random.default_rng(0).normal(200, 3, (64, 64)).clip(0, 255).astype(np.uint8)
+        preprocess(png_bytes(Image.fromarray(noise)))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b""), "the file is empty"),
+    (lambda p: p.write_text("not an image at all"), "not an image"),
+    (lambda p: p.write_bytes(png_bytes(bar_image())[:200]), "damaged or truncated"),
+])
+def test_bad_files(tmp_path, make, message):
+    path = tmp_path / "x.png"
+    make(path)
+    with pytest.raises(MnistlabError, match=message):
+        preprocess(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(MnistlabError, match="no such file"):
+        preprocess(tmp_path / "nope.png")
+
+
+def test_decompression_bomb_is_refused():
+    bomb = png_bytes(Image.new("1", (20000, 20000)))  # 400 million pixels in a few kB
+    with pytest.raises(MnistlabError, match="too large"):
+        preprocess(bomb)
