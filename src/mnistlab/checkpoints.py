@@ -13,6 +13,7 @@ from .errors import CheckpointError
 from .fileio import atomic_write
 
 FORMAT = "mnistlab-checkpoint"
+_UNREADABLE = "{path}: not a readable checkpoint (corrupt, truncated or another format)."
 VERSION = 1
 
 
@@ -28,13 +29,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint file.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # only a pickle naming a class or function is "code"; the rest is garbage
+            raise CheckpointError(_UNREADABLE.format(path=path)) from None
         raise CheckpointError(
             f"{path}: refused: it holds pickled objects other than tensors and plain data "
             "(not an mnistlab checkpoint, or possibly unsafe)."
         ) from None
     except Exception:  # garbage bytes make the unpickler fail in many ways (KeyError, EOFError, ...)
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated or another format).") from None
+        raise CheckpointError(_UNREADABLE.format(path=path)) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: a PyTorch file, but not an mnistlab checkpoint.")
     if state.get("version", 0) > VERSION:

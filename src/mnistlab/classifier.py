@@ -9,7 +9,7 @@ import torch
 from .checkpoints import load_checkpoint
 from .data import Loader, load_split
 from .errors import CheckpointError, MnistlabError
-from .evaluation import Evaluation, evaluate
+from .evaluation import Evaluation, evaluate, evaluation_from_logits
 from .models import build_model
 
 
@@ -63,3 +63,21 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> C
     if getattr(module, "channels_last", False):
         module = module.to(memory_format=torch.channels_last)
     return Classifier(module.to(device), ckpt, device, str(path))
+
+
+def evaluate_file(path: str | os.PathLike, data_dir=None, split: str = "test", device: str = "cpu"):
+    """Evaluate a checkpoint or an exported .onnx file on a whole split: (model info, Evaluation)."""
+    from pathlib import Path
+
+    if Path(path).suffix.lower() != ".onnx":
+        from .training import resolve_device
+
+        clf = load_model(path, resolve_device(device))
+        return clf, clf.evaluate(data_dir, split)
+    from .prediction import Predictor
+
+    predictor = Predictor.from_checkpoint(path)
+    backend = predictor.backend
+    images, labels = load_split(backend.dataset, train=split == "train", data_dir=data_dir)
+    probs = torch.cat([torch.from_numpy(backend(chunk.numpy())) for chunk in images.split(1000)])
+    return backend, evaluation_from_logits(probs.clamp(min=1e-30).log().float(), labels, predictor.classes)

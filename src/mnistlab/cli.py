@@ -112,11 +112,9 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .classifier import load_model
-    from .training import resolve_device
+    from .classifier import evaluate_file
 
-    clf = load_model(args.checkpoint, resolve_device(args.device))
-    ev = clf.evaluate(args.data_dir, args.split)
+    clf, ev = evaluate_file(args.checkpoint, args.data_dir, args.split, args.device)
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "model": clf.model_name, "dataset": clf.dataset,
                           "split": args.split, **ev.to_dict()}))
@@ -188,6 +186,31 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write an ONNX or TorchScript file that runs without mnistlab")
+    p.add_argument("checkpoint", help="a model.pt or checkpoint written by mnistlab train")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format (default: onnx)")
+    p.add_argument("--out", help="output file (default: beside the checkpoint)")
+    p.add_argument("--probs", action="store_true", help="output probabilities (softmax inside the graph), not logits")
+    p.add_argument("--int8", action="store_true", help="ONNX only: static int8 quantisation, calibrated on "
+                   "training images (needs the dataset: --data-dir)")
+    p.add_argument("--data-dir", help="dataset folder for --int8 calibration (default: $MNISTLAB_DATA, else ./data)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        if args.format == "onnx":
+            raise MnistlabError("ONNX export needs onnx and onnxruntime: pip install 'mnistlab[onnx]'.") from None
+    path = export(args.checkpoint, args.format, args.out, probs=args.probs, int8=args.int8, data_dir=args.data_dir)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0
+
+
 def cmd_losses(args) -> int:
     from .losses import lesson
 
@@ -225,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnistlab", description="Train, evaluate and use MNIST-family classifiers.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_predict, _add_serve, _add_lists):
+    for add in (_add_train, _add_eval, _add_predict, _add_serve, _add_export, _add_lists):
         add(sub)
     return parser
 

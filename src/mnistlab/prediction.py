@@ -55,6 +55,7 @@ class _TorchBackend:
         self._torch = torch
         self.clf = load_model(path, device)
         self.classes, self.name = self.clf.classes, f"{self.clf.model_name} ({Path(path).name})"
+        self.model_name, self.dataset = self.clf.model_name, self.clf.dataset
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.clf.predict_proba(self._torch.from_numpy(images)).numpy()
@@ -78,6 +79,7 @@ class _OnnxBackend:
         if list(inp.shape[1:]) != [1, 28, 28]:
             raise MnistlabError(f"{path}: its input has shape {inp.shape}, not [N, 1, 28, 28].")
         self.input_name = inp.name
+        self.model_name, self.dataset = info["model"], info.get("dataset", "mnist")
         self.classes = tuple(info["classes"])
         self.mean, self.std = info["normalization"]
         self.outputs_probs = info["output"] == "probabilities"

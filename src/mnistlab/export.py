@@ -1,0 +1,157 @@
+"""`mnistlab export`: ONNX (optionally int8) and TorchScript files that run without mnistlab.
+
+The exported graph takes normalised [N, 1, 28, 28] float images with any batch size and
+returns logits, or probabilities with `probs=True` (softmax, with the checkpoint's
+temperature, inside the graph). Batch norm is folded into the convolutions first. The file
+says, in its metadata, the model, the class names, the normalisation and what it outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .classifier import Classifier, load_model
+from .errors import MnistlabError
+from .fileio import atomic_write
+
+FORMATS = ("onnx", "torchscript")
+OPSET = 17
+
+
+class _Exported(nn.Module):
+    """The classifier as it is shipped: logits, or temperature-scaled probabilities."""
+
+    def __init__(self, module: nn.Module, probs: bool, temperature: float):
+        super().__init__()
+        self.module, self.probs, self.temperature = module, probs, temperature
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.module(images)
+        return torch.softmax(logits / self.temperature, dim=1) if self.probs else logits
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy with every BatchNorm2d folded into the convolution before it.
+
+    A BatchNorm2d may sit right after its convolution, or after a max-pool that follows it:
+    a per-channel affine map with a positive scale commutes with taking a maximum, so
+    BN(pool(conv(x))) = pool(BN'(conv(x))). Channels with a negative scale cannot cross the
+    pool; such a BatchNorm stays as it is (said in a warning).
+    """
+    module = copy.deepcopy(module).eval()
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        layers = list(seq)
+        for i, bn in enumerate(layers):
+            if not isinstance(bn, nn.BatchNorm2d):
+                continue
+            j = i - 1 if i >= 1 and isinstance(layers[i - 1], nn.Conv2d) else i - 2
+            if j < 0 or not isinstance(layers[j], nn.Conv2d) or (j == i - 2 and not isinstance(
+                    layers[i - 1], nn.MaxPool2d)):
+                continue
+            conv = layers[j]
+            scale, shift = _bn_scale_shift(bn)
+            if j == i - 2 and (scale <= 0).any():
+                warnings.warn("a batch norm with a negative scale follows a max-pool; left unfolded", stacklevel=2)
+                continue
+            with torch.no_grad():
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                conv.bias = nn.Parameter(bias * scale + shift)
+            seq[i] = nn.Identity()
+    return module
+
+
+def _metadata(clf: Classifier, probs: bool) -> dict:
+    return {"model": clf.model_name, "dataset": clf.dataset, "classes": list(clf.classes),
+            "normalization": [clf.mean, clf.std], "temperature": clf.temperature,
+            "input": "images [N, 1, 28, 28], float32, (pixel / 255 - mean) / std",
+            "output": "probabilities" if probs else "logits"}
+
+
+def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
+           probs: bool = False, int8: bool = False, data_dir: str | os.PathLike | None = None) -> Path:
+    """Export a checkpoint; returns the path written."""
+    if fmt not in FORMATS:
+        raise MnistlabError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'.")
+    if int8 and fmt != "onnx":
+        raise MnistlabError("--int8 applies to ONNX export only.")
+    clf = load_model(checkpoint)
+    module = _Exported(fold_batchnorm(clf.module.to(memory_format=torch.contiguous_format)), probs,
+                       clf.temperature).eval()
+    suffix = {"onnx": ".int8.onnx" if int8 else ".onnx", "torchscript": ".torchscript.pt"}[fmt]
+    out = Path(out) if out else Path(checkpoint).with_suffix(suffix)
+    meta = _metadata(clf, probs)
+    if fmt == "torchscript":
+        scripted = torch.jit.trace(module, torch.zeros(1, 1, 28, 28))
+        files = {"mnistlab.json": json.dumps(meta)}
+        atomic_write(out, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=files))
+        return out
+    model_bytes = _onnx_bytes(module, meta)
+    if int8:
+        model_bytes = _with_metadata(quantize_int8(model_bytes, clf, data_dir), meta | {"quantized": "int8"})
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(model_bytes))
+    return out
+
+
+def _onnx_bytes(module: nn.Module, meta: dict) -> bytes:
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter
+        torch.onnx.export(module, (torch.zeros(2, 1, 28, 28),), buf, input_names=["images"],
+                          output_names=[meta["output"]], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={"images": {0: "batch"}, meta["output"]: {0: "batch"}})
+    return _with_metadata(buf.getvalue(), meta)
+
+
+def _with_metadata(model_bytes: bytes, meta: dict) -> bytes:
+    import onnx
+
+    model = onnx.load_from_string(model_bytes)
+    onnx.helper.set_model_props(model, {"mnistlab": json.dumps(meta)})
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def quantize_int8(model_bytes: bytes, clf: Classifier, data_dir=None, n_calibration: int = 2000) -> bytes:
+    """Static int8 quantisation (QDQ, per channel) calibrated on training images, never test ones."""
+    import tempfile
+
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .data import load_split
+
+    images, _ = load_split(clf.dataset, train=True, data_dir=data_dir)
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n_calibration]
+    x = ((images[pick].numpy().astype(np.float32) / 255 - clf.mean) / clf.std)[:, None]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(x, max(1, len(x) // 100)))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
+
+    with tempfile.TemporaryDirectory() as d:
+        src, prepared, dst = Path(d) / "fp32.onnx", Path(d) / "prepared.onnx", Path(d) / "int8.onnx"
+        src.write_bytes(model_bytes)
+        quant_pre_process(str(src), str(prepared))  # shape inference and graph clean-up, as ORT advises
+        quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        return dst.read_bytes()
