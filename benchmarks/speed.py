@@ -1,7 +1,7 @@
 """Time-to-accuracy of every preset, inference throughput of every model, peak memory.
 
     python benchmarks/speed.py [--device cpu|cuda] [--presets seed-mlp seed-cnn fast accurate]
-                               [--runs N] [--data-dir DIR] [--compile]
+                               [--runs N] [--data-dir DIR] [--compile [MODE]]
 
 Each preset runs in its own process: one warm-up run first (reported apart: on a GPU it
 pays for cuDNN's autotuning and any compilation), then N seeded runs. Training seconds
@@ -32,7 +32,7 @@ from mnistlab import from_preset, train
 preset, overrides, seeds, device, data_dir, compile_ = json.loads(sys.argv[1])
 out = []
 for i, seed in enumerate([seeds[0]] + seeds):  # the first is the warm-up
-    cfg = from_preset(preset, **overrides, seed=seed, device=device, compile=compile_ or None,
+    cfg = from_preset(preset, **overrides, seed=seed, device=device, compile=compile_,
                       log_interval=10**9, eval_every=10**9)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -70,7 +70,8 @@ def training_table(args) -> None:
         accs = [100 * r["correct"] / r["total"] for r in runs]
         mem = (f"{max(r['gpu_mib'] for r in runs):.0f} MiB GPU" if runs[0]["gpu_mib"] is not None
                else f"{res['rss_mib']:.0f} MiB RSS")
-        print(f"| {name}{' (compiled)' if args.compile else ''} | {len(runs)} | {sum(accs) / len(accs):.2f} "
+        label = f"{name} (compile {args.compile})" if args.compile else name
+        print(f"| {label} | {len(runs)} | {sum(accs) / len(accs):.2f} "
               f"({summary(accs)}) | {', '.join(str(r['correct']) for r in runs)} "
               f"| {summary([r['train_s'] for r in runs])} | {warm['train_s']:.2f} | {mem} |", flush=True)
 
@@ -116,7 +117,8 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     p.add_argument("--runs", type=int, help="seeded runs per preset (default: 5 for fast, 3 for the others)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (the warm-up pays for it)")
+    p.add_argument("--compile", nargs="?", const="default", default="",
+                   help="torch.compile mode (the warm-up run pays for compilation)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-training", action="store_true", help="only the inference table")
     p.add_argument("--no-inference", action="store_true", help="only the training table")

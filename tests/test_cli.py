@@ -104,3 +104,24 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_weights(data_dir, tm
     resumed = load_checkpoint(tmp_path / "a" / "model.pt")["model_state"]
     unbroken = load_checkpoint(tmp_path / "b" / "model.pt")["model_state"]
     assert all(torch.equal(resumed[k], unbroken[k]) for k in unbroken)
+
+
+def test_ensemble_eval_and_report_command(data_dir, tmp_path):
+    runs = []
+    for seed in (1, 2):
+        out = tmp_path / f"r{seed}"
+        proc = run("train", "--model", "mlp", "--epochs", "1", "--train-limit", "3000", "--seed", seed,
+                   "--data-dir", data_dir, "--out", out, "--no-report")
+        assert proc.returncode == 0, proc.stderr
+        runs.append(out / "model.pt")
+    proc = run("eval", *runs, "--json", "--data-dir", data_dir)
+    report = json.loads(proc.stdout)
+    assert len(report["members"]) == 2 and report["total"] == 10000
+    assert 0 <= report["ece"] <= 1 and report["brier"] > 0
+    best_member = max(m["correct"] for m in report["members"])
+    assert report["correct"] >= best_member - 50  # averaging two models is not worse than either by much
+    text = run("eval", *runs, "--data-dir", data_dir).stdout
+    assert "ensemble of 2 models" in text and "ECE" in text
+    proc = run("report", tmp_path / "r1", "--data-dir", data_dir)
+    assert proc.returncode == 0 and (tmp_path / "r1" / "report.html").is_file()
+    assert_clean_error(run("report", tmp_path), "no metrics.jsonl")

@@ -91,3 +91,24 @@ def test_fast_preset_with_augmentation_learns_the_fake_task(fake_data, tmp_path)
 def test_unknown_augmentation_is_refused():
     with pytest.raises(MnistlabError, match="--augment takes degrees"):
         RunConfig(augment={"rotate": 3}).validate()
+
+
+def test_ema_temperature_and_report(fake_data, tmp_path):
+    cfg = RunConfig(model="mlp", epochs=2, batch_size=20, optimizer="adam", lr=0.003, ema=0.9, val_size=40,
+                    checkpoint_every=1)
+    result = train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False, report=True)
+    calib = [e for e in result.history if e["event"] == "calibration"]
+    assert len(calib) == 1 and calib[0]["temperature"] > 0
+    model = load_checkpoint(result.model_path)
+    assert model["temperature"] == calib[0]["temperature"]
+    epochs = [e for e in result.history if e["event"] == "epoch"]
+    assert 0 <= epochs[-1]["train_accuracy"] <= 1 and epochs[-1]["train_loss"] > 0
+    for name in ("curves.png", "confusion.png", "errors.png", "reliability.png", "report.html"):
+        assert (tmp_path / "run" / name).stat().st_size > 1000, name
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4  # self-contained
+    # resuming an EMA run continues the average too: same final weights as unbroken
+    again = train(RunConfig(), resume=tmp_path / "run" / "ckpt-epoch001.pt", out=tmp_path / "again",
+                  data_dir=fake_data, progress=False)
+    a, b = load_checkpoint(result.model_path)["model_state"], load_checkpoint(again.model_path)["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -9,7 +9,7 @@ import torch
 from .checkpoints import load_checkpoint
 from .data import Loader, load_split
 from .errors import CheckpointError, MnistlabError
-from .evaluation import Evaluation, evaluate, evaluation_from_logits
+from .evaluation import Evaluation, evaluate, evaluation_from_probs, predict_logits
 from .models import build_model
 
 
@@ -43,7 +43,7 @@ class Classifier:
     def evaluate(self, data_dir: str | os.PathLike | None = None, split: str = "test") -> Evaluation:
         """Exact accuracy and confusion on the whole split of the model's own dataset."""
         images, labels = load_split(self.dataset, train=split == "train", data_dir=data_dir)
-        return evaluate(self.module, self.loader(images, labels), self.classes)
+        return evaluate(self.module, self.loader(images, labels), self.classes, temperature=self.temperature)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
@@ -65,19 +65,38 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> C
     return Classifier(module.to(device), ckpt, device, str(path))
 
 
-def evaluate_file(path: str | os.PathLike, data_dir=None, split: str = "test", device: str = "cpu"):
-    """Evaluate a checkpoint or an exported .onnx file on a whole split: (model info, Evaluation)."""
+def split_probabilities(path: str | os.PathLike, data_dir=None, split: str = "test",
+                        device: str = "cpu") -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """(model info, calibrated probabilities [N, K], labels) of a checkpoint or .onnx file on a split."""
     from pathlib import Path
 
-    if Path(path).suffix.lower() != ".onnx":
-        from .training import resolve_device
-
-        clf = load_model(path, resolve_device(device))
-        return clf, clf.evaluate(data_dir, split)
     from .prediction import Predictor
 
-    predictor = Predictor.from_checkpoint(path)
-    backend = predictor.backend
-    images, labels = load_split(backend.dataset, train=split == "train", data_dir=data_dir)
-    probs = torch.cat([torch.from_numpy(backend(chunk.numpy())) for chunk in images.split(1000)])
-    return backend, evaluation_from_logits(probs.clamp(min=1e-30).log().float(), labels, predictor.classes)
+    if Path(path).suffix.lower() == ".onnx":
+        backend = Predictor.from_checkpoint(path).backend
+        images, labels = load_split(backend.dataset, train=split == "train", data_dir=data_dir)
+        probs = torch.cat([torch.from_numpy(backend(chunk.numpy())) for chunk in images.split(1000)])
+        return {"model": backend.model_name, "dataset": backend.dataset, "classes": backend.classes}, probs, labels
+    from .training import resolve_device
+
+    clf = load_model(path, resolve_device(device))
+    images, labels = load_split(clf.dataset, train=split == "train", data_dir=data_dir)
+    logits, labels = predict_logits(clf.module, clf.loader(images, labels))
+    info = {"model": clf.model_name, "dataset": clf.dataset, "classes": clf.classes, "temperature": clf.temperature}
+    return info, torch.softmax(logits.double() / clf.temperature, 1), labels
+
+
+def evaluate_files(paths: list, data_dir=None, split: str = "test", device: str = "cpu"):
+    """Evaluate one model, or an ensemble that averages the models' (calibrated) probabilities.
+
+    Returns (infos, evaluations of each member, evaluation of the average)."""
+    infos, members, total = [], [], None
+    for path in paths:
+        info, probs, labels = split_probabilities(path, data_dir, split, device)
+        if infos and (info["dataset"], tuple(info["classes"])) != (infos[0]["dataset"], tuple(infos[0]["classes"])):
+            raise MnistlabError(f"{path}: trained on {info['dataset']}, unlike {paths[0]}; "
+                                "an ensemble needs one dataset.")
+        infos.append(info)
+        members.append(evaluation_from_probs(probs, labels, tuple(info["classes"])))
+        total = probs if total is None else total + probs
+    return infos, members, evaluation_from_probs(total / len(paths), labels, tuple(infos[0]["classes"]))

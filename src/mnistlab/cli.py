@@ -67,11 +67,12 @@ def _add_train(sub) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default: constant)")
     p.add_argument("--warmup", type=float, help="onecycle: fraction of steps warming up (default: 0.25)")
     p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default: 0)")
+    p.add_argument("--ema", type=float, help="EMA decay of the weights, e.g. 0.999 (default: 0, off)")
     p.add_argument("--seed", type=int, help="random seed; same seed and device give the same weights (default: 1)")
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, help="auto (default), bf16 autocast or fp32")
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the model (helps on GPUs; slower on small CPUs)")
+    p.add_argument("--compile", nargs="?", const="default", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile the model, in this mode (reduce-overhead: CUDA graphs; GPUs only)")
     p.add_argument("--threads", type=_nonneg_int, help="CPU threads for torch (default: torch's own)")
     p.add_argument("--val-size", type=_nonneg_int, help="images held out of training for validation (default: 0)")
     p.add_argument("--train-limit", type=_nonneg_int, help="train on only the first N images (default: all)")
@@ -84,6 +85,7 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from one of its checkpoints")
     p.add_argument("--dry-run", action="store_true", help="a quick smoke run: 1 epoch on 640 images")
     p.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
+    p.add_argument("--no-report", action="store_true", help="skip the PNG plots and HTML report at the end")
     p.set_defaults(func=cmd_train)
 
 
@@ -96,14 +98,15 @@ def cmd_train(args) -> int:
     if args.dry_run:
         overrides.update(epochs=1, train_limit=640, log_interval=5)
     cfg = from_preset(args.preset, **overrides)
-    train(cfg, out=args.out, resume=args.resume, data_dir=args.data_dir,
+    train(cfg, out=args.out, resume=args.resume, data_dir=args.data_dir, report=not args.no_report,
           progress=False if args.no_progress else None)
     return 0
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a saved model on the whole test set")
-    p.add_argument("checkpoint", help="a model.pt or checkpoint written by mnistlab train")
+    p = sub.add_parser("eval", help="evaluate a saved model, or an ensemble of several, on the whole test set")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="model.pt, checkpoint or .onnx files; several are averaged as an ensemble")
     p.add_argument("--data-dir", help="dataset folder (default: $MNISTLAB_DATA, else ./data)")
     p.add_argument("--split", choices=("test", "train"), default="test", help="which split (default: test)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
@@ -112,15 +115,24 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .classifier import evaluate_file
+    from .classifier import evaluate_files
+    from .evaluation import format_accuracy
 
-    clf, ev = evaluate_file(args.checkpoint, args.data_dir, args.split, args.device)
+    infos, members, ev = evaluate_files(args.checkpoints, args.data_dir, args.split, args.device)
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "model": clf.model_name, "dataset": clf.dataset,
-                          "split": args.split, **ev.to_dict()}))
+        print(json.dumps({"checkpoints": args.checkpoints, "models": [i["model"] for i in infos],
+                          "dataset": infos[0]["dataset"], "split": args.split,
+                          "members": [{"checkpoint": c, "correct": m.correct, "total": m.total, "ece": m.ece}
+                                      for c, m in zip(args.checkpoints, members)] if len(members) > 1 else [],
+                          **ev.to_dict()}))
+        return 0
+    if len(members) > 1:
+        print(f"ensemble of {len(members)} models (mean of their probabilities), {args.split} split:")
+        for path, info, m in zip(args.checkpoints, infos, members):
+            print(f"  {path} ({info['model']}): {format_accuracy(m.correct, m.total)}")
     else:
-        print(f"{args.checkpoint}: {clf.model_name} on {clf.dataset} ({args.split} split)")
-        print(ev.report())
+        print(f"{args.checkpoints[0]}: {infos[0]['model']} on {infos[0]['dataset']} ({args.split} split)")
+    print(ev.report())
     return 0
 
 
@@ -211,6 +223,22 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="rebuild a run's plots and its self-contained HTML report")
+    p.add_argument("run_dir", help="a run folder written by mnistlab train")
+    p.add_argument("--data-dir", help="dataset folder (default: $MNISTLAB_DATA, else ./data)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    try:
+        from .report import build_report
+    except ImportError:
+        raise MnistlabError("reports need matplotlib: pip install 'mnistlab[report]'.") from None
+    print(f"wrote {build_report(args.run_dir, data_dir=args.data_dir)}")
+    return 0
+
+
 def cmd_losses(args) -> int:
     from .losses import lesson
 
@@ -248,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnistlab", description="Train, evaluate and use MNIST-family classifiers.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_predict, _add_serve, _add_export, _add_lists):
+    for add in (_add_train, _add_eval, _add_predict, _add_serve, _add_export, _add_report, _add_lists):
         add(sub)
     return parser
 

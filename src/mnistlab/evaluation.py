@@ -1,4 +1,7 @@
-"""Exact evaluation: counts, confusion matrix, per-class precision and recall."""
+"""Exact evaluation: counts, confusion matrix, per-class precision and recall, and how honest
+the probabilities are (expected calibration error over 15 bins, negative log-likelihood, Brier).
+
+Everything is built from sums, so shares evaluated by several processes add up exactly."""
 
 from __future__ import annotations
 
@@ -17,11 +20,24 @@ def format_accuracy(correct: int, total: int) -> str:
     return f"{correct}/{total} = {100.0 * correct / max(total, 1):.2f}%"
 
 
+ECE_BINS = 15
+
+
 @dataclass
 class Evaluation:
     confusion: torch.Tensor  # [true, predicted] counts, int64
-    loss: float  # mean cross-entropy (nats)
+    loss: float  # mean negative log-likelihood of the true class (nats)
     classes: tuple[str, ...]
+    brier: float = float("nan")  # mean squared error of the probability vector against one-hot
+    bins: torch.Tensor | None = None  # [ECE_BINS, 3]: count, summed confidence, summed correctness
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: confidence against accuracy, weighted over 15 equal-width bins."""
+        if self.bins is None:
+            return float("nan")
+        count, conf, correct = self.bins.T
+        return float((conf - correct).abs().sum() / max(float(count.sum()), 1))
 
     @property
     def correct(self) -> int:
@@ -55,14 +71,17 @@ class Evaluation:
     def to_dict(self) -> dict:
         return {
             "correct": self.correct, "total": self.total, "accuracy": self.accuracy,
-            "loss": self.loss, "classes": list(self.classes),
+            "loss": self.loss, "nll": self.loss, "ece": self.ece, "brier": self.brier,
+            "classes": list(self.classes),
             "precision": self.precision(), "recall": self.recall(),
             "confusion": self.confusion.tolist(),
             "most_confused": [{"true": t, "predicted": p, "count": c} for t, p, c in self.most_confused()],
         }
 
     def report(self) -> str:
-        lines = [f"accuracy: {format_accuracy(self.correct, self.total)}", f"mean loss: {self.loss:.4f}", "",
+        lines = [f"accuracy: {format_accuracy(self.correct, self.total)}",
+                 f"calibration: ECE {100 * self.ece:.2f}% ({ECE_BINS} bins), NLL {self.loss:.4f}, "
+                 f"Brier {self.brier:.4f}", "",
                  f"{'class':>12} {'precision':>9} {'recall':>7} {'count':>6}"]
         for name, p, r, n in zip(self.classes, self.precision(), self.recall(), self.confusion.sum(1).tolist()):
             lines.append(f"{name:>12} {100 * p:8.2f}% {100 * r:6.2f}% {n:6d}")
@@ -100,27 +119,50 @@ def predict_logits(model: torch.nn.Module, loader: Loader,
 
 
 def evaluate(model: torch.nn.Module, loader: Loader, classes: tuple[str, ...],
-             amp_dtype: torch.dtype | None = None) -> Evaluation:
+             amp_dtype: torch.dtype | None = None, temperature: float = 1.0) -> Evaluation:
     """Exact counts over the whole loader. Under torchrun each rank takes a share and the
-    confusion matrices and loss sums are added up, so the counts equal one process's."""
+    sums are added up, so the counts equal one process's."""
     if dist.world_size() > 1:
         loader = loader.shard(dist.rank(), dist.world_size())
     logits, labels = predict_logits(model, loader, amp_dtype)
+    return evaluation_from_probs(torch.softmax(logits / temperature, 1), labels, classes, across_ranks=True)
+
+
+def evaluation_from_probs(probs: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...],
+                          across_ranks: bool = False) -> Evaluation:
+    """All the metrics from class probabilities [N, K]; with across_ranks, summed over the
+    torchrun processes (every rank must then call it)."""
     k = len(classes)
-    sums = torch.cat([_confusion(logits, labels, k).flatten().double(),
-                      F.cross_entropy(logits, labels, reduction="sum").double().view(1).cpu()])
-    sums = dist.all_reduce_sum(sums)
-    confusion = sums[:-1].round().long().view(k, k)
-    total = int(confusion.sum())
-    return Evaluation(confusion=confusion, loss=sums[-1].item() / total if total else float("nan"),
-                      classes=tuple(classes))
-
-
-def _confusion(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.bincount(labels * k + logits.argmax(1), minlength=k * k).reshape(k, k).cpu()
+    probs, labels = probs.double().cpu(), labels.cpu()
+    conf, pred = probs.max(1)
+    confusion = torch.bincount(labels * k + pred, minlength=k * k).double()
+    nll = -probs.gather(1, labels[:, None]).clamp(min=1e-300).log().sum()
+    brier = (probs - F.one_hot(labels, k).double()).square().sum()
+    which = (conf * ECE_BINS).long().clamp(max=ECE_BINS - 1)
+    bins = torch.zeros(ECE_BINS, 3, dtype=torch.float64)
+    bins.index_add_(0, which, torch.stack([torch.ones_like(conf), conf, (pred == labels).double()], 1))
+    sums = torch.cat([confusion, nll.view(1), brier.view(1), bins.flatten()])
+    if across_ranks:
+        sums = dist.all_reduce_sum(sums)
+    confusion = sums[:k * k].round().long().view(k, k)
+    total = max(int(confusion.sum()), 1)
+    return Evaluation(confusion=confusion, loss=sums[k * k].item() / total, classes=tuple(classes),
+                      brier=sums[k * k + 1].item() / total, bins=sums[k * k + 2:].view(ECE_BINS, 3))
 
 
 def evaluation_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> Evaluation:
-    k = len(classes)
-    loss = F.cross_entropy(logits, labels).item() if len(labels) else float("nan")
-    return Evaluation(confusion=_confusion(logits, labels, k), loss=loss, classes=tuple(classes))
+    return evaluation_from_probs(torch.softmax(logits.double(), 1), labels, classes)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T): a 1-D search on log T."""
+    logits, labels = logits.double(), labels
+
+    def nll(log_t: float) -> float:
+        return F.cross_entropy(logits / torch.exp(torch.tensor(log_t)), labels).item()
+
+    lo, hi = -3.0, 3.0  # T from 0.05 to 20; NLL is unimodal in log T
+    for _ in range(60):  # golden-section search
+        a, b = hi - 0.618 * (hi - lo), lo + 0.618 * (hi - lo)
+        lo, hi = (lo, b) if nll(a) < nll(b) else (a, hi)
+    return float(torch.exp(torch.tensor((lo + hi) / 2)))

@@ -82,12 +82,15 @@ class _OnnxBackend:
         self.model_name, self.dataset = info["model"], info.get("dataset", "mnist")
         self.classes = tuple(info["classes"])
         self.mean, self.std = info["normalization"]
+        self._scale, self._shift = 1 / (255 * self.std), -self.mean / self.std  # pixel * scale + shift
         self.outputs_probs = info["output"] == "probabilities"
         self.temperature = float(info.get("temperature", 1.0))
         self.name = f"{info['model']} ({Path(path).name}, ONNX Runtime)"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        x = ((images.astype(np.float32) / 255 - self.mean) / self.std)[:, None]
+        x = images.astype(np.float32)[:, None]
+        x *= self._scale
+        x += self._shift
         out = self.session.run(None, {self.input_name: x})[0].astype(np.float64)
         if self.outputs_probs:
             return out

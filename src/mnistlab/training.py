@@ -27,7 +27,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data import Loader, epoch_permutation, get_dataset_spec, load_split
 from .errors import CheckpointError, MnistlabError
-from .evaluation import autocast, evaluate, format_accuracy
+from .evaluation import autocast, evaluate, fit_temperature, format_accuracy, predict_logits
 from .fileio import write_json
 from .models import build_model
 
@@ -198,7 +198,8 @@ def _loaders(cfg: RunConfig, device: torch.device, channels_last: bool, data_dir
 
 
 def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-          data_dir: str | os.PathLike | None = None, progress: bool | None = None) -> TrainResult:
+          data_dir: str | os.PathLike | None = None, progress: bool | None = None,
+          report: bool = False) -> TrainResult:
     """Train `cfg.model` on `cfg.dataset`, evaluate on the test set, save into a run folder."""
     state = None
     if resume:
@@ -230,13 +231,20 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
     sched = make_scheduler(cfg, opt, total_steps)
     augment = Augment(**cfg.augment) if cfg.augment else None
     ddp_model = dist.wrap(model)
+    # an exponential moving average of the weights (and BN statistics) is what gets evaluated and shipped
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
+        cfg.ema), use_buffers=True) if cfg.ema else None)
+    shipped = ema.module if ema is not None else model
+    temperature = 1.0
     if cfg.compile:
-        ddp_model = torch.compile(ddp_model)
+        ddp_model = torch.compile(ddp_model, mode=cfg.compile)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     epoch, step_in_epoch, global_step, train_seconds = 1, 0, 0, 0.0
     if state is not None:
-        model.load_state_dict(state["model_state"])
+        model.load_state_dict(state["train_model_state"] if ema is not None else state["model_state"])
+        if ema is not None:
+            ema.load_state_dict(state["ema_state"])
         opt.load_state_dict(state["optimizer_state"])
         if sched is not None and state.get("scheduler_state"):
             sched.load_state_dict(state["scheduler_state"])
@@ -254,17 +262,19 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
             "normalization": [spec.mean, spec.std], "classes": list(spec.classes),
             "config": cfg.to_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch,
             "global_step": global_step, "train_seconds": train_seconds, "history": log.history,
-            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model_state": _cpu(shipped.state_dict()), "temperature": temperature,
         }
         if not final:  # model.pt carries weights only; checkpoints carry the whole training state
             ckpt |= {"optimizer_state": opt.state_dict(), "rng_state": torch.get_rng_state(),
                      "scheduler_state": sched.state_dict() if sched is not None else None}
+            if ema is not None:
+                ckpt |= {"train_model_state": _cpu(model.state_dict()), "ema_state": _cpu(ema.state_dict())}
         save_checkpoint(ckpt, path)
 
     def test(split: str, loader: Loader) -> None:
-        ev = evaluate(model, loader, spec.classes)
-        log.record(event=split, epoch=epoch, correct=ev.correct, total=ev.total,
-                   accuracy=ev.accuracy, loss=ev.loss)
+        ev = evaluate(shipped, loader, spec.classes, temperature=temperature)
+        log.record(event=split, epoch=epoch, correct=ev.correct, total=ev.total, accuracy=ev.accuracy,
+                   loss=ev.loss, ece=ev.ece, brier=ev.brier, temperature=temperature)
         log.line(f"epoch {epoch:>3} {split}: {format_accuracy(ev.correct, ev.total)}  loss {ev.loss:.4f}")
 
     log.line(f"training {cfg.model} on {cfg.dataset} ({len(data.train.images)} images, {steps_per_epoch} "
@@ -275,23 +285,31 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
         while epoch <= last_epoch:
             epoch_steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)
             running, seen = torch.zeros((), device=device), 0
+            # the epoch's training figures: loss summed at each log line, correct answers counted per step
+            epoch_loss, epoch_steps_seen, epoch_correct, epoch_images = 0.0, 0, torch.zeros((), device=device), 0
             bar = log.bar(epoch_steps, step_in_epoch, f"epoch {epoch}/{last_epoch}")
             t0 = time.perf_counter()
             for x, y in data.train.batches(epoch, step_in_epoch):
                 if augment is not None:
                     x = augment(x, seed=cfg.seed * 1_000_003 + global_step, background=data.train.background)
                 with autocast(device, amp):
-                    loss = F.cross_entropy(ddp_model(x), y, label_smoothing=cfg.label_smoothing)
+                    logits = ddp_model(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 if sched is not None:
                     sched.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 running += loss.detach()
+                epoch_correct += (logits.argmax(1) == y).sum()
+                epoch_images += len(y)
                 seen, step_in_epoch, global_step = seen + 1, step_in_epoch + 1, global_step + 1
                 bar.update()
                 if step_in_epoch % cfg.log_interval == 0 or step_in_epoch == epoch_steps:
                     mean = _check_finite(running.item() / seen, epoch, step_in_epoch, cfg.lr)
+                    epoch_loss, epoch_steps_seen = epoch_loss + mean * seen, epoch_steps_seen + seen
                     log.record(event="train", epoch=epoch, step=step_in_epoch, loss=mean)
                     if step_in_epoch % cfg.log_interval == 0:
                         log.line(f"epoch {epoch:>3} [{step_in_epoch:>5}/{epoch_steps}] loss {mean:.4f}")
@@ -303,8 +321,12 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
             if step_in_epoch == epoch_steps:  # the epoch is complete
                 count, index_sum, index_sq_sum = dist.all_reduce_sum(data.train.seen).tolist()
                 data.train.seen.zero_()
+                correct = dist.all_reduce_sum(epoch_correct.float()).item()
+                images_seen = dist.world_size() * epoch_images
                 log.record(event="epoch", epoch=epoch, train_seconds=train_seconds, steps=global_step,
-                           samples=int(count), index_sum=int(index_sum), index_sq_sum=int(index_sq_sum))
+                           samples=int(count), index_sum=int(index_sum), index_sq_sum=int(index_sq_sum),
+                           train_loss=epoch_loss / max(epoch_steps_seen, 1),
+                           train_accuracy=correct / max(images_seen, 1))
                 if data.val is not None:
                     test("validation", data.val)
                 if epoch % cfg.eval_every == 0 or epoch == last_epoch:
@@ -319,12 +341,39 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
                 raise KeyboardInterrupt
 
     epoch = last_epoch
+    if data.val is not None and not any(e["event"] == "calibration" for e in log.history):
+        # temperature scaling, fitted on the validation split only; the test set is then reported with it
+        before = evaluate(shipped, data.val, spec.classes)
+        temperature = fit_temperature(*predict_logits(shipped, data.val))
+        after = evaluate(shipped, data.val, spec.classes, temperature=temperature)
+        log.record(event="calibration", temperature=temperature, val_ece_before=before.ece, val_ece_after=after.ece,
+                   val_nll_before=before.loss, val_nll_after=after.loss)
+        log.line(f"temperature {temperature:.3f} fitted on the validation split: ECE {100 * before.ece:.2f}% -> "
+                 f"{100 * after.ece:.2f}%, NLL {before.loss:.4f} -> {after.loss:.4f}")
+        test("test", data.test)
     final = next(e for e in reversed(log.history) if e["event"] == "test")
     model_path = run_dir / "model.pt"
     checkpoint(model_path, final=True)
     log.line(f"test accuracy: {format_accuracy(final['correct'], final['total'])}; "
              f"{train_seconds:.2f} s of training; saved {model_path}")
+    if dist.is_main() and report:
+        _write_report(run_dir, log, data_dir)
     return TrainResult(run_dir, model_path, final["correct"], final["total"], train_seconds, log.history)
+
+
+def _write_report(run_dir: Path, log: _Log, data_dir) -> None:
+    """The run's pictures and HTML page, where matplotlib is installed (mnistlab[report])."""
+    try:
+        from .report import build_report
+    except ImportError:
+        log.line("(no report: matplotlib is not installed; pip install 'mnistlab[report]')")
+        return
+    page = build_report(run_dir, data_dir=data_dir)
+    log.line(f"report: {page}")
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state.items()}
 
 
 def keep_freed_memory() -> None:

@@ -1,0 +1,158 @@
+"""Run reports: PNG plots next to the checkpoint and one self-contained HTML page.
+
+    build_report(run_dir)   # what `mnistlab report RUN_DIR` and the end of training call
+
+curves.png (loss and accuracy per epoch, training and validation/test), confusion.png (the
+test confusion matrix as a heat-map), errors.png (test digits the model got wrong, with the
+true label, the prediction and its probability), reliability.png (confidence against
+accuracy, 15 bins) and report.html holding them all. matplotlib's Agg backend: no display.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .classifier import load_model  # noqa: E402
+from .data import load_split  # noqa: E402
+from .errors import MnistlabError  # noqa: E402
+from .evaluation import ECE_BINS, evaluation_from_probs, format_accuracy, predict_logits  # noqa: E402
+from .fileio import atomic_write  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _events(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise MnistlabError(f"{run_dir}: no metrics.jsonl here; is it a folder written by mnistlab train?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(events: list[dict], path: Path) -> Path:
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = [e for e in events if e["event"] == "epoch" and "train_loss" in e]
+    if epochs:
+        xs = [e["epoch"] for e in epochs]
+        ax_loss.plot(xs, [e["train_loss"] for e in epochs], "o-", label="training")
+        ax_acc.plot(xs, [100 * e["train_accuracy"] for e in epochs], "o-", label="training")
+    for split in ("validation", "test"):
+        rows = [e for e in events if e["event"] == split]
+        if rows:
+            ax_loss.plot([e["epoch"] for e in rows], [e["loss"] for e in rows], "s-", label=split)
+            ax_acc.plot([e["epoch"] for e in rows], [100 * e["accuracy"] for e in rows], "s-", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(confusion: torch.Tensor, classes, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 5.2))
+    off = confusion.clone().float()
+    off.fill_diagonal_(0)
+    im = ax.imshow(off, cmap="Reds")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            v = int(confusion[i, j])
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="black" if i != j else "#1a6")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true",
+           title="test confusion matrix (colour: errors only)")
+    ax.set_xticklabels(classes, rotation=90 if max(map(len, classes)) > 2 else 0)
+    ax.set_yticklabels(classes)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_errors(images, labels, probs, classes, path: Path, limit: int = 40) -> Path:
+    wrong = (probs.argmax(1) != labels).nonzero().flatten()
+    wrong = wrong[probs[wrong].max(1).values.argsort(descending=True)][:limit]  # most confident first
+    cols = 10
+    rows = max(1, -(-len(wrong) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.35), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong.tolist()):
+        ax.imshow(images[i], cmap="gray_r")
+        p = int(probs[i].argmax())
+        ax.set_title(f"{classes[int(labels[i])]}→{classes[p]}\n{100 * float(probs[i, p]):.0f}%", fontsize=7)
+    fig.suptitle(f"{len(wrong)} most confident mistakes (true→predicted, probability)", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_reliability(bins: torch.Tensor, ece: float, path: Path) -> Path:
+    count, conf, correct = bins.T
+    keep = count > 0
+    centers = (torch.arange(ECE_BINS) + 0.5) / ECE_BINS
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.bar(centers[keep], (correct[keep] / count[keep]), width=1 / ECE_BINS, edgecolor="k", alpha=0.7,
+           label="accuracy in bin")
+    ax.plot(conf[keep] / count[keep], correct[keep] / count[keep], "o", color="C3", ms=4, label="mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+           title=f"reliability (test), ECE {100 * ece:.2f}%")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def build_report(run_dir: str | os.PathLike, data_dir=None) -> Path:
+    """Rebuild every picture of a run folder from its metrics and model.pt; return report.html."""
+    run_dir = Path(run_dir)
+    events = _events(run_dir)
+    model_path = run_dir / "model.pt"
+    if not model_path.is_file():
+        raise MnistlabError(f"{run_dir}: no model.pt here (the run did not finish).")
+    clf = load_model(model_path)
+    images, labels = load_split(clf.dataset, train=False, data_dir=data_dir)
+    logits, labels = predict_logits(clf.module, clf.loader(images, labels))
+    probs = torch.softmax(logits.double() / clf.temperature, 1)
+    ev = evaluation_from_probs(probs, labels, clf.classes)
+    pictures = [
+        ("Loss and accuracy per epoch", plot_curves(events, run_dir / "curves.png")),
+        ("Confusion matrix", plot_confusion(ev.confusion, clf.classes, run_dir / "confusion.png")),
+        ("Mistakes", plot_errors(images.numpy(), labels, probs, clf.classes, run_dir / "errors.png")),
+        ("Reliability diagram", plot_reliability(ev.bins, ev.ece, run_dir / "reliability.png")),
+    ]
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    calib = next((e for e in events if e["event"] == "calibration"), None)
+    rows = [("model", clf.model_name), ("dataset", clf.dataset),
+            ("test accuracy", format_accuracy(ev.correct, ev.total)),
+            ("calibration (test)", f"ECE {100 * ev.ece:.2f}%, NLL {ev.loss:.4f}, Brier {ev.brier:.4f}, "
+                                   f"temperature {clf.temperature:.3f}")]
+    if calib:
+        rows.append(("temperature fit (validation)", f"ECE {100 * calib['val_ece_before']:.2f}% → "
+                                                     f"{100 * calib['val_ece_after']:.2f}%"))
+    epochs = [e for e in events if e["event"] == "epoch"]
+    if epochs:
+        rows.append(("training time", f"{epochs[-1]['train_seconds']:.1f} s"))
+    page = _html(run_dir.name, rows, config, pictures)
+    atomic_write(run_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    return run_dir / "report.html"
+
+
+def _html(title: str, rows, config: dict, pictures) -> str:
+    esc = html.escape
+    table = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in rows)
+    figs = "".join(
+        f"<h2>{esc(name)}</h2><img alt='{esc(name)}' src='data:image/png;base64,"
+        f"{base64.b64encode(path.read_bytes()).decode()}'>" for name, path in pictures)
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>mnistlab run {esc(title)}</title>"
+            "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}"
+            "th{text-align:left;padding-right:1rem}img{max-width:100%}pre{background:#f6f6f6;padding:.6rem}</style>"
+            f"</head><body><h1>Run {esc(title)}</h1><table>{table}</table>{figs}"
+            f"<h2>Configuration</h2><pre>{esc(json.dumps(config, indent=2))}</pre></body></html>")
