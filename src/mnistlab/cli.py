@@ -73,6 +73,8 @@ def _add_train(sub) -> None:
     p.add_argument("--precision", choices=PRECISIONS, help="auto (default), bf16 autocast or fp32")
     p.add_argument("--compile", nargs="?", const="default", choices=("default", "reduce-overhead", "max-autotune"),
                    help="torch.compile the model, in this mode (reduce-overhead: CUDA graphs; GPUs only)")
+    p.add_argument("--cuda-graph", action="store_true", default=None,
+                   help="replay the training step as a CUDA graph (one GPU, Adam/AdamW; on in the fast preset)")
     p.add_argument("--threads", type=_nonneg_int, help="CPU threads for torch (default: torch's own)")
     p.add_argument("--val-size", type=_nonneg_int, help="images held out of training for validation (default: 0)")
     p.add_argument("--train-limit", type=_nonneg_int, help="train on only the first N images (default: all)")

@@ -39,6 +39,7 @@ class RunConfig:
     # torch.compile mode ("" = eager): "reduce-overhead" replays CUDA graphs, which removes the
     # per-kernel launch cost that dominates small models on a GPU; measured slower on a 2-core CPU
     compile: str = ""
+    cuda_graph: bool = False  # capture the whole step as a CUDA graph (CUDA devices, one process, Adam/AdamW)
     val_size: int = 0  # images carved from the training set for validation
     train_limit: int = 0  # 0: the whole training set (smaller for smoke runs and tests)
     log_interval: int = 300
@@ -88,7 +89,7 @@ PRESETS: dict[str, dict] = {
     # test set: see BENCHMARKS.md for the search and benchmarks/speed.py for the figures.
     "fast": dict(model="fast", model_config={"channels": [16, 32], "hidden": 256}, optimizer="adam",
                  lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=1.25,
-                 label_smoothing=0.1, eval_every=1),
+                 label_smoothing=0.1, eval_every=1, cuda_graph=True),
     # 99.5% within a minute on a CPU (issue 4): wider, with batch augmentation, 10 epochs.
     "accurate": dict(model="fast", model_config={"channels": [32, 64], "hidden": 256}, optimizer="adam",
                      lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=10,

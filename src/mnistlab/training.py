@@ -18,7 +18,6 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import distributed as dist
@@ -27,9 +26,10 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data import Loader, epoch_permutation, get_dataset_spec, load_split
 from .errors import CheckpointError, MnistlabError
-from .evaluation import autocast, evaluate, fit_temperature, format_accuracy, predict_logits
+from .evaluation import evaluate, fit_temperature, format_accuracy, predict_logits
 from .fileio import write_json
 from .models import build_model
+from .steps import EagerStep, GraphedStep
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -62,20 +62,22 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: RunConfig, model: torch.nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
     params = model.parameters()
     # fused kernels: one pass over the parameters instead of several small ops per tensor
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, fused=True)
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    if capturable:  # for a CUDA graph: foreach kernels read lr and betas from device tensors (fused ones sync)
+        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True, capturable=True)
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
-def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, total_steps: int):
+def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, total_steps: int, cycle_momentum: bool = True):
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
-                                                   pct_start=cfg.warmup)
+                                                   pct_start=cfg.warmup, cycle_momentum=cycle_momentum)
     return None
 
 
@@ -227,8 +229,11 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
     steps_per_epoch = len(data.train)
     total_steps = max(1, round(cfg.epochs * steps_per_epoch))
     last_epoch = math.ceil(total_steps / steps_per_epoch)
-    opt = make_optimizer(cfg, model)
-    sched = make_scheduler(cfg, opt, total_steps)
+    graphed = (cfg.cuda_graph and device.type == "cuda" and dist.world_size() == 1 and not cfg.compile
+               and cfg.optimizer != "sgd")
+    opt = make_optimizer(cfg, model, capturable=graphed)
+    # in a CUDA graph beta1 stays fixed: Adam's foreach kernels read a tensor beta1 on the host (PyTorch 2.11)
+    sched = make_scheduler(cfg, opt, total_steps, cycle_momentum=not graphed)
     augment = Augment(**cfg.augment) if cfg.augment else None
     ddp_model = dist.wrap(model)
     # an exponential moving average of the weights (and BN statistics) is what gets evaluated and shipped
@@ -253,6 +258,7 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
         global_step, train_seconds = state["global_step"], state["train_seconds"]
         log.history = list(state.get("history", []))
         log.line(f"resuming {resume} at epoch {epoch}, step {step_in_epoch}/{steps_per_epoch}")
+    step = (GraphedStep if graphed else EagerStep)(ddp_model, opt, amp, cfg.label_smoothing)
 
     def checkpoint(path: Path, final: bool = False) -> None:
         if not dist.is_main():
@@ -278,7 +284,8 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
         log.line(f"epoch {epoch:>3} {split}: {format_accuracy(ev.correct, ev.total)}  loss {ev.loss:.4f}")
 
     log.line(f"training {cfg.model} on {cfg.dataset} ({len(data.train.images)} images, {steps_per_epoch} "
-             f"steps/epoch, {total_steps} steps, {device.type}, {'bf16 autocast' if amp else 'fp32'}"
+             f"steps/epoch, {total_steps} steps, {device.type}{', CUDA graph' if graphed else ''}, "
+             f"{'bf16 autocast' if amp else 'fp32'}"
              f"{dist.describe()}) -> {run_dir}")
     model.train()
     with _StopRequest() as stop:
@@ -292,18 +299,14 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
             for x, y in data.train.batches(epoch, step_in_epoch):
                 if augment is not None:
                     x = augment(x, seed=cfg.seed * 1_000_003 + global_step, background=data.train.background)
-                with autocast(device, amp):
-                    logits = ddp_model(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss, correct = step(x, y)
                 if sched is not None:
                     sched.step()
+                    step.after_schedule()
                 if ema is not None:
                     ema.update_parameters(model)
-                running += loss.detach()
-                epoch_correct += (logits.argmax(1) == y).sum()
+                running += loss
+                epoch_correct += correct
                 epoch_images += len(y)
                 seen, step_in_epoch, global_step = seen + 1, step_in_epoch + 1, global_step + 1
                 bar.update()

@@ -1,0 +1,90 @@
+"""One optimiser step: eager, or captured once as a CUDA graph and replayed.
+
+A small model on a big GPU spends most of each step launching kernels from Python: measured
+on an H100, 0.4 ms of GPU work took 3.1 ms of wall time. A CUDA graph of the whole step
+(forward, backward, optimiser) replays all of it with one launch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .evaluation import autocast
+
+
+class EagerStep:
+    """forward, backward, optimiser step; returns (loss, number correct) as device tensors."""
+
+    def __init__(self, model, opt, amp, label_smoothing: float):
+        self.model, self.opt, self.amp, self.label_smoothing = model, opt, amp, label_smoothing
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+        with autocast(x.device, self.amp):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    def after_schedule(self) -> None:
+        """Called after the learning-rate scheduler moved (nothing to do eagerly)."""
+
+
+class GraphedStep(EagerStep):
+    """The same step, captured as a CUDA graph after a few eager warm-up steps.
+
+    The optimiser must be built with capturable=True. Its learning rate lives in a device
+    tensor the graph reads, refreshed after each scheduler step; betas stay fixed. Batches of another
+    size (an epoch's last) run eagerly on the same weights and optimiser state.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, model, opt, amp, label_smoothing: float):
+        super().__init__(model, opt, amp, label_smoothing)
+        self.graph, self.calls, self.shape = None, 0, None
+        device = next(model.parameters()).device
+        self.lrs = []  # one device tensor per parameter group, read by the captured optimiser
+        for group in opt.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+            self.lrs.append(group["lr"])
+
+    def after_schedule(self) -> None:
+        for group, lr in zip(self.opt.param_groups, self.lrs):
+            if group["lr"] is not lr:  # a scheduler wrote a float: copy it into the tensor
+                lr.fill_(float(group["lr"]))
+                group["lr"] = lr
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor):
+        self.calls += 1
+        if self.graph is None and self.calls <= self.WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up on a side stream, as CUDA graph capture requires
+                out = super().__call__(x, y)
+            torch.cuda.current_stream().wait_stream(side)
+            self.shape = x.shape
+            return out
+        if x.shape != self.shape:
+            return super().__call__(x, y)
+        if self.graph is None:
+            self._capture(x, y)
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.graph.replay()
+        return self.static_loss, self.static_correct
+
+    def _capture(self, x, y) -> None:
+        self.static_x, self.static_y = x.clone(), y.clone()
+        self.opt.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            with torch.autocast("cuda", dtype=self.amp, enabled=self.amp is not None, cache_enabled=False):
+                logits = self.model(self.static_x)
+                loss = F.cross_entropy(logits, self.static_y, label_smoothing=self.label_smoothing)
+            loss.backward()
+            self.opt.step()
+            self.static_loss = loss.detach()
+            self.static_correct = (logits.argmax(1) == self.static_y).sum()
