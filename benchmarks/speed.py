@@ -51,6 +51,8 @@ print("RESULT " + json.dumps(dict(runs=out, rss_mib=rss)))
 def run_preset(name, runs, args):
     preset, overrides = PRESETS[name]
     seeds = list(range(1, runs + 1))
+    if args.no_cuda_graph:
+        overrides = {**overrides, "cuda_graph": False}
     payload = json.dumps([preset, overrides, seeds, args.device, args.data_dir, args.compile])
     proc = subprocess.run([sys.executable, "-c", CHILD, payload], capture_output=True, text=True)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -71,6 +73,7 @@ def training_table(args) -> None:
         mem = (f"{max(r['gpu_mib'] for r in runs):.0f} MiB GPU" if runs[0]["gpu_mib"] is not None
                else f"{res['rss_mib']:.0f} MiB RSS")
         label = f"{name} (compile {args.compile})" if args.compile else name
+        label += " (eager, no CUDA graph)" if args.no_cuda_graph else ""
         print(f"| {label} | {len(runs)} | {sum(accs) / len(accs):.2f} "
               f"({summary(accs)}) | {', '.join(str(r['correct']) for r in runs)} "
               f"| {summary([r['train_s'] for r in runs])} | {warm['train_s']:.2f} | {mem} |", flush=True)
@@ -119,6 +122,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", nargs="?", const="default", default="",
                    help="torch.compile mode (the warm-up run pays for compilation)")
+    p.add_argument("--no-cuda-graph", action="store_true", help="run the fast preset's step eagerly on a GPU")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-training", action="store_true", help="only the inference table")
     p.add_argument("--no-inference", action="store_true", help="only the training table")
