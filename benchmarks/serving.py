@@ -10,6 +10,7 @@ same machine (raw keep-alive HTTP/1.1, one connection per client), which shares 
 
 import argparse
 import asyncio
+import gc
 import io
 import socket
 import subprocess
@@ -121,7 +122,9 @@ def main() -> None:
         request = raw_png_request(png, port)
         run = _event_loop_runner()
         run(load(port, request, args.clients, 320))  # warm-up
+        gc.disable()  # the load generator's own garbage collections would show up as server latency
         lat, errors, wall = run(load(port, request, args.clients, args.requests))
+        gc.enable()
     finally:
         server.terminate()
         server.wait()

@@ -88,15 +88,17 @@ class _OnnxBackend:
         self.name = f"{info['model']} ({Path(path).name}, ONNX Runtime)"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        x = images.astype(np.float32)[:, None]
-        x *= self._scale
+        x = np.multiply(images[:, None], self._scale, dtype=np.float32)
         x += self._shift
         out = self.session.run(None, {self.input_name: x})[0].astype(np.float64)
         if self.outputs_probs:
             return out
-        z = out / self.temperature
-        z = np.exp(z - z.max(1, keepdims=True))
-        return z / z.sum(1, keepdims=True)
+        if self.temperature != 1.0:
+            out /= self.temperature
+        out -= out.max(1, keepdims=True)  # softmax, in place
+        np.exp(out, out=out)
+        out /= out.sum(1, keepdims=True)
+        return out
 
 
 class Predictor:

@@ -8,6 +8,7 @@ distribution. GET /healthz says the server is up. Bodies over the limit get 413,
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -158,6 +159,10 @@ def _load(checkpoint: str):
 
     predictor = Predictor.from_checkpoint(checkpoint)
     _one_thread_per_request(predictor)
+    # everything loaded so far lives as long as the server: keep the garbage collector from
+    # walking it again and again (full collections stalled requests by ~18 ms here)
+    gc.collect()
+    gc.freeze()
     return predictor
 
 
