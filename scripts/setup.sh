@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with mnistlab and its dependencies.
-# Usage: scripts/setup.sh [EXTRAS]   e.g. scripts/setup.sh test
+# Usage: scripts/setup.sh [EXTRAS]   default: report (run plots); e.g. scripts/setup.sh serve,onnx,report
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-}"
+extras="${1:-report}"
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first and pinned: the CPU build; an open range would pull a multi-GB CUDA build.
