@@ -100,7 +100,7 @@ def main() -> None:
     p.add_argument("--data-dir")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--requests", type=int, default=5008)
-    p.add_argument("--workers", type=int, default=1, help="server processes")
+    p.add_argument("--workers", type=int, default=2, help="server processes (default: 2, one per core here)")
     args = p.parse_args()
     png = digit_png(args.data_dir)
     print(f"machine: {machine()}")

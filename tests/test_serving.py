@@ -165,3 +165,46 @@ def test_browser_draws_a_digit_and_sees_the_answer(live_server, strokes, digit):
             assert page.locator("#prediction").text_content() == ""
         finally:
             browser.close()
+
+
+def test_serve_command_with_two_worker_processes(trained_cnn, seven_png):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "MNISTLAB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(trained_cnn), "--port", str(port),
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "with 2 worker processes" in proc.stdout.readline()
+        answers = []
+        for _ in range(100):
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/predict", data=seven_png[0],
+                                             headers={"Content-Type": "image/png"})
+                answers.append(json.loads(urllib.request.urlopen(req, timeout=5).read())["prediction"])
+                if len(answers) == 8:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert answers == ["7"] * 8
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err
+
+
+def test_serve_refuses_a_bad_checkpoint_before_listening(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    proc = subprocess.run([sys.executable, "-m", "mnistlab", "serve", str(tmp_path / "bad.pt"), "--workers", "2"],
+                          capture_output=True, text=True, env={**os.environ, "MNISTLAB_OFFLINE": "1"}, timeout=60)
+    assert proc.returncode == 1 and "bad.pt: not a readable checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -143,15 +143,48 @@ def serve(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     if workers == 1:
         uvicorn.run(create_app(predictor, max_bytes), host=host, port=port, log_level="warning", access_log=False)
         return
-    os.environ["MNISTLAB_SERVE"] = json.dumps({"checkpoint": str(checkpoint), "max_bytes": max_bytes})
-    uvicorn.run("mnistlab.serving:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False)
+    _serve_reuseport(str(checkpoint), host, port, max_bytes, workers)
 
 
-def app_from_environment():
-    """The app for each uvicorn worker process (uvicorn needs an importable factory to fork workers)."""
-    settings = json.loads(os.environ["MNISTLAB_SERVE"])
-    return create_app(_load(settings["checkpoint"]), settings["max_bytes"])
+def _serve_reuseport(checkpoint: str, host: str, port: int, max_bytes: int, workers: int) -> None:
+    """Worker processes, each with its own listening socket on the same port (SO_REUSEPORT).
+
+    The kernel then spreads new connections evenly over the workers; with one shared socket
+    (uvicorn's own --workers) one process measured taking most of 16 connections.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_reuseport_worker, args=(checkpoint, host, port, max_bytes), daemon=True)
+             for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs:
+            proc.terminate()
+
+
+def _reuseport_worker(checkpoint: str, host: str, port: int, max_bytes: int) -> None:
+    import socket
+
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    config = uvicorn.Config(create_app(_load(checkpoint), max_bytes), log_level="warning", access_log=False)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
 
 
 def _load(checkpoint: str):
