@@ -247,7 +247,7 @@ class Loader:
         self.mean, self.std = mean, std
         self.channels_last = channels_last
         self.order = order
-        self.seen = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares of indices served
+        self._served = None  # (order, first, end) of the epoch being served
 
     def shard(self, rank: int, world: int) -> Loader:
         """Every world-th image from `rank` on: a rank's share of an in-order split."""
@@ -276,13 +276,21 @@ class Loader:
             return
         order = self.order(epoch)
         idx = order.to(self.images.device)
+        self._served = [order, start * bs, start * bs]
         for i in range(start * bs, len(idx), bs):
             b = idx[i:i + bs]
-            # a checksum of what was served, so runs can prove they saw the same data
-            served = order[i:i + bs].double()
-            self.seen += torch.stack([torch.tensor(float(len(served)), dtype=torch.float64), served.sum(),
-                                      served.square().sum()])
+            self._served[2] = i + len(b)
             yield self.normalize(self.images[b]), self.labels[b]
+
+    def served_checksum(self) -> torch.Tensor:
+        """Count, sum and sum of squares of the image indices served since the last call, so
+        that runs (one process or several) can prove they saw the same data."""
+        if self._served is None:
+            return torch.zeros(3, dtype=torch.float64)
+        order, first, end = self._served
+        self._served = None
+        served = order[first:end].double()
+        return torch.stack([torch.tensor(float(len(served)), dtype=torch.float64), served.sum(), served.square().sum()])
 
     def __iter__(self):
         return self.batches()

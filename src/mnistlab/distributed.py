@@ -107,11 +107,6 @@ def broadcast_str(value: str) -> str:
     return box[0]
 
 
-def barrier() -> None:
-    if is_initialized():
-        td.barrier()
-
-
 def shutdown() -> None:
     """Leave the process group cleanly (an abandoned gloo group can abort the process at exit)."""
     if is_initialized():

@@ -322,8 +322,7 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
             train_seconds += time.perf_counter() - t0
             bar.close()
             if step_in_epoch == epoch_steps:  # the epoch is complete
-                count, index_sum, index_sq_sum = dist.all_reduce_sum(data.train.seen).tolist()
-                data.train.seen.zero_()
+                count, index_sum, index_sq_sum = dist.all_reduce_sum(data.train.served_checksum()).tolist()
                 correct = dist.all_reduce_sum(epoch_correct.float()).item()
                 images_seen = dist.world_size() * epoch_images
                 log.record(event="epoch", epoch=epoch, train_seconds=train_seconds, steps=global_step,
