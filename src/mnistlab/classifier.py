@@ -7,7 +7,7 @@ import os
 import torch
 
 from .checkpoints import load_checkpoint
-from .data import Loader, load_split
+from .data import Loader, load_split, normalize
 from .errors import CheckpointError, MnistlabError
 from .evaluation import Evaluation, evaluate, evaluation_from_probs, predict_logits
 from .models import build_model
@@ -37,8 +37,14 @@ class Classifier:
             images = images.unsqueeze(0)
         if images.dim() != 3 or images.shape[1:] != (28, 28):
             raise MnistlabError(f"expected images of shape [N, 28, 28], got {list(images.shape)}.")
-        x = self.loader(images, torch.zeros(len(images), dtype=torch.long)).normalize(images.to(self.device))
+        x = normalize(images.to(self.device), self.mean, self.std, self.channels_last)
         return torch.softmax(self.module(x).float() / self.temperature, dim=1).cpu()
+
+    def split_probabilities(self, data_dir=None, split: str = "test"):
+        """(uint8 images, temperature-scaled probabilities [N, K] in float64, labels) over a whole split."""
+        images, labels = load_split(self.dataset, train=split == "train", data_dir=data_dir)
+        logits, labels = predict_logits(self.module, self.loader(images, labels))
+        return images, torch.softmax(logits.double() / self.temperature, 1), labels
 
     def evaluate(self, data_dir: str | os.PathLike | None = None, split: str = "test") -> Evaluation:
         """Exact accuracy and confusion on the whole split of the model's own dataset."""
@@ -80,10 +86,9 @@ def split_probabilities(path: str | os.PathLike, data_dir=None, split: str = "te
     from .training import resolve_device
 
     clf = load_model(path, resolve_device(device))
-    images, labels = load_split(clf.dataset, train=split == "train", data_dir=data_dir)
-    logits, labels = predict_logits(clf.module, clf.loader(images, labels))
+    _, probs, labels = clf.split_probabilities(data_dir, split)
     info = {"model": clf.model_name, "dataset": clf.dataset, "classes": clf.classes, "temperature": clf.temperature}
-    return info, torch.softmax(logits.double() / clf.temperature, 1), labels
+    return info, probs, labels
 
 
 def evaluate_files(paths: list, data_dir=None, split: str = "test", device: str = "cpu"):

@@ -232,6 +232,12 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def normalize(images: torch.Tensor, mean: float, std: float, channels_last: bool = False) -> torch.Tensor:
+    """uint8 [N, 28, 28] -> float [N, 1, 28, 28], (pixel / 255 - mean) / std."""
+    x = images.unsqueeze(1).float().sub_(mean * 255).div_(std * 255)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 class Loader:
     """Batches from a uint8 image tensor held on the device; normalised on the fly.
 
@@ -264,8 +270,7 @@ class Loader:
         return -self.mean / self.std
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.unsqueeze(1).float().sub_(self.mean * 255).div_(self.std * 255)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return normalize(x, self.mean, self.std, self.channels_last)
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (images, labels) from batch number `start` of `epoch` on."""

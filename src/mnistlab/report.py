@@ -23,9 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .classifier import load_model  # noqa: E402
-from .data import load_split  # noqa: E402
 from .errors import MnistlabError  # noqa: E402
-from .evaluation import ECE_BINS, evaluation_from_probs, format_accuracy, predict_logits  # noqa: E402
+from .evaluation import ECE_BINS, evaluation_from_probs, format_accuracy  # noqa: E402
 from .fileio import atomic_write  # noqa: E402
 
 
@@ -118,9 +117,7 @@ def build_report(run_dir: str | os.PathLike, data_dir=None) -> Path:
     if not model_path.is_file():
         raise MnistlabError(f"{run_dir}: no model.pt here (the run did not finish).")
     clf = load_model(model_path)
-    images, labels = load_split(clf.dataset, train=False, data_dir=data_dir)
-    logits, labels = predict_logits(clf.module, clf.loader(images, labels))
-    probs = torch.softmax(logits.double() / clf.temperature, 1)
+    images, probs, labels = clf.split_probabilities(data_dir)
     ev = evaluation_from_probs(probs, labels, clf.classes)
     pictures = [
         ("Loss and accuracy per epoch", plot_curves(events, run_dir / "curves.png")),
