@@ -39,10 +39,9 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = _error(413, f"request body over the limit of {self.max_bytes:,} bytes")
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await too_large(scope, receive, send)
+            return await self._too_large(scope, receive, send)
         seen, over = 0, False
 
         async def limited_receive():
@@ -58,11 +57,15 @@ class BodyLimit:
         async def guarded_send(message):
             if over:  # whatever the app answers to a cut body, the client gets 413
                 if message["type"] == "http.response.start":
-                    await too_large(scope, receive, send)
+                    await self._too_large(scope, receive, send)
                 return
             await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
+
+    def _too_large(self, scope, receive, send):
+        # built only when needed: a response object per request would sit on the hot path
+        return _error(413, f"request body over the limit of {self.max_bytes:,} bytes")(scope, receive, send)
 
 
 def create_app(predictor, max_bytes: int = 2_000_000):
