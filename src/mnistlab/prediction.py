@@ -122,7 +122,7 @@ class Predictor:
         """One image (path, bytes or PIL image) -> its Prediction."""
         pixels = preprocess(image, name)
         source = name or (str(image) if isinstance(image, (str, os.PathLike)) else "")
-        return self.predict_pixels(pixels, source)
+        return self._classify(pixels, source)  # preprocess gives valid uint8 28x28: no re-checking
 
     def predict_pixels(self, pixels: np.ndarray, source: str = "") -> Prediction:
         """An already MNIST-like 28x28 array (ink high, 0-255) -> its Prediction."""
@@ -131,6 +131,7 @@ class Predictor:
             raise MnistlabError(f"expected a 28x28 array, got shape {list(pixels.shape)}.")
         if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
             raise MnistlabError("pixel values must lie between 0 and 255.")
-        pixels = np.round(pixels).astype(np.uint8)
-        probs = self.backend(pixels[None])[0]
-        return Prediction(probs, self.classes, pixels, source)
+        return self._classify(np.round(pixels).astype(np.uint8), source)
+
+    def _classify(self, pixels: np.ndarray, source: str) -> Prediction:
+        return Prediction(self.backend(pixels[None])[0], self.classes, pixels, source)
