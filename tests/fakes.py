@@ -1,7 +1,10 @@
-"""Tiny IDX files and fake datasets in MNIST's layout, for tests."""
+"""Test helpers: tiny IDX files, fake datasets in MNIST's layout, and running the CLI."""
 
 import gzip
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +34,10 @@ def make_fake_mnist(root: Path, n_train: int = 200, n_test: int = 50, flat: bool
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+def run_cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """`python -m mnistlab ARGS` offline, output captured."""
+    env = {**os.environ, "MNISTLAB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mnistlab", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)

@@ -8,13 +8,8 @@ import time
 import pytest
 import torch
 
+from fakes import run_cli as run
 from mnistlab.checkpoints import load_checkpoint
-
-
-def run(*args, env=None, timeout=300):
-    env = {**os.environ, "MNISTLAB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "mnistlab", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
 
 
 def assert_clean_error(proc, pattern, code=1):

@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +8,7 @@ import torch.nn as nn
 pytest.importorskip("onnxruntime")
 import onnxruntime as ort  # noqa: E402
 
+from fakes import run_cli
 from mnistlab import MODELS, MnistlabError, RunConfig, load_model, load_split, train  # noqa: E402
 from mnistlab.export import export, fold_batchnorm  # noqa: E402
 from mnistlab.prediction import Predictor  # noqa: E402
@@ -94,11 +92,6 @@ def test_int8_keeps_accuracy_and_shrinks(data_dir, tmp_path, test_set):
     acc = [(ort_probs(p, images).argmax(1) == labels.numpy()).mean() for p in (fp32, int8)]
     assert acc[0] - acc[1] <= 0.002
     assert int8.stat().st_size < fp32.stat().st_size / 2.5
-
-
-def run_cli(*args):
-    env = {**os.environ, "MNISTLAB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "mnistlab", *map(str, args)], capture_output=True, text=True, env=env)
 
 
 def test_foreign_and_misshapen_onnx_files_are_refused(tmp_path):

@@ -1,12 +1,10 @@
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fakes import run_cli
 from mnistlab import MnistlabError, load_split
 from mnistlab.prediction import Predictor
 
@@ -40,11 +38,6 @@ def test_predict_pixels_checks_its_input(trained_cnn):
         predictor.predict_pixels(np.zeros((27, 28)))
     with pytest.raises(MnistlabError, match="between 0 and 255"):
         predictor.predict_pixels(np.full((28, 28), 300.0))
-
-
-def run_cli(*args):
-    env = {**os.environ, "MNISTLAB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "mnistlab", *map(str, args)], capture_output=True, text=True, env=env)
 
 
 def test_predict_cli_folder_json_and_saved_inputs(trained_cnn, digit_files, tmp_path):
