@@ -120,3 +120,26 @@ def test_ensemble_eval_and_report_command(data_dir, tmp_path):
     proc = run("report", tmp_path / "r1", "--data-dir", data_dir)
     assert proc.returncode == 0 and (tmp_path / "r1" / "report.html").is_file()
     assert_clean_error(run("report", tmp_path), "no metrics.jsonl")
+
+
+def test_eval_on_the_validation_split_the_run_held_out(data_dir, tmp_path):
+    runs = {}
+    for val_size in (1000, 2000):
+        out = tmp_path / f"v{val_size}"
+        proc = run("train", "--model", "mlp", "--epochs", "1", "--train-limit", "3000", "--val-size", val_size,
+                   "--data-dir", data_dir, "--out", out, "--no-report")
+        assert proc.returncode == 0, proc.stderr
+        runs[val_size] = out
+    last_val = [json.loads(ln) for ln in (runs[1000] / "metrics.jsonl").read_text().splitlines()
+                if '"validation"' in ln][-1]
+    report = json.loads(run("eval", runs[1000] / "model.pt", "--split", "validation", "--json",
+                            "--data-dir", data_dir).stdout)
+    # the same 1,000 held-out images the run was judged on (the temperature leaves the argmax alone)
+    assert (report["correct"], report["total"]) == (last_val["correct"], 1000)
+    assert_clean_error(run("eval", runs[1000] / "model.pt", runs[2000] / "model.pt", "--split", "validation",
+                           "--data-dir", data_dir), "held out a different validation split")
+    no_val = tmp_path / "noval"
+    assert run("train", "--model", "mlp", "--epochs", "1", "--train-limit", "500", "--data-dir", data_dir,
+               "--out", no_val, "--no-report").returncode == 0
+    assert_clean_error(run("eval", no_val / "model.pt", "--split", "validation", "--data-dir", data_dir),
+                       "no validation split")

@@ -12,6 +12,25 @@ from .errors import CheckpointError, MnistlabError
 from .evaluation import Evaluation, evaluate, evaluation_from_probs, predict_logits
 from .models import build_model
 
+SPLITS = ("test", "train", "validation")
+
+
+def load_eval_split(dataset: str, split: str, data_dir=None, val_size: int = 0,
+                    source: str = "this model") -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of a split; "validation" is the part of the training set that a run
+    with `val_size` held out (the same images for every seed), for choices made without the test set."""
+    if split not in SPLITS:
+        raise MnistlabError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}.")
+    images, labels = load_split(dataset, train=split != "test", data_dir=data_dir)
+    if split != "validation":
+        return images, labels
+    if not val_size:
+        raise MnistlabError(f"{source} was trained on the whole training set: it has no validation split "
+                            "(train with --val-size N to hold one out).")
+    from .training import split_train_val
+
+    return split_train_val(images, labels, val_size)[1]
+
 
 class Classifier:
     """A model with what it needs to be used: its classes, normalisation and temperature."""
@@ -25,6 +44,7 @@ class Classifier:
         self.classes: tuple[str, ...] = tuple(checkpoint["classes"])
         self.mean, self.std = (float(v) for v in checkpoint["normalization"])
         self.temperature: float = float(checkpoint.get("temperature", 1.0))
+        self.val_size: int = int(checkpoint.get("config", {}).get("val_size", 0))
         self.channels_last = getattr(module, "channels_last", False)
 
     def loader(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> Loader:
@@ -42,13 +62,13 @@ class Classifier:
 
     def split_probabilities(self, data_dir=None, split: str = "test"):
         """(uint8 images, temperature-scaled probabilities [N, K] in float64, labels) over a whole split."""
-        images, labels = load_split(self.dataset, train=split == "train", data_dir=data_dir)
+        images, labels = load_eval_split(self.dataset, split, data_dir, self.val_size, self.source or "this model")
         logits, labels = predict_logits(self.module, self.loader(images, labels))
         return images, torch.softmax(logits.double() / self.temperature, 1), labels
 
     def evaluate(self, data_dir: str | os.PathLike | None = None, split: str = "test") -> Evaluation:
         """Exact accuracy and confusion on the whole split of the model's own dataset."""
-        images, labels = load_split(self.dataset, train=split == "train", data_dir=data_dir)
+        images, labels = load_eval_split(self.dataset, split, data_dir, self.val_size, self.source or "this model")
         return evaluate(self.module, self.loader(images, labels), self.classes, temperature=self.temperature)
 
 
@@ -80,7 +100,7 @@ def split_probabilities(path: str | os.PathLike, data_dir=None, split: str = "te
 
     if Path(path).suffix.lower() == ".onnx":
         backend = Predictor.from_checkpoint(path).backend
-        images, labels = load_split(backend.dataset, train=split == "train", data_dir=data_dir)
+        images, labels = load_eval_split(backend.dataset, split, data_dir, backend.val_size, str(path))
         probs = torch.cat([torch.from_numpy(backend(chunk.numpy())) for chunk in images.split(1000)])
         return {"model": backend.model_name, "dataset": backend.dataset, "classes": backend.classes}, probs, labels
     from .training import resolve_device
@@ -101,6 +121,9 @@ def evaluate_files(paths: list, data_dir=None, split: str = "test", device: str 
         if infos and (info["dataset"], tuple(info["classes"])) != (infos[0]["dataset"], tuple(infos[0]["classes"])):
             raise MnistlabError(f"{path}: trained on {info['dataset']}, unlike {paths[0]}; "
                                 "an ensemble needs one dataset.")
+        if total is not None and probs.shape != total.shape:
+            raise MnistlabError(f"{path}: held out a different validation split from {paths[0]}; "
+                                "an ensemble is judged on one split.")
         infos.append(info)
         members.append(evaluation_from_probs(probs, labels, tuple(info["classes"])))
         total = probs if total is None else total + probs

@@ -106,11 +106,13 @@ def cmd_train(args) -> int:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a saved model, or an ensemble of several, on the whole test set")
+    p = sub.add_parser("eval", help="evaluate a saved model, or an ensemble of several, on a whole split")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                    help="model.pt, checkpoint or .onnx files; several are averaged as an ensemble")
     p.add_argument("--data-dir", help="dataset folder (default: $MNISTLAB_DATA, else ./data)")
-    p.add_argument("--split", choices=("test", "train"), default="test", help="which split (default: test)")
+    p.add_argument("--split", choices=("test", "train", "validation"), default="test",
+                   help="which split (default: test); validation: the images the run held out of training "
+                        "(--val-size), for choosing models without looking at the test set")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
     p.set_defaults(func=cmd_eval)

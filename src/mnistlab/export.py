@@ -77,6 +77,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 def _metadata(clf: Classifier, probs: bool) -> dict:
     return {"model": clf.model_name, "dataset": clf.dataset, "classes": list(clf.classes),
             "normalization": [clf.mean, clf.std], "temperature": clf.temperature,
+            "val_size": clf.val_size,
             "input": "images [N, 1, 28, 28], float32, (pixel / 255 - mean) / std",
             "output": "probabilities" if probs else "logits"}
 

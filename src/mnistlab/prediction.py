@@ -85,6 +85,7 @@ class _OnnxBackend:
         self._scale, self._shift = 1 / (255 * self.std), -self.mean / self.std  # pixel * scale + shift
         self.outputs_probs = info["output"] == "probabilities"
         self.temperature = float(info.get("temperature", 1.0))
+        self.val_size = int(info.get("val_size", 0))
         self.name = f"{info['model']} ({Path(path).name}, ONNX Runtime)"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
