@@ -23,7 +23,7 @@ PRESETS = {  # name -> (preset, overrides)
     "seed-cnn": ("seed", {"model": "cnn"}),
     "fast": ("fast", {}),
     "accurate": ("accurate", {}),
-    "best": ("best", {}),  # about 2.5 minutes a run on the 2-core CPU
+    "best": ("best", {}),  # about 10 minutes a run on the 2-core CPU
 }
 DEFAULT_RUNS = {"seed-mlp": 3, "seed-cnn": 3, "fast": 5, "accurate": 3, "best": 3}
 

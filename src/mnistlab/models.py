@@ -66,10 +66,14 @@ class CNN(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def _conv_pool_bn(c_in: int, c_out: int, k: int) -> list[nn.Module]:
+def _conv_pool_bn(c_in: int, c_out: int, k: int, padding: int = 0) -> list[nn.Module]:
     # pooling before batch norm and ReLU: both then touch a quarter of the values, which is
     # most of the step's time on a CPU for the first layer
-    return [nn.Conv2d(c_in, c_out, k, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out), nn.ReLU()]
+    return [nn.Conv2d(c_in, c_out, k, padding=padding, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+def _conv_bn(c_in: int, c_out: int, padding: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=padding, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
 @register("fast")
@@ -83,6 +87,28 @@ class FastCNN(nn.Module):
         c1, c2 = channels
         self.features = nn.Sequential(*_conv_pool_bn(1, c1, 5), *_conv_pool_bn(c1, c2, 3), nn.Flatten())
         self.classifier = nn.Sequential(nn.Linear(c2 * 25, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register("deep")
+class DeepCNN(nn.Module):
+    """VGG-style CNN: three blocks of two 3x3 conv-BN-ReLU (28 -> 14 -> 7 -> 3), then one linear layer.
+
+    The `best` preset's model, with channels (48, 96, 192)."""
+
+    channels_last = True
+
+    def __init__(self, channels: tuple[int, int, int] = (32, 64, 128), num_classes: int = 10):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.features = nn.Sequential(
+            *_conv_bn(1, c1), *_conv_pool_bn(c1, c1, 3, padding=1),  # 28 -> 14
+            *_conv_bn(c1, c2), *_conv_pool_bn(c2, c2, 3, padding=1),  # 14 -> 7
+            *_conv_bn(c2, c3, padding=0), *_conv_bn(c3, c3, padding=0),  # 7 -> 5 -> 3
+            nn.Flatten())
+        self.classifier = nn.Linear(c3 * 9, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

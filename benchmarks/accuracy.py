@@ -1,0 +1,101 @@
+"""Issue 5's figures: the `best` preset over several seeds, then an ensemble chosen on validation.
+
+    python benchmarks/accuracy.py --runs-dir runs/best [--seeds 1 2 3 4 5] [--extra RUN_DIR ...]
+                                  [--data-dir DIR]
+
+Seed S trains `mnistlab train --preset best --seed S` into RUNS_DIR/seedS, skipped when its
+model.pt is already there (an interrupted benchmark resumes; runs made by hand with the same
+command can be reused). The single-model figure is the test accuracy at the final epoch, mean
+of the first three seeds. Ensemble members (the seeds, plus any --extra run folders trained
+with the same --val-size) are chosen greedily on the validation split, by the negative
+log-likelihood of their averaged probabilities, at most --max-members of them; only the chosen
+ensemble is then evaluated on the test set.
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from common import machine
+from mnistlab import from_preset, train
+from mnistlab.classifier import split_probabilities
+from mnistlab.evaluation import evaluation_from_probs, format_accuracy
+
+
+def train_seed(seed: int, out: Path, data_dir) -> None:
+    if not (out / "model.pt").is_file():
+        train(from_preset("best", seed=seed), out=out, data_dir=data_dir, progress=False)
+
+
+def run_summary(run: Path) -> dict:
+    events = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    tests = [e for e in events if e["event"] == "test"]
+    calib = next(e for e in events if e["event"] == "calibration")
+    return dict(run=str(run), correct=tests[-1]["correct"], total=tests[-1]["total"],
+                train_s=[e for e in events if e["event"] == "epoch"][-1]["train_seconds"],
+                temperature=calib["temperature"], val_ece=(calib["val_ece_before"], calib["val_ece_after"]),
+                test_ece=(tests[-2]["ece"], tests[-1]["ece"]), test_nll=tests[-1]["loss"],
+                test_brier=tests[-1]["brier"])
+
+
+def choose_ensemble(runs: list[Path], data_dir, max_members: int) -> tuple[list[int], list]:
+    """Greedy forward selection on the validation split; returns member indices and the steps taken."""
+    probs = []
+    for run in runs:
+        info, p, labels = split_probabilities(run / "model.pt", data_dir, "validation")
+        probs.append(p)
+    classes = tuple(info["classes"])
+    chosen, steps, best_nll = [], [], float("inf")
+    while len(chosen) < max_members:
+        trials = {i: evaluation_from_probs(sum(probs[j] for j in chosen + [i]) / (len(chosen) + 1), labels, classes)
+                  for i in range(len(runs)) if i not in chosen}
+        if not trials:
+            break
+        i, ev = min(trials.items(), key=lambda kv: kv[1].loss)
+        if ev.loss >= best_nll:
+            break
+        chosen.append(i)
+        best_nll = ev.loss
+        steps.append((runs[i].name, ev.correct, ev.total, ev.loss))
+    return chosen, steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs-dir", required=True, help="folder for the seeds' run folders")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--extra", nargs="*", default=[], help="more run folders to offer the ensemble")
+    p.add_argument("--max-members", type=int, default=5)
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args()
+    print(f"machine: {machine()}")
+    runs = [Path(args.runs_dir) / f"seed{s}" for s in args.seeds]
+    for seed, run in zip(args.seeds, runs):
+        train_seed(seed, run, args.data_dir)
+    print("\n| run | test accuracy (final epoch) | training s | temperature | validation ECE before → after "
+          "| test ECE before → after | test NLL / Brier (calibrated) |\n|---|---|---|---|---|---|---|")
+    rows = [run_summary(r) for r in runs + [Path(e) for e in args.extra]]
+    for r in rows:
+        print(f"| {Path(r['run']).name} | {format_accuracy(r['correct'], r['total'])} | {r['train_s']:.0f} "
+              f"| {r['temperature']:.3f} | {100 * r['val_ece'][0]:.2f}% → {100 * r['val_ece'][1]:.2f}% "
+              f"| {100 * r['test_ece'][0]:.2f}% → {100 * r['test_ece'][1]:.2f}% "
+              f"| {r['test_nll']:.4f} / {r['test_brier']:.4f} |")
+    first3 = [100 * r["correct"] / r["total"] for r in rows[:3]]
+    print(f"\nsingle model, mean of the first 3 seeds: {statistics.mean(first3):.2f}%  "
+          f"(all {len(runs)} seeds: {statistics.mean(100 * r['correct'] / r['total'] for r in rows[:len(runs)]):.2f}%)")
+    candidates = runs + [Path(e) for e in args.extra]
+    chosen, steps = choose_ensemble(candidates, args.data_dir, args.max_members)
+    print("\nensemble chosen on the validation split (greedy, by NLL of the mean probabilities):")
+    for name, correct, total, nll in steps:
+        print(f"  + {name}: validation {format_accuracy(correct, total)}, NLL {nll:.4f}")
+    info, test_probs, labels = split_probabilities(candidates[chosen[0]] / "model.pt", args.data_dir, "test")
+    for i in chosen[1:]:
+        test_probs = test_probs + split_probabilities(candidates[i] / "model.pt", args.data_dir, "test")[1]
+    ev = evaluation_from_probs(test_probs / len(chosen), labels, tuple(info["classes"]))
+    print(f"ensemble of {len(chosen)} on the test set: {format_accuracy(ev.correct, ev.total)}; "
+          f"ECE {100 * ev.ece:.2f}%, NLL {ev.loss:.4f}, Brier {ev.brier:.4f}")
+
+
+if __name__ == "__main__":
+    main()
