@@ -88,7 +88,8 @@ def inference_table(args) -> None:
 
     device = torch.device(args.device)
     models = {"mlp": ("mlp", {}), "cnn": ("cnn", {}), "fast (fast preset)": ("fast", P["fast"]["model_config"]),
-              "fast (accurate preset)": ("fast", P["accurate"]["model_config"])}
+              "fast (accurate preset)": ("fast", P["accurate"]["model_config"]),
+              "deep (best preset)": ("deep", P["best"]["model_config"])}
     print("\n| model | parameters | batch 1: images/s (median latency) | batch 1000: images/s |")
     print("|---|---|---|---|")
     for label, (name, config) in models.items():
