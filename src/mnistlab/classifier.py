@@ -50,6 +50,10 @@ class Classifier:
     def loader(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> Loader:
         return Loader(images, labels, batch_size, self.mean, self.std, self.device, self.channels_last)
 
+    def load_split(self, split: str = "test", data_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images and labels of a split of the model's dataset (validation: the one it held out)."""
+        return load_eval_split(self.dataset, split, data_dir, self.val_size, self.source or "this model")
+
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities [N, K] for uint8 images [N, 28, 28] (0 = background, 255 = ink)."""
@@ -62,13 +66,13 @@ class Classifier:
 
     def split_probabilities(self, data_dir=None, split: str = "test"):
         """(uint8 images, temperature-scaled probabilities [N, K] in float64, labels) over a whole split."""
-        images, labels = load_eval_split(self.dataset, split, data_dir, self.val_size, self.source or "this model")
+        images, labels = self.load_split(split, data_dir)
         logits, labels = predict_logits(self.module, self.loader(images, labels))
         return images, torch.softmax(logits.double() / self.temperature, 1), labels
 
     def evaluate(self, data_dir: str | os.PathLike | None = None, split: str = "test") -> Evaluation:
         """Exact accuracy and confusion on the whole split of the model's own dataset."""
-        images, labels = load_eval_split(self.dataset, split, data_dir, self.val_size, self.source or "this model")
+        images, labels = self.load_split(split, data_dir)
         return evaluate(self.module, self.loader(images, labels), self.classes, temperature=self.temperature)
 
 
