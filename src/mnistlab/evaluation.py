@@ -125,7 +125,7 @@ def evaluate(model: torch.nn.Module, loader: Loader, classes: tuple[str, ...],
     if dist.world_size() > 1:
         loader = loader.shard(dist.rank(), dist.world_size())
     logits, labels = predict_logits(model, loader, amp_dtype)
-    return evaluation_from_probs(torch.softmax(logits / temperature, 1), labels, classes, across_ranks=True)
+    return evaluation_from_logits(logits, labels, classes, temperature, across_ranks=True)
 
 
 def evaluation_from_probs(probs: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...],
@@ -150,8 +150,10 @@ def evaluation_from_probs(probs: torch.Tensor, labels: torch.Tensor, classes: tu
                       brier=sums[k * k + 1].item() / total, bins=sums[k * k + 2:].view(ECE_BINS, 3))
 
 
-def evaluation_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> Evaluation:
-    return evaluation_from_probs(torch.softmax(logits.double(), 1), labels, classes)
+def evaluation_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...],
+                           temperature: float = 1.0, across_ranks: bool = False) -> Evaluation:
+    """All the metrics from logits, softened by `temperature` (softmax in float64)."""
+    return evaluation_from_probs(torch.softmax(logits.double() / temperature, 1), labels, classes, across_ranks)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -26,7 +26,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data import Loader, epoch_permutation, get_dataset_spec, load_split
 from .errors import CheckpointError, MnistlabError
-from .evaluation import evaluate, evaluation_from_probs, fit_temperature, format_accuracy, predict_logits
+from .evaluation import evaluate, evaluation_from_logits, fit_temperature, format_accuracy, predict_logits
 from .fileio import write_json
 from .models import build_model
 from .steps import EagerStep, GraphedStep
@@ -348,8 +348,8 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
         # one pass over the validation split; every rank holds all of it, so no sums are needed
         logits, labels = predict_logits(shipped, data.val)
         temperature = fit_temperature(logits, labels)
-        before = evaluation_from_probs(torch.softmax(logits.double(), 1), labels, spec.classes)
-        after = evaluation_from_probs(torch.softmax(logits.double() / temperature, 1), labels, spec.classes)
+        before = evaluation_from_logits(logits, labels, spec.classes)
+        after = evaluation_from_logits(logits, labels, spec.classes, temperature)
         log.record(event="calibration", temperature=temperature, val_ece_before=before.ece, val_ece_after=after.ece,
                    val_nll_before=before.loss, val_nll_after=after.loss)
         log.line(f"temperature {temperature:.3f} fitted on the validation split: ECE {100 * before.ece:.2f}% -> "
