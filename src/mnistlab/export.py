@@ -135,11 +135,11 @@ def quantize_int8(model_bytes: bytes, clf: Classifier, data_dir=None, n_calibrat
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .data import load_split
+    from .data import load_split, normalize
 
     images, _ = load_split(clf.dataset, train=True, data_dir=data_dir)
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n_calibration]
-    x = ((images[pick].numpy().astype(np.float32) / 255 - clf.mean) / clf.std)[:, None]
+    x = normalize(images[pick], clf.mean, clf.std).numpy()
 
     class Reader(CalibrationDataReader):
         def __init__(self):
