@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import machine
 from mnistlab import from_preset, train
-from mnistlab.classifier import split_probabilities
+from mnistlab.classifier import evaluate_files, split_probabilities
 from mnistlab.evaluation import evaluation_from_probs, format_accuracy
 
 
@@ -89,10 +89,7 @@ def main() -> None:
     print("\nensemble chosen on the validation split (greedy, by NLL of the mean probabilities):")
     for name, correct, total, nll in steps:
         print(f"  + {name}: validation {format_accuracy(correct, total)}, NLL {nll:.4f}")
-    info, test_probs, labels = split_probabilities(candidates[chosen[0]] / "model.pt", args.data_dir, "test")
-    for i in chosen[1:]:
-        test_probs = test_probs + split_probabilities(candidates[i] / "model.pt", args.data_dir, "test")[1]
-    ev = evaluation_from_probs(test_probs / len(chosen), labels, tuple(info["classes"]))
+    _, _, ev = evaluate_files([candidates[i] / "model.pt" for i in chosen], args.data_dir, "test")
     print(f"ensemble of {len(chosen)} on the test set: {format_accuracy(ev.correct, ev.total)}; "
           f"ECE {100 * ev.ece:.2f}%, NLL {ev.loss:.4f}, Brier {ev.brier:.4f}")
 
