@@ -2,7 +2,7 @@
 
     build_report(run_dir)   # what `mnistlab report RUN_DIR` and the end of training call
 
-curves.png (loss and accuracy per epoch, training and validation/test), confusion.png (the
+curves.png (loss and error rate per epoch on log scales, training and validation/test), confusion.png (the
 test confusion matrix as a heat-map), errors.png (test digits the model got wrong, with the
 true label, the prediction and its probability), reliability.png (confidence against
 accuracy, 15 bins) and report.html holding them all. matplotlib's Agg backend: no display.
@@ -125,7 +125,7 @@ def build_report(run_dir: str | os.PathLike, data_dir=None) -> Path:
     images, probs, labels = clf.split_probabilities(data_dir)
     ev = evaluation_from_probs(probs, labels, clf.classes)
     pictures = [
-        ("Loss and accuracy per epoch", plot_curves(events, run_dir / "curves.png")),
+        ("Loss and error rate per epoch", plot_curves(events, run_dir / "curves.png")),
         ("Confusion matrix", plot_confusion(ev.confusion, clf.classes, run_dir / "confusion.png")),
         ("Mistakes", plot_errors(images.numpy(), labels, probs, clf.classes, run_dir / "errors.png")),
         ("Reliability diagram", plot_reliability(ev.bins, ev.ece, run_dir / "reliability.png")),
