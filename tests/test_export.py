@@ -19,11 +19,15 @@ def test_set(data_dir):
     return load_split("mnist", train=False, data_dir=data_dir, download=False)
 
 
+SMALL = {"simple": {"kernel": 5, "channels": [8, 16, 24, 32, 40]}}  # its layers, at a width a CPU test affords
+
+
 @pytest.fixture(scope="module", params=list(MODELS))
 def short_trained(request, data_dir, tmp_path_factory):
     """Every registered model, trained briefly on real MNIST (batch-norm statistics included)."""
     out = tmp_path_factory.mktemp(request.param)
-    cfg = RunConfig(model=request.param, epochs=1, train_limit=3000, optimizer="adam", lr=0.003)
+    cfg = RunConfig(model=request.param, model_config=SMALL.get(request.param, {}), epochs=1, train_limit=3000,
+                    optimizer="adam", lr=0.003)
     return train(cfg, out=out, data_dir=data_dir, progress=False).model_path
 
 

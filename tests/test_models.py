@@ -39,3 +39,20 @@ def test_fast_model_config_changes_its_size():
     big = build_model("fast")
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters())
     assert small(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+# An et al. 2020's simple models: ten 3x3, five 5x5 or four 7x7 layers, ending at 8x8, 8x8 and 4x4
+@pytest.mark.parametrize("kernel, layers, side", [(3, 10, 8), (5, 5, 8), (7, 4, 4)])
+def test_simple_model_has_the_papers_layers(kernel, layers, side):
+    model = build_model("simple", kernel=kernel)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == layers and all(c.kernel_size == (kernel, kernel) and c.padding == (0, 0) for c in convs)
+    assert model.features(torch.randn(2, 1, 28, 28)).shape == (2, convs[-1].out_channels * side * side)
+
+
+def test_simple_model_refuses_configs_that_do_not_fit():
+    with pytest.raises(MnistlabError, match="kernels 3, 5 and 7"):
+        build_model("simple", kernel=9)
+    with pytest.raises(MnistlabError, match="leave nothing"):
+        build_model("simple", kernel=5, channels=[8] * 7)
+    assert build_model("simple", kernel=9, channels=[8, 8])(torch.randn(2, 1, 28, 28)).shape == (2, 10)

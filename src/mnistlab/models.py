@@ -72,8 +72,8 @@ def _conv_pool_bn(c_in: int, c_out: int, k: int, padding: int = 0) -> list[nn.Mo
     return [nn.Conv2d(c_in, c_out, k, padding=padding, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-def _conv_bn(c_in: int, c_out: int, padding: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=padding, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+def _conv_bn(c_in: int, c_out: int, padding: int = 1, k: int = 3) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, k, padding=padding, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
 @register("fast")
@@ -109,6 +109,38 @@ class DeepCNN(nn.Module):
             *_conv_bn(c2, c3, padding=0), *_conv_bn(c3, c3, padding=0),  # 7 -> 5 -> 3
             nn.Flatten())
         self.classifier = nn.Linear(c3 * 9, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+# An et al. 2020's three "simple models": ten 3x3, five 5x5 or four 7x7 unpadded convolutions
+SIMPLE_CHANNELS = {3: (32, 48, 64, 80, 96, 112, 128, 144, 160, 176), 5: (32, 64, 96, 128, 160), 7: (48, 96, 144, 192)}
+
+
+@register("simple")
+class SimpleCNN(nn.Module):
+    """Homogeneous CNN after An et al. 2020: unpadded conv-BN-ReLU of one kernel size (3, 5 or 7), linear+BN.
+
+    Their "M3", "M5" and "M7": no pooling, so the three kernel sizes see digits at different
+    scales and make different mistakes; ensemble members rather than a best single model."""
+
+    channels_last = True
+
+    def __init__(self, kernel: int = 5, channels: tuple[int, ...] | None = None, num_classes: int = 10):
+        super().__init__()
+        if channels is None and kernel not in SIMPLE_CHANNELS:
+            raise MnistlabError(f"the simple model has default channels for kernels 3, 5 and 7, not {kernel}; "
+                                "give 'channels' too.")
+        channels = tuple(channels or SIMPLE_CHANNELS[kernel])
+        size = 28 - len(channels) * (kernel - 1)
+        if size < 1:
+            raise MnistlabError(f"{len(channels)} unpadded {kernel}x{kernel} convolutions leave nothing of a "
+                                "28x28 image; use fewer layers or a smaller kernel.")
+        layers = [m for c_in, c_out in zip((1, *channels), channels) for m in _conv_bn(c_in, c_out, 0, kernel)]
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.classifier = nn.Sequential(nn.Linear(channels[-1] * size * size, num_classes, bias=False),
+                                        nn.BatchNorm1d(num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
