@@ -1,7 +1,7 @@
 """Issue 5's figures: the `best` preset over several seeds, then an ensemble chosen on validation.
 
     python benchmarks/accuracy.py --runs-dir runs/best [--seeds 1 2 3 4 5] [--extra RUN_DIR ...]
-                                  [--data-dir DIR]
+                                  [--data-dir DIR] [--device cpu]
 
 Seed S trains `mnistlab train --preset best --seed S` into RUNS_DIR/seedS, skipped when its
 model.pt is already there (an interrupted benchmark resumes; runs made by hand with the same
@@ -13,11 +13,10 @@ ensemble is then evaluated on the test set.
 """
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-from common import machine
+from common import machine, run_events
 from mnistlab import from_preset, train
 from mnistlab.classifier import evaluate_files, split_probabilities
 from mnistlab.evaluation import evaluation_from_probs, format_accuracy
@@ -29,7 +28,7 @@ def train_seed(seed: int, out: Path, data_dir) -> None:
 
 
 def run_summary(run: Path) -> dict:
-    events = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    events = run_events(run)
     tests = [e for e in events if e["event"] == "test"]
     calib = next(e for e in events if e["event"] == "calibration")
     return dict(run=str(run), correct=tests[-1]["correct"], total=tests[-1]["total"],
@@ -39,11 +38,11 @@ def run_summary(run: Path) -> dict:
                 test_brier=tests[-1]["brier"])
 
 
-def choose_ensemble(runs: list[Path], data_dir, max_members: int) -> tuple[list[int], list]:
+def choose_ensemble(runs: list[Path], data_dir, max_members: int, device: str = "cpu") -> tuple[list[int], list]:
     """Greedy forward selection on the validation split; returns member indices and the steps taken."""
     probs = []
     for run in runs:
-        info, p, labels = split_probabilities(run / "model.pt", data_dir, "validation")
+        info, p, labels = split_probabilities(run / "model.pt", data_dir, "validation", device)
         probs.append(p)
     classes = tuple(info["classes"])
     chosen, steps, best_nll = [], [], float("inf")
@@ -68,6 +67,7 @@ def main() -> None:
     p.add_argument("--extra", nargs="*", default=[], help="more run folders to offer the ensemble")
     p.add_argument("--max-members", type=int, default=5)
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cpu", help="where the ensemble is chosen and evaluated (training: auto)")
     args = p.parse_args()
     print(f"machine: {machine()}")
     runs = [Path(args.runs_dir) / f"seed{s}" for s in args.seeds]
@@ -85,11 +85,11 @@ def main() -> None:
     print(f"\nsingle model, mean of the first 3 seeds: {statistics.mean(first3):.2f}%  "
           f"(all {len(runs)} seeds: {statistics.mean(100 * r['correct'] / r['total'] for r in rows[:len(runs)]):.2f}%)")
     candidates = runs + [Path(e) for e in args.extra]
-    chosen, steps = choose_ensemble(candidates, args.data_dir, args.max_members)
+    chosen, steps = choose_ensemble(candidates, args.data_dir, args.max_members, args.device)
     print("\nensemble chosen on the validation split (greedy, by NLL of the mean probabilities):")
     for name, correct, total, nll in steps:
         print(f"  + {name}: validation {format_accuracy(correct, total)}, NLL {nll:.4f}")
-    _, _, ev = evaluate_files([candidates[i] / "model.pt" for i in chosen], args.data_dir, "test")
+    _, _, ev = evaluate_files([candidates[i] / "model.pt" for i in chosen], args.data_dir, "test", args.device)
     print(f"ensemble of {len(chosen)} on the test set: {format_accuracy(ev.correct, ev.total)}; "
           f"ECE {100 * ev.ece:.2f}%, NLL {ev.loss:.4f}, Brier {ev.brier:.4f}")
 

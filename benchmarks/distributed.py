@@ -9,14 +9,13 @@ process gets cores/nproc threads. Median and range over --runs runs.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import machine, summary
+from common import machine, run_events, summary
 
 
 def one_run(nproc: int, args) -> tuple[float, int]:
@@ -30,7 +29,7 @@ def one_run(nproc: int, args) -> tuple[float, int]:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:
             sys.exit(proc.stderr[-3000:])
-        events = [json.loads(ln) for ln in Path(out, "metrics.jsonl").read_text().splitlines()]
+        events = run_events(out)
         epochs = [e for e in events if e["event"] == "epoch"]
         test = [e for e in events if e["event"] == "test"][-1]
         return sum(e["samples"] for e in epochs) / epochs[-1]["train_seconds"], test["correct"]
