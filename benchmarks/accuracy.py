@@ -16,10 +16,11 @@ import argparse
 import statistics
 from pathlib import Path
 
-from common import machine, run_events
+from common import machine
 from mnistlab import from_preset, train
 from mnistlab.classifier import evaluate_files, split_probabilities
 from mnistlab.evaluation import evaluation_from_probs, format_accuracy
+from mnistlab.fileio import read_run_events
 
 
 def train_seed(seed: int, out: Path, data_dir) -> None:
@@ -28,7 +29,7 @@ def train_seed(seed: int, out: Path, data_dir) -> None:
 
 
 def run_summary(run: Path) -> dict:
-    events = run_events(run)
+    events = read_run_events(run)
     tests = [e for e in events if e["event"] == "test"]
     calib = next(e for e in events if e["event"] == "calibration")
     return dict(run=str(run), correct=tests[-1]["correct"], total=tests[-1]["total"],

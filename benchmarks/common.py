@@ -23,11 +23,3 @@ def machine() -> str:
 def summary(values: list[float], fmt: str = "{:.2f}") -> str:
     """median [min-max] of several runs."""
     return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
-
-
-def run_events(run) -> list[dict]:
-    """The events a training run wrote to its metrics.jsonl, in order."""
-    import json
-    from pathlib import Path
-
-    return [json.loads(ln) for ln in Path(run, "metrics.jsonl").read_text().splitlines() if ln.strip()]

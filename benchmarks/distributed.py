@@ -15,7 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import machine, run_events, summary
+from common import machine, summary
+from mnistlab.fileio import read_run_events
 
 
 def one_run(nproc: int, args) -> tuple[float, int]:
@@ -29,7 +30,7 @@ def one_run(nproc: int, args) -> tuple[float, int]:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode:
             sys.exit(proc.stderr[-3000:])
-        events = run_events(out)
+        events = read_run_events(out)
         epochs = [e for e in events if e["event"] == "epoch"]
         test = [e for e in events if e["event"] == "test"][-1]
         return sum(e["samples"] for e in epochs) / epochs[-1]["train_seconds"], test["correct"]

@@ -11,13 +11,13 @@ and left out. Meant for one GPU: small models leave it mostly idle, so several p
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import machine, run_events
+from common import machine
+from mnistlab.fileio import read_run_events
 
 
 def simple(kernel: int, seed: int) -> list[str]:
@@ -42,7 +42,7 @@ def command(name: str, out: Path, device: str, data_dir) -> list[str]:
 
 
 def final_counts(run: Path) -> str:
-    events = run_events(run)
+    events = read_run_events(run)
     val = [e for e in events if e["event"] == "validation"][-1]
     test = [e for e in events if e["event"] == "test"][-1]
     seconds = [e for e in events if e["event"] == "epoch"][-1]["train_seconds"]
@@ -68,12 +68,12 @@ def main() -> None:
     while queue or running:
         while queue and len(running) < args.parallel:
             name = queue.pop(0)
-            log = open(out / f"{name}.log", "w")
-            running[name] = (subprocess.Popen(command(name, out, args.device, args.data_dir), stdout=log,
-                                              stderr=subprocess.STDOUT, env=os.environ), time.perf_counter())
+            with open(out / f"{name}.log", "w") as log:  # the child keeps its own handle
+                running[name] = (subprocess.Popen(command(name, out, args.device, args.data_dir), stdout=log,
+                                                  stderr=subprocess.STDOUT), time.perf_counter())
         time.sleep(1)
+        late = time.perf_counter() - start > args.deadline
         for name, (proc, t0) in list(running.items()):
-            late = time.perf_counter() - start > args.deadline
             if proc.poll() is None and not late:
                 continue
             if proc.poll() is None:
@@ -84,7 +84,7 @@ def main() -> None:
             done = proc.returncode == 0 and (out / name / "model.pt").is_file()
             print(f"{name}: {final_counts(out / name) if done else 'failed or stopped, left out'} "
                   f"({wall:.0f} s wall)", flush=True)
-        if time.perf_counter() - start > args.deadline:
+        if late:
             queue.clear()
     print(f"all members: {time.perf_counter() - start:.0f} s")
 

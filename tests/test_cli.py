@@ -10,6 +10,7 @@ import torch
 
 from fakes import run_cli as run
 from mnistlab.checkpoints import load_checkpoint
+from mnistlab.fileio import read_run_events
 
 
 def assert_clean_error(proc, pattern, code=1):
@@ -130,8 +131,7 @@ def test_eval_on_the_validation_split_the_run_held_out(data_dir, tmp_path):
                    "--data-dir", data_dir, "--out", out, "--no-report")
         assert proc.returncode == 0, proc.stderr
         runs[val_size] = out
-    last_val = [json.loads(ln) for ln in (runs[1000] / "metrics.jsonl").read_text().splitlines()
-                if '"validation"' in ln][-1]
+    last_val = [e for e in read_run_events(runs[1000]) if e["event"] == "validation"][-1]
     report = json.loads(run("eval", runs[1000] / "model.pt", "--split", "validation", "--json",
                             "--data-dir", data_dir).stdout)
     # the same 1,000 held-out images the run was judged on (the temperature leaves the argmax alone)

@@ -1,6 +1,5 @@
 """torchrun with 2 CPU processes (gloo, loopback) against one process with the same global batch."""
 
-import json
 import os
 import shutil
 import signal
@@ -14,6 +13,7 @@ import torch
 
 from mnistlab import RunConfig, train
 from mnistlab.checkpoints import load_checkpoint
+from mnistlab.fileio import read_run_events
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 FLAGS = ["--preset", "fast", "--train-limit", "12000", "--no-progress", "--checkpoint-every", "1"]
@@ -27,8 +27,7 @@ def torchrun(args, nproc=2, **kw):
 
 
 def events(run_dir, kind):
-    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e["event"] == kind]
+    return [e for e in read_run_events(run_dir) if e["event"] == kind]
 
 
 @pytest.fixture(scope="module")

@@ -25,20 +25,13 @@ import torch  # noqa: E402
 from .classifier import load_model  # noqa: E402
 from .errors import MnistlabError  # noqa: E402
 from .evaluation import ECE_BINS, evaluation_from_probs, format_accuracy  # noqa: E402
-from .fileio import atomic_write  # noqa: E402
+from .fileio import atomic_write, read_run_events  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path
-
-
-def _events(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise MnistlabError(f"{run_dir}: no metrics.jsonl here; is it a folder written by mnistlab train?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_curves(events: list[dict], path: Path) -> Path:
@@ -117,7 +110,7 @@ def plot_reliability(bins: torch.Tensor, ece: float, path: Path) -> Path:
 def build_report(run_dir: str | os.PathLike, data_dir=None) -> Path:
     """Rebuild every picture of a run folder from its metrics and model.pt; return report.html."""
     run_dir = Path(run_dir)
-    events = _events(run_dir)
+    events = read_run_events(run_dir)
     model_path = run_dir / "model.pt"
     if not model_path.is_file():
         raise MnistlabError(f"{run_dir}: no model.pt here (the run did not finish).")
