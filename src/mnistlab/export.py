@@ -2,7 +2,8 @@
 
 The exported graph takes normalised [N, 1, 28, 28] float images with any batch size and
 returns logits, or probabilities with `probs=True` (softmax, with the checkpoint's
-temperature, inside the graph). Batch norm is folded into the convolutions first. The file
+temperature, inside the graph). Batch norm is folded into the convolutions first (the
+`simple` model's BatchNorm1d over its 10 outputs stays, as one cheap node). The file
 says, in its metadata, the model, the class names, the normalisation and what it outputs.
 """
 

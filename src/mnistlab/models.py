@@ -137,7 +137,8 @@ class SimpleCNN(nn.Module):
         if size < 1:
             raise MnistlabError(f"{len(channels)} unpadded {kernel}x{kernel} convolutions leave nothing of a "
                                 "28x28 image; use fewer layers or a smaller kernel.")
-        layers = [m for c_in, c_out in zip((1, *channels), channels) for m in _conv_bn(c_in, c_out, 0, kernel)]
+        layers = [m for c_in, c_out in zip((1, *channels), channels)
+                  for m in _conv_bn(c_in, c_out, padding=0, k=kernel)]
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.classifier = nn.Sequential(nn.Linear(channels[-1] * size * size, num_classes, bias=False),
                                         nn.BatchNorm1d(num_classes))
