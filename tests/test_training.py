@@ -123,3 +123,22 @@ def test_best_recipe_on_a_small_deep_model_learns_real_mnist(data_dir, tmp_path)
     assert val["total"] == 5000 and val["accuracy"] >= 0.965  # 97.6% when written
     assert result.test_accuracy >= 0.965  # 97.9% when written
     assert 0.2 < load_model(result.model_path).temperature < 1  # label smoothing: sharpened after training
+
+
+def test_the_final_test_pass_is_rescored_with_the_temperature_not_rerun(fake_data, tmp_path, monkeypatch):
+    import mnistlab.training as training
+
+    passes = []
+
+    def counting(model, loader, *args):
+        passes.append(len(loader.images))
+        return shard_logits(model, loader, *args)
+
+    shard_logits = training.shard_logits
+    monkeypatch.setattr(training, "shard_logits", counting)
+    cfg = RunConfig(model="mlp", epochs=2, batch_size=20, optimizer="adam", lr=0.003, val_size=40)
+    result = train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False)
+    tests = [e for e in result.history if e["event"] == "test"]
+    assert [e["epoch"] for e in tests] == [2, 2] and tests[0]["temperature"] == 1.0 != tests[1]["temperature"]
+    assert tests[0]["correct"] == tests[1]["correct"] and tests[0]["loss"] != tests[1]["loss"]
+    assert passes.count(tests[0]["total"]) == 1  # one pass over the test images, scored twice

@@ -118,13 +118,20 @@ def predict_logits(model: torch.nn.Module, loader: Loader,
     return torch.cat(logits), torch.cat(labels)
 
 
+def shard_logits(model: torch.nn.Module, loader: Loader,
+                 amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of the loader's logits and labels: under torchrun each rank takes
+    a share; alone, all of them. Score them with evaluation_from_logits(..., across_ranks=True)."""
+    if dist.world_size() > 1:
+        loader = loader.shard(dist.rank(), dist.world_size())
+    return predict_logits(model, loader, amp_dtype)
+
+
 def evaluate(model: torch.nn.Module, loader: Loader, classes: tuple[str, ...],
              amp_dtype: torch.dtype | None = None, temperature: float = 1.0) -> Evaluation:
     """Exact counts over the whole loader. Under torchrun each rank takes a share and the
     sums are added up, so the counts equal one process's."""
-    if dist.world_size() > 1:
-        loader = loader.shard(dist.rank(), dist.world_size())
-    logits, labels = predict_logits(model, loader, amp_dtype)
+    logits, labels = shard_logits(model, loader, amp_dtype)
     return evaluation_from_logits(logits, labels, classes, temperature, across_ranks=True)
 
 

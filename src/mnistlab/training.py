@@ -26,7 +26,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data import Loader, epoch_permutation, get_dataset_spec, load_split
 from .errors import CheckpointError, MnistlabError
-from .evaluation import evaluate, evaluation_from_logits, fit_temperature, format_accuracy, predict_logits
+from .evaluation import evaluation_from_logits, fit_temperature, format_accuracy, predict_logits, shard_logits
 from .fileio import write_json
 from .models import build_model
 from .steps import EagerStep, GraphedStep
@@ -277,8 +277,16 @@ def train(cfg: RunConfig, out: str | os.PathLike | None = None, resume: str | os
                 ckpt |= {"train_model_state": _cpu(model.state_dict()), "ema_state": _cpu(ema.state_dict())}
         save_checkpoint(ckpt, path)
 
+    scored: dict = {}  # the last test pass's logits, re-scored with the temperature rather than re-run
+
     def test(split: str, loader: Loader) -> None:
-        ev = evaluate(shipped, loader, spec.classes, temperature=temperature)
+        if split == "test" and scored.get("epoch") == epoch:
+            logits, labels = scored["logits"]
+        else:
+            logits, labels = shard_logits(shipped, loader)
+        if split == "test":
+            scored.update(epoch=epoch, logits=(logits, labels))
+        ev = evaluation_from_logits(logits, labels, spec.classes, temperature, across_ranks=True)
         log.record(event=split, epoch=epoch, correct=ev.correct, total=ev.total, accuracy=ev.accuracy,
                    loss=ev.loss, ece=ev.ece, brier=ev.brier, temperature=temperature)
         log.line(f"epoch {epoch:>3} {split}: {format_accuracy(ev.correct, ev.total)}  loss {ev.loss:.4f}")
