@@ -1,6 +1,8 @@
+import pytest
 import torch
 
-from mnistlab.augment import Augment
+from mnistlab import MnistlabError
+from mnistlab.augment import TTA_VIEWS, Augment, tta_views
 
 BG = -0.1307 / 0.3081
 
@@ -42,3 +44,43 @@ def test_translation_moves_the_centre_of_mass():
     com = lambda t: ((t - BG).clamp(min=0).sum((1, 2)) * cols).sum(-1) / (t - BG).clamp(min=0).sum((1, 2, 3))  # noqa: E731
     shift = (com(out) - com(x)).abs()
     assert shift.max() > 2.0 and shift.max() < 0.15 * 28 + 1
+
+
+def _digit_like(n=3):
+    img = torch.zeros(n, 28, 28, dtype=torch.uint8)
+    img[:, 6:22, 10:18] = 255  # a block of ink, symmetric left to right
+    img[1, 6:9, 4:24] = 200  # and a bar across the top of one image
+    return img
+
+
+def test_tta_none_is_the_image_itself():
+    img = _digit_like()
+    views = tta_views(img, "none")
+    assert len(views) == 1 and torch.equal(views[0], img)
+
+
+def test_tta_shift_moves_the_ink_by_whole_pixels():
+    img = _digit_like()
+    views = tta_views(img, "shift")
+    assert len(views) == len(TTA_VIEWS["shift"]) and torch.equal(views[0], img)
+    right = torch.zeros_like(img)
+    right[:, :, 1:] = img[:, :, :-1]
+    down = torch.zeros_like(img)
+    down[:, 1:] = img[:, :-1]
+    assert torch.equal(views[1], right)  # (1, 0): one pixel to the right, exactly
+    assert torch.equal(views[3], down)  # (0, 1): one pixel down
+
+
+def test_tta_rotate_and_zoom_are_mirror_images_and_scale_the_ink():
+    img = _digit_like()[:1]  # left-right symmetric
+    _, plus, minus = tta_views(img, "rotate")
+    assert not torch.equal(plus, img) and plus.dtype == torch.uint8
+    torch.testing.assert_close(plus.flip(-1).float(), minus.float(), atol=1, rtol=0)  # +6 degrees mirrors -6
+    _, smaller, larger = tta_views(img, "zoom")
+    ink = lambda t: t.float().sum()  # noqa: E731
+    assert ink(smaller) < ink(img) < ink(larger)
+
+
+def test_unknown_tta_is_refused():
+    with pytest.raises(MnistlabError, match="unknown test-time augmentation 'flip'"):
+        tta_views(_digit_like(), "flip")

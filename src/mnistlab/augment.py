@@ -2,7 +2,8 @@
 call per batch instead of a PIL transform per image.
 
 Randomness comes from a generator seeded per step, so a resumed run draws the same
-distortions as an unbroken one.
+distortions as an unbroken one. The same warp gives the fixed views of test-time
+augmentation (`TTA_VIEWS`, `tta_views`): a model's probabilities averaged over them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .errors import MnistlabError
 
 
 @dataclass(frozen=True)
@@ -36,15 +39,8 @@ class Augment:
         angle = uniform(n) * math.radians(self.degrees)
         zoom = 1 + uniform(n) * self.scale
         shift = uniform(n, 2) * self.translate * 2  # grid coordinates span [-1, 1]
-        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-        grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
-        if self.elastic:
-            grid = grid + self._elastic_field(n, h, w, uniform, x.device)
-        out = F.grid_sample(x.float() - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        out = out + background
-        return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
-            memory_format=torch.channels_last) and x.shape[1] > 1 else out
+        field = self._elastic_field(n, h, w, uniform, x.device) if self.elastic else None
+        return warp(x, angle, zoom, shift, background, field)
 
     def _elastic_field(self, n, h, w, uniform, device) -> torch.Tensor:
         # smooth random displacements (Simard et al. 2003), in grid units
@@ -57,3 +53,46 @@ class Augment:
         field = F.conv2d(field, kernel.view(1, 1, -1, 1).expand(2, 1, -1, 1), padding=(radius, 0), groups=2)
         field = field / field.abs().amax(dim=(2, 3), keepdim=True).clamp(min=1e-6)
         return (field * self.elastic * 2 / torch.tensor([w, h], device=device).view(1, 2, 1, 1)).permute(0, 2, 3, 1)
+
+
+def warp(x: torch.Tensor, angle: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor,
+         background: float = 0.0, field: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate (radians), zoom and shift (grid units: 2 / width a pixel) each image of [N, C, H, W],
+    plus an optional displacement field [N, H, W, 2]; pixels from outside get `background`."""
+    n, _, h, w = x.shape
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    if field is not None:
+        grid = grid + field
+    out = F.grid_sample(x.float() - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = out + background
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+        memory_format=torch.channels_last) and x.shape[1] > 1 else out
+
+
+# Test-time augmentation: fixed views as (degrees, zoom, (dx, dy): the ink moves right and down by
+# that many pixels); the first is the image itself.
+TTA_VIEWS: dict[str, tuple[tuple[float, float, tuple[float, float]], ...]] = {
+    "none": ((0, 1, (0, 0)),),
+    "shift": ((0, 1, (0, 0)), (0, 1, (1, 0)), (0, 1, (-1, 0)), (0, 1, (0, 1)), (0, 1, (0, -1))),
+    "rotate": ((0, 1, (0, 0)), (6, 1, (0, 0)), (-6, 1, (0, 0))),
+    "zoom": ((0, 1, (0, 0)), (0, 0.92, (0, 0)), (0, 1.08, (0, 0))),
+}
+
+
+def tta_views(images: torch.Tensor, name: str) -> list[torch.Tensor]:
+    """The views of a uint8 batch [N, H, W] that test-time augmentation `name` averages over,
+    each uint8 again, so any model (PyTorch or ONNX) takes them as it takes the images."""
+    if name not in TTA_VIEWS:
+        raise MnistlabError(f"unknown test-time augmentation '{name}'; choose one of: {', '.join(TTA_VIEWS)}.")
+    n, h, w = images.shape
+    x, views = images.unsqueeze(1).float(), []
+    for degrees, zoom, (dx, dy) in TTA_VIEWS[name]:
+        if (degrees, zoom, dx, dy) == (0, 1, 0, 0):
+            views.append(images)
+            continue
+        shift = torch.tensor([-2 * dx / w, -2 * dy / h]).expand(n, 2)  # the grid samples from -shift
+        out = warp(x, torch.full((n,), math.radians(degrees)), torch.full((n,), float(zoom)), shift)
+        views.append(out.squeeze(1).round().clamp(0, 255).to(torch.uint8))
+    return views

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
+from .augment import tta_views
 from .checkpoints import load_checkpoint
 from .data import Loader, load_split, normalize
 from .errors import CheckpointError, MnistlabError
@@ -55,23 +57,36 @@ class Classifier:
         return load_eval_split(self.dataset, split, data_dir, self.val_size, self.source or "this model")
 
     @torch.no_grad()
-    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities [N, K] for uint8 images [N, 28, 28] (0 = background, 255 = ink)."""
+    def predict_proba(self, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+        """Class probabilities [N, K] for uint8 images [N, 28, 28] (0 = background, 255 = ink);
+        with `tta` (see augment.TTA_VIEWS), the mean over that test-time augmentation's views."""
         if images.dim() == 2:
             images = images.unsqueeze(0)
         if images.dim() != 3 or images.shape[1:] != (28, 28):
             raise MnistlabError(f"expected images of shape [N, 28, 28], got {list(images.shape)}.")
-        x = normalize(images.to(self.device), self.mean, self.std, self.channels_last)
-        return torch.softmax(self.module(x).float() / self.temperature, dim=1).cpu()
 
-    def split_probabilities(self, data_dir=None, split: str = "test"):
+        def probs(views: torch.Tensor) -> torch.Tensor:
+            x = normalize(views.to(self.device), self.mean, self.std, self.channels_last)
+            return torch.softmax(self.module(x).float() / self.temperature, dim=1).cpu()
+
+        return mean_over_views(probs, images, tta)
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Temperature-scaled probabilities [N, K] in float64 of many uint8 images, in batches."""
+        logits, _ = predict_logits(self.module, self.loader(images, torch.zeros(len(images), dtype=torch.long)))
+        return torch.softmax(logits.double() / self.temperature, 1)
+
+    def split_probabilities(self, data_dir=None, split: str = "test", tta: str = "none"):
         """(uint8 images, temperature-scaled probabilities [N, K] in float64, labels) over a whole split."""
         images, labels = self.load_split(split, data_dir)
-        logits, labels = predict_logits(self.module, self.loader(images, labels))
-        return images, torch.softmax(logits.double() / self.temperature, 1), labels
+        return images, mean_over_views(self.probabilities, images, tta), labels
 
-    def evaluate(self, data_dir: str | os.PathLike | None = None, split: str = "test") -> Evaluation:
+    def evaluate(self, data_dir: str | os.PathLike | None = None, split: str = "test",
+                 tta: str = "none") -> Evaluation:
         """Exact accuracy and confusion on the whole split of the model's own dataset."""
+        if tta != "none":
+            _, probs, labels = self.split_probabilities(data_dir, split, tta)
+            return evaluation_from_probs(probs, labels, self.classes)
         images, labels = self.load_split(split, data_dir)
         return evaluate(self.module, self.loader(images, labels), self.classes, temperature=self.temperature)
 
@@ -95,9 +110,17 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> C
     return Classifier(module.to(device), ckpt, device, str(path))
 
 
-def split_probabilities(path: str | os.PathLike, data_dir=None, split: str = "test",
-                        device: str = "cpu") -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """(model info, calibrated probabilities [N, K], labels) of a checkpoint or .onnx file on a split."""
+def mean_over_views(probs: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                    tta: str = "none") -> torch.Tensor:
+    """Test-time augmentation: the mean of `probs` over the views `tta` makes of uint8 images."""
+    views = tta_views(images, tta)
+    return sum(probs(v) for v in views) / len(views)
+
+
+def split_probabilities(path: str | os.PathLike, data_dir=None, split: str = "test", device: str = "cpu",
+                        tta: str = "none") -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """(model info, calibrated probabilities [N, K], labels) of a checkpoint or .onnx file on a split;
+    with `tta`, averaged over the views of that test-time augmentation."""
     from pathlib import Path
 
     from .prediction import Predictor
@@ -105,23 +128,28 @@ def split_probabilities(path: str | os.PathLike, data_dir=None, split: str = "te
     if Path(path).suffix.lower() == ".onnx":
         backend = Predictor.from_checkpoint(path).backend
         images, labels = load_eval_split(backend.dataset, split, data_dir, backend.val_size, str(path))
-        probs = torch.cat([torch.from_numpy(backend(chunk.numpy())) for chunk in images.split(1000)])
+
+        def onnx_probs(views: torch.Tensor) -> torch.Tensor:
+            return torch.cat([torch.from_numpy(backend(chunk.numpy())) for chunk in views.split(1000)])
+
+        probs = mean_over_views(onnx_probs, images, tta)
         return {"model": backend.model_name, "dataset": backend.dataset, "classes": backend.classes}, probs, labels
     from .training import resolve_device
 
     clf = load_model(path, resolve_device(device))
-    _, probs, labels = clf.split_probabilities(data_dir, split)
+    _, probs, labels = clf.split_probabilities(data_dir, split, tta)
     info = {"model": clf.model_name, "dataset": clf.dataset, "classes": clf.classes, "temperature": clf.temperature}
     return info, probs, labels
 
 
-def evaluate_files(paths: list, data_dir=None, split: str = "test", device: str = "cpu"):
-    """Evaluate one model, or an ensemble that averages the models' (calibrated) probabilities.
+def evaluate_files(paths: list, data_dir=None, split: str = "test", device: str = "cpu", tta: str = "none"):
+    """Evaluate one model, or an ensemble that averages the models' (calibrated) probabilities,
+    each optionally averaged over the views of test-time augmentation `tta` first.
 
     Returns (infos, evaluations of each member, evaluation of the average)."""
     infos, members, total = [], [], None
     for path in paths:
-        info, probs, labels = split_probabilities(path, data_dir, split, device)
+        info, probs, labels = split_probabilities(path, data_dir, split, device, tta)
         if infos and (info["dataset"], tuple(info["classes"])) != (infos[0]["dataset"], tuple(infos[0]["classes"])):
             raise MnistlabError(f"{path}: trained on {info['dataset']}, unlike {paths[0]}; "
                                 "an ensemble needs one dataset.")
