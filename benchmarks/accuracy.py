@@ -1,7 +1,7 @@
 """Issue 5's figures: the `best` preset over several seeds, then an ensemble chosen on validation.
 
     python benchmarks/accuracy.py --runs-dir runs/best [--seeds 1 2 3 4 5] [--extra RUN_DIR ...]
-                                  [--data-dir DIR] [--device cpu]
+                                  [--data-dir DIR] [--device cpu] [--tta none]
 
 Seed S trains `mnistlab train --preset best --seed S` into RUNS_DIR/seedS, skipped when its
 model.pt is already there (an interrupted benchmark resumes; runs made by hand with the same
@@ -39,17 +39,23 @@ def run_summary(run: Path) -> dict:
                 test_brier=tests[-1]["brier"])
 
 
-def choose_ensemble(runs: list[Path], data_dir, max_members: int, device: str = "cpu") -> tuple[list[int], list]:
+def choose_ensemble(runs: list[Path], data_dir, max_members: int, device: str = "cpu",
+                    tta: str = "none") -> tuple[list[int], list]:
     """Greedy forward selection on the validation split; returns member indices and the steps taken."""
     probs = []
     for run in runs:
-        info, p, labels = split_probabilities(run / "model.pt", data_dir, "validation", device)
+        info, p, labels = split_probabilities(run / "model.pt", data_dir, "validation", device, tta)
         probs.append(p)
-    classes = tuple(info["classes"])
+    return greedy_ensemble(probs, labels, tuple(info["classes"]), max_members)
+
+
+def greedy_ensemble(probs: list, labels, classes: tuple, max_members: int) -> tuple[list[int], list]:
+    """Add, one at a time, the member whose averaged probabilities have the lowest NLL; stop at the
+    cap or when no member lowers it. Returns member indices and (index, correct, total, NLL) per step."""
     chosen, steps, best_nll = [], [], float("inf")
     while len(chosen) < max_members:
         trials = {i: evaluation_from_probs(sum(probs[j] for j in chosen + [i]) / (len(chosen) + 1), labels, classes)
-                  for i in range(len(runs)) if i not in chosen}
+                  for i in range(len(probs)) if i not in chosen}
         if not trials:
             break
         i, ev = min(trials.items(), key=lambda kv: kv[1].loss)
@@ -57,7 +63,7 @@ def choose_ensemble(runs: list[Path], data_dir, max_members: int, device: str = 
             break
         chosen.append(i)
         best_nll = ev.loss
-        steps.append((runs[i].name, ev.correct, ev.total, ev.loss))
+        steps.append((i, ev.correct, ev.total, ev.loss))
     return chosen, steps
 
 
@@ -69,6 +75,8 @@ def main() -> None:
     p.add_argument("--max-members", type=int, default=5)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu", help="where the ensemble is chosen and evaluated (training: auto)")
+    p.add_argument("--tta", default="none", help="test-time augmentation for choosing and evaluating the ensemble "
+                   "(choose it on validation first: benchmarks/tta.py)")
     args = p.parse_args()
     print(f"machine: {machine()}")
     runs = [Path(args.runs_dir) / f"seed{s}" for s in args.seeds]
@@ -86,11 +94,12 @@ def main() -> None:
     print(f"\nsingle model, mean of the first 3 seeds: {statistics.mean(first3):.2f}%  "
           f"(all {len(runs)} seeds: {statistics.mean(100 * r['correct'] / r['total'] for r in rows[:len(runs)]):.2f}%)")
     candidates = runs + [Path(e) for e in args.extra]
-    chosen, steps = choose_ensemble(candidates, args.data_dir, args.max_members, args.device)
+    chosen, steps = choose_ensemble(candidates, args.data_dir, args.max_members, args.device, args.tta)
     print("\nensemble chosen on the validation split (greedy, by NLL of the mean probabilities):")
-    for name, correct, total, nll in steps:
-        print(f"  + {name}: validation {format_accuracy(correct, total)}, NLL {nll:.4f}")
-    _, _, ev = evaluate_files([candidates[i] / "model.pt" for i in chosen], args.data_dir, "test", args.device)
+    for i, correct, total, nll in steps:
+        print(f"  + {candidates[i].name}: validation {format_accuracy(correct, total)}, NLL {nll:.4f}")
+    _, _, ev = evaluate_files([candidates[i] / "model.pt" for i in chosen], args.data_dir, "test", args.device,
+                             args.tta)
     print(f"ensemble of {len(chosen)} on the test set: {format_accuracy(ev.correct, ev.total)}; "
           f"ECE {100 * ev.ece:.2f}%, NLL {ev.loss:.4f}, Brier {ev.brier:.4f}")
 
