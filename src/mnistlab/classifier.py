@@ -71,7 +71,7 @@ class Classifier:
 
         return mean_over_views(probs, images, tta)
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+    def _batched_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Temperature-scaled probabilities [N, K] in float64 of many uint8 images, in batches."""
         logits, _ = predict_logits(self.module, self.loader(images, torch.zeros(len(images), dtype=torch.long)))
         return torch.softmax(logits.double() / self.temperature, 1)
@@ -79,7 +79,7 @@ class Classifier:
     def split_probabilities(self, data_dir=None, split: str = "test", tta: str = "none"):
         """(uint8 images, temperature-scaled probabilities [N, K] in float64, labels) over a whole split."""
         images, labels = self.load_split(split, data_dir)
-        return images, mean_over_views(self.probabilities, images, tta), labels
+        return images, mean_over_views(self._batched_probabilities, images, tta), labels
 
     def evaluate(self, data_dir: str | os.PathLike | None = None, split: str = "test",
                  tta: str = "none") -> Evaluation:
