@@ -23,7 +23,7 @@ def test_tta_evaluation_on_the_whole_test_set(trained_cnn, data_dir):
     clf = load_model(trained_cnn)
     plain, shifted = clf.evaluate(data_dir), clf.evaluate(data_dir, tta="shift")
     assert shifted.total == 10000 and shifted.loss != plain.loss
-    # one-pixel shifts are digits the model has seen: its accuracy stays within half a point
+    # a one-pixel shift barely changes a digit: accuracy stays within half a point
     assert abs(shifted.correct - plain.correct) < 50, (plain.correct, shifted.correct)
     _, _, ensemble_of_one = evaluate_files([trained_cnn], data_dir, tta="shift")
     assert torch.equal(ensemble_of_one.confusion, shifted.confusion)
