@@ -39,14 +39,19 @@ def run_summary(run: Path) -> dict:
                 test_brier=tests[-1]["brier"])
 
 
-def choose_ensemble(runs: list[Path], data_dir, max_members: int, device: str = "cpu",
-                    tta: str = "none") -> tuple[list[int], list]:
-    """Greedy forward selection on the validation split; returns member indices and the steps taken."""
+def validation_probabilities(runs: list[Path], data_dir, device: str = "cpu", tta: str = "none"):
+    """(each run's calibrated probabilities on the validation split, labels, classes)."""
     probs = []
     for run in runs:
         info, p, labels = split_probabilities(run / "model.pt", data_dir, "validation", device, tta)
         probs.append(p)
-    return greedy_ensemble(probs, labels, tuple(info["classes"]), max_members)
+    return probs, labels, tuple(info["classes"])
+
+
+def choose_ensemble(runs: list[Path], data_dir, max_members: int, device: str = "cpu",
+                    tta: str = "none") -> tuple[list[int], list]:
+    """Greedy forward selection on the validation split; returns member indices and the steps taken."""
+    return greedy_ensemble(*validation_probabilities(runs, data_dir, device, tta), max_members)
 
 
 def greedy_ensemble(probs: list, labels, classes: tuple, max_members: int) -> tuple[list[int], list]:

@@ -12,9 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-from accuracy import greedy_ensemble
+from accuracy import greedy_ensemble, validation_probabilities
 from common import machine
-from mnistlab.classifier import split_probabilities
 from mnistlab.evaluation import evaluation_from_probs
 
 
@@ -31,13 +30,10 @@ def main() -> None:
     print("\n| views | seconds | errors of each run | summed errors | mean NLL | ensemble chosen on validation "
           "| its errors | its NLL | its ECE |\n|---|---|---|---|---|---|---|---|---|")
     for views in args.views:
-        t0, probs = time.perf_counter(), []
-        for run in runs:
-            info, prob, labels = split_probabilities(run / "model.pt", args.data_dir, "validation", args.device, views)
-            probs.append(prob)
-        classes = tuple(info["classes"])
+        t0 = time.perf_counter()
+        probs, labels, classes = validation_probabilities(runs, args.data_dir, args.device, views)
         members = [evaluation_from_probs(prob, labels, classes) for prob in probs]
-        chosen, steps = greedy_ensemble(probs, labels, classes, args.max_members)
+        chosen, _ = greedy_ensemble(probs, labels, classes, args.max_members)
         ens = evaluation_from_probs(sum(probs[i] for i in chosen) / len(chosen), labels, classes)
         errors = [m.total - m.correct for m in members]
         print(f"| {views} | {time.perf_counter() - t0:.0f} | {' '.join(map(str, errors))} | {sum(errors)} "

@@ -11,7 +11,7 @@ from .augment import tta_views
 from .checkpoints import load_checkpoint
 from .data import Loader, load_split, normalize
 from .errors import CheckpointError, MnistlabError
-from .evaluation import Evaluation, evaluate, evaluation_from_probs, predict_logits
+from .evaluation import Evaluation, evaluation_from_probs, predict_logits
 from .models import build_model
 
 SPLITS = ("test", "train", "validation")
@@ -84,11 +84,8 @@ class Classifier:
     def evaluate(self, data_dir: str | os.PathLike | None = None, split: str = "test",
                  tta: str = "none") -> Evaluation:
         """Exact accuracy and confusion on the whole split of the model's own dataset."""
-        if tta != "none":
-            _, probs, labels = self.split_probabilities(data_dir, split, tta)
-            return evaluation_from_probs(probs, labels, self.classes)
-        images, labels = self.load_split(split, data_dir)
-        return evaluate(self.module, self.loader(images, labels), self.classes, temperature=self.temperature)
+        _, probs, labels = self.split_probabilities(data_dir, split, tta)
+        return evaluation_from_probs(probs, labels, self.classes)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
