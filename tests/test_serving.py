@@ -1,4 +1,6 @@
+import contextlib
 import io
+import os
 import socket
 import threading
 import time
@@ -137,14 +139,10 @@ def draw(page, strokes):
         page.mouse.up()
 
 
-@pytest.mark.parametrize("strokes, digit", [
-    ([[(140, 40), (140, 240)]], "1"),
-    ([[(80, 60), (200, 60), (120, 240)]], "7"),
-])
-def test_browser_draws_a_digit_and_sees_the_answer(live_server, strokes, digit):
+@contextlib.contextmanager
+def browser_page(url):
+    """A page of headless Debian chromium at `url`, driven by Playwright (never its own browser)."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    import os
-
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail("CI must have Debian's chromium: scripts/test.sh installs it")
@@ -155,21 +153,39 @@ def test_browser_draws_a_digit_and_sees_the_answer(live_server, strokes, digit):
                                           "--disable-component-update", "--disable-sync", "--no-first-run"])
         try:
             page = browser.new_page()
-            page.goto(live_server)
+            page.goto(url)
             page.wait_for_function("document.querySelectorAll('#bars .bar').length === 10")
-            draw(page, strokes)
-            page.wait_for_function(f"document.getElementById('prediction').textContent === '{digit}'", timeout=10000)
-            best = page.locator("#bars .bar.best span").first.text_content()
-            assert best == digit
-            page.click("#clear")
-            assert page.locator("#prediction").text_content() == ""
+            yield page
         finally:
             browser.close()
 
 
+@pytest.mark.parametrize("strokes, digit", [
+    ([[(140, 40), (140, 240)]], "1"),
+    ([[(80, 60), (200, 60), (120, 240)]], "7"),
+])
+def test_browser_draws_a_digit_and_sees_the_answer(live_server, strokes, digit):
+    with browser_page(live_server) as page:
+        draw(page, strokes)
+        page.wait_for_function(f"document.getElementById('prediction').textContent === '{digit}'", timeout=10000)
+        best = page.locator("#bars .bar.best span").first.text_content()
+        assert best == digit
+        page.click("#clear")
+        assert page.locator("#prediction").text_content() == ""
+
+
+def test_clear_while_a_prediction_is_in_flight_stays_clear(live_server):
+    with browser_page(live_server) as page:
+        page.route("**/api/predict", lambda route: (time.sleep(0.3), route.continue_()))  # a slow server
+        draw(page, [[(80, 60), (200, 60), (120, 240)]])
+        page.click("#clear")
+        page.wait_for_timeout(2000)  # the answers to the drawing's requests arrive after the clear
+        assert page.locator("#prediction").text_content() == ""
+        assert page.locator("#bars .bar.best").count() == 0
+
+
 def test_serve_command_with_two_worker_processes(trained_cnn, seven_png):
     import json
-    import os
     import signal
     import subprocess
     import sys
@@ -199,7 +215,6 @@ def test_serve_command_with_two_worker_processes(trained_cnn, seven_png):
 
 
 def test_serve_refuses_a_bad_checkpoint_before_listening(tmp_path):
-    import os
     import subprocess
     import sys
 
