@@ -18,9 +18,9 @@ from pathlib import Path
 
 from common import machine
 from mnistlab import from_preset, train
-from mnistlab.classifier import evaluate_files, split_probabilities
 from mnistlab.evaluation import evaluation_from_probs, format_accuracy
-from mnistlab.fileio import read_run_events
+from mnistlab.inference import evaluate_files, load_model
+from mnistlab.runs import read_run_events
 
 
 def train_seed(seed: int, out: Path, data_dir) -> None:
@@ -43,9 +43,10 @@ def validation_probabilities(runs: list[Path], data_dir, device: str = "cpu", tt
     """(each run's calibrated probabilities on the validation split, labels, classes)."""
     probs = []
     for run in runs:
-        info, p, labels = split_probabilities(run / "model.pt", data_dir, "validation", device, tta)
+        model = load_model(run / "model.pt", device)
+        _, p, labels = model.split_probabilities(data_dir, "validation", tta)
         probs.append(p)
-    return probs, labels, tuple(info["classes"])
+    return probs, labels, model.classes
 
 
 def choose_ensemble(runs: list[Path], data_dir, max_members: int, device: str = "cpu",

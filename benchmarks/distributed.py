@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from common import machine, summary
-from mnistlab.fileio import read_run_events
+from mnistlab.runs import read_run_events
 
 
 def one_run(nproc: int, args) -> tuple[float, int]:

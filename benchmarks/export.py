@@ -22,7 +22,6 @@ import torch
 from common import machine
 from mnistlab import RunConfig, load_model, load_split, train
 from mnistlab.export import export
-from mnistlab.prediction import Predictor
 
 
 def rate(fn, x, reps):
@@ -39,9 +38,9 @@ def rate(fn, x, reps):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
-    p.add_argument("--models", nargs="+", default=["mlp", "cnn", "fast"])
+    p.add_argument("--models", nargs="+", default=["mlp", "cnn", "bn-cnn"])
     args = p.parse_args()
-    images, labels = load_split("mnist", train=False, data_dir=args.data_dir)
+    images, labels = load_split("mnist", "test", data_dir=args.data_dir)
     print(f"machine: {machine()}")
     print(f"command: python benchmarks/export.py {' '.join(sys.argv[1:])}\n")
     print("| model | runtime | file size | test accuracy | batch 1: images/s | batch 1000: images/s "
@@ -52,27 +51,26 @@ def main() -> None:
             cfg = RunConfig(model=name, epochs=1, optimizer="adam", lr=0.003, batch_size=128)
             ckpt = train(cfg, out=Path(d) / name, data_dir=args.data_dir, progress=False).model_path
             clf = load_model(ckpt)
-            x_all = ((images.float() / 255 - clf.mean) / clf.std).unsqueeze(1)
-            if clf.channels_last:
+            x_all = ((images.float() / 255 - clf.card.mean) / clf.card.std).unsqueeze(1)
+            if clf.backend.channels_last:
                 x_all = x_all.contiguous(memory_format=torch.channels_last)
 
-            def eager(x, module=clf.module):
+            def eager(x, module=clf.backend.module):
                 with torch.inference_mode():
                     return module(x)
 
-            def predict_eager(c, clf=clf):
-                return clf.predict_proba(torch.from_numpy(c))
+            predict_eager = clf.predict_proba
 
             variants = [("PyTorch eager", eager, x_all, ckpt, predict_eager)]
             for label, int8 in (("ONNX Runtime fp32", False), ("ONNX Runtime int8", True)):
                 path = export(ckpt, "onnx", Path(d) / f"{name}{'-int8' if int8 else ''}.onnx", int8=int8,
                               data_dir=args.data_dir)
-                backend = Predictor.from_checkpoint(path).backend
+                onnx_model = load_model(path)
 
-                def run(x, s=backend.session):
+                def run(x, s=onnx_model.backend.session):
                     return s.run(None, {"images": x})
 
-                variants.append((label, run, x_all.contiguous().numpy(), path, backend))
+                variants.append((label, run, x_all.contiguous().numpy(), path, onnx_model.predict_proba))
             base = None
             for label, fn, x, path, predict in variants:
                 acc = (np.concatenate([np.asarray(predict(c)) for c in np.array_split(images.numpy(), 10)]).argmax(1)

@@ -2,7 +2,8 @@
 # Every GPU figure in one go (issues 4, 5 and 7), for a machine with one CUDA GPU and PyTorch:
 #   DATA=path/to/data bash benchmarks/gpu.sh 2>&1 | tee gpu.log
 # Runs from the source tree (PYTHONPATH=src); nothing is installed.
-# PART=1: eager fast preset, seed and accurate presets, torchrun. PART=2: torch.compile's CUDA graphs.
+# PART=1: fast preset (CUDA graph and eager), classic and accurate presets, torchrun.
+# PART=2: torch.compile (default mode) against the CUDA-graph step.
 # PART=3: the `best` preset and the ensemble candidates (benchmarks/members.py).
 set -u
 cd "$(dirname "$0")"
@@ -15,14 +16,14 @@ if [ "$PART" = all ] || [ "$PART" = 1 ]; then
   echo "== fast preset, eager step"
   timeout 240 python3 speed.py --device "$DEVICE" --presets fast --runs "$RUNS" --no-cuda-graph --no-inference \
     --data-dir "$DATA"
-  echo "== seed recipe and accurate preset"
-  timeout 300 python3 speed.py --device "$DEVICE" --presets seed-cnn accurate --runs 1 --no-inference --data-dir "$DATA"
+  echo "== classic recipe and accurate preset"
+  timeout 300 python3 speed.py --device "$DEVICE" --presets classic-cnn accurate --runs 1 --no-inference --data-dir "$DATA"
   echo "== torchrun, one GPU process (NCCL)"
   timeout 200 python3 distributed.py --device "$DEVICE" --nproc 1 --runs 3 --data-dir "$DATA"
 fi
 if [ "$PART" = all ] || [ "$PART" = 2 ]; then
-  echo "== fast preset, torch.compile reduce-overhead: CUDA graphs (the warm-up run pays for compilation)"
-  timeout 300 python3 speed.py --device "$DEVICE" --presets fast --runs "$RUNS" --compile reduce-overhead \
+  echo "== fast preset, torch.compile default mode (the warm-up run pays for compilation)"
+  timeout 300 python3 speed.py --device "$DEVICE" --presets fast --runs "$RUNS" --compile default \
     --no-inference --data-dir "$DATA"
 fi
 if [ "$PART" = all ] || [ "$PART" = 3 ]; then

@@ -18,7 +18,6 @@ from PIL import Image
 
 from common import machine
 from mnistlab import format_accuracy, load_model, load_split
-from mnistlab.prediction import Predictor
 from mnistlab.preprocessing import NoDigitError, preprocess
 
 KINDS = ("grayscale PNG", "RGB JPEG q75", "light noisy background")
@@ -56,9 +55,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     clean = load_model(args.checkpoint).evaluate(args.data_dir)
-    images, labels = load_split("mnist", train=False, data_dir=args.data_dir)
+    images, labels = load_split("mnist", "test", data_dir=args.data_dir)
     images, labels = images[:args.limit].numpy(), labels[:args.limit].numpy()
-    predictor = Predictor.from_checkpoint(args.checkpoint)
+    predictor = load_model(args.checkpoint)
     rng = np.random.default_rng(args.seed)
     right, seen = np.zeros(3, int), np.zeros(3, int)
     batch, no_digit = [], 0
@@ -70,7 +69,7 @@ def main() -> None:
             no_digit += 1
             seen[kind] += 1
     pixels = np.stack([b[0] for b in batch])
-    probs = predictor.backend(pixels)
+    probs = predictor.predict_proba(pixels)
     for (_, label, kind), pr in zip(batch, probs):
         seen[kind] += 1
         right[kind] += int(pr.argmax() == label)

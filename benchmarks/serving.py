@@ -3,7 +3,7 @@
     python benchmarks/serving.py CHECKPOINT [--data-dir DIR] [--clients 16] [--requests 5000]
 
 The image is a 280x280 PNG of a test digit, dark ink on white, as the drawing page sends it.
-In-process: median and p99 of Predictor.predict(png bytes) over 1,000 calls. HTTP: the server
+In-process: median and p99 of Classifier.predict(png bytes) over 1,000 calls. HTTP: the server
 is `mnistlab serve` in its own process; the load comes from a minimal asyncio client on the
 same machine (raw keep-alive HTTP/1.1, one connection per client), which shares its 2 cores.
 """
@@ -22,11 +22,11 @@ from PIL import Image
 
 from common import machine
 from mnistlab import load_split
-from mnistlab.prediction import Predictor
+from mnistlab.inference import load_model
 
 
 def digit_png(data_dir) -> bytes:
-    images, _ = load_split("mnist", train=False, data_dir=data_dir)
+    images, _ = load_split("mnist", "test", data_dir=data_dir)
     img = Image.fromarray(255 - images[0].numpy()).resize((280, 280), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -34,7 +34,7 @@ def digit_png(data_dir) -> bytes:
 
 
 def in_process(checkpoint, png: bytes, n: int = 1000) -> tuple[float, float]:
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = load_model(checkpoint)
     import torch
 
     torch.set_num_threads(1)
@@ -106,7 +106,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"command: python benchmarks/serving.py {' '.join(sys.argv[1:])}\n")
     p50, p99 = in_process(args.checkpoint, png)
-    print(f"in process, Predictor.predict(280x280 PNG): p50 {1e3 * p50:.2f} ms, p99 {1e3 * p99:.2f} ms")
+    print(f"in process, Classifier.predict(280x280 PNG): p50 {1e3 * p50:.2f} ms, p99 {1e3 * p99:.2f} ms")
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", args.checkpoint, "--port", str(port),
                                "--workers", str(args.workers)],

@@ -1,6 +1,6 @@
 """Time-to-accuracy of every preset, inference throughput of every model, peak memory.
 
-    python benchmarks/speed.py [--device cpu|cuda] [--presets seed-mlp seed-cnn fast accurate]
+    python benchmarks/speed.py [--device cpu|cuda] [--presets classic-mlp classic-cnn fast accurate]
                                [--runs N] [--data-dir DIR] [--compile [MODE]]
 
 Each preset runs in its own process: one warm-up run first (reported apart: on a GPU it
@@ -19,13 +19,13 @@ from pathlib import Path
 from common import machine, summary
 
 PRESETS = {  # name -> (preset, overrides)
-    "seed-mlp": ("seed", {"model": "mlp"}),
-    "seed-cnn": ("seed", {"model": "cnn"}),
+    "classic-mlp": ("classic", {"model": "mlp"}),
+    "classic-cnn": ("classic", {"model": "cnn"}),
     "fast": ("fast", {}),
     "accurate": ("accurate", {}),
     "best": ("best", {}),  # about 10 minutes a run on the 2-core CPU
 }
-DEFAULT_RUNS = {"seed-mlp": 3, "seed-cnn": 3, "fast": 5, "accurate": 3, "best": 3}
+DEFAULT_RUNS = {"classic-mlp": 3, "classic-cnn": 3, "fast": 5, "accurate": 3, "best": 3}
 
 CHILD = r"""
 import json, resource, sys, tempfile, time, torch
@@ -87,8 +87,8 @@ def inference_table(args) -> None:
     from mnistlab import build_model
 
     device = torch.device(args.device)
-    models = {"mlp": ("mlp", {}), "cnn": ("cnn", {}), "fast (fast preset)": ("fast", P["fast"]["model_config"]),
-              "fast (accurate preset)": ("fast", P["accurate"]["model_config"]),
+    models = {"mlp": ("mlp", {}), "cnn": ("cnn", {}), "bn-cnn (fast preset)": ("bn-cnn", P["fast"]["model_config"]),
+              "bn-cnn (accurate preset)": ("bn-cnn", P["accurate"]["model_config"]),
               "deep (best preset)": ("deep", P["best"]["model_config"])}
     print("\n| model | parameters | batch 1: images/s (median latency) | batch 1000: images/s |")
     print("|---|---|---|---|")

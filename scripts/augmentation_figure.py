@@ -22,7 +22,7 @@ def main() -> None:
     p.add_argument("--data-dir")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "augmentation.png"))
     args = p.parse_args()
-    images, labels = load_split("mnist", train=True, data_dir=args.data_dir)
+    images, labels = load_split("mnist", "train", data_dir=args.data_dir)
     spec = DATASETS["mnist"]
     loader = Loader(images[:12], labels[:12], 12, spec.mean, spec.std)
     x, _ = next(loader.batches())

@@ -14,4 +14,5 @@ fi
 scripts/setup.sh test
 export MNISTLAB_DATA="${MNISTLAB_DATA:-$(cd .. && pwd)/shared/data}"
 .venv/bin/ruff check src tests benchmarks scripts
+.venv/bin/lint-imports  # the layering and no import cycles (pyproject.toml, [tool.importlinter])
 .venv/bin/python -m pytest "$@"

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -53,15 +54,21 @@ def _digit_like(n=3):
     return img
 
 
+def views_of(img: torch.Tensor, name: str) -> list[torch.Tensor]:
+    views = tta_views(img.numpy(), name)  # numpy in and out, as the inference interface uses them
+    assert all(v.dtype == np.uint8 and v.shape == img.shape for v in views)
+    return [torch.from_numpy(v) for v in views]
+
+
 def test_tta_none_is_the_image_itself():
     img = _digit_like()
-    views = tta_views(img, "none")
+    views = views_of(img, "none")
     assert len(views) == 1 and torch.equal(views[0], img)
 
 
 def test_tta_shift_moves_the_ink_by_whole_pixels():
     img = _digit_like()
-    views = tta_views(img, "shift")
+    views = views_of(img, "shift")
     assert len(views) == len(TTA_VIEWS["shift"]) and torch.equal(views[0], img)
     right = torch.zeros_like(img)
     right[:, :, 1:] = img[:, :, :-1]
@@ -73,14 +80,14 @@ def test_tta_shift_moves_the_ink_by_whole_pixels():
 
 def test_tta_rotate_and_zoom_are_mirror_images_and_scale_the_ink():
     img = _digit_like()[:1]  # left-right symmetric
-    _, plus, minus = tta_views(img, "rotate")
+    _, plus, minus = views_of(img, "rotate")
     assert not torch.equal(plus, img) and plus.dtype == torch.uint8
     torch.testing.assert_close(plus.flip(-1).float(), minus.float(), atol=1, rtol=0)  # +6 degrees mirrors -6
-    _, smaller, larger = tta_views(img, "zoom")
+    _, smaller, larger = views_of(img, "zoom")
     ink = lambda t: t.float().sum()  # noqa: E731
     assert ink(smaller) < ink(img) < ink(larger)
 
 
 def test_unknown_tta_is_refused():
     with pytest.raises(MnistlabError, match="unknown test-time augmentation 'flip'"):
-        tta_views(_digit_like(), "flip")
+        tta_views(_digit_like().numpy(), "flip")

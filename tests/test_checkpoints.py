@@ -3,10 +3,10 @@ import os
 import pytest
 import torch
 
-from mnistlab import CheckpointError, MnistlabError
+from mnistlab import CheckpointError, MnistlabError, ModelCard
 from mnistlab.checkpoints import load_checkpoint, save_checkpoint
-from mnistlab.classifier import load_model
 from mnistlab.fileio import atomic_write
+from mnistlab.inference import load_model
 
 
 class Evil:
@@ -14,17 +14,23 @@ class Evil:
         return (os.system, ("echo pwned",))
 
 
-def _valid_state(model="cnn"):
+def _card(model="cnn"):
+    return ModelCard(model=model, dataset="mnist", classes=tuple(str(i) for i in range(10)), mean=0.1307,
+                     std=0.3081, temperature=0.5, val_size=100, model_config={})
+
+
+def _state(model="cnn"):
     from mnistlab.models import build_model
 
-    return {"model": model, "model_state": build_model(model).state_dict(), "dataset": "mnist",
-            "normalization": [0.1307, 0.3081], "classes": [str(i) for i in range(10)]}
+    return {"model_state": build_model(model).state_dict()}
 
 
 def test_round_trip(tmp_path):
-    save_checkpoint(_valid_state(), tmp_path / "c.pt")
+    save_checkpoint(_card(), _state(), tmp_path / "c.pt")
+    card, state = load_checkpoint(tmp_path / "c.pt")
+    assert card == _card() and state["version"] == 2
     clf = load_model(tmp_path / "c.pt")
-    assert clf.model_name == "cnn" and clf.classes[3] == "3"
+    assert clf.card.model == "cnn" and clf.classes[3] == "3"
     assert clf.predict_proba(torch.zeros(2, 28, 28, dtype=torch.uint8)).sum(1).tolist() == pytest.approx([1, 1])
 
 
@@ -48,7 +54,7 @@ def test_foreign_torch_file(tmp_path):
 
 
 def test_truncated_checkpoint(tmp_path):
-    save_checkpoint(_valid_state(), tmp_path / "c.pt")
+    save_checkpoint(_card(), _state(), tmp_path / "c.pt")
     raw = (tmp_path / "c.pt").read_bytes()
     (tmp_path / "c.pt").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
@@ -56,8 +62,7 @@ def test_truncated_checkpoint(tmp_path):
 
 
 def test_weights_of_another_model(tmp_path):
-    state = _valid_state("mlp") | {"model": "cnn"}
-    save_checkpoint(state, tmp_path / "c.pt")
+    save_checkpoint(_card("cnn"), _state("mlp"), tmp_path / "c.pt")
     with pytest.raises(CheckpointError, match="do not fit the model 'cnn'"):
         load_model(tmp_path / "c.pt")
 

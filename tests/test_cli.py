@@ -10,7 +10,7 @@ import torch
 
 from fakes import run_cli as run
 from mnistlab.checkpoints import load_checkpoint
-from mnistlab.fileio import read_run_events
+from mnistlab.runs import read_run_events
 
 
 def assert_clean_error(proc, pattern, code=1):
@@ -19,8 +19,8 @@ def assert_clean_error(proc, pattern, code=1):
     assert pattern in proc.stderr, proc.stderr
 
 
-def test_losses_command():
-    proc = run("losses")
+def test_lesson_command():
+    proc = run("lesson")
     assert proc.returncode == 0
     assert "0.9729" in proc.stdout and "0.4966" in proc.stdout
 
@@ -91,14 +91,14 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_weights(data_dir, tm
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     ckpt = tmp_path / "a" / "ckpt-interrupt.pt"
-    state = load_checkpoint(ckpt)
+    _, state = load_checkpoint(ckpt)
     assert 0 < state["step_in_epoch"] < 313
     assert not (tmp_path / "a" / "model.pt").exists()
 
     assert run("train", "--resume", ckpt, "--data-dir", data_dir).returncode == 0
     assert run("train", *flags, "--out", tmp_path / "b").returncode == 0
-    resumed = load_checkpoint(tmp_path / "a" / "model.pt")["model_state"]
-    unbroken = load_checkpoint(tmp_path / "b" / "model.pt")["model_state"]
+    resumed = load_checkpoint(tmp_path / "a" / "model.pt")[1]["model_state"]
+    unbroken = load_checkpoint(tmp_path / "b" / "model.pt")[1]["model_state"]
     assert all(torch.equal(resumed[k], unbroken[k]) for k in unbroken)
 
 
@@ -143,3 +143,27 @@ def test_eval_on_the_validation_split_the_run_held_out(data_dir, tmp_path):
                "--out", no_val, "--no-report").returncode == 0
     assert_clean_error(run("eval", no_val / "model.pt", "--split", "validation", "--data-dir", data_dir),
                        "no validation split")
+
+
+def _imports_torch(*argv) -> tuple[bool, str]:
+    code = ("import sys\nfrom mnistlab.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, timeout=120)
+    return proc.stdout.strip().endswith("True"), proc.stdout
+
+
+def test_help_and_onnx_predictions_import_no_torch(tmp_path):
+    from pathlib import Path
+
+    from PIL import Image
+
+    assert not _imports_torch("--help")[0]
+    assert not _imports_torch("predict", "--help")[0]
+    image = Image.new("L", (60, 60), 255)
+    image.paste(0, (25, 10, 33, 50))  # a dark bar
+    image.save(tmp_path / "bar.png")
+    onnx = Path(__file__).parent / "data" / "v1" / "model.onnx"
+    pytest.importorskip("onnxruntime")
+    uses_torch, out = _imports_torch("predict", onnx, tmp_path / "bar.png")
+    assert "bar.png: " in out and "top:" in out and not uses_torch
+    assert _imports_torch("eval", "--help")[0]  # the check can fail: evaluation does need torch

@@ -50,10 +50,10 @@ def test_corrupt_gzip_is_refused(tmp_path):
 
 
 def test_real_mnist_loads_whole_and_in_range(data_dir):
-    x, y = load_split("mnist", train=True, data_dir=data_dir, download=False)
+    x, y = load_split("mnist", "train", data_dir=data_dir, download=False)
     assert x.shape == (60000, 28, 28) and x.dtype == torch.uint8
     assert y.shape == (60000,) and set(y.unique().tolist()) == set(range(10))
-    xt, yt = load_split("mnist", train=False, data_dir=data_dir, download=False)
+    xt, yt = load_split("mnist", "test", data_dir=data_dir, download=False)
     assert xt.shape == (10000, 28, 28)
     assert yt[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the official test set's first labels
     mean = x.float().mean().item() / 255
@@ -65,38 +65,38 @@ def test_flat_folder_and_uncompressed_files_are_accepted(tmp_path):
     p = root / "t10k-labels-idx1-ubyte.gz"
     (root / "t10k-labels-idx1-ubyte").write_bytes(gzip.decompress(p.read_bytes()))
     p.unlink()
-    x, y = load_split("mnist", train=False, data_dir=root, download=False)
+    x, y = load_split("mnist", "test", data_dir=root, download=False)
     assert x.shape == (50, 28, 28) and y.shape == (50,)
 
 
 def test_env_variable_is_used(tmp_path, monkeypatch):
     root = make_fake_mnist(tmp_path / "env")
     monkeypatch.setenv("MNISTLAB_DATA", str(root))
-    assert load_split("mnist", train=False, download=False)[0].shape == (50, 28, 28)
+    assert load_split("mnist", "test", download=False)[0].shape == (50, 28, 28)
 
 
 def test_mislabelled_file_is_refused(tmp_path):
     root = make_fake_mnist(tmp_path / "d")
     write_idx(root / "MNIST/raw/t10k-labels-idx1-ubyte.gz", np.full(50, 12))
     with pytest.raises(DataError, match="label 12 is out of range"):
-        load_split("mnist", train=False, data_dir=root, download=False)
+        load_split("mnist", "test", data_dir=root, download=False)
 
 
 def test_count_mismatch_is_refused(tmp_path):
     root = make_fake_mnist(tmp_path / "d")
     write_idx(root / "MNIST/raw/t10k-labels-idx1-ubyte.gz", np.zeros(49))
     with pytest.raises(DataError, match="49 labels for 50 images"):
-        load_split("mnist", train=False, data_dir=root, download=False)
+        load_split("mnist", "test", data_dir=root, download=False)
 
 
 def test_missing_files_offline_says_what_and_where(tmp_path):
     with pytest.raises(DataError, match=r"missing .*t10k-images-idx3-ubyte.gz.*put them in"):
-        load_split("kmnist", train=False, data_dir=tmp_path, download=False)
+        load_split("kmnist", "test", data_dir=tmp_path, download=False)
 
 
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown dataset 'cifar'"):
-        load_split("cifar", train=False)
+        load_split("cifar", "test")
 
 
 @pytest.fixture
@@ -164,5 +164,5 @@ def test_fashion_mnist_from_debian_package(tmp_path):
 
     if not Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").is_file():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (scripts/test.sh installs it as root)")
-    x, y = load_split("fashion-mnist", train=False, data_dir=tmp_path, download=False)
+    x, y = load_split("fashion-mnist", "test", data_dir=tmp_path, download=False)
     assert x.shape == (10000, 28, 28) and torch.bincount(y).tolist() == [1000] * 10

@@ -13,7 +13,7 @@ import torch
 
 from mnistlab import RunConfig, train
 from mnistlab.checkpoints import load_checkpoint
-from mnistlab.fileio import read_run_events
+from mnistlab.runs import read_run_events
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 FLAGS = ["--preset", "fast", "--train-limit", "12000", "--no-progress", "--checkpoint-every", "1"]
@@ -35,7 +35,7 @@ def two_and_one(data_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     proc = torchrun([*FLAGS, "--data-dir", data_dir, "--out", tmp / "two", "--epochs", "2"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    cfg = RunConfig(model="fast", model_config={"channels": [16, 32], "hidden": 256}, optimizer="adam", lr=0.01,
+    cfg = RunConfig(model="bn-cnn", model_config={"channels": [16, 32], "hidden": 256}, optimizer="adam", lr=0.01,
                     schedule="onecycle", batch_size=128, epochs=2, label_smoothing=0.1, train_limit=12000,
                     checkpoint_every=1)
     train(cfg, out=tmp / "one", data_dir=data_dir, progress=False)
@@ -64,7 +64,7 @@ def test_checkpoints_cross_world_sizes(two_and_one, data_dir, tmp_path):
     tmp, _ = two_and_one
     # two processes -> one: continue the 2-process run's first epoch for one more epoch
     shutil.copy(tmp / "two" / "ckpt-epoch001.pt", tmp_path / "from2.pt")
-    one = train(RunConfig(), resume=tmp_path / "from2.pt", out=tmp_path / "one", data_dir=data_dir, progress=False)
+    one = train(resume=tmp_path / "from2.pt", out=tmp_path / "one", data_dir=data_dir, progress=False)
     assert events(tmp_path / "one", "epoch")[-1]["steps"] == 188
     assert one.test_accuracy >= 0.98
     # one process -> two
@@ -106,10 +106,10 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_resumes(data_dir, tm
     assert "test accuracy:" not in out
     saved = sorted(p.name for p in (tmp_path / "run").glob("ckpt-epoch*.pt"))
     last = tmp_path / "run" / saved[-1]
-    state = load_checkpoint(last)  # intact: loads and is a complete training state
+    _, state = load_checkpoint(last)  # intact: loads and is a complete training state
     assert "optimizer_state" in state and state["epoch"] >= 2
     # finish it in one process, two more epochs beyond the checkpoint
     shutil.copy(last, tmp_path / "last.pt")
-    done = train(RunConfig(), resume=tmp_path / "last.pt", out=tmp_path / "resumed", data_dir=data_dir,
+    done = train(resume=tmp_path / "last.pt", out=tmp_path / "resumed", data_dir=data_dir,
                  progress=False)
     assert done.test_total == 10000 and torch.isfinite(torch.tensor(done.train_seconds))

@@ -11,12 +11,11 @@ import onnxruntime as ort  # noqa: E402
 from fakes import run_cli
 from mnistlab import MODELS, MnistlabError, RunConfig, load_model, load_split, train  # noqa: E402
 from mnistlab.export import export, fold_batchnorm  # noqa: E402
-from mnistlab.prediction import Predictor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def test_set(data_dir):
-    return load_split("mnist", train=False, data_dir=data_dir, download=False)
+    return load_split("mnist", "test", data_dir=data_dir, download=False)
 
 
 SMALL = {"simple": {"kernel": 5, "channels": [8, 16, 24, 32, 40]}}  # its layers, at a width a CPU test affords
@@ -32,11 +31,11 @@ def short_trained(request, data_dir, tmp_path_factory):
 
 
 def torch_probs(path, images):
-    return load_model(path).predict_proba(images).double().numpy()
+    return load_model(path).predict_proba(images)
 
 
 def ort_probs(path, images):
-    return Predictor.from_checkpoint(path).backend(images.numpy())
+    return load_model(path).predict_proba(images)
 
 
 @pytest.mark.parametrize("probs", [False, True])
@@ -50,7 +49,7 @@ def test_onnx_parity_on_the_whole_test_set(short_trained, test_set, tmp_path, pr
     meta = json.loads(session.get_modelmeta().custom_metadata_map["mnistlab"])
     assert meta["classes"] == [str(i) for i in range(10)] and meta["normalization"] == [0.1307, 0.3081]
     assert session.get_inputs()[0].shape[0] == "batch"  # dynamic batch size
-    if any(name in str(short_trained) for name in ("fast", "deep")):
+    if any(name in str(short_trained) for name in ("bn-cnn", "deep")):
         kinds = {n.op_type for n in __import__("onnx").load(str(onnx_path)).graph.node}
         assert "BatchNormalization" not in kinds  # folded into the convolutions
 
@@ -87,7 +86,7 @@ def test_fold_batchnorm_across_max_pool():
 
 
 def test_int8_keeps_accuracy_and_shrinks(data_dir, tmp_path, test_set):
-    cfg = RunConfig(model="fast", epochs=1, train_limit=12000, optimizer="adam", lr=0.01, schedule="onecycle",
+    cfg = RunConfig(model="bn-cnn", epochs=1, train_limit=12000, optimizer="adam", lr=0.01, schedule="onecycle",
                     batch_size=128)
     model = train(cfg, out=tmp_path / "run", data_dir=data_dir, progress=False).model_path
     fp32 = export(model, "onnx", tmp_path / "m.onnx")
@@ -105,18 +104,19 @@ def test_foreign_and_misshapen_onnx_files_are_refused(tmp_path):
 
     torch.onnx.export(Flat(), (torch.zeros(1, 1, 28, 28),), tmp_path / "foreign.onnx", dynamo=False)
     with pytest.raises(MnistlabError, match="not one exported by mnistlab"):
-        Predictor.from_checkpoint(tmp_path / "foreign.onnx")
+        load_model(tmp_path / "foreign.onnx")
     import onnx
 
     torch.onnx.export(Flat(), (torch.zeros(1, 3, 32, 32),), tmp_path / "shape.onnx", dynamo=False)
     m = onnx.load(str(tmp_path / "shape.onnx"))
-    onnx.helper.set_model_props(m, {"mnistlab": json.dumps({"classes": list("0123456789")})})
+    card = {"model": "cnn", "dataset": "mnist", "classes": list("0123456789"), "normalization": [0.1307, 0.3081]}
+    onnx.helper.set_model_props(m, {"mnistlab": json.dumps(card)})
     onnx.save(m, str(tmp_path / "shape.onnx"))
     with pytest.raises(MnistlabError, match="not \\[N, 1, 28, 28\\]"):
-        Predictor.from_checkpoint(tmp_path / "shape.onnx")
+        load_model(tmp_path / "shape.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(MnistlabError, match="not a readable ONNX model"):
-        Predictor.from_checkpoint(tmp_path / "junk.onnx")
+        load_model(tmp_path / "junk.onnx")
 
 
 def test_export_cli_errors(tmp_path, short_trained):

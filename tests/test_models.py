@@ -3,7 +3,7 @@ import torch
 
 from mnistlab import MODELS, MnistlabError, build_model
 
-SEED_PARAMS = {"mlp": 575_050, "cnn": 8_490}  # counted from the seed's layer sizes
+TUTORIAL_PARAMS = {"mlp": 575_050, "cnn": 8_490}  # counted from the tutorial's layer sizes
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -15,9 +15,9 @@ def test_output_shape_is_logits(name):
     assert not torch.allclose(out.sum(1), torch.ones(7))  # logits, not probabilities
 
 
-@pytest.mark.parametrize("name", list(SEED_PARAMS))
-def test_seed_models_have_the_seed_sizes(name):
-    assert sum(p.numel() for p in build_model(name).parameters()) == SEED_PARAMS[name]
+@pytest.mark.parametrize("name", list(TUTORIAL_PARAMS))
+def test_tutorial_models_have_the_tutorial_sizes(name):
+    assert sum(p.numel() for p in build_model(name).parameters()) == TUTORIAL_PARAMS[name]
 
 
 def test_channels_last_gives_the_same_answer():
@@ -34,9 +34,9 @@ def test_unknown_model_is_a_clear_error():
         build_model("resnet")
 
 
-def test_fast_model_config_changes_its_size():
-    small = build_model("fast", channels=(8, 16), hidden=32)
-    big = build_model("fast")
+def test_bn_cnn_config_changes_its_size():
+    small = build_model("bn-cnn", channels=(8, 16), hidden=32)
+    big = build_model("bn-cnn")
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters())
     assert small(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 

@@ -10,7 +10,7 @@ from mnistlab.preprocessing import NoDigitError, center_of_mass, preprocess
 
 @pytest.fixture(scope="module")
 def digits(data_dir):
-    x, y = load_split("mnist", train=False, data_dir=data_dir, download=False)
+    x, y = load_split("mnist", "test", data_dir=data_dir, download=False)
     return x[:20].numpy(), y[:20].numpy()
 
 

@@ -13,19 +13,19 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mnistlab import load_split  # noqa: E402
-from mnistlab.prediction import Predictor  # noqa: E402
+from mnistlab.inference import load_model  # noqa: E402
 from mnistlab.serving import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def client(trained_cnn):
-    with TestClient(create_app(Predictor.from_checkpoint(trained_cnn), max_bytes=100_000)) as c:
+    with TestClient(create_app(load_model(trained_cnn), max_bytes=100_000)) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def seven_png(data_dir):
-    x, y = load_split("mnist", train=False, data_dir=data_dir, download=False)
+    x, y = load_split("mnist", "test", data_dir=data_dir, download=False)
     assert int(y[0]) == 7
     buf = io.BytesIO()
     Image.fromarray(255 - x[0].numpy()).resize((140, 140)).save(buf, format="PNG")
@@ -112,7 +112,7 @@ def live_server(trained_cnn):
     import uvicorn
 
     port = free_port()
-    app = create_app(Predictor.from_checkpoint(trained_cnn))
+    app = create_app(load_model(trained_cnn))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -6,7 +6,7 @@ from mnistlab.checkpoints import load_checkpoint
 
 
 def _weights(path):
-    return load_checkpoint(path)["model_state"]
+    return load_checkpoint(path)[1]["model_state"]
 
 
 def test_one_epoch_of_the_seed_cnn_reaches_97_percent(data_dir, tmp_path):
@@ -24,7 +24,7 @@ def test_same_seed_same_weights_and_resume_matches_unbroken_run(data_dir, tmp_pa
     cfg = dict(model="mlp", epochs=2, train_limit=3000, checkpoint_every=1, eval_every=1)
     a = train(RunConfig(**cfg), out=tmp_path / "a", data_dir=data_dir, progress=False)
     b = train(RunConfig(**cfg), out=tmp_path / "b", data_dir=data_dir, progress=False)
-    resumed = train(RunConfig(**cfg), resume=tmp_path / "a" / "ckpt-epoch001.pt", out=tmp_path / "c",
+    resumed = train(resume=tmp_path / "a" / "ckpt-epoch001.pt", out=tmp_path / "c",
                     data_dir=data_dir, progress=False)
     wa, wb, wc = _weights(a.model_path), _weights(b.model_path), _weights(resumed.model_path)
     for k in wa:
@@ -59,7 +59,7 @@ def test_absurd_settings_are_refused(bad):
 
 def test_presets_and_overrides():
     assert from_preset(None).lr == 0.1 and from_preset(None).batch_size == 64
-    assert from_preset("seed", epochs=3, lr=None).epochs == 3
+    assert from_preset("classic", epochs=3, lr=None).epochs == 3
     with pytest.raises(MnistlabError, match="unknown preset"):
         from_preset("nope")
 
@@ -99,8 +99,8 @@ def test_ema_temperature_and_report(fake_data, tmp_path):
     result = train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False, report=True)
     calib = [e for e in result.history if e["event"] == "calibration"]
     assert len(calib) == 1 and calib[0]["temperature"] > 0
-    model = load_checkpoint(result.model_path)
-    assert model["temperature"] == calib[0]["temperature"]
+    card, _ = load_checkpoint(result.model_path)
+    assert card.temperature == calib[0]["temperature"]
     epochs = [e for e in result.history if e["event"] == "epoch"]
     assert 0 <= epochs[-1]["train_accuracy"] <= 1 and epochs[-1]["train_loss"] > 0
     for name in ("curves.png", "confusion.png", "errors.png", "reliability.png", "report.html"):
@@ -108,9 +108,9 @@ def test_ema_temperature_and_report(fake_data, tmp_path):
     page = (tmp_path / "run" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4  # self-contained
     # resuming an EMA run continues the average too: same final weights as unbroken
-    again = train(RunConfig(), resume=tmp_path / "run" / "ckpt-epoch001.pt", out=tmp_path / "again",
+    again = train(resume=tmp_path / "run" / "ckpt-epoch001.pt", out=tmp_path / "again",
                   data_dir=fake_data, progress=False)
-    a, b = load_checkpoint(result.model_path)["model_state"], load_checkpoint(again.model_path)["model_state"]
+    a, b = _weights(result.model_path), _weights(again.model_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -122,7 +122,7 @@ def test_best_recipe_on_a_small_deep_model_learns_real_mnist(data_dir, tmp_path)
     val = [e for e in result.history if e["event"] == "validation"][-1]
     assert val["total"] == 5000 and val["accuracy"] >= 0.965  # 97.6% when written
     assert result.test_accuracy >= 0.965  # 97.9% when written
-    assert 0.2 < load_model(result.model_path).temperature < 1  # label smoothing: sharpened after training
+    assert 0.2 < load_model(result.model_path).card.temperature < 1  # label smoothing: sharpened after training
 
 
 def test_the_final_test_pass_is_rescored_with_the_temperature_not_rerun(fake_data, tmp_path, monkeypatch):

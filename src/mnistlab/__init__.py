@@ -2,9 +2,9 @@
 
     import mnistlab
     result = mnistlab.train(mnistlab.RunConfig(model="cnn"))
-    model = mnistlab.load_model(result.model_path)
+    model = mnistlab.load_model(result.model_path)     # or an .onnx file from mnistlab export
     print(model.evaluate().accuracy)
-    print(mnistlab.Predictor.from_checkpoint(result.model_path).predict("digit.png").label)
+    print(model.predict("digit.png").label)
 
 Names are imported on first use, so `mnistlab.preprocessing` and the ONNX Runtime path
 work without torch installed.
@@ -18,11 +18,11 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "PRESETS": "config", "RunConfig": "config", "from_preset": "config",
+    "ModelCard": "card",
     "DATASETS": "data", "load_split": "data", "read_idx": "data",
     "Evaluation": "evaluation", "format_accuracy": "evaluation",
     "MODELS": "models", "build_model": "models",
-    "Classifier": "classifier", "load_model": "classifier",
-    "Prediction": "prediction", "Predictor": "prediction",
+    "Classifier": "inference", "load_model": "inference", "Prediction": "inference", "Predictor": "inference",
     "TrainResult": "training", "train": "training",
 }
 

@@ -8,9 +8,11 @@ augmentation (`TTA_VIEWS`, `tta_views`): a model's probabilities averaged over t
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +26,16 @@ class Augment:
     translate: float = 0.0  # shift drawn from [-translate, translate] x image size, each axis
     elastic: float = 0.0  # elastic displacement strength in pixels (0: off)
     elastic_sigma: float = 4.0  # smoothness of the elastic field, in pixels
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise MnistlabError(f"--augment {name} must be a number, not {json.dumps(value)}.")
+        limits = {"degrees": (0, 180), "scale": (0, 0.9), "translate": (0, 0.5), "elastic": (0, 14),
+                  "elastic_sigma": (0.5, 14)}
+        for name, (low, high) in limits.items():
+            if not low <= getattr(self, name) <= high:
+                raise MnistlabError(f"--augment {name} must lie between {low} and {high}, not {getattr(self, name)}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,18 +93,18 @@ TTA_VIEWS: dict[str, tuple[tuple[float, float, tuple[float, float]], ...]] = {
 }
 
 
-def tta_views(images: torch.Tensor, name: str) -> list[torch.Tensor]:
-    """The views of a uint8 batch [N, H, W] that test-time augmentation `name` averages over,
+def tta_views(images: np.ndarray, name: str) -> list[np.ndarray]:
+    """The views of uint8 images [N, H, W] that test-time augmentation `name` averages over,
     each uint8 again, so any model (PyTorch or ONNX) takes them as it takes the images."""
     if name not in TTA_VIEWS:
         raise MnistlabError(f"unknown test-time augmentation '{name}'; choose one of: {', '.join(TTA_VIEWS)}.")
     n, h, w = images.shape
-    x, views = images.unsqueeze(1).float(), []
+    x, views = torch.from_numpy(images).unsqueeze(1).float(), []
     for degrees, zoom, (dx, dy) in TTA_VIEWS[name]:
         if (degrees, zoom, dx, dy) == (0, 1, 0, 0):
             views.append(images)
             continue
         shift = torch.tensor([-2 * dx / w, -2 * dy / h]).expand(n, 2)  # the grid samples from -shift
         out = warp(x, torch.full((n,), math.radians(degrees)), torch.full((n,), float(zoom)), shift)
-        views.append(out.squeeze(1).round().clamp(0, 255).to(torch.uint8))
+        views.append(out.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy())
     return views

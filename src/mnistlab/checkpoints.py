@@ -1,4 +1,8 @@
-"""Checkpoints: written atomically, read with weights_only=True, checked before use."""
+"""Checkpoints: written atomically, read with weights_only=True, checked before use.
+
+A checkpoint is a dict: the model card under "card", the weights under "model_state",
+and for a resumable training state also the run config, optimiser, scheduler and RNG state.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +13,23 @@ from typing import Any
 
 import torch
 
+from .card import ModelCard
 from .errors import CheckpointError
 from .fileio import atomic_write
 
 FORMAT = "mnistlab-checkpoint"
+# 2: the model card under "card". 1 (before 0.2): the card's fields at the top level, val_size in "config".
+VERSION = 2
 _UNREADABLE = "{path}: not a readable checkpoint (corrupt, truncated or another format)."
-VERSION = 1
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    state = {"format": FORMAT, "version": VERSION, **state}
+def save_checkpoint(card: ModelCard, state: dict[str, Any], path: str | os.PathLike) -> None:
+    state = {"format": FORMAT, "version": VERSION, "card": card.to_dict(), **state}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and check a checkpoint. Never unpickles code: weights_only=True."""
+def load_checkpoint(path: str | os.PathLike) -> tuple[ModelCard, dict[str, Any]]:
+    """The model card and the whole state of a checkpoint. Never unpickles code: weights_only=True."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file.")
@@ -40,9 +46,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(_UNREADABLE.format(path=path)) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: a PyTorch file, but not an mnistlab checkpoint.")
-    if state.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: written by a newer mnistlab (format {state['version']}); upgrade to read it.")
-    for key in ("model", "model_state", "dataset", "normalization", "classes"):
-        if key not in state:
-            raise CheckpointError(f"{path}: checkpoint lacks '{key}'.")
-    return state
+    version = state.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{path}: written by a newer mnistlab (format {version}); upgrade to read it.")
+    if not isinstance(state.get("model_state"), dict):
+        raise CheckpointError(f"{path}: checkpoint lacks 'model_state'.")
+    if version >= 2:
+        card = ModelCard.from_dict(state.get("card"), str(path))
+    else:
+        config = state.get("config") if isinstance(state.get("config"), dict) else {}
+        card = ModelCard.from_dict({**state, "val_size": config.get("val_size", 0)}, str(path))
+    return card, state

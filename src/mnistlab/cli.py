@@ -9,9 +9,6 @@ import sys
 
 from .errors import MnistlabError
 
-# augment.TTA_VIEWS' names, spelled out so that `--help` does not import torch (a test keeps them equal)
-TTA_NAMES = ("none", "shift", "rotate", "zoom")
-
 
 def _positive_int(s: str) -> int:
     v = int(s)
@@ -44,15 +41,16 @@ def _json_object(s: str) -> dict:
     return value
 
 
-def _add_train(sub) -> None:
-    from .config import OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
+def _add_train(sub, name: str, help: str) -> None:
+    from .config import COMPILE_MODES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
     from .data import DATASETS
     from .models import MODELS
 
-    p = sub.add_parser("train", help="train a model, evaluate it on the test set, save it",
-                       description="Train a model. Defaults are the seed's recipe: SGD lr 0.1, "
-                       "momentum 0.5, batch 64, 10 epochs; precision 'auto' is bf16 autocast where "
-                       "the hardware supports it natively, else fp32.")
+    p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a model, evaluate it on the test set, save it. Defaults are the "
+                       "tutorial's recipe\n(the 'classic' preset): SGD lr 0.1, momentum 0.5, batch 64, 10 "
+                       "epochs; precision 'auto' is bf16\nautocast where the hardware supports it natively, "
+                       "else fp32.\n\npresets:\n" + _presets_help(PRESETS))
     p.add_argument("--model", choices=list(MODELS), help="model to train (default: cnn)")
     p.add_argument("--dataset", choices=list(DATASETS), help="dataset (default: mnist)")
     p.add_argument("--preset", choices=list(PRESETS), help="a named recipe; other flags override it")
@@ -74,10 +72,11 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed; same seed and device give the same weights (default: 1)")
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, help="auto (default), bf16 autocast or fp32")
-    p.add_argument("--compile", nargs="?", const="default", choices=("default", "reduce-overhead", "max-autotune"),
-                   help="torch.compile the model, in this mode (reduce-overhead: CUDA graphs; GPUs only)")
-    p.add_argument("--cuda-graph", action="store_true", default=None,
-                   help="replay the training step as a CUDA graph (one GPU, Adam/AdamW; on in the fast preset)")
+    p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
+                   help="torch.compile the model, in this mode (measured slower on a 2-core CPU)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the whole training step as a CUDA graph (one GPU, Adam/AdamW; on in the fast "
+                        "preset, and the faster alternative to --compile there)")
     p.add_argument("--threads", type=_nonneg_int, help="CPU threads for torch (default: torch's own)")
     p.add_argument("--val-size", type=_nonneg_int, help="images held out of training for validation (default: 0)")
     p.add_argument("--train-limit", type=_nonneg_int, help="train on only the first N images (default: all)")
@@ -94,30 +93,50 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _presets_help(presets: dict) -> str:
+    import textwrap
+
+    lines = []
+    for name, values in presets.items():
+        shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items() if k not in ("eval_every", "cuda_graph"))
+        lines.append(textwrap.fill(shown or "the tutorial's recipe", 100, initial_indent=f"  {name:10}",
+                                   subsequent_indent=" " * 12))
+    return "\n".join(lines)
+
+
 def cmd_train(args) -> int:
-    from .config import RunConfig, from_preset
+    from .config import PRESETS, RunConfig, from_preset
     from .training import train
 
     # every RunConfig field with a flag of the same name; None means "not given"
-    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(RunConfig)}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
+             if getattr(args, f.name, None) is not None}
+    common = dict(out=args.out, data_dir=args.data_dir, report=not args.no_report,
+                  progress=False if args.no_progress else None)
+    if args.resume:  # the run's own config, with the changes asked for (each checked)
+        if args.dry_run:
+            raise MnistlabError("--dry-run starts a new run; it cannot be combined with --resume.")
+        train(resume=args.resume, changes={**PRESETS.get(args.preset, {}), **given}, **common)
+        return 0
     if args.dry_run:
-        overrides.update(epochs=1, train_limit=640, log_interval=5)
-    cfg = from_preset(args.preset, **overrides)
-    train(cfg, out=args.out, resume=args.resume, data_dir=args.data_dir, report=not args.no_report,
-          progress=False if args.no_progress else None)
+        given.update(epochs=1, train_limit=640, log_interval=5)
+    train(from_preset(args.preset, **given), **common)
     return 0
 
 
-def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a saved model, or an ensemble of several, on a whole split")
+def _add_eval(sub, name: str, help: str) -> None:
+    from .augment import TTA_VIEWS
+    from .data import SPLITS
+
+    p = sub.add_parser(name, help=help)
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                    help="model.pt, checkpoint or .onnx files; several are averaged as an ensemble")
     p.add_argument("--data-dir", help="dataset folder (default: $MNISTLAB_DATA, else ./data)")
-    p.add_argument("--split", choices=("test", "train", "validation"), default="test",
+    p.add_argument("--split", choices=SPLITS, default="test",
                    help="which split (default: test); validation: the images the run held out of training "
-                        "(--val-size), for choosing models without looking at the test set")
+                        "(--val-size), for choosing models without looking at the test set; train: the rest")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    p.add_argument("--tta", choices=TTA_NAMES, default="none",
+    p.add_argument("--tta", choices=list(TTA_VIEWS), default="none",
                    help="test-time augmentation: average each model's probabilities over fixed views "
                         "(shift: 1 pixel 4 ways; rotate: +-6 degrees; zoom: 0.92, 1.08); default none")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
@@ -125,13 +144,13 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .classifier import evaluate_files
     from .evaluation import format_accuracy
+    from .inference import evaluate_files
 
-    infos, members, ev = evaluate_files(args.checkpoints, args.data_dir, args.split, args.device, args.tta)
+    cards, members, ev = evaluate_files(args.checkpoints, args.data_dir, args.split, args.device, args.tta)
     if args.json:
-        print(json.dumps({"checkpoints": args.checkpoints, "models": [i["model"] for i in infos],
-                          "dataset": infos[0]["dataset"], "split": args.split, "tta": args.tta,
+        print(json.dumps({"checkpoints": args.checkpoints, "models": [c.model for c in cards],
+                          "dataset": cards[0].dataset, "split": args.split, "tta": args.tta,
                           "members": [{"checkpoint": c, "correct": m.correct, "total": m.total, "ece": m.ece}
                                       for c, m in zip(args.checkpoints, members)] if len(members) > 1 else [],
                           **ev.to_dict()}))
@@ -139,16 +158,16 @@ def cmd_eval(args) -> int:
     views = "" if args.tta == "none" else f", test-time augmentation '{args.tta}'"
     if len(members) > 1:
         print(f"ensemble of {len(members)} models (mean of their probabilities), {args.split} split{views}:")
-        for path, info, m in zip(args.checkpoints, infos, members):
-            print(f"  {path} ({info['model']}): {format_accuracy(m.correct, m.total)}")
+        for path, card, m in zip(args.checkpoints, cards, members):
+            print(f"  {path} ({card.model}): {format_accuracy(m.correct, m.total)}")
     else:
-        print(f"{args.checkpoints[0]}: {infos[0]['model']} on {infos[0]['dataset']} ({args.split} split{views})")
+        print(f"{args.checkpoints[0]}: {cards[0].model} on {cards[0].dataset} ({args.split} split{views})")
     print(ev.report())
     return 0
 
 
-def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="classify your own images (PNG, JPEG, BMP, GIF, WebP; files or folders)")
+def _add_predict(sub, name: str, help: str) -> None:
+    p = sub.add_parser(name, help=help)
     p.add_argument("checkpoint", help="a model.pt, checkpoint or exported .onnx file")
     p.add_argument("images", nargs="+", help="image files, or folders of them")
     p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show (default: 3)")
@@ -162,10 +181,10 @@ def cmd_predict(args) -> int:
     from pathlib import Path
 
     from .fileio import atomic_write
-    from .prediction import Predictor
+    from .inference import load_model
     from .preprocessing import image_files
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
+    predictor = load_model(args.checkpoint, args.device)
     failed = 0
     for path in image_files(args.images):
         try:
@@ -189,8 +208,8 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
-def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="a local web page to draw a digit on, and a JSON API")
+def _add_serve(sub, name: str, help: str) -> None:
+    p = sub.add_parser(name, help=help)
     p.add_argument("checkpoint", help="a model.pt, checkpoint or exported .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
@@ -209,10 +228,12 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write an ONNX or TorchScript file that runs without mnistlab")
+def _add_export(sub, name: str, help: str) -> None:
+    from .export import FORMATS
+
+    p = sub.add_parser(name, help=help)
     p.add_argument("checkpoint", help="a model.pt or checkpoint written by mnistlab train")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="file format (default: onnx)")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default: onnx)")
     p.add_argument("--out", help="output file (default: beside the checkpoint)")
     p.add_argument("--probs", action="store_true", help="output probabilities (softmax inside the graph), not logits")
     p.add_argument("--int8", action="store_true", help="ONNX only: static int8 quantisation, calibrated on "
@@ -234,8 +255,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="rebuild a run's plots and its self-contained HTML report")
+def _add_report(sub, name: str, help: str) -> None:
+    p = sub.add_parser(name, help=help)
     p.add_argument("run_dir", help="a run folder written by mnistlab train")
     p.add_argument("--data-dir", help="dataset folder (default: $MNISTLAB_DATA, else ./data)")
     p.set_defaults(func=cmd_report)
@@ -250,8 +271,8 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_losses(args) -> int:
-    from .losses import lesson
+def cmd_lesson(args) -> int:
+    from .lesson import lesson
 
     print(lesson())
     return 0
@@ -274,32 +295,51 @@ def cmd_datasets(args) -> int:
     return 0
 
 
-def _add_lists(sub) -> None:
-    sub.add_parser("losses", help="walk through softmax, NLL and cross-entropy with the seed's numbers"
-                   ).set_defaults(func=cmd_losses)
-    sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
-    sub.add_parser("datasets", help="list the registered datasets").set_defaults(func=cmd_datasets)
+def _simple(func):
+    def add(sub, name: str, help: str) -> None:
+        sub.add_parser(name, help=help).set_defaults(func=func)
+    return add
 
 
-def build_parser() -> argparse.ArgumentParser:
+# name -> (function that adds the subcommand's parser, one-line help). Only the command being run
+# gets its whole parser, so `mnistlab --help` and `mnistlab predict x.onnx` import no torch.
+COMMANDS = {
+    "train": (_add_train, "train a model, evaluate it on the test set, save it"),
+    "eval": (_add_eval, "evaluate a saved model, or an ensemble of several, on a whole split"),
+    "predict": (_add_predict, "classify your own images (PNG, JPEG, BMP, GIF, WebP, TIFF; files or folders)"),
+    "serve": (_add_serve, "a local web page to draw a digit on, and a JSON API"),
+    "export": (_add_export, "write an ONNX or TorchScript file that runs without mnistlab"),
+    "report": (_add_report, "rebuild a run's plots and its self-contained HTML report"),
+    "lesson": (_simple(cmd_lesson), "walk through softmax, NLL and cross-entropy with the tutorial's numbers"),
+    "models": (_simple(cmd_models), "list the registered models"),
+    "datasets": (_simple(cmd_datasets), "list the registered datasets"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser for `command`; the other subcommands only as names with their help."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="mnistlab", description="Train, evaluate and use MNIST-family classifiers.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_predict, _add_serve, _add_export, _add_report, _add_lists):
-        add(sub)
+    for name, (add, help) in COMMANDS.items():
+        if name == command:
+            add(sub, name, help)
+        else:
+            sub.add_parser(name, help=help)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)  # the top level has no option with a value
+    args = build_parser(command).parse_args(argv)
     try:
         return _run(args)
     finally:
-        from . import distributed
-
-        distributed.shutdown()
+        if "mnistlab.distributed" in sys.modules:  # a process group can exist only if it was imported
+            sys.modules["mnistlab.distributed"].shutdown()
 
 
 def _run(args) -> int:
@@ -312,9 +352,8 @@ def _run(args) -> int:
         print("mnistlab: interrupted.", file=sys.stderr)
         return 130
     except RuntimeError as e:
-        from . import distributed as dist
-
-        if not dist.is_initialized():
+        dist = sys.modules.get("mnistlab.distributed")
+        if dist is None or not dist.is_initialized():
             raise
         # a peer process died or failed: say so once, without gloo's or NCCL's traceback
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -127,7 +127,7 @@ def get_dataset_spec(name: str) -> DatasetSpec:
         raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}.") from None
 
 
-def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """--data-dir, else $MNISTLAB_DATA, else ./data."""
     return Path(data_dir or os.environ.get("MNISTLAB_DATA") or "data")
 
@@ -180,7 +180,7 @@ def download_file(urls: list[str], dest: Path, md5: str, timeout: float = 15.0) 
 def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None,
            download: bool = True) -> dict[str, Path]:
     """Find the dataset's four files; download the missing ones unless MNISTLAB_OFFLINE=1."""
-    root = default_data_dir(data_dir)
+    root = resolve_data_dir(data_dir)
     download = download and os.environ.get("MNISTLAB_OFFLINE", "") in ("", "0")
     found = {part: _find(spec, root, name) for part, (name, _) in spec.files.items()}
     missing = [part for part, p in found.items() if p is None]
@@ -203,12 +203,40 @@ def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None,
     return found  # type: ignore[return-value]
 
 
-def load_split(name: str, train: bool, data_dir: str | os.PathLike | None = None,
+SPLITS = ("test", "train", "validation")
+VALIDATION_SEED = 20240601  # the held-out images are the same for every run with the same val_size
+
+
+def load_split(name: str, split: str = "test", data_dir: str | os.PathLike | None = None, val_size: int = 0,
                download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode one split once: images as uint8 [N, 28, 28], labels as int64 [N]."""
-    spec = get_dataset_spec(name)
+    """Decode a split once: images as uint8 [N, 28, 28], labels as int64 [N].
+
+    "test" is the test file. With `val_size`, "validation" is that many images held out of
+    the training file (the same for every seed) and "train" is the rest; without, "train"
+    is the whole training file.
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}.")
+    if split == "validation" and not val_size:
+        raise DataError("a validation split needs val_size, the number of training images held out.")
+    images, labels = _read_pair(get_dataset_spec(name), "test" if split == "test" else "train", data_dir, download)
+    if split == "test" or not val_size:
+        return images, labels
+    train, val = holdout(images, labels, val_size)
+    return val if split == "validation" else train
+
+
+def holdout(images: torch.Tensor, labels: torch.Tensor, val_size: int):
+    """((train images, labels), (validation images, labels)): a fixed validation split carved from training."""
+    if val_size >= len(images):
+        raise DataError(f"--val-size {val_size} leaves no training images (the set has {len(images)}).")
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    val, train = perm[:val_size], perm[val_size:].sort().values
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+def _read_pair(spec: DatasetSpec, split: str, data_dir, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     files = locate(spec, data_dir, download)
-    split = "train" if train else "test"
     img_path, lbl_path = files[f"{split}_images"], files[f"{split}_labels"]
     images, labels = read_idx(img_path), read_idx(lbl_path)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:

@@ -39,8 +39,9 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
 
 
-def device_for_rank(device: torch.device) -> torch.device:
-    """Start the process group when torchrun launched us: NCCL on GPUs, gloo on CPU."""
+def join_process_group(device: torch.device) -> torch.device:
+    """When torchrun launched us, start the process group (NCCL on GPUs, gloo on CPU) and return
+    this rank's device; alone, return `device` unchanged."""
     if not launched_by_torchrun():
         return device
     if device.type == "cuda":

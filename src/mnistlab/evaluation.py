@@ -5,7 +5,6 @@ Everything is built from sums, so shares evaluated by several processes add up e
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 
 from . import distributed as dist
 from .data import Loader
+from .device import autocast
 
 
 def format_accuracy(correct: int, total: int) -> str:
@@ -95,13 +95,6 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """bf16 autocast when dtype is given, else a no-op context."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, loader: Loader,
                    amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,14 +118,6 @@ def shard_logits(model: torch.nn.Module, loader: Loader,
     if dist.world_size() > 1:
         loader = loader.shard(dist.rank(), dist.world_size())
     return predict_logits(model, loader, amp_dtype)
-
-
-def evaluate(model: torch.nn.Module, loader: Loader, classes: tuple[str, ...],
-             amp_dtype: torch.dtype | None = None, temperature: float = 1.0) -> Evaluation:
-    """Exact counts over the whole loader. Under torchrun each rank takes a share and the
-    sums are added up, so the counts equal one process's."""
-    logits, labels = shard_logits(model, loader, amp_dtype)
-    return evaluation_from_logits(logits, labels, classes, temperature, across_ranks=True)
 
 
 def evaluation_from_probs(probs: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...],

@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .classifier import Classifier, load_model
+from .card import ModelCard
 from .errors import MnistlabError
 from .fileio import atomic_write
+from .inference import load_model
+from .onnx_backend import METADATA_KEY
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 17
@@ -75,11 +77,9 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def _metadata(clf: Classifier, probs: bool) -> dict:
-    return {"model": clf.model_name, "dataset": clf.dataset, "classes": list(clf.classes),
-            "normalization": [clf.mean, clf.std], "temperature": clf.temperature,
-            "val_size": clf.val_size,
-            "input": "images [N, 1, 28, 28], float32, (pixel / 255 - mean) / std",
+def _metadata(card: ModelCard, probs: bool) -> dict:
+    """The model card, and what the graph takes and gives."""
+    return {**card.to_dict(), "input": "images [N, 1, 28, 28], float32, (pixel / 255 - mean) / std",
             "output": "probabilities" if probs else "logits"}
 
 
@@ -90,12 +90,15 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
         raise MnistlabError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'.")
     if int8 and fmt != "onnx":
         raise MnistlabError("--int8 applies to ONNX export only.")
-    clf = load_model(checkpoint)
-    module = _Exported(fold_batchnorm(clf.module.to(memory_format=torch.contiguous_format)), probs,
-                       clf.temperature).eval()
+    model = load_model(checkpoint)
+    if model.backend.runtime != "PyTorch":
+        raise MnistlabError(f"{checkpoint}: export takes a PyTorch checkpoint (model.pt), not an exported file.")
+    card = model.card
+    module = _Exported(fold_batchnorm(model.backend.module.to(memory_format=torch.contiguous_format)), probs,
+                       card.temperature).eval()
     suffix = {"onnx": ".int8.onnx" if int8 else ".onnx", "torchscript": ".torchscript.pt"}[fmt]
     out = Path(out) if out else Path(checkpoint).with_suffix(suffix)
-    meta = _metadata(clf, probs)
+    meta = _metadata(card, probs)
     if fmt == "torchscript":
         scripted = torch.jit.trace(module, torch.zeros(1, 1, 28, 28))
         files = {"mnistlab.json": json.dumps(meta)}
@@ -103,7 +106,7 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
         return out
     model_bytes = _onnx_bytes(module, meta)
     if int8:
-        model_bytes = _with_metadata(quantize_int8(model_bytes, clf, data_dir), meta | {"quantized": "int8"})
+        model_bytes = _with_metadata(quantize_int8(model_bytes, card, data_dir), meta | {"quantized": "int8"})
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(model_bytes))
     return out
 
@@ -123,12 +126,12 @@ def _with_metadata(model_bytes: bytes, meta: dict) -> bytes:
     import onnx
 
     model = onnx.load_from_string(model_bytes)
-    onnx.helper.set_model_props(model, {"mnistlab": json.dumps(meta)})
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
 
 
-def quantize_int8(model_bytes: bytes, clf: Classifier, data_dir=None, n_calibration: int = 2000) -> bytes:
+def quantize_int8(model_bytes: bytes, card: ModelCard, data_dir=None, n_calibration: int = 2000) -> bytes:
     """Static int8 quantisation (QDQ, per channel) calibrated on training images, never test ones."""
     import tempfile
 
@@ -138,9 +141,9 @@ def quantize_int8(model_bytes: bytes, clf: Classifier, data_dir=None, n_calibrat
 
     from .data import load_split, normalize
 
-    images, _ = load_split(clf.dataset, train=True, data_dir=data_dir)
+    images, _ = load_split(card.dataset, "train", data_dir, val_size=card.val_size)
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n_calibration]
-    x = normalize(images[pick], clf.mean, clf.std).numpy()
+    x = normalize(images[pick], card.mean, card.std).numpy()
 
     class Reader(CalibrationDataReader):
         def __init__(self):

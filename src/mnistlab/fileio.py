@@ -42,14 +42,6 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             os.unlink(tmp)
 
 
-def read_run_events(run_dir: str | os.PathLike) -> list[dict]:
-    """The events a training run wrote to its metrics.jsonl (one JSON object a line), in order."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise MnistlabError(f"{run_dir}: no metrics.jsonl here; is it a folder written by mnistlab train?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     def write(tmp):
         with open(tmp, "w") as f:

@@ -22,10 +22,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .classifier import load_model  # noqa: E402
+from .checkpoints import load_checkpoint  # noqa: E402
 from .errors import MnistlabError  # noqa: E402
 from .evaluation import ECE_BINS, evaluation_from_probs, format_accuracy  # noqa: E402
-from .fileio import atomic_write, read_run_events  # noqa: E402
+from .fileio import atomic_write  # noqa: E402
+from .inference import load_model  # noqa: E402
+from .runs import read_run_events  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -107,28 +109,31 @@ def plot_reliability(bins: torch.Tensor, ece: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def build_report(run_dir: str | os.PathLike, data_dir=None) -> Path:
-    """Rebuild every picture of a run folder from its metrics and model.pt; return report.html."""
+def build_report(run_dir: str | os.PathLike, data_dir=None, scored=None) -> Path:
+    """Rebuild every picture of a run folder from its metrics and model.pt; return report.html.
+
+    `scored`, (test images, calibrated probabilities, labels), saves scoring the test set again
+    when the caller (the end of training) already has them."""
     run_dir = Path(run_dir)
     events = read_run_events(run_dir)
     model_path = run_dir / "model.pt"
     if not model_path.is_file():
         raise MnistlabError(f"{run_dir}: no model.pt here (the run did not finish).")
-    clf = load_model(model_path)
-    images, probs, labels = clf.split_probabilities(data_dir)
-    ev = evaluation_from_probs(probs, labels, clf.classes)
+    card, _ = load_checkpoint(model_path)
+    images, probs, labels = scored if scored is not None else load_model(model_path).split_probabilities(data_dir)
+    ev = evaluation_from_probs(probs, labels, card.classes)
     pictures = [
         ("Loss and error rate per epoch", plot_curves(events, run_dir / "curves.png")),
-        ("Confusion matrix", plot_confusion(ev.confusion, clf.classes, run_dir / "confusion.png")),
-        ("Mistakes", plot_errors(images.numpy(), labels, probs, clf.classes, run_dir / "errors.png")),
+        ("Confusion matrix", plot_confusion(ev.confusion, card.classes, run_dir / "confusion.png")),
+        ("Mistakes", plot_errors(images.numpy(), labels, probs, card.classes, run_dir / "errors.png")),
         ("Reliability diagram", plot_reliability(ev.bins, ev.ece, run_dir / "reliability.png")),
     ]
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     calib = next((e for e in events if e["event"] == "calibration"), None)
-    rows = [("model", clf.model_name), ("dataset", clf.dataset),
+    rows = [("model", card.model), ("dataset", card.dataset),
             ("test accuracy", format_accuracy(ev.correct, ev.total)),
             ("calibration (test)", f"ECE {100 * ev.ece:.2f}%, NLL {ev.loss:.4f}, Brier {ev.brier:.4f}, "
-                                   f"temperature {clf.temperature:.3f}")]
+                                   f"temperature {card.temperature:.3f}")]
     if calib:
         rows.append(("temperature fit (validation)", f"ECE {100 * calib['val_ece_before']:.2f}% → "
                                                      f"{100 * calib['val_ece_after']:.2f}%"))

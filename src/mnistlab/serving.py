@@ -69,7 +69,7 @@ class BodyLimit:
 
 
 def create_app(predictor, max_bytes: int = 2_000_000):
-    """The ASGI app around one loaded Predictor (loaded once, shared by every request)."""
+    """The ASGI app around one loaded model (an inference.Classifier, loaded once, shared by every request)."""
     if FastAPI is None:
         raise MnistlabError("mnistlab serve needs FastAPI and uvicorn: pip install 'mnistlab[serve]'.")
     app = FastAPI(title="mnistlab", docs_url=None, redoc_url=None, openapi_url=None)
@@ -191,9 +191,9 @@ def _reuseport_worker(checkpoint: str, host: str, port: int, max_bytes: int) -> 
 
 
 def _load(checkpoint: str):
-    from .prediction import Predictor
+    from .inference import load_model
 
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = load_model(checkpoint)
     _one_thread_per_request(predictor)
     # everything loaded so far lives as long as the server: keep the garbage collector from
     # walking it again and again (full collections stalled requests by ~18 ms here)
@@ -204,7 +204,7 @@ def _load(checkpoint: str):
 
 def _one_thread_per_request(predictor) -> None:
     # a 28x28 forward pass is too small to split over cores; one thread avoids contention
-    if hasattr(predictor.backend, "clf"):
+    if predictor.backend.runtime == "PyTorch":
         import torch
 
         torch.set_num_threads(1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .evaluation import autocast
+from .device import autocast
 
 
 class EagerStep:

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnistlab import losses
+from mnistlab import lesson as losses
 
 
 def test_softmax_is_a_distribution_and_sigmoid_is_not():

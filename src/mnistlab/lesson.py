@@ -37,7 +37,7 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
 
 
 def lesson() -> str:
-    """The seed's argument, worked through with its own numbers."""
+    """The tutorial's argument, worked through with its own numbers."""
     import torch
 
     z = np.array([0.2, 0.1, -0.1])
@@ -57,7 +57,7 @@ def lesson() -> str:
         f"   -sum(y * log(softmax(z))) = {by_hand:.4f}",
         "3. torch.nn.CrossEntropyLoss takes the raw logits (no softmax layer) and gives the same:",
         f"   CrossEntropyLoss(z, 0) = {torch_one:.4f}",
-        "4. For a batch it averages over the samples. The seed's batch of three, targets [2, 0, 1]:",
+        "4. For a batch it averages over the samples. The tutorial's batch of three, targets [2, 0, 1]:",
         f"   CrossEntropyLoss = {torch_batch:.4f} (NumPy: {cross_entropy(batch_logits, batch_y):.4f})",
         "5. Why log-softmax subtracts the max first: for logits [1000, -1000, 0],",
         f"   naive exp overflows; stable log_softmax = {log_softmax(big).round(4).tolist()}",

@@ -1,0 +1,70 @@
+"""The model card: what a trained model is and how to feed it, in one object.
+
+Checkpoints, the metadata of exported ONNX and TorchScript files, and every loader write
+and read it through `ModelCard.to_dict` and `ModelCard.from_dict`, as whisper rebuilds a
+model from its `ModelDimensions`. Plain Python: the ONNX path, which never imports torch, reads it too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .errors import CheckpointError
+
+# Models renamed since the first file format; files that use an old name still load.
+RENAMED_MODELS = {"fast": "bn-cnn"}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    model: str  # the registry name (mnistlab models)
+    dataset: str  # the registry name (mnistlab datasets)
+    classes: tuple[str, ...]  # one name per output, in order
+    mean: float  # the model sees (pixel / 255 - mean) / std
+    std: float
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature)
+    val_size: int = 0  # training images the run held out for validation (0: none)
+    model_config: dict = field(default_factory=dict)  # the model's keyword arguments
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "model_config": dict(self.model_config), "dataset": self.dataset,
+                "classes": list(self.classes), "normalization": [self.mean, self.std],
+                "temperature": self.temperature, "val_size": self.val_size}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "model") -> ModelCard:
+        """Read a card back; anything missing or absurd gets one sentence naming `source`."""
+        def bad(what: str) -> CheckpointError:
+            return CheckpointError(f"{source}: {what}; the file is damaged or was not written by mnistlab.")
+
+        if not isinstance(d, dict):
+            raise bad("it holds no model card")
+        for key in ("model", "dataset", "classes", "normalization"):
+            if key not in d:
+                raise bad(f"its model card lacks '{key}'")
+        model, dataset, classes = d["model"], d["dataset"], d["classes"]
+        if not isinstance(model, str) or not isinstance(dataset, str):
+            raise bad("its model and dataset names are not text")
+        if (not isinstance(classes, (list, tuple)) or len(classes) < 2
+                or not all(isinstance(c, str) for c in classes)):
+            raise bad("its class names are not a list of two or more names")
+        config = d.get("model_config") or {}
+        if not isinstance(config, dict):
+            raise bad("its model settings are not a dictionary")
+        norm = d["normalization"]
+        if not (isinstance(norm, (list, tuple)) and len(norm) == 2 and all(_finite(v) for v in norm)):
+            raise bad("its normalisation is not two numbers")
+        mean, std = float(norm[0]), float(norm[1])
+        temperature = d.get("temperature", 1.0)
+        if std <= 0 or not _finite(temperature) or temperature <= 0:
+            raise bad("its normalisation std and temperature must be positive numbers")
+        val_size = d.get("val_size", 0)
+        if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
+            raise bad("its validation size is not a whole number")
+        return cls(model=RENAMED_MODELS.get(model, model), dataset=dataset, classes=tuple(classes), mean=mean,
+                   std=std, temperature=float(temperature), val_size=val_size, model_config=config)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

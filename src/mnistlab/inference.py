@@ -1,0 +1,207 @@
+"""A trained model ready to use, whatever file it came from: `load_model(path)`, then
+`.predict(image)`, `.predict_proba(images)` or `.evaluate()`.
+
+One interface: uint8 images [N, 28, 28] in (0 = background, 255 = ink), temperature-scaled
+probabilities [N, K] out. `load_model` picks the backend once: PyTorch for checkpoints,
+ONNX Runtime for `.onnx` files. Prediction, evaluation, ensembles, test-time augmentation,
+serving, reports and export all stand on it. Importing this module imports no torch, so
+an `.onnx` model runs with onnxruntime, NumPy and Pillow alone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from .card import ModelCard
+from .errors import MnistlabError
+from .lesson import softmax
+from .preprocessing import preprocess
+
+if TYPE_CHECKING:
+    import torch
+
+    from .evaluation import Evaluation
+
+BATCH = 1000  # images per backend call: bounds memory on whole splits, one call for a single image
+
+
+class Backend(Protocol):
+    card: ModelCard
+    runtime: str  # "PyTorch" or "ONNX Runtime"
+    outputs: str  # "logits", or "probabilities" for an .onnx file exported with --probs
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class Prediction:
+    probabilities: np.ndarray  # [K], sums to 1
+    classes: tuple[str, ...]
+    preprocessed: np.ndarray  # the uint8 28x28 image the model saw
+    source: str = ""
+
+    @property
+    def index(self) -> int:
+        return int(self.probabilities.argmax())
+
+    @property
+    def label(self) -> str:
+        return self.classes[self.index]
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probabilities.max())
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        return [(self.classes[i], float(self.probabilities[i])) for i in order]
+
+    def to_dict(self, k: int = 3) -> dict:
+        return {"source": self.source, "prediction": self.label, "confidence": self.confidence,
+                "top": [{"class": c, "probability": p} for c, p in self.top(k)],
+                "probabilities": {c: float(p) for c, p in zip(self.classes, self.probabilities)}}
+
+
+class Classifier:
+    """A model with what it needs to be used: its card (classes, normalisation, temperature) and a backend."""
+
+    def __init__(self, backend: Backend, source: str = ""):
+        self.backend, self.card, self.source = backend, backend.card, source
+        self.classes: tuple[str, ...] = backend.card.classes
+        where = f"{Path(source).name}, " if source else ""
+        self.name = f"{backend.card.model} ({where}{backend.runtime})"
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> Classifier:
+        return load_model(path, device)
+
+    def predict(self, image, name: str | None = None) -> Prediction:
+        """One image (path, bytes or PIL image), preprocessed the MNIST way -> its Prediction."""
+        pixels = preprocess(image, name)
+        return self._prediction(pixels, name or (str(image) if isinstance(image, (str, os.PathLike)) else ""))
+
+    def predict_pixels(self, pixels, source: str = "") -> Prediction:
+        """An already MNIST-like 28x28 array (ink high, 0-255) -> its Prediction."""
+        try:
+            shape = tuple(np.shape(pixels))
+        except ValueError:  # rows of different lengths
+            shape = ("ragged",)
+        if shape != (28, 28):
+            raise MnistlabError(f"expected a 28x28 array, got shape {list(shape)}.")
+        return self._prediction(as_pixels(pixels)[0], source)
+
+    def _prediction(self, pixels: np.ndarray, source: str) -> Prediction:
+        return Prediction(self._probabilities(pixels[None])[0], self.classes, pixels, source)
+
+    def predict_proba(self, images, tta: str = "none") -> np.ndarray:
+        """Probabilities [N, K] (float64) of uint8 images [N, 28, 28]; with `tta` (see augment.TTA_VIEWS),
+        the mean over that test-time augmentation's views."""
+        images = as_pixels(images)
+        if tta == "none":
+            return self._probabilities(images)
+        from .augment import tta_views  # torch, only when views are asked for
+
+        views = tta_views(images, tta)
+        return sum(self._probabilities(v) for v in views) / len(views)
+
+    def _probabilities(self, images: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), BATCH):
+            scores = self.backend(images[i:i + BATCH])
+            if self.backend.outputs == "probabilities":
+                out.append(scores.astype(np.float64))
+            else:
+                out.append(softmax(scores.astype(np.float64) / self.card.temperature, axis=1))
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+    def load_split(self, split: str = "test", data_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images and labels of a split of the model's dataset (validation: the one it held out)."""
+        from .data import load_split
+
+        if split == "validation" and not self.card.val_size:
+            raise MnistlabError(f"{self.source or 'this model'} was trained on the whole training set: it has "
+                                "no validation split (train with --val-size N to hold one out).")
+        return load_split(self.card.dataset, split, data_dir, val_size=self.card.val_size)
+
+    def split_probabilities(self, data_dir=None, split: str = "test", tta: str = "none"):
+        """(uint8 images, probabilities [N, K] in float64, labels) over a whole split, as torch tensors."""
+        import torch
+
+        images, labels = self.load_split(split, data_dir)
+        return images, torch.from_numpy(self.predict_proba(images.numpy(), tta)), labels
+
+    def evaluate(self, data_dir: str | os.PathLike | None = None, split: str = "test",
+                 tta: str = "none") -> Evaluation:
+        """Exact accuracy, confusion and calibration on the whole split of the model's own dataset."""
+        from .evaluation import evaluation_from_probs
+
+        _, probs, labels = self.split_probabilities(data_dir, split, tta)
+        return evaluation_from_probs(probs, labels, self.classes)
+
+
+Predictor = Classifier  # the name of earlier versions, kept so that their code still runs
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> Classifier:
+    """A checkpoint or model.pt from `mnistlab train` (PyTorch, on `device`), or an .onnx file from
+    `mnistlab export` (ONNX Runtime, CPU)."""
+    if Path(path).suffix.lower() == ".onnx":
+        from .onnx_backend import OnnxBackend
+
+        if not Path(path).is_file():
+            raise MnistlabError(f"{path}: no such ONNX file.")
+        return Classifier(OnnxBackend(path), str(path))
+    from . import torch_backend
+    from .device import resolve_device
+
+    return Classifier(torch_backend.load(path, resolve_device(str(device))), str(path))
+
+
+def as_pixels(images) -> np.ndarray:
+    """uint8 [N, 28, 28] from an array or tensor of 0-255 values ([28, 28] for one image)."""
+    if hasattr(images, "detach"):  # a torch tensor, possibly on a GPU
+        images = images.detach().cpu()
+    try:
+        a = np.asarray(images)
+    except (ValueError, TypeError, OverflowError):
+        raise MnistlabError("images must be an array of numbers.") from None
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or a.shape[1:] != (28, 28):
+        raise MnistlabError(f"expected images of shape [N, 28, 28], got {list(a.shape)}.")
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype.kind not in "biuf":
+        raise MnistlabError("pixel values must be numbers between 0 and 255.")
+    if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 255):
+        raise MnistlabError("pixel values must lie between 0 and 255.")
+    return np.round(a).astype(np.uint8)
+
+
+def evaluate_files(paths: list, data_dir=None, split: str = "test", device: str = "cpu", tta: str = "none"):
+    """Evaluate one model, or an ensemble that averages the models' (calibrated) probabilities,
+    each optionally averaged over the views of test-time augmentation `tta` first.
+
+    Returns (the models' cards, the evaluation of each, the evaluation of their average)."""
+    from .evaluation import evaluation_from_probs
+
+    cards, members, total = [], [], None
+    for path in paths:
+        model = load_model(path, device)
+        card = model.card
+        if cards and (card.dataset, card.classes) != (cards[0].dataset, cards[0].classes):
+            raise MnistlabError(f"{path}: trained on {card.dataset}, unlike {paths[0]}; "
+                                "an ensemble needs one dataset.")
+        _, probs, labels = model.split_probabilities(data_dir, split, tta)
+        if total is not None and probs.shape != total.shape:
+            raise MnistlabError(f"{path}: held out a different validation split from {paths[0]}; "
+                                "an ensemble is judged on one split.")
+        cards.append(card)
+        members.append(evaluation_from_probs(probs, labels, card.classes))
+        total = probs if total is None else total + probs
+    return cards, members, evaluation_from_probs(total / len(paths), labels, cards[0].classes)
