@@ -167,3 +167,47 @@ def test_help_and_onnx_predictions_import_no_torch(tmp_path):
     uses_torch, out = _imports_torch("predict", onnx, tmp_path / "bar.png")
     assert "bar.png: " in out and "top:" in out and not uses_torch
     assert _imports_torch("eval", "--help")[0]  # the check can fail: evaluation does need torch
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", "1208925819614629174706176"], "--seed must be a whole number from 0 to"),
+    (["--model-config", '{"widths": "abc"}', "--model", "mlp"], "model 'mlp' does not take the settings"),
+    (["--model-config", '{"nosuch": 1}'], "model 'cnn' does not take the settings {\"nosuch\": 1}"),
+    (["--model-config", '{"widths": [-3]}', "--model", "mlp"], "does not take the settings"),
+    (["--augment", '{"degrees": "x"}'], "--augment degrees must be a number, not \"x\""),
+    (["--augment", '{"elastic": 1, "elastic_sigma": 0}'], "--augment elastic_sigma must lie between 0.5"),
+    (["--augment", '{"rotate": 3}'], "--augment takes degrees"),
+    (["--threads", "10000"], "--threads 10000 is more than"),
+    (["--device", "bogus"], "unknown device 'bogus'"),
+    (["--device", "cuda"], "sees no CUDA GPU"),
+    (["--compile", "--cuda-graph"], "choose one"),
+    (["--resume", "x.pt", "--dry-run"], "cannot be combined with --resume"),
+])
+def test_contradictory_and_absurd_values_are_one_sentence(fake_data, tmp_path, flags, message):
+    proc = run("train", *flags, "--data-dir", fake_data, "--out", tmp_path / "run", "--no-report")
+    assert_clean_error(proc, message)
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_predict_refuses_a_missing_device_and_an_empty_folder(trained_cnn, tmp_path):
+    from PIL import Image
+
+    Image.new("L", (40, 40), 255).save(tmp_path / "white.png")
+    for device, message in (("cuda", "sees no CUDA GPU"), ("bogus", "unknown device 'bogus'")):
+        assert_clean_error(run("predict", trained_cnn, tmp_path / "white.png", "--device", device), message)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    assert_clean_error(run("predict", trained_cnn, tmp_path / "empty"), "no images found in")
+
+
+def test_resume_flags_on_the_command_line(fake_data, tmp_path):
+    assert run("train", "--model", "mlp", "--epochs", "1", "--batch-size", "20", "--data-dir", fake_data,
+               "--out", tmp_path / "run", "--no-report").returncode == 0
+    ckpt = tmp_path / "run" / "ckpt-epoch001.pt"
+    assert_clean_error(run("train", "--resume", ckpt, "--lr", "0.01", "--data-dir", fake_data),
+                       "--lr 0.01 differs from the resumed run's 0.1")
+    assert_clean_error(run("train", "--resume", ckpt, "--preset", "fast", "--data-dir", fake_data),
+                       "differs from the resumed run's")
+    proc = run("train", "--resume", ckpt, "--epochs", "2", "--data-dir", fake_data, "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert [e["epoch"] for e in read_run_events(tmp_path / "run") if e["event"] == "epoch"] == [1, 2]

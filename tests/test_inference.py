@@ -178,3 +178,22 @@ def test_predict_cli_errors_per_image(trained_cnn, digit_files, tmp_path):
     assert "white.png: no digit found" in proc.stderr
     assert "gone.png: no such file" in proc.stderr
     assert proc.stdout.count("top:") == 1  # the good image still got its answer
+
+
+def test_predict_on_damaged_files_says_one_sentence_each(trained_cnn, tmp_path):
+    import io
+
+    from fuzzing import digit
+
+    buf = io.BytesIO()
+    digit(200).save(buf, format="TIFF", compression="tiff_lzw")  # the LZW strip sits at bytes 8 to 457
+    raw = bytearray(buf.getvalue())
+    raw[200:240] = bytes(40)  # libtiff itself complains of this one on stderr, before our sentence
+    (tmp_path / "damaged.tif").write_bytes(bytes(raw))
+    (tmp_path / "cut.tif").write_bytes(buf.getvalue()[:-300])
+    digit(200).save(tmp_path / "good.png")
+    proc = run_cli("predict", trained_cnn, tmp_path)
+    assert proc.returncode == 1 and proc.stdout.count("top:") == 1
+    lines = proc.stderr.strip().splitlines()
+    assert all(line.startswith("mnistlab: ") for line in lines), proc.stderr
+    assert any("cut.tif" in line for line in lines) and lines[-1] == "mnistlab: 2 of 3 images could not be classified."

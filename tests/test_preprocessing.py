@@ -92,3 +92,87 @@ def test_decompression_bomb_is_refused():
     bomb = png_bytes(Image.new("1", (20000, 20000)))  # 400 million pixels in a few kB
     with pytest.raises(MnistlabError, match="too large"):
         preprocess(bomb)
+
+
+def _blp_with_unknown_compression() -> bytes:
+    raw = bytearray(png_bytes(bar_image(64, 64).convert("P"), "BLP"))
+    raw[4:8] = (0xFFFF).to_bytes(4, "little")  # the compression field: no value Pillow knows
+    return bytes(raw)
+
+
+def _dds_with_unknown_pixel_flags() -> bytes:
+    raw = bytearray(png_bytes(bar_image(64, 64).convert("RGBA"), "DDS"))
+    raw[80:84] = (0x00400000).to_bytes(4, "little")  # DDS_PIXELFORMAT.dwFlags: no flag Pillow knows
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: png_bytes(bar_image().convert("RGB").convert("LAB"), "TIFF"),  # LAB: Pillow cannot convert it to L
+    _dds_with_unknown_pixel_flags,
+    _blp_with_unknown_compression,
+], ids=["LAB TIFF", "DDS unknown pixel flags", "BLP unknown compression"])
+def test_unusual_and_damaged_files_are_one_sentence(make):
+    try:
+        out = preprocess(make(), name="upload")
+        assert out.shape == (28, 28)  # read after all: fine too
+    except MnistlabError as e:
+        assert str(e).startswith("upload: ")
+
+
+def test_lab_tiff_reads_its_lightness():
+    out = preprocess(png_bytes(bar_image().convert("RGB").convert("LAB"), "TIFF"))
+    assert 19 <= np.ptp(np.flatnonzero(out.max(1) > 30)) + 1 <= 21
+
+
+def test_16_bit_and_float_images_are_scaled_not_clipped():
+    bar = np.asarray(bar_image(), dtype=np.float64) / 255  # dark bar on light paper
+    for mode, scale in (("I;16", 65535), ("I", 65535), ("F", 1.0)):
+        img = Image.fromarray((bar * scale).astype({"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]))
+        out = preprocess(png_bytes(img, "PNG" if mode == "I;16" else "TIFF"))
+        assert 19 <= np.ptp(np.flatnonzero(out.max(1) > 30)) + 1 <= 21, mode
+
+
+@pytest.mark.parametrize("size, message", [((5000, 4000), "too large"), ((4000, 150), "too thin"),
+                                           ((1, 2000), "too thin")])
+def test_sizes_are_checked_before_decoding(size, message):
+    with pytest.raises(MnistlabError, match=message):
+        preprocess(png_bytes(Image.new("L", size, 255)))
+
+
+def test_a_large_photo_is_reduced_before_the_work():
+    a = np.full((3000, 4000), 230, np.uint8)  # a 12-megapixel photo of a "1"
+    a[900:2100, 1900:2100] = 30
+    big = Image.fromarray(a)
+    for fmt in ("JPEG", "PNG"):
+        out = preprocess(png_bytes(big, fmt))
+        assert 19 <= np.ptp(np.flatnonzero(out.max(1) > 30)) + 1 <= 21, fmt
+
+
+def test_mutated_files_of_every_format_raise_only_our_error():
+    """A seeded mutation fuzzer, bounded to about 15 s: whatever the bytes, preprocess raises
+    MnistlabError or succeeds. The decoders behind it raise other types: counted, so this
+    test would fail without the boundary."""
+    import random
+    import time
+
+    from fuzzing import mutate, seed_files
+    from mnistlab.preprocessing import _preprocess, quiet_decoder_warnings
+
+    quiet_decoder_warnings()  # Pillow's remarks on damaged files, as the CLI and the server do
+    files = seed_files()
+    assert {"PNG I;16", "TIFF LAB", "DDS RGBA", "JPEG CMYK", "WEBP RGB"} <= set(files)
+    rng, foreign, count = random.Random(0), {}, 0
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for data in files.values():
+            bad = mutate(data, rng)
+            count += 1
+            try:
+                _preprocess(bad, "fuzz", "fuzz")
+            except MnistlabError:
+                continue
+            except Exception as e:  # what the boundary must translate
+                foreign[type(e).__name__] = foreign.get(type(e).__name__, 0) + 1
+                with pytest.raises(MnistlabError, match="^fuzz: "):
+                    preprocess(bad, name="fuzz")
+    assert count > 2000 and foreign, (count, foreign)

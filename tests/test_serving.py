@@ -62,6 +62,12 @@ def test_predict_upload_raw_and_pixels(client, seven_png):
     ({"files": {"other": ("d.png", b"x", "image/png")}}, 400, "no file field"),
     ({"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 400, ""),
     ({"content": b"x", "headers": {"Content-Type": "text/plain"}}, 415, "send an image"),
+    ({"content": b'{"pixels": [[' + b"9" * 400 + b"]]}", "headers": {"Content-Type": "application/json"}}, 400, "JSON"),
+    ({"content": b'{"pixels": ' + b"[" * 40_000 + b"]" * 40_000 + b"}",
+      "headers": {"Content-Type": "application/json"}}, 400, "JSON"),
+    ({"content": b'{"pixels": [' + b",".join([b"[" + b",".join([b"1e400"] * 28) + b"]"] * 28) + b"]}",
+      "headers": {"Content-Type": "application/json"}}, 400, "between 0 and 255"),
+    ({"json": {"pixels": [["a"] * 28] * 28}}, 400, "JSON"),
 ])
 def test_bad_requests_get_a_message_not_a_500(client, kwargs, status, message):
     r = client.post("/api/predict", **kwargs)
@@ -73,6 +79,8 @@ def test_blank_drawing_is_422_no_digit(client):
     buf = io.BytesIO()
     Image.new("RGBA", (280, 280), (255, 255, 255, 255)).save(buf, format="PNG")
     r = client.post("/api/predict", content=buf.getvalue(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 422 and "no digit found" in r.json()["error"]
+    r = client.post("/api/predict", json={"pixels": [[0] * 28] * 28})
     assert r.status_code == 422 and "no digit found" in r.json()["error"]
 
 
@@ -99,6 +107,21 @@ def test_random_garbage_never_breaks_the_server(client):
         ctype = ["image/png", "application/json", "multipart/form-data; boundary=abc", "image/jpeg"][i % 4]
         r = client.post("/api/predict", content=body, headers={"Content-Type": ctype})
         assert r.status_code in (400, 413, 422), (ctype, r.status_code, r.text)
+
+
+def test_mutated_images_of_every_format_get_an_answer_not_a_500(client):
+    import random
+
+    from fuzzing import json_bodies, mutate, seed_files
+
+    rng = random.Random(1)
+    corpus = {**seed_files(), **json_bodies()}
+    for _ in range(4):
+        for label, data in corpus.items():
+            ctype = "application/json" if label.startswith("JSON") else "image/x-anything"
+            r = client.post("/api/predict", content=mutate(data, rng), headers={"Content-Type": ctype})
+            assert r.status_code in (200, 400, 413, 422), (label, r.status_code, r.text)
+            assert "error" in r.json() or "prediction" in r.json()
 
 
 def free_port():
@@ -223,3 +246,200 @@ def test_serve_refuses_a_bad_checkpoint_before_listening(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "MNISTLAB_OFFLINE": "1"}, timeout=60)
     assert proc.returncode == 1 and "bad.pt: not a readable checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _serve(checkpoint, port, *flags):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(checkpoint), "--port", str(port), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MNISTLAB_OFFLINE": "1"})
+
+
+def _wait_until_up(port, timeout=60.0):
+    """Until /healthz answers (the port is bound, and so accepts connections, before workers start)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"no answer on port {port}")
+
+
+def _workers_of(pid):
+    from pathlib import Path
+
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped
+    except OSError:
+        return False
+
+
+def _gone(pids, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_refused_whatever_the_number_of_workers(trained_cnn, workers):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        proc = _serve(trained_cnn, held.getsockname()[1], "--workers", workers)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "already in use" in err and "Traceback" not in err
+    assert "serving" not in out
+
+
+def test_a_second_server_cannot_join_a_running_one(trained_cnn):
+    port = free_port()
+    first = _serve(trained_cnn, port, "--workers", "2")
+    try:
+        _wait_until_up(port)
+        second = _serve(trained_cnn, port, "--workers", "2")
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 1 and "already in use" in err
+    finally:
+        first.terminate()
+        first.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_the_workers_stop_with_the_parent(trained_cnn, how):
+    import signal
+
+    port = free_port()
+    proc = _serve(trained_cnn, port, "--workers", "2")
+    _wait_until_up(port)
+    for _ in range(100):  # both started (one may answer before the other is up)
+        workers = _workers_of(proc.pid)
+        if len(workers) == 2:
+            break
+        time.sleep(0.1)
+    assert len(workers) == 2
+    proc.send_signal(getattr(signal, how))
+    proc.communicate(timeout=30)
+    assert _gone(workers), "a worker outlived its parent"
+    if how == "SIGTERM":
+        assert proc.returncode == 0
+
+
+def test_keep_alive_answers_come_at_once_with_two_workers(trained_cnn):
+    import http.client
+    import statistics
+
+    from mnistlab.serving import bind_sockets
+
+    sockets = bind_sockets("127.0.0.1", 0, 1)
+    assert sockets[0].proto == socket.IPPROTO_TCP  # asyncio sets TCP_NODELAY only on these
+    sockets[0].close()
+    port = free_port()
+    proc = _serve(trained_cnn, port, "--workers", "2")
+    try:
+        _wait_until_up(port)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        times = []
+        for _ in range(30):  # one connection, kept alive
+            t0 = time.perf_counter()
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read()
+            times.append(time.perf_counter() - t0)
+        # Nagle's algorithm held each answer back by 40 ms; a direct answer takes a millisecond or two
+        assert statistics.median(times) < 0.02, times
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_a_client_that_goes_away_mid_body_is_one_log_line(trained_cnn, seven_png):
+    port = free_port()
+    proc = _serve(trained_cnn, port)
+    try:
+        _wait_until_up(port)
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      b"Content-Length: 5000\r\n\r\n" + seven_png[0][:100])
+            time.sleep(0.3)
+        time.sleep(0.5)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err and err.count("went away") == 1, err
+
+
+@pytest.fixture(params=["TimedH11Protocol", "TimedHttpToolsProtocol"])
+def slow_server(trained_cnn, monkeypatch, request):
+    """A live server whose model takes a second per image, and whose header deadline is 0.5 s,
+    with each of uvicorn's HTTP/1.1 protocols."""
+    import uvicorn
+
+    import mnistlab.serving as serving
+
+    if request.param == "TimedHttpToolsProtocol":
+        pytest.importorskip("httptools")
+
+    monkeypatch.setattr(serving, "REQUEST_TIMEOUT", 0.5)
+    model = load_model(trained_cnn)
+    real = model.predict
+    model.predict = lambda *a, **k: (time.sleep(1.0), real(*a, **k))[1]
+    sock = serving.bind_sockets("127.0.0.1", 0, 1)[0]
+    config = uvicorn.Config(create_app(model, threads=2), log_level="warning", http=getattr(serving, request.param))
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield sock.getsockname()[1]
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+def test_slow_predictions_do_not_stall_the_server(slow_server, seven_png):
+    import urllib.request
+
+    url = f"http://127.0.0.1:{slow_server}"
+
+    def upload():
+        req = urllib.request.Request(url + "/api/predict", data=seven_png[0], headers={"Content-Type": "image/png"})
+        urllib.request.urlopen(req, timeout=10).read()
+
+    uploads = [threading.Thread(target=upload) for _ in range(4)]
+    for t in uploads:
+        t.start()
+    time.sleep(0.2)  # the uploads are being decoded and predicted, a second each
+    t0 = time.perf_counter()
+    urllib.request.urlopen(url + "/healthz", timeout=10).read()
+    assert time.perf_counter() - t0 < 0.3  # the event loop was free
+    for t in uploads:
+        t.join()
+
+
+def test_a_silent_connection_is_closed_at_the_header_deadline(slow_server):
+    with socket.create_connection(("127.0.0.1", slow_server)) as s:
+        s.settimeout(5)
+        s.sendall(b"GET /healthz HT")  # half a request line, then nothing
+        t0 = time.perf_counter()
+        assert s.recv(100) == b""  # closed by the server
+        assert time.perf_counter() - t0 < 3

@@ -142,3 +142,88 @@ def test_the_final_test_pass_is_rescored_with_the_temperature_not_rerun(fake_dat
     assert [e["epoch"] for e in tests] == [2, 2] and tests[0]["temperature"] == 1.0 != tests[1]["temperature"]
     assert tests[0]["correct"] == tests[1]["correct"] and tests[0]["loss"] != tests[1]["loss"]
     assert passes.count(tests[0]["total"]) == 1  # one pass over the test images, scored twice
+
+
+def test_resume_extends_a_constant_schedule_run_bit_for_bit(fake_data, tmp_path):
+    flags = dict(model="mlp", batch_size=20, log_interval=1)
+    one = train(RunConfig(**flags, epochs=1), out=tmp_path / "one", data_dir=fake_data, progress=False)
+    two = train(RunConfig(**flags, epochs=2), out=tmp_path / "two", data_dir=fake_data, progress=False)
+    extended = train(resume=tmp_path / "one" / "ckpt-epoch001.pt", changes={"epochs": 2}, out=tmp_path / "ext",
+                     data_dir=fake_data, progress=False)
+    a, b = _weights(two.model_path), _weights(extended.model_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(_weights(one.model_path)["net.1.weight"], a["net.1.weight"])  # it did train on
+    steps = [e["steps"] for e in extended.history if e["event"] == "epoch"]
+    assert steps == [10, 20]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr": 0.01}, "--lr 0.01 differs from the resumed run's 0.1"),
+    ({"model": "cnn"}, "--model cnn differs"),
+    ({"augment": {"degrees": 5}}, "--augment {\"degrees\": 5} differs"),
+    ({"epochs": 0.5}, "--epochs 0.5 ends before"),
+])
+def test_resume_refuses_changes_to_what_the_run_learns(fake_data, tmp_path, changes, message):
+    train(RunConfig(model="mlp", batch_size=20, epochs=1), out=tmp_path / "run", data_dir=fake_data,
+          progress=False)
+    with pytest.raises(MnistlabError, match=message.replace("{", "\\{").replace("}", "\\}")):
+        train(resume=tmp_path / "run" / "ckpt-epoch001.pt", changes=changes, out=tmp_path / "other",
+              data_dir=fake_data, progress=False)
+    # what may change on resume changes: a different --eval-every is taken, not ignored
+    done = train(resume=tmp_path / "run" / "ckpt-epoch001.pt", changes={"eval_every": 3, "lr": 0.1},
+                 out=tmp_path / "ok", data_dir=fake_data, progress=False)
+    assert RunConfig.from_dict(load_checkpoint(done.model_path)[1]["config"]).eval_every == 3
+
+
+def test_resume_refuses_a_onecycle_run_longer_and_a_folder_of_another_run(fake_data, tmp_path):
+    cfg = RunConfig(model="mlp", batch_size=20, epochs=1, optimizer="adam", lr=0.01, schedule="onecycle")
+    train(cfg, out=tmp_path / "a", data_dir=fake_data, progress=False)
+    with pytest.raises(MnistlabError, match="--epochs cannot change when resuming a onecycle run"):
+        train(resume=tmp_path / "a" / "ckpt-epoch001.pt", changes={"epochs": 2}, data_dir=fake_data,
+              progress=False)
+    train(RunConfig(model="mlp", epochs=1), out=tmp_path / "b", data_dir=fake_data, progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    with pytest.raises(MnistlabError, match="already holds a run"):
+        train(resume=tmp_path / "a" / "ckpt-epoch001.pt", out=tmp_path / "b", data_dir=fake_data, progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
+
+
+def test_metrics_restart_from_the_checkpoint_history(fake_data, tmp_path):
+    from mnistlab.runs import read_run_events
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"event": "train", "epoch": 7, "step": 1, "loss": 9.0}\n')  # a killed run
+    train(RunConfig(model="mlp", epochs=1, batch_size=20), out=run, data_dir=fake_data, progress=False)
+    assert all(e.get("epoch") != 7 for e in read_run_events(run))
+    cfg = RunConfig(model="mlp", epochs=2, batch_size=20, checkpoint_every=1)
+    first = train(cfg, out=tmp_path / "two", data_dir=fake_data, progress=False).history
+    # resuming from epoch 1's checkpoint drops epoch 2's events, then writes them once
+    resumed = train(resume=tmp_path / "two" / "ckpt-epoch001.pt", data_dir=fake_data, progress=False)
+    events = read_run_events(tmp_path / "two")
+    assert [e["event"] for e in events] == [e["event"] for e in first] == [e["event"] for e in resumed.history]
+
+
+@pytest.mark.parametrize("checkpoints, message", [
+    ([], "no checkpoint had been written yet"),
+    (["ckpt-epoch001.pt", "ckpt-epoch002.pt"], "its last checkpoint is intact: continue with mnistlab train "
+                                                "--resume .*ckpt-epoch002.pt"),
+])
+def test_a_broken_distributed_job_names_the_checkpoint_to_resume_only_if_there_is_one(
+        tmp_path, monkeypatch, checkpoints, message):
+    from types import SimpleNamespace
+
+    import mnistlab.training as training
+
+    for name in checkpoints:
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setattr(training.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(training.dist, "rank", lambda: 0)
+    broke = "rank 0: the distributed job broke \\(Connection reset by peer\\); "
+    with pytest.raises(MnistlabError, match=broke + message):
+        with training.peers_watched(SimpleNamespace(run_dir=tmp_path)):
+            raise RuntimeError("Connection reset by peer\n(gloo's details)")
+    monkeypatch.setattr(training.dist, "is_initialized", lambda: False)
+    with pytest.raises(RuntimeError):  # alone, a RuntimeError is not a broken job
+        with training.peers_watched(SimpleNamespace(run_dir=tmp_path)):
+            raise RuntimeError("something else")

@@ -182,13 +182,19 @@ def cmd_predict(args) -> int:
 
     from .fileio import atomic_write
     from .inference import load_model
-    from .preprocessing import image_files
+    from .preprocessing import IMAGE_SUFFIXES, image_files, native_stderr_silenced, quiet_decoder_warnings
 
+    quiet_decoder_warnings()
+    files = image_files(args.images)
+    if not files:
+        raise MnistlabError(f"no images found in {', '.join(args.images)} "
+                            f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
     predictor = load_model(args.checkpoint, args.device)
     failed = 0
-    for path in image_files(args.images):
+    for path in files:
         try:
-            pred = predictor.predict(path)
+            with native_stderr_silenced():
+                pred = predictor.predict(path)
         except MnistlabError as e:
             failed += 1
             if args.json:
@@ -205,6 +211,8 @@ def cmd_predict(args) -> int:
         else:
             top = ", ".join(f"{c} {100 * p:.1f}%" for c, p in pred.top(args.top))
             print(f"{path}: {pred.label} ({100 * pred.confidence:.1f}%)   top: {top}")
+    if failed:
+        print(f"mnistlab: {failed} of {len(files)} images could not be classified.", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -357,8 +365,7 @@ def _run(args) -> int:
             raise
         # a peer process died or failed: say so once, without gloo's or NCCL's traceback
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"mnistlab: error: rank {dist.rank()}: the distributed job broke ({first[:200]}); checkpoints "
-              "already written are intact: continue with mnistlab train --resume CHECKPOINT.", file=sys.stderr)
+        print(f"mnistlab: error: rank {dist.rank()}: the distributed job broke ({first[:200]}).", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. a full disk while appending metrics
         where = f"{e.filename}: " if e.filename else ""

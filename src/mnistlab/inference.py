@@ -20,7 +20,7 @@ import numpy as np
 from .card import ModelCard
 from .errors import MnistlabError
 from .lesson import softmax
-from .preprocessing import preprocess
+from .preprocessing import NoDigitError, preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .evaluation import Evaluation
 
 BATCH = 1000  # images per backend call: bounds memory on whole splits, one call for a single image
+NO_INK = 26  # a 28x28 array whose brightest pixel is below a tenth of full scale holds no digit
 
 
 class Backend(Protocol):
@@ -93,7 +94,10 @@ class Classifier:
             shape = ("ragged",)
         if shape != (28, 28):
             raise MnistlabError(f"expected a 28x28 array, got shape {list(shape)}.")
-        return self._prediction(as_pixels(pixels)[0], source)
+        pixels = as_pixels(pixels)[0]
+        if pixels.max() < NO_INK:
+            raise NoDigitError(f"{source or 'pixels'}: no digit found (no pixel reaches {NO_INK} of 255).")
+        return self._prediction(pixels, source)
 
     def _prediction(self, pixels: np.ndarray, source: str) -> Prediction:
         return Prediction(self._probabilities(pixels[None])[0], self.classes, pixels, source)

@@ -8,8 +8,10 @@ no torch, so the ONNX Runtime path can use it too.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,8 +20,34 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import MnistlabError
 
-MAX_PIXELS = 40_000_000  # larger images are refused as possible decompression bombs
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+MAX_PIXELS = 4096 * 4096  # a digit needs far fewer; larger images are refused before they are decoded
+MAX_ASPECT = 20  # longer side over shorter: a strip this thin holds no digit, only decoding cost
+WORKING_SIDE = 1024  # larger images are decoded (JPEG) or reduced to about this before anything else
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, at the same size
+
+
+def quiet_decoder_warnings() -> None:
+    """Silence Pillow's warnings about damaged files (and its bomb warning, which _check_size
+    turns into an error): the command line and the server report each bad image in one
+    sentence. Called by those entry points, not on import: a library leaves filters alone."""
+    warnings.filterwarnings("ignore", module="PIL")
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for a while: libtiff, inside Pillow, prints its own
+    remarks on a damaged file there, line after line, before the one sentence that says it.
+    Not thread-safe (it is the process's stderr): for the command line's loop over files."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -28,7 +56,10 @@ class NoDigitError(MnistlabError):
 
 
 def open_image(source: str | os.PathLike | bytes | Image.Image, name: str | None = None) -> Image.Image:
-    """Open and fully decode an image, with one clear error for every way that can fail."""
+    """Open and fully decode an image, with one clear error for every way that can fail.
+
+    The size is checked from the header, before any pixel is decoded; a large JPEG is decoded
+    at a fraction of its size, and any other large image reduced, to about WORKING_SIDE."""
     if isinstance(source, Image.Image):
         return source
     label = name or ("uploaded image" if isinstance(source, bytes) else str(source))
@@ -38,27 +69,58 @@ def open_image(source: str | os.PathLike | bytes | Image.Image, name: str | None
         path = Path(source)
         if not path.exists():
             raise MnistlabError(f"{label}: no such file.")
-        if path.is_file() and path.stat().st_size == 0:
+        if not path.is_file():
+            raise MnistlabError(f"{label}: not a file.")
+        if path.stat().st_size == 0:
             raise MnistlabError(f"{label}: the file is empty.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        _check_size(img, label)
+        if img.format == "JPEG" and max(img.size) > 2 * WORKING_SIDE:
+            img.draft(img.mode, (WORKING_SIDE, WORKING_SIDE))  # decoded at 1/2, 1/4 or 1/8 scale
+        img.load()
+    except Image.DecompressionBombError:
         raise MnistlabError(f"{label}: the image is too large (over {MAX_PIXELS:,} pixels).") from None
     except UnidentifiedImageError:
         raise MnistlabError(f"{label}: not an image (or a format Pillow cannot read).") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
-        raise MnistlabError(f"{label}: the image is damaged or truncated ({e}).") from None
-    if img.width * img.height > MAX_PIXELS:
-        raise MnistlabError(f"{label}: the image is too large (over {MAX_PIXELS:,} pixels).")
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
+        raise MnistlabError(f"{label}: the image is damaged or truncated ({_first_line(e)}).") from None
+    if max(img.size) > 2 * WORKING_SIDE:
+        img = img.reduce(max(img.size) // WORKING_SIDE)  # box-filtered: cheap, and no digit stroke is lost
     return img
 
 
+def _check_size(img: Image.Image, label: str) -> None:
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise MnistlabError(f"{label}: the image has no pixels ({w}x{h}).")
+    if w * h > MAX_PIXELS:
+        raise MnistlabError(f"{label}: the image is too large ({w}x{h}; at most {MAX_PIXELS:,} pixels).")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise MnistlabError(f"{label}: the image is {w}x{h}, too thin to hold a digit "
+                            f"(at most {MAX_ASPECT} times longer than wide).")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 def to_gray(img: Image.Image) -> np.ndarray:
-    """uint8 gray levels; transparency composited onto a background that contrasts with the ink."""
-    img = ImageOps.exif_transpose(img) if hasattr(img, "getexif") else img
+    """uint8 gray levels; transparency composited onto a background that contrasts with the ink;
+    16-bit and floating-point images scaled to their own range rather than clipped."""
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a damaged EXIF block: the pixels are still good, unrotated
+        pass
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(a.min()), float(a.max())
+        with np.errstate(all="ignore"):  # a range too wide for float64 gives NaN, cleared below
+            scaled = np.nan_to_num(np.clip((a - lo) / (hi - lo) * 255, 0, 255)) if hi > lo else np.zeros(a.shape)
+        return np.round(scaled).astype(np.uint8)
+    if img.mode == "LAB":
+        return np.asarray(img.getchannel("L"))
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("RGB", "L") and "transparency" in img.info):
@@ -114,10 +176,23 @@ def center_of_mass(a: np.ndarray) -> tuple[float, float]:
 def preprocess(source, name: str | None = None) -> np.ndarray:
     """Any image -> uint8 [28, 28], light ink on black, MNIST-normalised in size and position.
 
-    Raises NoDigitError for an image with no ink, MnistlabError for one that cannot be read.
+    Raises NoDigitError for an image with no ink, and MnistlabError, naming the image, for
+    anything else: this is the one boundary between untrusted bytes and the model, and the
+    image decoders behind it raise many more kinds of error than the ones named here.
     """
-    gray, floor, top = ink_levels(to_gray(open_image(source, name)))
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "image")
+    try:
+        return _preprocess(source, name, label)
+    except MnistlabError:
+        raise
+    except MemoryError:
+        raise MnistlabError(f"{label}: not enough memory to decode the image.") from None
+    except Exception as e:  # a decoder's own failure on damaged or unusual data
+        raise MnistlabError(f"{label}: the image cannot be read ({type(e).__name__}: {_first_line(e)}).") from None
+
+
+def _preprocess(source, name: str | None, label: str) -> np.ndarray:
+    gray, floor, top = ink_levels(to_gray(open_image(source, name)))
     mask = gray > floor + 0.05 * (top - floor)
     if top - floor < 25.5 or not mask.any():
         raise NoDigitError(f"{label}: no digit found (the image has no ink).")

@@ -1,37 +1,57 @@
-"""`mnistlab serve`: a local page to draw a digit on, and a small JSON API (Starlette/FastAPI + uvicorn).
+"""`mnistlab serve`: a local page to draw a digit on, and a small JSON API (FastAPI + uvicorn).
 
 POST /api/predict takes an image (multipart field "file", or the raw bytes with an image
 content type) or JSON {"pixels": 28x28 array, ink high, 0-255} and answers the whole
 distribution. GET /healthz says the server is up. Bodies over the limit get 413, bad ones
-400 or 422 with a message; no request can produce a traceback.
+400 or 422 with a message, slow ones 408; no request can produce a traceback.
+
+Decoding and the model run in worker threads, a few at a time, so that a large upload
+never stalls the event loop: /healthz and the other requests keep their pace.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import gc
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
+import socket
 from importlib import resources
 
 from .errors import MnistlabError
 from .preprocessing import NoDigitError
 
 try:
+    import anyio
     from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.requests import ClientDisconnect
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 except ImportError:  # the serve extra is not installed
     FastAPI = None
+    H11Protocol = object
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # httptools is not installed: h11 it is
+    HttpToolsProtocol = object
 
 log = logging.getLogger("mnistlab.serving")
+REQUEST_TIMEOUT = 10.0  # seconds a client has to send a request's headers, and then its body
+BACKLOG = 1024
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-class BodyLimit:
-    """ASGI middleware: refuse bodies over max_bytes with 413, by Content-Length or while streaming."""
+class Guard:
+    """ASGI middleware around the app: bodies over max_bytes get 413 (by Content-Length or while
+    streaming), and whatever escapes the app is logged here once, in one place."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -61,19 +81,24 @@ class BodyLimit:
                 return
             await send(message)
 
-        await self.app(scope, limited_receive, guarded_send)
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:  # a bug of ours: the client got a 500 already; one traceback in the log
+            log.exception("unexpected error in %s %s", scope.get("method"), scope.get("path"))
 
     def _too_large(self, scope, receive, send):
         # built only when needed: a response object per request would sit on the hot path
         return _error(413, f"request body over the limit of {self.max_bytes:,} bytes")(scope, receive, send)
 
 
-def create_app(predictor, max_bytes: int = 2_000_000):
-    """The ASGI app around one loaded model (an inference.Classifier, loaded once, shared by every request)."""
+def create_app(model, max_bytes: int = 2_000_000, threads: int = 2):
+    """The ASGI app around one loaded model (an inference.Classifier, loaded once, shared by every
+    request); decoding and prediction run in at most `threads` worker threads at a time."""
     if FastAPI is None:
         raise MnistlabError("mnistlab serve needs FastAPI and uvicorn: pip install 'mnistlab[serve]'.")
     app = FastAPI(title="mnistlab", docs_url=None, redoc_url=None, openapi_url=None)
     page = resources.files("mnistlab").joinpath("static/index.html").read_text(encoding="utf-8")
+    limiter = anyio.CapacityLimiter(threads)
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
@@ -81,43 +106,60 @@ def create_app(predictor, max_bytes: int = 2_000_000):
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "model": predictor.name, "classes": list(predictor.classes)}
+        return {"status": "ok", "model": model.name, "classes": list(model.classes)}
 
     @app.post("/api/predict")
     async def predict(request: Request):
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
-            if ctype == "application/json":
-                pred = predictor.predict_pixels(_pixels(await request.body()), "pixels")
-            elif ctype == "multipart/form-data":
-                pred = predictor.predict(await _uploaded_file(request), name="uploaded file")
-            elif ctype.startswith("image/") or ctype == "application/octet-stream":
-                pred = predictor.predict(await request.body(), name="request body")
-            else:
+            with anyio.fail_after(REQUEST_TIMEOUT):
+                work = await _read(request, ctype, model)
+            if work is None:
                 return _error(415, "send an image (multipart field 'file', or raw bytes with an image content "
                                    "type) or JSON {\"pixels\": 28x28 array}")
+            pred = await anyio.to_thread.run_sync(work, limiter=limiter)
+        except TimeoutError:
+            return _error(408, f"the request body took over {REQUEST_TIMEOUT:.0f} s to arrive")
+        except ClientDisconnect:
+            log.warning("a client went away before sending its whole request")
+            return Response(status_code=400)
         except NoDigitError as e:
             return _error(422, str(e))
         except MnistlabError as e:
             return _error(400, str(e))
         # a plain JSONResponse: FastAPI's generic encoder costs more than the model on a 28x28 list
-        return JSONResponse({**pred.to_dict(len(predictor.classes)), "preprocessed": pred.preprocessed.tolist()})
+        return JSONResponse({**pred.to_dict(len(model.classes)), "preprocessed": pred.preprocessed.tolist()})
 
     @app.exception_handler(Exception)
-    async def unexpected(request, exc):  # a bug of ours: log it, never show a traceback
-        log.exception("unexpected error")
+    async def unexpected(request, exc):  # a bug of ours: the client sees no traceback; Guard logs it
         return _error(500, "internal error")
 
-    return BodyLimit(app, max_bytes)
+    return Guard(app, max_bytes)
+
+
+async def _read(request, ctype: str, model):
+    """Read the request's body: the work to do on it in a worker thread (None for a content type
+    the API does not take)."""
+    if ctype == "application/json":
+        body = await request.body()
+        return lambda: model.predict_pixels(_pixels(body), "pixels")
+    if ctype == "multipart/form-data":
+        upload = await _uploaded_file(request)
+        return lambda: model.predict(upload, name="uploaded file")
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        body = await request.body()
+        return lambda: model.predict(body, name="request body")
+    return None
 
 
 def _pixels(body: bytes):
+    """The "pixels" of a JSON body. Untrusted: any way json and NumPy can fail (deep nesting,
+    400-digit numbers, wrong types) is one sentence."""
     import numpy as np
 
     try:
-        data = json.loads(body)
-        pixels = np.asarray(data["pixels"], dtype=np.float64)
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        pixels = np.asarray(json.loads(body)["pixels"], dtype=np.float64)
+    except Exception:  # ValueError, TypeError, KeyError, OverflowError, RecursionError, ...
         raise MnistlabError("the JSON must be an object {\"pixels\": 28x28 array of numbers 0-255}.") from None
     return pixels
 
@@ -125,6 +167,8 @@ def _pixels(body: bytes):
 async def _uploaded_file(request) -> bytes:
     try:
         form = await request.form()
+    except ClientDisconnect:
+        raise
     except Exception:  # python-multipart's own errors for malformed bodies
         raise MnistlabError("malformed multipart body.") from None
     upload = form.get("file")
@@ -133,78 +177,195 @@ async def _uploaded_file(request) -> bytes:
     return await upload.read()
 
 
+class _HeaderDeadline:
+    """A deadline for each request's headers, which uvicorn lacks: a client that connects and
+    sends nothing, or half a request line, is disconnected after REQUEST_TIMEOUT seconds
+    instead of holding its connection forever. Mixed into uvicorn's HTTP/1.1 protocols."""
+
+    _deadline = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(REQUEST_TIMEOUT, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+class TimedH11Protocol(_HeaderDeadline, H11Protocol):
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a new request's headers arrived
+            self._disarm()
+
+
+class TimedHttpToolsProtocol(_HeaderDeadline, HttpToolsProtocol):
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+
+def http_protocol():
+    """httptools' parser where it is installed (mnistlab[serve] brings it: faster), else h11."""
+    return TimedHttpToolsProtocol if HttpToolsProtocol is not object else TimedH11Protocol
+
+
 def serve(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
           max_bytes: int = 2_000_000, workers: int = 1) -> None:
-    """Load the model once per worker process and serve the page and the API until Ctrl-C."""
+    """Serve the page and the API until Ctrl-C or SIGTERM, in `workers` processes.
+
+    The model is loaded and the port bound before anything is printed, so a bad checkpoint or
+    a port in use is one sentence and a non-zero exit, whatever the number of workers."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise MnistlabError("mnistlab serve needs FastAPI and uvicorn: pip install 'mnistlab[serve]'.") from None
-    predictor = _load(str(checkpoint))  # fails here, with one sentence, before any worker starts
-    print(f"serving {predictor.name} on http://{host}:{port}/ with {workers} worker process"
+    model = _load(str(checkpoint))
+    sockets = bind_sockets(host, port, workers)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    print(f"serving {model.name} on http://{host}:{port}/ with {workers} worker process"
           f"{'es' if workers > 1 else ''} (Ctrl-C to stop)", flush=True)
     if workers == 1:
-        uvicorn.run(create_app(predictor, max_bytes), host=host, port=port, log_level="warning", access_log=False)
-        return
-    _serve_reuseport(str(checkpoint), host, port, max_bytes, workers)
+        _run(model, sockets[0], max_bytes, threads)
+    else:
+        _supervise(str(checkpoint), sockets, max_bytes, threads)
 
 
-def _serve_reuseport(checkpoint: str, host: str, port: int, max_bytes: int, workers: int) -> None:
-    """Worker processes, each with its own listening socket on the same port (SO_REUSEPORT).
+def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` listening sockets on host:port. With several, each has SO_REUSEPORT, so that the
+    kernel spreads new connections evenly over the worker processes (one shared socket
+    measured one process taking most of 16 connections). A port that anyone holds, another
+    mnistlab server included, is refused: it is first bound alone, without SO_REUSEPORT."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      proto=socket.IPPROTO_TCP)[0]
+    except socket.gaierror as e:
+        raise MnistlabError(f"cannot listen on {host}: {e.strerror}.") from None
 
-    The kernel then spreads new connections evenly over the workers; with one shared socket
-    (uvicorn's own --workers) one process measured taking most of 16 connections.
-    """
-    import multiprocessing
+    def new_socket(reuseport: bool) -> socket.socket:
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets, and without it
+        # Nagle's algorithm held every keep-alive response back by 40 ms
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are no conflict
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return sock
 
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_reuseport_worker, args=(checkpoint, host, port, max_bytes), daemon=True)
-             for _ in range(workers)]
+    sockets = [new_socket(reuseport=False)]
+    try:
+        sockets[0].bind(address)  # alone: fails if anyone holds the port
+        if count > 1:
+            sockets.pop().close()
+            for _ in range(count):
+                sockets.append(new_socket(reuseport=True))
+                sockets[-1].bind(address)
+        for sock in sockets:
+            sock.listen(BACKLOG)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise MnistlabError(f"port {port} on {host} is already in use (another server?); "
+                                "stop it or choose another --port.") from None
+        raise MnistlabError(f"cannot listen on {host}:{port}: {e.strerror or e}.") from None
+    return sockets
+
+
+def _run(model, sock: socket.socket, max_bytes: int, threads: int) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(create_app(model, max_bytes, threads), log_level="warning", access_log=False,
+                            http=http_protocol(), timeout_keep_alive=5)
+    uvicorn.Server(config).run(sockets=[sock])  # stops gracefully on SIGINT and SIGTERM
+
+
+def _supervise(checkpoint: str, sockets: list[socket.socket], max_bytes: int, threads: int) -> None:
+    """One process per socket; SIGINT or SIGTERM to this one stops them all, and they stop by
+    themselves if this one dies. A worker that dies takes the others down with one sentence."""
+    ctx = multiprocessing.get_context("fork")  # the checkpoint is read again in each: nothing to pickle
+    procs = [ctx.Process(target=_worker, args=(checkpoint, sock, sockets, max_bytes, threads, os.getpid()))
+             for sock in sockets]
     for proc in procs:
         proc.start()
+    for sock in sockets:
+        sock.close()  # each worker holds its own; a dead worker's socket then leaves the group
+    old = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        for proc in procs:
-            proc.join()
+        multiprocessing.connection.wait([p.sentinel for p in procs])
+        dead = next(p for p in procs if p.exitcode is not None)
+        raise MnistlabError(f"a server process stopped unexpectedly (exit code {dead.exitcode}); "
+                            "the others were stopped too.")
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, old)
         for proc in procs:
-            proc.terminate()
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: uvicorn finishes the requests under way
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
 
 
-def _reuseport_worker(checkpoint: str, host: str, port: int, max_bytes: int) -> None:
-    import socket
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
-    import uvicorn
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    config = uvicorn.Config(create_app(_load(checkpoint), max_bytes), log_level="warning", access_log=False)
+def _worker(checkpoint: str, sock: socket.socket, sockets: list[socket.socket], max_bytes: int, threads: int,
+            parent: int) -> None:
+    _die_with_parent(parent)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for other in sockets:
+        if other is not sock:
+            other.close()
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _run(_load(checkpoint), sock, max_bytes, threads)
     except KeyboardInterrupt:
         pass
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (even by SIGKILL)."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux with glibc: the parent's SIGTERM handling remains
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
 
 
 def _load(checkpoint: str):
     from .inference import load_model
+    from .preprocessing import quiet_decoder_warnings
 
-    predictor = load_model(checkpoint)
-    _one_thread_per_request(predictor)
+    quiet_decoder_warnings()
+    model = load_model(checkpoint)
+    if model.backend.runtime == "PyTorch":
+        import torch
+
+        torch.set_num_threads(1)  # a 28x28 forward pass is too small to split; requests run side by side
     # everything loaded so far lives as long as the server: keep the garbage collector from
     # walking it again and again (full collections stalled requests by ~18 ms here)
     gc.collect()
     gc.freeze()
-    return predictor
-
-
-def _one_thread_per_request(predictor) -> None:
-    # a 28x28 forward pass is too small to split over cores; one thread avoids contention
-    if predictor.backend.runtime == "PyTorch":
-        import torch
-
-        torch.set_num_threads(1)
+    return model

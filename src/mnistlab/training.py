@@ -6,6 +6,7 @@ The whole dataset sits on the device as uint8; each epoch's order is a pure func
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -96,7 +97,7 @@ def train(cfg: RunConfig | None = None, out: str | os.PathLike | None = None,
     With `resume` (a checkpoint), the run continues under its own config, with `changes` (field ->
     value, as the flags given) applied where config.RESUME_MAY_CHANGE allows."""
     run = start(cfg, out, resume, data_dir, progress, changes or {})
-    with StopRequest() as stop:
+    with StopRequest() as stop, peers_watched(run):
         while run.epoch <= run.last_epoch:
             stats = train_epoch(run, stop)
             if stats is not None:
@@ -105,10 +106,10 @@ def train(cfg: RunConfig | None = None, out: str | os.PathLike | None = None,
                 path = save(run, "ckpt-interrupt.pt")
                 run.log.line(f"interrupted: saved {path}; continue with: mnistlab train --resume {path}")
                 raise KeyboardInterrupt
-    run.epoch = run.last_epoch
-    if run.data.val is not None and not any(e["event"] == "calibration" for e in run.log.history):
-        calibrate(run)
-    return finish(run, report, data_dir)
+        run.epoch = run.last_epoch
+        if run.data.val is not None and not any(e["event"] == "calibration" for e in run.log.history):
+            calibrate(run)
+        return finish(run, report, data_dir)
 
 
 class EpochStats:
@@ -157,6 +158,22 @@ def train_epoch(run: Run, stop: StopRequest) -> EpochStats | None:
     run.train_seconds += time.perf_counter() - t0
     bar.close()
     return stats if run.step_in_epoch == n else None
+
+
+@contextlib.contextmanager
+def peers_watched(run: Run):
+    """Under torchrun, a rank that died or failed breaks the others' collectives: say so once,
+    with the checkpoint to resume from, if one was written."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not dist.is_initialized():
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        saved = sorted(run.run_dir.glob("ckpt-epoch*.pt"))
+        hint = (f"its last checkpoint is intact: continue with mnistlab train --resume {saved[-1]}" if saved
+                else "no checkpoint had been written yet: start the run again")
+        raise MnistlabError(f"rank {dist.rank()}: the distributed job broke ({first}); {hint}.") from None
 
 
 def log_running_loss(run: Run, stats: EpochStats) -> None:
