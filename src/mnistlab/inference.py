@@ -81,6 +81,15 @@ class Classifier:
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> Classifier:
         return load_model(path, device)
 
+    @classmethod
+    def from_pretrained(cls, name: str = "fast", device: str = "cpu") -> Classifier:
+        """A model that ships with mnistlab, by name (`mnistlab models` lists them)."""
+        from . import pretrained
+
+        if not pretrained.is_name(name):
+            raise MnistlabError(f"'{name}' is a path, not a pretrained model's name; use load_model for files.")
+        return load_model(name, device)
+
     def predict(self, image, name: str | None = None) -> Prediction:
         """One image (path, bytes or PIL image), preprocessed the MNIST way -> its Prediction."""
         pixels = preprocess(image, name)
@@ -152,18 +161,26 @@ Predictor = Classifier  # the name of earlier versions, kept so that their code 
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> Classifier:
-    """A checkpoint or model.pt from `mnistlab train` (PyTorch, on `device`), or an .onnx file from
-    `mnistlab export` (ONNX Runtime, CPU)."""
+    """A pretrained model's name ("fast", "classic-cnn": see `mnistlab models`), a checkpoint or
+    model.pt from `mnistlab train` (PyTorch, on `device`), or an .onnx file from `mnistlab
+    export` (ONNX Runtime, CPU). A name is a word with no dot or slash; anything else is a path."""
+    from . import pretrained
+
+    if isinstance(path, str) and pretrained.is_name(path):
+        source = path
+        path = pretrained.resolve(path)
+    else:
+        source = str(path)
     if Path(path).suffix.lower() == ".onnx":
         from .onnx_backend import OnnxBackend
 
         if not Path(path).is_file():
             raise MnistlabError(f"{path}: no such ONNX file.")
-        return Classifier(OnnxBackend(path), str(path))
+        return Classifier(OnnxBackend(path), source)
     from . import torch_backend
     from .device import resolve_device
 
-    return Classifier(torch_backend.load(path, resolve_device(str(device))), str(path))
+    return Classifier(torch_backend.load(path, resolve_device(str(device))), source)
 
 
 def as_pixels(images) -> np.ndarray:

@@ -1,0 +1,68 @@
+"""Make the pretrained models that ship in the package, and their manifest.
+
+    python scripts/make_pretrained.py [--data-dir ../shared/data] [--only NAME ...]
+
+Each model is trained with a fixed seed by the command listed below, its model.pt copied to
+src/mnistlab/weights/NAME.pt, scored once on the test set, and recorded in
+src/mnistlab/weights/manifest.json with its sha256 and exact test accuracy. The same command
+on the same kind of machine gives the same bits (training is deterministic for a seed, device
+and thread count); another CPU's kernels can round differently. Every model holds out 5,000
+validation images, so its temperature is fitted there and its probabilities are calibrated.
+"""
+
+import argparse
+import hashlib
+import json
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+
+from mnistlab import format_accuracy, load_model, train
+from mnistlab.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "src" / "mnistlab" / "weights"
+
+MODELS = {  # name -> (description, the train command's flags)
+    "fast": ("the fast preset's batch-normalised CNN, 1.25 epochs: the default",
+             "--preset fast --val-size 5000 --seed 1"),
+    "classic-cnn": ("the tutorial's CNN and recipe (SGD, 10 epochs): the lesson's model",
+                    "--preset classic --model cnn --val-size 5000 --seed 1"),
+}
+
+
+def make(name: str, data_dir: str) -> dict:
+    description, flags = MODELS[name]
+    args = build_parser("train").parse_args(["train", *shlex.split(flags)])
+    from mnistlab.config import RunConfig, from_preset
+
+    given = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(from_preset(args.preset, **given), out=Path(tmp) / "run", data_dir=data_dir, progress=False)
+        WEIGHTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result.model_path, WEIGHTS / f"{name}.pt")
+    ev = load_model(WEIGHTS / f"{name}.pt").evaluate(data_dir)
+    print(f"{name}: {format_accuracy(ev.correct, ev.total)}, ECE {100 * ev.ece:.2f}%, "
+          f"{(WEIGHTS / f'{name}.pt').stat().st_size:,} bytes", flush=True)
+    return {"file": f"{name}.pt", "sha256": hashlib.sha256((WEIGHTS / f"{name}.pt").read_bytes()).hexdigest(),
+            "test_correct": ev.correct, "test_total": ev.total, "dataset": "mnist", "description": description,
+            "command": f"mnistlab train {flags}"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--only", nargs="+", choices=list(MODELS), help="remake only these (default: all)")
+    args = p.parse_args()
+    manifest_path = WEIGHTS / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    for name in args.only or MODELS:
+        manifest[name] = make(name, args.data_dir)
+    manifest = {name: manifest[name] for name in MODELS if name in manifest}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"wrote {manifest_path}")
+
+
+if __name__ == "__main__":
+    main()
