@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "src" / "mnistlab" / "weights"
 
 MODELS = {  # name -> (description, the train command's flags)
-    "fast": ("the fast preset's batch-normalised CNN, 1.25 epochs: the default",
+    "fast": ("the fast preset's batch-normalised CNN, 1.25 epochs",
              "--preset fast --val-size 5000 --seed 1"),
-    "classic-cnn": ("the tutorial's CNN and recipe (SGD, 10 epochs): the lesson's model",
+    "classic-cnn": ("the tutorial's CNN and recipe: SGD, 10 epochs",
                     "--preset classic --model cnn --val-size 5000 --seed 1"),
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from .errors import MnistlabError
@@ -39,6 +40,22 @@ def _json_object(s: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object, like '{\"degrees\": 10}'")
     return value
+
+
+MODEL_HELP = ("a pretrained model's name (mnistlab models lists them), or a model.pt, checkpoint or .onnx file "
+              "(a path has a dot or a slash: ./fast is a file, fast the pretrained model)")
+
+
+def _default_model(args_models: list[str]) -> list[str]:
+    """The models given, or the pretrained default, said on stderr so that nobody wonders which."""
+    if args_models:
+        return args_models
+    from .pretrained import DEFAULT, catalogue
+
+    entry = catalogue()[DEFAULT]
+    print(f"mnistlab: no model given: using the pretrained '{DEFAULT}' ({entry.description}; "
+          f"test accuracy {100 * entry.accuracy:.2f}%)", file=sys.stderr)
+    return [DEFAULT]
 
 
 def _add_train(sub, name: str, help: str) -> None:
@@ -129,8 +146,8 @@ def _add_eval(sub, name: str, help: str) -> None:
     from .data import SPLITS
 
     p = sub.add_parser(name, help=help)
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
-                   help="model.pt, checkpoint or .onnx files; several are averaged as an ensemble")
+    p.add_argument("checkpoints", nargs="*", metavar="MODEL",
+                   help=MODEL_HELP + "; several are averaged as an ensemble (default: the pretrained 'fast')")
     p.add_argument("--data-dir", help="dataset folder (default: $MNISTLAB_DATA, else ./data)")
     p.add_argument("--split", choices=SPLITS, default="test",
                    help="which split (default: test); validation: the images the run held out of training "
@@ -147,6 +164,7 @@ def cmd_eval(args) -> int:
     from .evaluation import format_accuracy
     from .inference import evaluate_files
 
+    args.checkpoints = _default_model(args.checkpoints)
     cards, members, ev = evaluate_files(args.checkpoints, args.data_dir, args.split, args.device, args.tta)
     if args.json:
         print(json.dumps({"checkpoints": args.checkpoints, "models": [c.model for c in cards],
@@ -167,9 +185,10 @@ def cmd_eval(args) -> int:
 
 
 def _add_predict(sub, name: str, help: str) -> None:
-    p = sub.add_parser(name, help=help)
-    p.add_argument("checkpoint", help="a model.pt, checkpoint or exported .onnx file")
-    p.add_argument("images", nargs="+", help="image files, or folders of them")
+    p = sub.add_parser(name, help=help, usage="mnistlab predict [-h] [MODEL] IMAGE [IMAGE ...] [options]")
+    p.add_argument("inputs", nargs="+", metavar="[MODEL] IMAGE",
+                   help="image files, or folders of them, after an optional model: " + MODEL_HELP +
+                        " (default: the pretrained 'fast')")
     p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show (default: 3)")
     p.add_argument("--json", action="store_true", help="one JSON object per line, with all probabilities")
     p.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, as PNG")
@@ -185,11 +204,12 @@ def cmd_predict(args) -> int:
     from .preprocessing import IMAGE_SUFFIXES, image_files, native_stderr_silenced, quiet_decoder_warnings
 
     quiet_decoder_warnings()
-    files = image_files(args.images)
+    model, images = _model_and_images(args.inputs)
+    files = image_files(images)
     if not files:
-        raise MnistlabError(f"no images found in {', '.join(args.images)} "
+        raise MnistlabError(f"no images found in {', '.join(images)} "
                             f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
-    predictor = load_model(args.checkpoint, args.device)
+    predictor = load_model(_default_model(model)[0], args.device)
     failed = 0
     for path in files:
         try:
@@ -216,9 +236,23 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def _model_and_images(inputs: list[str]) -> tuple[list[str], list[str]]:
+    """The first input is the model when it is a pretrained name or a .pt or .onnx file."""
+    from pathlib import Path
+
+    from .pretrained import catalogue
+
+    first = inputs[0]
+    if first in catalogue() or Path(first).suffix.lower() in (".pt", ".onnx"):
+        if len(inputs) == 1:
+            raise MnistlabError(f"{first} is a model: give the images to classify after it.")
+        return [first], inputs[1:]
+    return [], inputs
+
+
 def _add_serve(sub, name: str, help: str) -> None:
     p = sub.add_parser(name, help=help)
-    p.add_argument("checkpoint", help="a model.pt, checkpoint or exported .onnx file")
+    p.add_argument("checkpoint", nargs="?", metavar="MODEL", help=MODEL_HELP + " (default: the pretrained 'fast')")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--max-upload", type=_positive_int, default=2_000_000, help="largest request body, bytes (2 MB)")
@@ -232,7 +266,8 @@ def cmd_serve(args) -> int:
 
     if not 0 < args.port < 65536:
         raise MnistlabError(f"--port must lie between 1 and 65535, not {args.port}.")
-    serve(args.checkpoint, host=args.host, port=args.port, max_bytes=args.max_upload, workers=args.workers)
+    model = _default_model([args.checkpoint] if args.checkpoint else [])[0]
+    serve(model, host=args.host, port=args.port, max_bytes=args.max_upload, workers=args.workers)
     return 0
 
 
@@ -287,10 +322,18 @@ def cmd_lesson(args) -> int:
 
 
 def cmd_models(args) -> int:
+    from .evaluation import format_accuracy
     from .models import MODELS
+    from .pretrained import DEFAULT, catalogue
 
+    print("pretrained (ready to use: mnistlab predict NAME image.png, load_model(NAME)):")
+    for name, entry in catalogue().items():
+        default = ", the default" if name == DEFAULT else ""
+        print(f"  {name:12} {entry.dataset}, test {format_accuracy(entry.test_correct, entry.test_total)}, "
+              f"{entry.path.stat().st_size / 1024:,.0f} KiB{default}: {entry.description}")
+    print("\narchitectures (mnistlab train --model NAME):")
     for name, cls in MODELS.items():
-        print(f"{name:8} {(cls.__doc__ or '').strip().splitlines()[0]}")
+        print(f"  {name:8} {(cls.__doc__ or '').strip().splitlines()[0]}")
     return 0
 
 
@@ -359,6 +402,9 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print("mnistlab: interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (mnistlab models | head): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except RuntimeError as e:
         dist = sys.modules.get("mnistlab.distributed")
         if dist is None or not dist.is_initialized():
