@@ -12,6 +12,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 scripts/setup.sh test
+# onnxruntime-web from the npm registry, pinned in package-lock.json, for the static page's tests
+npm ci --no-audit --no-fund --loglevel=error
 export MNISTLAB_DATA="${MNISTLAB_DATA:-$(cd .. && pwd)/shared/data}"
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/lint-imports  # the layering and no import cycles (pyproject.toml, [tool.importlinter])

@@ -197,3 +197,26 @@ def test_predict_on_damaged_files_says_one_sentence_each(trained_cnn, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert all(line.startswith("mnistlab: ") for line in lines), proc.stderr
     assert any("cut.tif" in line for line in lines) and lines[-1] == "mnistlab: 2 of 3 images could not be classified."
+
+
+def test_saliency_is_faithful_by_the_deletion_test(data_dir):
+    from explaining import deletion_test
+
+    model = load_model("classic-cnn")
+    images = load_split("mnist", "test", data_dir)[0][:200].numpy()
+    salient, random_ = deletion_test(model, images)
+    assert salient > 0.1 and salient > 4 * random_, (salient, random_)
+
+
+def test_explain_gives_logits_that_make_the_probabilities(data_dir):
+    from mnistlab.lesson import softmax
+
+    model = load_model("fast")
+    img = load_split("mnist", "test", data_dir)[0][0].numpy()
+    plain, why = model.predict_pixels(img), model.predict_pixels(img, explain=True)
+    assert plain.logits is None and "saliency" not in plain.to_dict()
+    np.testing.assert_allclose(softmax(why.logits / why.temperature), why.probabilities, rtol=1e-9)
+    np.testing.assert_allclose(why.probabilities, plain.probabilities, atol=1e-5)
+    d = why.to_dict()
+    assert d["runner_up"]["class"] == why.top(2)[1][0] != d["prediction"]
+    assert np.asarray(d["saliency"]).shape == (28, 28) and len(d["logits"]) == 10

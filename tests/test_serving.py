@@ -1,4 +1,3 @@
-import contextlib
 import io
 import os
 import socket
@@ -12,6 +11,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from browsing import browser_page, draw  # noqa: E402
 from mnistlab import load_split  # noqa: E402
 from mnistlab.inference import load_model  # noqa: E402
 from mnistlab.serving import create_app  # noqa: E402
@@ -34,7 +34,13 @@ def seven_png(data_dir):
 
 def test_page_and_health(client):
     page = client.get("/")
-    assert page.status_code == 200 and "<canvas" in page.text and "/api/predict" in page.text
+    assert page.status_code == 200 and "<canvas" in page.text and '<script src="server.js">' in page.text
+    engine = client.get("/server.js")
+    assert engine.status_code == 200 and "/api/predict?explain=1" in engine.text
+    assert engine.headers["content-type"].startswith("text/javascript")
+    assert "mnistlabEngine" in client.get("/app.js").text
+    assert client.get("/browser.js").status_code == 404  # only the server's engine is served
+    assert client.get("/../pyproject.js").status_code == 404
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["classes"] == [str(i) for i in range(10)]
 
@@ -146,41 +152,6 @@ def live_server(trained_cnn):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=5)
-
-
-CHROMIUM = "/usr/bin/chromium"
-
-
-def draw(page, strokes):
-    box = page.locator("#pad").bounding_box()
-    for stroke in strokes:
-        x, y = stroke[0]
-        page.mouse.move(box["x"] + x, box["y"] + y)
-        page.mouse.down()
-        for x, y in stroke[1:]:
-            page.mouse.move(box["x"] + x, box["y"] + y, steps=8)
-        page.mouse.up()
-
-
-@contextlib.contextmanager
-def browser_page(url):
-    """A page of headless Debian chromium at `url`, driven by Playwright (never its own browser)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail("CI must have Debian's chromium: scripts/test.sh installs it")
-        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it as root)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                          "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.wait_for_function("document.querySelectorAll('#bars .bar').length === 10")
-            yield page
-        finally:
-            browser.close()
 
 
 @pytest.mark.parametrize("strokes, digit", [
@@ -443,3 +414,57 @@ def test_a_silent_connection_is_closed_at_the_header_deadline(slow_server):
         t0 = time.perf_counter()
         assert s.recv(100) == b""  # closed by the server
         assert time.perf_counter() - t0 < 3
+
+
+def test_the_page_explains_its_answer_and_teaches_the_lesson(live_server):
+    from mnistlab.lesson import cross_entropy
+
+    with browser_page(live_server) as page:
+        draw(page, [[(80, 60), (200, 60), (120, 240)]])
+        page.wait_for_function("document.getElementById('prediction').textContent === '7'", timeout=10000)
+        page.wait_for_timeout(500)  # the last answers of the stroke arrive
+        answer, runner_up = page.evaluate(
+            "() => [window.mnistlabAnswer, document.getElementById('runner-up').textContent]")
+        assert np.asarray(answer["saliency"]).shape == (28, 28) and len(answer["logits"]) == 10
+        assert runner_up == (
+            f"runner-up: {answer['runner_up']['class']} ({100 * answer['runner_up']['probability']:.1f}%)")
+        page.click("#truth button[value='3']")
+        answer = page.evaluate("() => window.mnistlabAnswer")
+        loss = float(page.locator("#loss").get_attribute("data-value"))
+        assert loss == pytest.approx(cross_entropy(np.array([answer["logits"]]), np.array([3])), rel=1e-12)
+        assert "a large loss" in page.locator("#loss").text_content()
+        shot = os.environ.get("MNISTLAB_SCREENSHOTS")  # scripts/screenshots.sh: the README's pictures
+        if shot:
+            page.screenshot(path=os.path.join(shot, "serve.png"), full_page=True)
+
+
+def ink_on_pad(page) -> int:
+    return page.evaluate("""() => { const c = document.getElementById('pad');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 128) n++; return n; }""")
+
+
+def test_brush_keyboard_touch_and_labels(live_server, tmp_path):
+    with browser_page(live_server) as page:
+        inks = []
+        for size in ("6", "40"):
+            page.fill("#brush", size)
+            draw(page, [[(140, 60), (140, 220)]])
+            inks.append(ink_on_pad(page))
+            page.keyboard.press("c")  # C clears
+            page.wait_for_function("document.getElementById('prediction').textContent === ''")
+            assert ink_on_pad(page) == 0
+        assert inks[1] > 4 * inks[0]  # the brush is adjustable
+        assert page.locator("#brush-size").text_content() == "40 px"
+        with page.expect_file_chooser() as chooser:
+            page.keyboard.press("u")  # U uploads
+        digit = tmp_path / "seven.png"
+        Image.new("L", (120, 120), 255).save(digit)
+        chooser.value.set_files(str(digit))
+        page.wait_for_function("document.getElementById('message').textContent.includes('no digit found')")
+        assert page.evaluate("getComputedStyle(document.getElementById('pad')).touchAction") == "none"
+        for canvas in ("#pad", "#seen", "#why"):
+            assert page.locator(canvas).get_attribute("aria-label")
+        assert page.locator("[role=meter]").count() == 10
+        assert page.get_by_role("button", name="Clear").count() == 1
+        assert page.get_by_label("Brush").count() == 1

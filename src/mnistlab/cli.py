@@ -272,16 +272,24 @@ def cmd_serve(args) -> int:
 
 
 def _add_export(sub, name: str, help: str) -> None:
-    from .export import FORMATS
+    from .export import FORMATS, ORT_WEB_VERSION
 
-    p = sub.add_parser(name, help=help)
-    p.add_argument("checkpoint", help="a model.pt or checkpoint written by mnistlab train")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="file format (default: onnx)")
-    p.add_argument("--out", help="output file (default: beside the checkpoint)")
+    p = sub.add_parser(name, help=help, description="Export a model: an ONNX or TorchScript file that runs without "
+                       "mnistlab, or (--format web) a static site that runs it in any browser.")
+    p.add_argument("checkpoint", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("destination", nargs="?", metavar="OUT",
+                   help="the file, or for web the folder, to write (default: beside the model)")
+    p.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="onnx (default), torchscript, or web: index.html, its JavaScript and the model in a folder")
+    p.add_argument("--out", help="the same as OUT")
     p.add_argument("--probs", action="store_true", help="output probabilities (softmax inside the graph), not logits")
     p.add_argument("--int8", action="store_true", help="ONNX only: static int8 quantisation, calibrated on "
                    "training images (needs the dataset: --data-dir)")
     p.add_argument("--data-dir", help="dataset folder for --int8 calibration (default: $MNISTLAB_DATA, else ./data)")
+    p.add_argument("--runtime", metavar="PATH",
+                   help=f"web only: copy onnxruntime-web ({ORT_WEB_VERSION}) from this dist folder, e.g. "
+                        "node_modules/onnxruntime-web/dist, for offline use or self-hosting (default: from a "
+                        "public CDN, pinned, with a subresource-integrity hash)")
     p.set_defaults(func=cmd_export)
 
 
@@ -291,10 +299,14 @@ def cmd_export(args) -> int:
     try:
         import onnx  # noqa: F401
     except ImportError:
-        if args.format == "onnx":
+        if args.format in ("onnx", "web"):
             raise MnistlabError("ONNX export needs onnx and onnxruntime: pip install 'mnistlab[onnx]'.") from None
-    path = export(args.checkpoint, args.format, args.out, probs=args.probs, int8=args.int8, data_dir=args.data_dir)
-    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    if args.destination and args.out and args.destination != args.out:
+        raise MnistlabError(f"two destinations given: {args.destination} and --out {args.out}.")
+    path = export(args.checkpoint, args.format, args.destination or args.out, probs=args.probs, int8=args.int8,
+                  data_dir=args.data_dir, runtime=args.runtime)
+    size = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
+    print(f"wrote {path}{'/' if path.is_dir() else ''} ({size:,} bytes)")
     return 0
 
 

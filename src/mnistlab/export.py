@@ -9,7 +9,9 @@ says, in its metadata, the model, the class names, the normalisation and what it
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import io
 import json
 import os
@@ -19,14 +21,24 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import page
 from .card import ModelCard
 from .errors import MnistlabError
-from .fileio import atomic_write
+from .fileio import atomic_write, write_folder
 from .inference import load_model
 from .onnx_backend import METADATA_KEY
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "web")
 OPSET = 17
+# The page's runtime: onnxruntime-web from npm, pinned. The hashes are those of its dist files as npm
+# and the CDN serve them (a test checks them against the package the tests install from npm).
+ORT_WEB_VERSION = "1.30.0"
+ORT_WEB_FILES = {
+    "ort.wasm.min.js": "sha384-Bw6URI+Gvoadw0do7/QrSHUC9D1vCYYK5OSqChFyhyV5mzPL4oe2rOAFljAnS8Sq",
+    "ort-wasm-simd-threaded.mjs": "sha384-XcXA/MtAf0WpB8e023xQH9CM7RIjiugakT7x99DIwpFf7k56BIFFcAPerIF7FDad",
+    "ort-wasm-simd-threaded.wasm": "sha384-vjBJ1z7qrhkTyYsNqKeF6c7N+nOJSU94czEo+tvZcu8G75JparGq9kB+kTnEUNVM",
+}
+ORT_WEB_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_WEB_VERSION}/dist/"
 
 
 class _Exported(nn.Module):
@@ -84,21 +96,28 @@ def _metadata(card: ModelCard, probs: bool) -> dict:
 
 
 def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
-           probs: bool = False, int8: bool = False, data_dir: str | os.PathLike | None = None) -> Path:
-    """Export a checkpoint; returns the path written."""
+           probs: bool = False, int8: bool = False, data_dir: str | os.PathLike | None = None,
+           runtime: str | os.PathLike | None = None) -> Path:
+    """Export a checkpoint (or a pretrained model, by name); returns the path written.
+
+    "web" writes a folder: a static site that runs the model in the browser (see export_web)."""
     if fmt not in FORMATS:
         raise MnistlabError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'.")
     if int8 and fmt != "onnx":
         raise MnistlabError("--int8 applies to ONNX export only.")
+    if (probs and fmt == "web") or (runtime and fmt != "web"):
+        raise MnistlabError("--runtime applies to --format web only, and the web page takes logits, not --probs.")
     model = load_model(checkpoint)
     if model.backend.runtime != "PyTorch":
         raise MnistlabError(f"{checkpoint}: export takes a PyTorch checkpoint (model.pt), not an exported file.")
     card = model.card
     module = _Exported(fold_batchnorm(model.backend.module.to(memory_format=torch.contiguous_format)), probs,
                        card.temperature).eval()
-    suffix = {"onnx": ".int8.onnx" if int8 else ".onnx", "torchscript": ".torchscript.pt"}[fmt]
-    out = Path(out) if out else Path(checkpoint).with_suffix(suffix)
+    suffix = {"onnx": ".int8.onnx" if int8 else ".onnx", "torchscript": ".torchscript.pt", "web": "-web"}[fmt]
+    out = Path(out) if out else Path(checkpoint).with_suffix("").with_name(Path(checkpoint).stem + suffix)
     meta = _metadata(card, probs)
+    if fmt == "web":
+        return export_web(_onnx_bytes(module, meta), card, Path(checkpoint).name, out, runtime)
     if fmt == "torchscript":
         scripted = torch.jit.trace(module, torch.zeros(1, 1, 28, 28))
         files = {"mnistlab.json": json.dumps(meta)}
@@ -109,6 +128,28 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
         model_bytes = _with_metadata(quantize_int8(model_bytes, card, data_dir), meta | {"quantized": "int8"})
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(model_bytes))
     return out
+
+
+def export_web(model_bytes: bytes, card: ModelCard, name: str, out: Path, runtime=None) -> Path:
+    """A static site in `out`: the drawing page, its JavaScript, the ONNX model and its card. The
+    page loads onnxruntime-web from the CDN, pinned and checked by subresource integrity, or with
+    `runtime` (a node_modules/onnxruntime-web/dist folder) from copies of its files beside it."""
+    files = {"model.onnx": model_bytes, "model.json": json.dumps({**card.to_dict(), "name": name}).encode(),
+             **{f: page.asset(f).encode() for f in ("app.js", *page.BROWSER_SCRIPTS)}}
+    if runtime is None:
+        where, tag = ORT_WEB_CDN, page.script(ORT_WEB_CDN + "ort.wasm.min.js", ORT_WEB_FILES["ort.wasm.min.js"])
+    else:
+        for f in ORT_WEB_FILES:
+            try:
+                files[f] = (Path(runtime) / f).read_bytes()
+            except OSError:
+                raise MnistlabError(f"--runtime {runtime}: no {f} there; give the dist folder of onnxruntime-web "
+                                    f"{ORT_WEB_VERSION} (npm install onnxruntime-web@{ORT_WEB_VERSION}).") from None
+        digest = base64.b64encode(hashlib.sha384(files["ort.wasm.min.js"]).digest()).decode()
+        where, tag = "./", page.script("ort.wasm.min.js", f"sha384-{digest}")
+    files["index.html"] = page.page([tag, f"<script>window.MNISTLAB_ORT_PATH = {json.dumps(where)};</script>",
+                                     *(page.script(f) for f in page.BROWSER_SCRIPTS)]).encode()
+    return write_folder(out, files, replaceable=lambda old: (old / "model.json").is_file())
 
 
 def _onnx_bytes(module: nn.Module, meta: dict) -> bytes:

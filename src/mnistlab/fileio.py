@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,3 +49,33 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
             json.dump(obj, f, indent=2)
             f.write("\n")
     atomic_write(path, write)
+
+
+def write_folder(path: str | os.PathLike, files: dict[str, bytes], replaceable=lambda old: False) -> Path:
+    """Write a folder of files all at once: built beside `path`, then renamed into place. An
+    existing `path` must be empty, or one that `replaceable(path)` accepts (it is then replaced)."""
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or replaceable(path))):
+        raise MnistlabError(f"{path} already exists and holds other files; choose a new or empty folder.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as e:
+        raise MnistlabError(f"cannot write {path}: {e.strerror or e}.") from None
+    old = path.with_name(f".{path.name}.old")
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except OSError as e:
+        if old.exists() and not path.exists():  # put the earlier folder back
+            os.replace(old, path)
+        raise MnistlabError(f"cannot write {path}: {e.strerror or e}.") from None
+    finally:
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+    return path

@@ -19,7 +19,7 @@ import numpy as np
 
 from .card import ModelCard
 from .errors import MnistlabError
-from .lesson import softmax
+from .lesson import log_softmax, softmax
 from .preprocessing import NoDigitError, preprocess
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 BATCH = 1000  # images per backend call: bounds memory on whole splits, one call for a single image
 NO_INK = 26  # a 28x28 array whose brightest pixel is below a tenth of full scale holds no digit
+SALIENCY_METHOD = "occlusion: 4x4 patches, stride 2, blanked one at a time; mean fall of the log-probability"
 
 
 class Backend(Protocol):
@@ -45,6 +46,10 @@ class Prediction:
     classes: tuple[str, ...]
     preprocessed: np.ndarray  # the uint8 28x28 image the model saw
     source: str = ""
+    # with explain=True: why the model answered so (see Classifier.explain)
+    logits: np.ndarray | None = None  # [K], the scores before softmax (at temperature 1)
+    temperature: float = 1.0  # probabilities = softmax(logits / temperature)
+    saliency: np.ndarray | None = None  # [28, 28]: the predicted class's log-probability lost when blanked
 
     @property
     def index(self) -> int:
@@ -62,10 +67,21 @@ class Prediction:
         order = np.argsort(-self.probabilities, kind="stable")[:k]
         return [(self.classes[i], float(self.probabilities[i])) for i in order]
 
+    @property
+    def runner_up(self) -> tuple[str, float]:
+        """The second most probable class and its probability."""
+        return self.top(2)[1]
+
     def to_dict(self, k: int = 3) -> dict:
-        return {"source": self.source, "prediction": self.label, "confidence": self.confidence,
-                "top": [{"class": c, "probability": p} for c, p in self.top(k)],
-                "probabilities": {c: float(p) for c, p in zip(self.classes, self.probabilities)}}
+        out = {"source": self.source, "prediction": self.label, "confidence": self.confidence,
+               "top": [{"class": c, "probability": p} for c, p in self.top(k)],
+               "probabilities": {c: float(p) for c, p in zip(self.classes, self.probabilities)}}
+        if self.logits is not None:
+            runner, p = self.runner_up
+            out |= {"runner_up": {"class": runner, "probability": p}, "logits": self.logits.tolist(),
+                    "temperature": self.temperature, "saliency": np.round(self.saliency, 5).tolist(),
+                    "saliency_method": SALIENCY_METHOD}
+        return out
 
 
 class Classifier:
@@ -90,12 +106,14 @@ class Classifier:
             raise MnistlabError(f"'{name}' is a path, not a pretrained model's name; use load_model for files.")
         return load_model(name, device)
 
-    def predict(self, image, name: str | None = None) -> Prediction:
-        """One image (path, bytes or PIL image), preprocessed the MNIST way -> its Prediction."""
+    def predict(self, image, name: str | None = None, explain: bool = False) -> Prediction:
+        """One image (path, bytes or PIL image), preprocessed the MNIST way -> its Prediction;
+        with `explain`, also its logits and a saliency map."""
         pixels = preprocess(image, name)
-        return self._prediction(pixels, name or (str(image) if isinstance(image, (str, os.PathLike)) else ""))
+        source = name or (str(image) if isinstance(image, (str, os.PathLike)) else "")
+        return self.explain(pixels, source) if explain else self._prediction(pixels, source)
 
-    def predict_pixels(self, pixels, source: str = "") -> Prediction:
+    def predict_pixels(self, pixels, source: str = "", explain: bool = False) -> Prediction:
         """An already MNIST-like 28x28 array (ink high, 0-255) -> its Prediction."""
         try:
             shape = tuple(np.shape(pixels))
@@ -106,10 +124,37 @@ class Classifier:
         pixels = as_pixels(pixels)[0]
         if pixels.max() < NO_INK:
             raise NoDigitError(f"{source or 'pixels'}: no digit found (no pixel reaches {NO_INK} of 255).")
-        return self._prediction(pixels, source)
+        return self.explain(pixels, source) if explain else self._prediction(pixels, source)
 
     def _prediction(self, pixels: np.ndarray, source: str) -> Prediction:
         return Prediction(self._probabilities(pixels[None])[0], self.classes, pixels, source)
+
+    def explain(self, pixels: np.ndarray, source: str = "") -> Prediction:
+        """The Prediction of one uint8 28x28 image with why: its logits, and an occlusion map.
+
+        Occlusion: each 4x4 patch (stride 2) is blanked in turn, all 169 variants in one batch, and
+        each pixel gets the mean fall of the predicted class's log-probability over the patches
+        that cover it (log, not probability: a confident model's probability hardly moves). It
+        needs nothing but the model's outputs, so every backend, and the static page's
+        onnxruntime-web, draws the same map."""
+        patch, stride = 4, 2
+        corners = [(r, c) for r in range(0, 28 - patch + 1, stride) for c in range(0, 28 - patch + 1, stride)]
+        batch = np.repeat(pixels[None], len(corners) + 1, axis=0)
+        for k, (r, c) in enumerate(corners, start=1):
+            batch[k, r:r + patch, c:c + patch] = 0
+        scores = self.backend(batch).astype(np.float64)
+        if self.backend.outputs == "probabilities":  # an .onnx file that holds its own softmax
+            t, log_probs = 1.0, np.log(np.maximum(scores, 1e-300))
+        else:
+            t, log_probs = self.card.temperature, log_softmax(scores / self.card.temperature, axis=1)
+        target = int(log_probs[0].argmax())
+        heat, count = np.zeros((28, 28)), np.zeros((28, 28))
+        for k, (r, c) in enumerate(corners, start=1):
+            heat[r:r + patch, c:c + patch] += log_probs[0, target] - log_probs[k, target]
+            count[r:r + patch, c:c + patch] += 1
+        logits = scores[0] if self.backend.outputs == "logits" else log_probs[0]
+        return Prediction(np.exp(log_probs[0]), self.classes, pixels, source, logits=logits, temperature=t,
+                          saliency=heat / count)
 
     def predict_proba(self, images, tta: str = "none") -> np.ndarray:
         """Probabilities [N, K] (float64) of uint8 images [N, 28, 28]; with `tta` (see augment.TTA_VIEWS),

@@ -2,8 +2,9 @@
 
 POST /api/predict takes an image (multipart field "file", or the raw bytes with an image
 content type) or JSON {"pixels": 28x28 array, ink high, 0-255} and answers the whole
-distribution. GET /healthz says the server is up. Bodies over the limit get 413, bad ones
-400 or 422 with a message, slow ones 408; no request can produce a traceback.
+distribution; with ?explain=1 also the runner-up, the logits and a saliency map. GET
+/healthz says the server is up. Bodies over the limit get 413, bad ones 400 or 422 with a
+message, slow ones 408; no request can produce a traceback.
 
 Decoding and the model run in worker threads, a few at a time, so that a large upload
 never stalls the event loop: /healthz and the other requests keep their pace.
@@ -21,8 +22,8 @@ import multiprocessing.connection
 import os
 import signal
 import socket
-from importlib import resources
 
+from . import page
 from .errors import MnistlabError
 from .preprocessing import NoDigitError
 
@@ -97,16 +98,24 @@ def create_app(model, max_bytes: int = 2_000_000, threads: int = 2):
     if FastAPI is None:
         raise MnistlabError("mnistlab serve needs FastAPI and uvicorn: pip install 'mnistlab[serve]'.")
     app = FastAPI(title="mnistlab", docs_url=None, redoc_url=None, openapi_url=None)
-    page = resources.files("mnistlab").joinpath("static/index.html").read_text(encoding="utf-8")
+    html = page.page([page.script(name) for name in page.SERVER_SCRIPTS])
+    scripts = {name: page.asset(name) for name in ("app.js", *page.SERVER_SCRIPTS)}
     limiter = anyio.CapacityLimiter(threads)
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
-        return page
+        return html
+
+    @app.get("/{name}.js")
+    async def javascript(name: str):
+        if f"{name}.js" not in scripts:
+            return _error(404, "no such file")
+        return Response(scripts[f"{name}.js"], media_type="text/javascript")
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "model": model.name, "classes": list(model.classes)}
+        return {"status": "ok", "model": model.name, "classes": list(model.classes),
+                "temperature": model.card.temperature}
 
     @app.post("/api/predict")
     async def predict(request: Request):
@@ -139,16 +148,17 @@ def create_app(model, max_bytes: int = 2_000_000, threads: int = 2):
 
 async def _read(request, ctype: str, model):
     """Read the request's body: the work to do on it in a worker thread (None for a content type
-    the API does not take)."""
+    the API does not take). With ?explain=1, the answer also says why (logits, saliency)."""
+    explain = request.query_params.get("explain", "0") not in ("", "0", "false")
     if ctype == "application/json":
         body = await request.body()
-        return lambda: model.predict_pixels(_pixels(body), "pixels")
+        return lambda: model.predict_pixels(_pixels(body), "pixels", explain=explain)
     if ctype == "multipart/form-data":
         upload = await _uploaded_file(request)
-        return lambda: model.predict(upload, name="uploaded file")
+        return lambda: model.predict(upload, name="uploaded file", explain=explain)
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         body = await request.body()
-        return lambda: model.predict(body, name="request body")
+        return lambda: model.predict(body, name="request body", explain=explain)
     return None
 
 

@@ -1,0 +1,177 @@
+// The drawing page, whatever answers it: `mnistlab serve` (server.js) or the model running in
+// this browser (browser.js, from `mnistlab export --format web`). Both engines answer
+// {prediction, probabilities, preprocessed, logits, temperature, saliency, runner_up}.
+"use strict";
+
+const engine = window.mnistlabEngine;
+const $ = (id) => document.getElementById(id);
+const pad = $("pad"), ctx = pad.getContext("2d", {willReadFrequently: true});
+const seen = $("seen").getContext("2d"), why = $("why").getContext("2d");
+let drawing = false, last = null, inFlight = false, pending = false, answer = null, truth = null;
+let generation = 0;  // bumped by Clear: answers to requests sent before it are dropped
+let classes = [];
+
+// The tutorial's lesson, as mnistlab/lesson.py computes it: log-softmax with the max subtracted first
+function logSoftmax(z) {
+  const m = Math.max(...z);
+  const shifted = z.map((v) => v - m);
+  const logSum = Math.log(shifted.reduce((s, v) => s + Math.exp(v), 0));
+  return shifted.map((v) => v - logSum);
+}
+const crossEntropy = (z, target) => -logSoftmax(z)[target];
+window.mnistlabLesson = {logSoftmax, crossEntropy};
+
+function reset() {
+  generation += 1; pending = false; answer = null; truth = null;
+  ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, pad.width, pad.height);
+  $("prediction").textContent = ""; $("runner-up").textContent = ""; $("message").textContent = "";
+  seen.clearRect(0, 0, 28, 28); why.clearRect(0, 0, 28, 28);
+  showBars(null); showLesson();
+}
+
+function setBrush() {
+  ctx.strokeStyle = "#000"; ctx.lineWidth = Number($("brush").value); ctx.lineCap = "round"; ctx.lineJoin = "round";
+  $("brush-size").textContent = `${$("brush").value} px`;
+}
+
+function showBars(result) {
+  const bars = $("bars");
+  bars.innerHTML = "";
+  for (const c of classes) {
+    const p = result ? result.probabilities[c] : 0;
+    const row = document.createElement("div");
+    row.className = "bar" + (result && result.prediction === c ? " best" : "");
+    row.setAttribute("role", "meter");
+    row.setAttribute("aria-valuemin", "0"); row.setAttribute("aria-valuemax", "100");
+    row.setAttribute("aria-valuenow", (100 * p).toFixed(1));
+    row.setAttribute("aria-label", `${c}: ${(100 * p).toFixed(1)} percent`);
+    row.innerHTML = `<span></span><div class="track"><div class="fill"></div></div><span></span>`;
+    row.children[0].textContent = c;
+    row.querySelector(".fill").style.width = (100 * p).toFixed(1) + "%";
+    row.children[2].textContent = (100 * p).toFixed(1) + "%";
+    bars.appendChild(row);
+  }
+}
+
+function showSeen(pixels, saliency) {
+  const img = seen.createImageData(28, 28);
+  pixels.flat().forEach((v, i) => { img.data.set([v, v, v, 255], 4 * i); });
+  seen.putImageData(img, 0, 0);
+  const heat = why.createImageData(28, 28), flat = saliency.flat();
+  const top = Math.max(...flat.map(Math.abs)) || 1;
+  flat.forEach((v, i) => {
+    const a = Math.round(200 * Math.min(1, Math.abs(v) / top));
+    heat.data.set(v >= 0 ? [230, 40, 30, a] : [40, 90, 230, a], 4 * i);
+  });
+  why.putImageData(heat, 0, 0);
+  $("why").style.visibility = $("show-why").checked ? "visible" : "hidden";
+}
+
+function showLesson() {
+  const body = $("logits");
+  body.innerHTML = "";
+  $("loss").textContent = ""; $("loss").removeAttribute("data-value");
+  for (const b of $("truth").children) b.setAttribute("aria-pressed", String(classes[Number(b.value)] === truth));
+  if (!answer) return;
+  const soft = logSoftmax(answer.logits).map(Math.exp);
+  answer.logits.forEach((z, i) => {
+    const tr = document.createElement("tr");
+    tr.innerHTML = `<td></td><td>${z.toFixed(3)}</td><td>${soft[i].toFixed(4)}</td>`;
+    tr.children[0].textContent = classes[i];
+    body.appendChild(tr);
+  });
+  const t = answer.temperature;
+  $("temperature-note").textContent = t === 1 ? "" :
+    `The bars above use softmax(z / T) with T = ${t.toFixed(3)}, fitted on held-out images so that ` +
+    "the probabilities are honest; the lesson uses z itself.";
+  if (truth !== null) {
+    const y = classes.indexOf(truth), loss = crossEntropy(answer.logits, y);
+    $("loss").textContent = `cross-entropy = -log softmax(z)[${truth}] = ${loss.toFixed(4)}` +
+      (answer.prediction === truth ? " (right: a small loss)" : ` (the model said ${answer.prediction}: a large loss)`);
+    $("loss").setAttribute("data-value", String(loss));
+  }
+}
+
+function show(result) {
+  answer = window.mnistlabAnswer = result;
+  $("message").textContent = "";
+  $("prediction").textContent = result.prediction;
+  $("runner-up").textContent = `runner-up: ${result.runner_up.class} (${(100 * result.runner_up.probability).toFixed(1)}%)`;
+  showSeen(result.preprocessed, result.saliency);
+  showBars(result);
+  showLesson();
+}
+
+async function classify(source) {
+  const sentIn = generation;
+  try {
+    const result = await engine.predict(source);
+    if (sentIn !== generation) return;  // the pad was cleared meanwhile: a late answer must not come back
+    show(result);
+  } catch (err) {
+    if (sentIn !== generation) return;
+    answer = null;
+    $("prediction").textContent = ""; $("runner-up").textContent = "";
+    $("message").textContent = err.message || String(err);
+    showBars(null); showLesson();
+  }
+}
+
+function predictDrawing() {
+  // one request at a time; the latest drawing wins
+  if (inFlight) { pending = true; return; }
+  inFlight = true;
+  classify({canvas: pad}).finally(() => {
+    inFlight = false;
+    if (pending) { pending = false; predictDrawing(); }
+  });
+}
+
+function point(e) {
+  const r = pad.getBoundingClientRect();
+  return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height];
+}
+pad.addEventListener("pointerdown", (e) => {
+  e.preventDefault(); drawing = true; last = point(e); pad.setPointerCapture(e.pointerId);
+  ctx.beginPath(); ctx.moveTo(...last); ctx.lineTo(...last); ctx.stroke();
+});
+pad.addEventListener("pointermove", (e) => {
+  if (!drawing) return;
+  e.preventDefault();
+  const p = point(e);
+  ctx.beginPath(); ctx.moveTo(...last); ctx.lineTo(...p); ctx.stroke();
+  last = p; predictDrawing();
+});
+for (const ev of ["pointerup", "pointercancel"]) {
+  pad.addEventListener(ev, () => { if (drawing) predictDrawing(); drawing = false; });
+}
+pad.addEventListener("touchmove", (e) => e.preventDefault(), {passive: false});  // no scrolling while drawing
+$("clear").addEventListener("click", reset);
+$("brush").addEventListener("input", setBrush);
+$("show-why").addEventListener("change", () => { $("why").style.visibility = $("show-why").checked ? "visible" : "hidden"; });
+$("upload").addEventListener("change", (e) => {
+  const f = e.target.files[0]; if (!f) return;
+  generation += 1; classify({file: f}); e.target.value = "";
+});
+document.addEventListener("keydown", (e) => {
+  const t = e.target, typing = t.tagName === "TEXTAREA" || t.tagName === "SELECT" ||
+    (t.tagName === "INPUT" && !["range", "checkbox", "button", "file"].includes(t.type));
+  if (e.ctrlKey || e.metaKey || e.altKey || typing) return;
+  if (e.key === "c" || e.key === "C") { e.preventDefault(); reset(); }
+  if (e.key === "u" || e.key === "U") { e.preventDefault(); $("upload").click(); }
+});
+
+engine.info().then((info) => {
+  classes = info.classes;
+  $("model").textContent = info.model;
+  $("where").textContent = info.where;
+  const group = $("truth");
+  classes.forEach((c, i) => {
+    const b = document.createElement("button");
+    b.type = "button"; b.value = String(i); b.textContent = c; b.setAttribute("aria-pressed", "false");
+    b.addEventListener("click", () => { truth = c; showLesson(); });
+    group.appendChild(b);
+  });
+  setBrush(); reset();
+  document.body.dataset.ready = "true";
+}).catch((err) => { $("message").textContent = `the model could not be loaded: ${err.message || err}`; });

@@ -1,0 +1,113 @@
+// The drawing page's engine in a static site (`mnistlab export --format web`): the model runs in
+// this browser with onnxruntime-web; preprocess.js prepares the drawing as mnistlab does in Python,
+// and the saliency map is mnistlab's occlusion (inference.Classifier.explain), computed here.
+"use strict";
+
+window.mnistlabEngine = (() => {
+  const MAX_PIXELS = 4096 * 4096, MAX_ASPECT = 20, WORKING_SIDE = 1024;  // as preprocessing.py
+  let session = null, card = null;
+
+  const ready = (async () => {
+    card = await (await fetch("model.json")).json();
+    ort.env.wasm.numThreads = 1;  // a static host sends no cross-origin isolation headers: no threads
+    ort.env.wasm.wasmPaths = window.MNISTLAB_ORT_PATH;  // the CDN's copy, or this folder's (--runtime)
+    session = await ort.InferenceSession.create("model.onnx", {executionProviders: ["wasm"]});
+  })();
+
+  // uint8 images, n of them, 28x28 each -> the model's logits, [n, K]
+  async function logits(pixels, n) {
+    const [mean, std] = card.normalization;
+    const scale = Math.fround(1 / (255 * std)), shift = Math.fround(-mean / std);
+    const x = new Float32Array(n * 784);
+    for (let i = 0; i < x.length; i++) x[i] = Math.fround(Math.fround(pixels[i] * scale) + shift);
+    const out = await session.run({[session.inputNames[0]]: new ort.Tensor("float32", x, [n, 1, 28, 28])});
+    return out[session.outputNames[0]].data;
+  }
+
+  // Classifier.explain: the image and 169 variants with one 4x4 patch (stride 2) blanked, in one batch
+  async function explain(pixels) {
+    const corners = [];
+    for (let r = 0; r <= 24; r += 2) for (let c = 0; c <= 24; c += 2) corners.push([r, c]);
+    const batch = new Uint8Array((corners.length + 1) * 784);
+    for (let k = 0; k <= corners.length; k++) batch.set(pixels, k * 784);
+    corners.forEach(([r, c], k) => {
+      for (let y = r; y < r + 4; y++) for (let x = c; x < c + 4; x++) batch[(k + 1) * 784 + y * 28 + x] = 0;
+    });
+    const out = await logits(batch, corners.length + 1), K = card.classes.length, t = card.temperature;
+    const logProbs = (k) => window.mnistlabLesson.logSoftmax(Array.from(out.slice(k * K, k * K + K), (v) => v / t));
+    const first = logProbs(0), target = first.indexOf(Math.max(...first));
+    const heat = new Float64Array(784), count = new Float64Array(784);
+    corners.forEach(([r, c], k) => {
+      const fall = first[target] - logProbs(k + 1)[target];
+      for (let y = r; y < r + 4; y++) for (let x = c; x < c + 4; x++) { heat[y * 28 + x] += fall; count[y * 28 + x] += 1; }
+    });
+    const probs = first.map(Math.exp), order = probs.map((p, i) => i).sort((a, b) => probs[b] - probs[a]);
+    const rows = (a) => Array.from({length: 28}, (_, y) => Array.from(a.slice(y * 28, y * 28 + 28)));
+    return {
+      prediction: card.classes[target], confidence: probs[target],
+      probabilities: Object.fromEntries(card.classes.map((c, i) => [c, probs[i]])),
+      runner_up: {class: card.classes[order[1]], probability: probs[order[1]]},
+      logits: Array.from(out.slice(0, K)), temperature: t,
+      preprocessed: rows(pixels), saliency: rows(heat.map((v, i) => v / count[i])),
+    };
+  }
+
+  async function pixelsOf(source) {
+    if (source.canvas) {
+      const c = source.canvas;
+      return c.getContext("2d").getImageData(0, 0, c.width, c.height);
+    }
+    const bitmap = await createImageBitmap(source.file).catch(() => {
+      throw new Error("not an image (or a format this browser cannot read)");
+    });
+    const {width: w, height: h} = bitmap;
+    if (w * h > MAX_PIXELS) throw new Error(`the image is too large (${w}x${h}; at most ${MAX_PIXELS} pixels)`);
+    if (Math.max(w, h) > MAX_ASPECT * Math.min(w, h)) throw new Error(`the image is ${w}x${h}, too thin to hold a digit`);
+    const k = Math.max(w, h) > 2 * WORKING_SIDE ? Math.floor(Math.max(w, h) / WORKING_SIDE) : 1;
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.ceil(w / k); canvas.height = Math.ceil(h / k);
+    const g = canvas.getContext("2d");
+    g.imageSmoothingQuality = "high";
+    g.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    return g.getImageData(0, 0, canvas.width, canvas.height);
+  }
+
+  return {
+    async info() {
+      await ready;
+      return {classes: card.classes, model: `${card.model} (${card.name}, onnxruntime-web ${ort.env.versions.web})`,
+              where: "It runs in this browser: nothing you draw leaves this page."};
+    },
+    async predict(source) {
+      await ready;
+      const img = await pixelsOf(source);
+      return explain(mnistPreprocess.fromRGBA(img.data, img.width, img.height));
+    },
+    // For the tests and benchmarks/web.py: drawings (image URLs) put on the page's pad one by one and
+    // preprocessed as predict() does, then classified in one batch. Returns the 28x28 images (base64,
+    // 784 bytes each; none where no digit was found), the classes, and each pad's sum of RGBA values.
+    async classifyDrawings(urls) {
+      await ready;
+      const pad = document.getElementById("pad"), g = pad.getContext("2d", {willReadFrequently: true});
+      const pixels = new Uint8Array(urls.length * 784), sums = [], found = [];
+      for (const [i, url] of urls.entries()) {
+        const img = new Image();
+        img.src = url;
+        await img.decode();
+        g.fillStyle = "#fff"; g.fillRect(0, 0, pad.width, pad.height); g.drawImage(img, 0, 0);
+        const rgba = g.getImageData(0, 0, pad.width, pad.height).data;
+        sums.push(rgba.reduce((s, v) => s + v, 0));
+        try { pixels.set(mnistPreprocess.fromRGBA(rgba, pad.width, pad.height), i * 784); found.push(true); }
+        catch (err) { found.push(false); }
+      }
+      const out = await logits(pixels, urls.length), K = card.classes.length, classes = [];
+      for (let i = 0; i < urls.length; i++) {
+        const z = Array.from(out.slice(i * K, i * K + K));
+        classes.push(found[i] ? card.classes[z.indexOf(Math.max(...z))] : null);
+      }
+      let text = "";
+      for (const v of pixels) text += String.fromCharCode(v);
+      return {pixels: btoa(text), classes, sums};
+    },
+  };
+})();

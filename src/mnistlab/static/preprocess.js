@@ -1,0 +1,273 @@
+// Any drawing or image -> an MNIST-like 28x28 digit, in the browser: a port of mnistlab's
+// preprocessing.py, step for step, so that the static page feeds its model what Python would.
+// Light ink on black, cropped to the ink, longer side scaled to 20 px with Pillow's Lanczos
+// (and its reducing_gap=3 box reduction first), centred by its centre of mass.
+// Float32 where Python computes in float32 (Math.fround), float64 where it uses float64.
+"use strict";
+
+const mnistPreprocess = (() => {
+  const f32 = Math.fround;
+
+  // Python's round() and numpy's np.round: halves go to the even neighbour
+  function roundHalfEven(x) {
+    const r = Math.round(x);
+    return (Math.abs(x % 1) === 0.5 && r % 2 !== 0) ? r - 1 : r;
+  }
+
+  // preprocessing.to_gray: Pillow's RGB -> L (ITU-R 601-2 luma, integer arithmetic), then
+  // transparency composited onto a background that contrasts with the ink
+  function toGray(rgba, n) {
+    const gray = new Uint8Array(n);
+    let transparent = false;
+    for (let i = 0; i < n; i++) {
+      const p = 4 * i;
+      gray[i] = (rgba[p] * 19595 + rgba[p + 1] * 38470 + rgba[p + 2] * 7471 + 0x8000) >> 16;
+      if (rgba[p + 3] !== 255) transparent = true;
+    }
+    if (!transparent) return gray;
+    let sum = 0, count = 0;
+    for (let i = 0; i < n; i++) if (rgba[4 * i + 3] / 255 > 0.5) { sum += gray[i]; count++; }
+    const bg = (count === 0 || sum / count < 127.5) ? 255 : 0;
+    const out = new Uint8Array(n);
+    for (let i = 0; i < n; i++) {
+      const alpha = f32(rgba[4 * i + 3] / 255);
+      out[i] = roundHalfEven(f32(f32(gray[i] * alpha) + f32(bg * f32(1 - alpha))));
+    }
+    return out;
+  }
+
+  // a quantile of uint8 values from their histogram, as preprocessing._quantile
+  function quantile(values, q) {
+    const counts = new Float64Array(256);
+    for (const v of values) counts[v]++;
+    const target = q * values.length;
+    let cum = 0;
+    for (let v = 0; v < 256; v++) {
+      cum += counts[v];
+      if (cum >= target) return v;
+    }
+    return 256;
+  }
+
+  function border(a, h, w) {
+    const b = Math.max(1, Math.floor(Math.min(h, w) / 20));
+    const out = [];
+    for (let r = 0; r < b; r++) for (let c = 0; c < w; c++) out.push(a[r * w + c]);
+    for (let r = h - b; r < h; r++) for (let c = 0; c < w; c++) out.push(a[r * w + c]);
+    for (let r = 0; r < h; r++) for (let c = 0; c < b; c++) out.push(a[r * w + c]);
+    for (let r = 0; r < h; r++) for (let c = w - b; c < w; c++) out.push(a[r * w + c]);
+    return Uint8Array.from(out);
+  }
+
+  // preprocessing.ink_levels: polarity from the border, the background's floor, the ink's top
+  function inkLevels(gray, h, w) {
+    let bd = border(gray, h, w);
+    if (quantile(bd, 0.5) > 127) {
+      gray = gray.map((v) => 255 - v);
+      bd = bd.map((v) => 255 - v);
+    }
+    const level = quantile(bd, 0.5);
+    const spread = quantile(bd.map((v) => Math.abs(v - level)), 0.5) * 1.4826;
+    const floor = level + Math.max(20.4, 4 * spread);
+    return [gray, floor, quantile(gray, 0.999)];
+  }
+
+  // Pillow's Image.reduce((fx, fy), box) for a float32 image (ImagingReduceNxN_32bpc and
+  // ImagingReduceCorners_32bpc): box averages, float32 partial sums as C adds them
+  function reduceF(src, w, factorX, factorY, box) {
+    const [x0, y0, bw, bh] = [box[0], box[1], box[2] - box[0], box[3] - box[1]];
+    const ow = Math.floor((bw - 1) / factorX) + 1, oh = Math.floor((bh - 1) / factorY) + 1;
+    const out = new Float32Array(ow * oh);
+    const at = (x, y) => src[y * w + x];
+    const mult = 1.0 / (factorY * factorX);
+    for (let y = 0; y < Math.floor(bh / factorY); y++) {
+      const yyFrom = y0 + y * factorY;
+      for (let x = 0; x < Math.floor(bw / factorX); x++) {
+        const xxFrom = x0 + x * factorX;
+        let ss = 0, yy = yyFrom, xx;
+        for (; yy < yyFrom + factorY - 1; yy += 2) {
+          for (xx = xxFrom; xx < xxFrom + factorX - 1; xx += 2) {
+            ss += f32(f32(f32(at(xx, yy) + at(xx + 1, yy)) + at(xx, yy + 1)) + at(xx + 1, yy + 1));
+          }
+          if (factorX & 1) ss += f32(at(xx, yy) + at(xx, yy + 1));
+        }
+        if (factorY & 1) {
+          for (xx = xxFrom; xx < xxFrom + factorX - 1; xx += 2) ss += f32(at(xx, yy) + at(xx + 1, yy));
+          if (factorX & 1) ss += at(xx, yy);
+        }
+        out[y * ow + x] = ss * mult;
+      }
+    }
+    const cornerSum = (xs, xe, ys, ye) => {
+      let ss = 0;
+      for (let yy = ys; yy < ye; yy++) for (let xx = xs; xx < xe; xx++) ss += at(xx, yy);
+      return ss;
+    };
+    if (bw % factorX) {
+      const x = Math.floor(bw / factorX);
+      for (let y = 0; y < Math.floor(bh / factorY); y++) {
+        const ys = y0 + y * factorY;
+        out[y * ow + x] = cornerSum(x0 + x * factorX, x0 + bw, ys, ys + factorY) * (1.0 / ((bw % factorX) * factorY));
+      }
+    }
+    if (bh % factorY) {
+      const y = Math.floor(bh / factorY);
+      for (let x = 0; x < Math.floor(bw / factorX); x++) {
+        const xs = x0 + x * factorX;
+        out[y * ow + x] = cornerSum(xs, xs + factorX, y0 + y * factorY, y0 + bh) * (1.0 / (factorX * (bh % factorY)));
+      }
+    }
+    if (bw % factorX && bh % factorY) {
+      const x = Math.floor(bw / factorX), y = Math.floor(bh / factorY);
+      out[y * ow + x] = cornerSum(x0 + x * factorX, x0 + bw, y0 + y * factorY, y0 + bh) *
+        (1.0 / ((bw % factorX) * (bh % factorY)));
+    }
+    return [out, ow, oh];
+  }
+
+  const sinc = (x) => { if (x === 0) return 1; x *= Math.PI; return Math.sin(x) / x; };
+  const lanczos = (x) => (x >= -3 && x < 3) ? sinc(x) * sinc(x / 3) : 0;
+
+  // Resample.c's precompute_coeffs (in0 and in1 are C floats)
+  function coefficients(inSize, in0, in1, outSize) {
+    const scale = f32(in1 - in0) / outSize;
+    const filterscale = Math.max(scale, 1);
+    const support = 3 * filterscale;
+    const bounds = [], kernels = [];
+    for (let xx = 0; xx < outSize; xx++) {
+      const center = in0 + (xx + 0.5) * scale;
+      const xmin = Math.max(0, Math.trunc(center - support + 0.5));
+      const xmax = Math.min(inSize, Math.trunc(center + support + 0.5)) - xmin;
+      const k = [];
+      let ww = 0;
+      for (let x = 0; x < xmax; x++) {
+        const v = lanczos((x + xmin - center + 0.5) * (1 / filterscale));
+        k.push(v);
+        ww += v;
+      }
+      bounds.push([xmin, xmax]);
+      kernels.push(ww !== 0 ? k.map((v) => v / ww) : k);
+    }
+    return [bounds, kernels];
+  }
+
+  // Pillow's ImagingResample (LANCZOS) for a float32 image of w x h, to outW x outH, from box
+  function resample(src, w, h, outW, outH, box) {
+    const needH = outW !== w || box[0] !== 0 || box[2] !== outW;
+    const needV = outH !== h || box[1] !== 0 || box[3] !== outH;
+    const horizontalFirst = !((h - outH) > 0 && (h - outH) > (w - outW) * 2);
+    let vert = null, horiz = null, img = src, iw = w, ih = h;
+    if ((needH && horizontalFirst) || needV) vert = coefficients(h, box[1], box[3], outH);
+    let yFirst = 0, yLast = h;
+    if (needH) {
+      if (horizontalFirst) {
+        yFirst = vert[0][0][0];
+        yLast = vert[0][outH - 1][0] + vert[0][outH - 1][1];
+        vert[0] = vert[0].map(([m, n]) => [m - yFirst, n]);
+      }
+      horiz = coefficients(w, box[0], box[2], outW);
+    }
+    const passH = (rows, offset) => {
+      const out = new Float32Array(outW * rows);
+      for (let yy = 0; yy < rows; yy++) {
+        for (let xx = 0; xx < outW; xx++) {
+          const [xmin, xmax] = horiz[0][xx], k = horiz[1][xx];
+          let ss = 0;
+          for (let x = 0; x < xmax; x++) ss += img[(yy + offset) * iw + x + xmin] * k[x];
+          out[yy * outW + xx] = ss;
+        }
+      }
+      img = out; iw = outW; ih = rows;
+    };
+    const passV = () => {
+      const out = new Float32Array(iw * outH);
+      for (let yy = 0; yy < outH; yy++) {
+        const [ymin, ymax] = vert[0][yy], k = vert[1][yy];
+        for (let xx = 0; xx < iw; xx++) {
+          let ss = 0;
+          for (let y = 0; y < ymax; y++) ss += img[(y + ymin) * iw + xx] * k[y];
+          out[yy * iw + xx] = ss;
+        }
+      }
+      img = out; ih = outH;
+    };
+    if (horizontalFirst) {
+      if (needH) passH(yLast - yFirst, yFirst);
+      if (needV) passV();
+    } else {
+      if (needV) passV();
+      if (needH) passH(outH, 0);
+    }
+    return img === src ? Float32Array.from(src) : img;
+  }
+
+  // Image.fromarray(float32).resize((outW, outH), Image.Resampling.LANCZOS, reducing_gap=3.0)
+  function resizeLanczos(src, w, h, outW, outH) {
+    if (w === outW && h === outH) return Float32Array.from(src);
+    let box = [0, 0, w, h], img = src, iw = w, ih = h;
+    const fx = Math.trunc(w / outW / 3.0) || 1, fy = Math.trunc(h / outH / 3.0) || 1;
+    if (fx > 1 || fy > 1) {
+      const sx = 2.5 * (w / outW), sy = 2.5 * (h / outH);  // Image._get_safe_box, Lanczos support 3 - 0.5
+      const rb = [Math.max(0, Math.trunc(-sx)), Math.max(0, Math.trunc(-sy)),
+                  Math.min(w, Math.ceil(w + sx)), Math.min(h, Math.ceil(h + sy))];
+      [img, iw, ih] = reduceF(src, w, fx, fy, rb);
+      box = [(0 - rb[0]) / fx, (0 - rb[1]) / fy, (w - rb[0]) / fx, (h - rb[1]) / fy];
+    }
+    box = box.map(f32);  // the C side takes the box as floats
+    if (box[0] === Math.trunc(box[0]) && box[2] - box[0] === outW && box[1] === Math.trunc(box[1]) &&
+        box[3] - box[1] === outH) {  // _resize_impl: a crop
+      const out = new Float32Array(outW * outH);
+      for (let y = 0; y < outH; y++) for (let x = 0; x < outW; x++) out[y * outW + x] = img[(y + box[1]) * iw + x + box[0]];
+      return out;
+    }
+    return resample(img, iw, ih, outW, outH, box);
+  }
+
+  // preprocessing._preprocess on RGBA pixels: Uint8Array(784), or throws Error("no digit found ...")
+  function fromRGBA(rgba, w, h) {
+    const [gray, floor, top] = inkLevels(toGray(rgba, w * h), h, w);
+    const threshold = floor + 0.05 * (top - floor);
+    let mask = new Uint8Array(w * h), any = false;
+    for (let i = 0; i < w * h; i++) if (gray[i] > threshold) { mask[i] = 1; any = true; }
+    if (top - floor < 25.5 || !any) throw new Error("no digit found (the image has no ink)");
+    const kept = new Uint8Array(w * h);  // isolated specks (no other ink in their 3x3 neighbourhood) dropped
+    let r0 = h, r1 = -1, c0 = w, c1 = -1;
+    for (let r = 0; r < h; r++) {
+      for (let c = 0; c < w; c++) {
+        if (!mask[r * w + c]) continue;
+        let n = 0;
+        for (let dr = -1; dr <= 1; dr++) for (let dc = -1; dc <= 1; dc++) {
+          const rr = r + dr, cc = c + dc;
+          if (rr >= 0 && rr < h && cc >= 0 && cc < w) n += mask[rr * w + cc];
+        }
+        if (n >= 2) { kept[r * w + c] = 1; r0 = Math.min(r0, r); r1 = Math.max(r1, r); c0 = Math.min(c0, c); c1 = Math.max(c1, c); }
+      }
+    }
+    if (r1 < 0) throw new Error("no digit found (only isolated specks)");
+    const ch = r1 - r0 + 1, cw = c1 - c0 + 1;
+    const crop = new Float32Array(ch * cw);
+    const fFloor = f32(floor), fRange = f32(top - floor);
+    for (let r = 0; r < ch; r++) for (let c = 0; c < cw; c++) {
+      const v = f32(f32(gray[(r + r0) * w + c + c0] - fFloor) / fRange);
+      crop[r * cw + c] = Math.min(1, Math.max(0, v));
+    }
+    const scale = 20.0 / Math.max(ch, cw);
+    const sw = Math.max(1, roundHalfEven(cw * scale)), sh = Math.max(1, roundHalfEven(ch * scale));
+    const small = resizeLanczos(crop, cw, ch, sw, sh).map((v) => Math.min(1, Math.max(0, v)));
+    let total = 0, my = 0, mx = 0;
+    for (let r = 0; r < sh; r++) for (let c = 0; c < sw; c++) {
+      const v = small[r * sw + c];
+      total += v; my += r * v; mx += c * v;
+    }
+    if (total <= 0) throw new Error("no digit found (the ink vanishes at 20 pixels)");
+    const topRow = Math.min(Math.max(roundHalfEven(14 - my / total), 0), 28 - sh);
+    const left = Math.min(Math.max(roundHalfEven(14 - mx / total), 0), 28 - sw);
+    const out = new Uint8Array(784);
+    for (let r = 0; r < sh; r++) for (let c = 0; c < sw; c++) {
+      out[(r + topRow) * 28 + c + left] = roundHalfEven(f32(small[r * sw + c] * 255));
+    }
+    return out;
+  }
+
+  return { fromRGBA, roundHalfEven, resizeLanczos };
+})();

@@ -1,0 +1,121 @@
+"""`mnistlab export --format web`: a static site that runs the model in the browser (onnxruntime-web)."""
+
+import base64
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+from browsing import ORT_DIST, browser_page, digit_drawings, draw, need, static_server  # noqa: E402
+from fakes import run_cli  # noqa: E402
+from mnistlab import MnistlabError, load_model, load_split  # noqa: E402
+from mnistlab.export import ORT_WEB_CDN, ORT_WEB_FILES, ORT_WEB_VERSION, export  # noqa: E402
+from mnistlab.lesson import cross_entropy  # noqa: E402
+from mnistlab.preprocessing import NoDigitError, preprocess  # noqa: E402
+
+MODEL = "fast"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    need(ORT_DIST, "onnxruntime-web from npm (node_modules)")
+    return export(MODEL, "web", tmp_path_factory.mktemp("web") / "site", runtime=ORT_DIST)
+
+
+def test_the_pinned_runtime_hashes_are_npms(tmp_path):
+    need(ORT_DIST, "onnxruntime-web from npm (node_modules)")
+    assert f"ONNX Runtime Web v{ORT_WEB_VERSION}" in (ORT_DIST / "ort.wasm.min.js").read_text()[:200]
+    for name, sri in ORT_WEB_FILES.items():
+        digest = base64.b64encode(hashlib.sha384((ORT_DIST / name).read_bytes()).digest()).decode()
+        assert sri == f"sha384-{digest}", name
+    page = (export(MODEL, "web", tmp_path / "cdn") / "index.html").read_text()
+    assert f'src="{ORT_WEB_CDN}ort.wasm.min.js" integrity="{ORT_WEB_FILES["ort.wasm.min.js"]}"' in page
+    assert {p.name for p in (tmp_path / "cdn").iterdir()} == {"index.html", "app.js", "preprocess.js", "browser.js",
+                                                             "model.onnx", "model.json"}
+
+
+def test_the_site_works_from_a_static_server_with_nothing_from_outside(site):
+    outside = []
+    with static_server(site) as url, browser_page(url) as page:
+        page.route("**/*", lambda route: (outside.append(route.request.url), route.abort())
+                   if not route.request.url.startswith(url) else route.continue_())
+        page.reload()
+        page.wait_for_function("document.body.dataset.ready === 'true'", timeout=60000)
+        draw(page, [[(140, 40), (140, 240)]])
+        page.wait_for_function("document.getElementById('prediction').textContent === '1'", timeout=20000)
+        assert "onnxruntime-web" in page.locator("#model").text_content()
+        assert page.locator("#runner-up").text_content().startswith("runner-up: ")
+        shot = os.environ.get("MNISTLAB_SCREENSHOTS")  # scripts/screenshots.sh: the README's pictures
+        if shot:
+            page.screenshot(path=os.path.join(shot, "web.png"), full_page=True)
+    assert outside == []
+
+
+def test_the_page_prepares_and_classifies_drawings_as_python_does(site, data_dir):
+    """1,000 test digits drawn on the page's pad: preprocessed in JavaScript and classified by
+    onnxruntime-web, against preprocessing.py and the PyTorch checkpoint on the same drawings."""
+    from PIL import Image
+
+    images = load_split("mnist", "test", data_dir)[0][:1000].numpy()
+    drawings = digit_drawings(images)
+    model = load_model(MODEL)
+    js_pixels, js_classes = [], []
+    with static_server(site) as url, browser_page(url) as page:
+        for i in range(0, len(drawings), 100):
+            urls = ["data:image/png;base64," + base64.b64encode(d).decode() for d in drawings[i:i + 100]]
+            out = page.evaluate("urls => mnistlabEngine.classifyDrawings(urls)", urls)
+            sums = [int(np.asarray(Image.open(__import__("io").BytesIO(d)).convert("RGBA"), np.int64).sum())
+                    for d in drawings[i:i + 100]]
+            assert out["sums"] == sums  # the page drew exactly these pixels
+            js_pixels += list(np.frombuffer(base64.b64decode(out["pixels"]), np.uint8).reshape(-1, 28, 28))
+            js_classes += out["classes"]
+    worst, same_class = [], 0
+    for drawing, pixels, cls in zip(drawings, js_pixels, js_classes):
+        try:
+            mine = preprocess(drawing)
+        except NoDigitError:
+            assert cls is None
+            continue
+        worst.append(int(np.abs(mine.astype(int) - pixels.astype(int)).max()))
+        same_class += model.predict(drawing).label == cls
+    within = sum(w <= 1 for w in worst)
+    assert within >= 0.99 * len(worst) and same_class == len(worst), (within, same_class, len(worst))
+
+
+def test_the_lesson_on_the_page_computes_as_the_lesson_command(site):
+    from mnistlab.lesson import softmax
+
+    with static_server(site) as url, browser_page(url) as page:
+        draw(page, [[(80, 60), (200, 60), (120, 240)]])
+        page.wait_for_function("document.getElementById('prediction').textContent !== ''", timeout=20000)
+        page.click("#truth button[value='7']")
+        logits = np.array(page.evaluate("() => window.mnistlabAnswer.logits"))
+        shown = [[td.text_content() for td in row.locator("td").all()] for row in page.locator("#logits tr").all()]
+        loss = float(page.locator("#loss").get_attribute("data-value"))
+    # the same numbers as `mnistlab lesson` computes them: its softmax and its cross-entropy
+    assert [row[1] for row in shown] == [f"{z:.3f}" for z in logits]
+    assert [row[2] for row in shown] == [f"{p:.4f}" for p in softmax(logits)]
+    assert loss == pytest.approx(cross_entropy(logits[None], np.array([7])), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--runtime", "/nonexistent"], "--runtime /nonexistent: no ort.wasm.min.js there"),
+    (["--probs"], "the web page takes logits"),
+])
+def test_export_web_refuses_what_it_cannot_do(tmp_path, flags, message):
+    proc = run_cli("export", MODEL, tmp_path / "site", "--format", "web", *flags)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_web_never_writes_over_other_files(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(MnistlabError, match="holds other files"):
+        export(MODEL, "web", tmp_path / "taken")
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+    first = export(MODEL, "web", tmp_path / "site")
+    again = export("classic-cnn", "web", tmp_path / "site")  # an earlier export is replaced, whole
+    assert first == again and '"cnn"' in (again / "model.json").read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
