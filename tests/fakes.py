@@ -41,3 +41,16 @@ def run_cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
     env = {**os.environ, "MNISTLAB_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "mnistlab", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout)
+
+
+def children(pid: int) -> list[int]:
+    """The process ids whose parent is `pid` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids

@@ -91,3 +91,44 @@ def test_tta_rotate_and_zoom_are_mirror_images_and_scale_the_ink():
 def test_unknown_tta_is_refused():
     with pytest.raises(MnistlabError, match="unknown test-time augmentation 'flip'"):
         tta_views(_digit_like().numpy(), "flip")
+
+
+def test_flip_mirrors_crop_shifts_whole_pixels_erase_blanks_a_rectangle():
+    x = torch.from_numpy(np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32))
+    flipped = Augment(flip=1.0)(x, seed=1)
+    torch.testing.assert_close(flipped, x.flip(-1), atol=1e-5, rtol=0)  # one grid_sample: float rounding only
+    shifted = Augment(crop=2)(x, seed=1)
+    for img, out in zip(x, shifted):  # each image moved by whole pixels, at most 2 each way
+        inner = out[0, 2:-2, 2:-2]
+        assert any(torch.allclose(inner, img[0, 2 - dy:26 - dy, 2 - dx:26 - dx], atol=1e-5)
+                   for dy in range(-2, 3) for dx in range(-2, 3))
+    erased = Augment(erase=1.0)(x, seed=1, background=-5.0)
+    share = (erased == -5.0).float().mean(dim=(1, 2, 3))
+    assert ((share >= 0.015) & (share <= 0.40)).all()  # one rectangle of 2-33% of each image
+    half = Augment(flip=0.5)(x, seed=3)
+    mirrored = [torch.allclose(o, i.flip(-1), atol=1e-5) for o, i in zip(half, x)]
+    assert 16 < sum(mirrored) < 48
+
+
+def test_the_new_draws_come_after_the_digits_recipes_draws():
+    x = torch.from_numpy(np.random.default_rng(1).random((32, 1, 28, 28), dtype=np.float32))
+    digits = Augment(degrees=10, scale=0.1, translate=0.1)(x, seed=7)
+    clothes = Augment(degrees=10, scale=0.1, translate=0.1, flip=0.5)(x, seed=7)
+    same = [torch.equal(a, b) for a, b in zip(digits, clothes)]
+    assert 0 < sum(same) < 32  # the unflipped images got exactly the digits' rotation, zoom and shift
+
+
+def test_only_clothes_are_flipped():
+    from mnistlab.config import DATASET_PRESETS, PRESETS, from_preset
+    from mnistlab.data import DATASETS
+
+    for dataset in DATASETS:
+        for preset in PRESETS:
+            augment = from_preset(preset, dataset=dataset).augment
+            mirrored = bool(augment.get("flip"))
+            assert mirrored == (dataset == "fashion-mnist" and preset in ("accurate", "best")), (dataset, preset)
+    assert from_preset("fast", dataset="kmnist").model_config == PRESETS["fast"]["model_config"]
+    assert from_preset("fast", dataset="fashion-mnist").model_config == DATASET_PRESETS["fashion-mnist"]["fast"][
+        "model_config"]
+    with pytest.raises(MnistlabError, match="crop is a whole number"):
+        Augment(crop=1.5)

@@ -207,7 +207,7 @@ def test_resume_flags_on_the_command_line(fake_data, tmp_path):
     assert_clean_error(run("train", "--resume", ckpt, "--lr", "0.01", "--data-dir", fake_data),
                        "--lr 0.01 differs from the resumed run's 0.1")
     assert_clean_error(run("train", "--resume", ckpt, "--preset", "fast", "--data-dir", fake_data),
-                       "differs from the resumed run's")
+                       "--preset starts a new run; it cannot be combined with --resume")
     proc = run("train", "--resume", ckpt, "--epochs", "2", "--data-dir", fake_data, "--no-report")
     assert proc.returncode == 0, proc.stderr
     assert [e["epoch"] for e in read_run_events(tmp_path / "run") if e["event"] == "epoch"] == [1, 2]

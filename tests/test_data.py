@@ -166,3 +166,74 @@ def test_fashion_mnist_from_debian_package(tmp_path):
         pytest.skip("Debian's dataset-fashion-mnist is not installed (scripts/test.sh installs it as root)")
     x, y = load_split("fashion-mnist", "test", data_dir=tmp_path, download=False)
     assert x.shape == (10000, 28, 28) and torch.bincount(y).tolist() == [1000] * 10
+
+
+def _emnist_like(root, split: str, n_classes: int, offset: int, n: int = 30):
+    """Files in EMNIST's exact layout: EMNIST/raw/emnist-SPLIT-..., images stored transposed,
+    labels from `offset`. Each image has an "L" of ink: a tall bar on the left, a foot at the bottom."""
+    folder = root / "EMNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    upright = np.zeros((n, 28, 28), np.uint8)
+    upright[:, 4:24, 6:9] = 255  # the bar, rows 4-23 in columns 6-8
+    upright[:, 21:24, 6:20] = 255  # the foot
+    labels = (np.arange(n) % n_classes + offset).astype(np.uint8)
+    for prefix in ("train", "test"):
+        write_idx(folder / f"emnist-{split}-{prefix}-images-idx3-ubyte.gz", upright.transpose(0, 2, 1))
+        write_idx(folder / f"emnist-{split}-{prefix}-labels-idx1-ubyte.gz", labels)
+    return upright, labels
+
+
+@pytest.mark.parametrize("split, n_classes, offset, first, last", [
+    ("letters", 26, 1, "a", "z"), ("digits", 10, 0, "0", "9"), ("balanced", 47, 0, "0", "t"),
+    ("byclass", 62, 0, "0", "z")])
+def test_emnist_is_turned_upright_and_labelled_from_zero(tmp_path, split, n_classes, offset, first, last):
+    upright, labels = _emnist_like(tmp_path, split, n_classes, offset)
+    x, y = load_split(f"emnist-{split}", "train", data_dir=tmp_path, download=False)
+    assert torch.equal(x, torch.from_numpy(upright))  # the bar stands on the left, not across the top
+    assert torch.equal(y, torch.from_numpy(labels.astype(np.int64) - offset)) and int(y.min()) == 0
+    spec = data.get_dataset_spec(f"emnist-{split}")
+    assert len(spec.classes) == n_classes and (spec.classes[0], spec.classes[-1]) == (first, last)
+
+
+def test_emnist_letters_refuses_a_label_outside_1_to_26(tmp_path):
+    _emnist_like(tmp_path, "letters", 26, 1)
+    write_idx(tmp_path / "EMNIST/raw/emnist-letters-test-labels-idx1-ubyte.gz", np.zeros(30, np.uint8))
+    with pytest.raises(DataError, match="label 0 is out of range 1-26"):
+        load_split("emnist-letters", "test", data_dir=tmp_path, download=False)
+
+
+def test_emnist_comes_from_its_zip_md5_checked(tmp_path, monkeypatch):
+    import dataclasses
+    import hashlib
+    import zipfile
+
+    source = tmp_path / "made"
+    _emnist_like(source, "digits", 10, 0)
+    archive = tmp_path / "gzip.zip"
+    with zipfile.ZipFile(archive, "w") as z:  # as NIST packs it: every split's files under gzip/
+        for f in (source / "EMNIST/raw").iterdir():
+            z.write(f, f"gzip/{f.name}")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    spec = dataclasses.replace(data.DATASETS["emnist-digits"], archive=(archive.as_uri(), md5))
+    monkeypatch.setitem(data.DATASETS, "emnist-digits", spec)
+    monkeypatch.delenv("MNISTLAB_OFFLINE", raising=False)
+    x, y = load_split("emnist-digits", "test", data_dir=tmp_path / "data")
+    assert x.shape == (30, 28, 28) and (tmp_path / "data/EMNIST/raw/gzip.zip").is_file()
+    monkeypatch.setitem(data.DATASETS, "emnist-digits", dataclasses.replace(spec, archive=(archive.as_uri(), "0" * 32)))
+    with pytest.raises(DataError, match="md5"):
+        load_split("emnist-digits", "test", data_dir=tmp_path / "other")
+    monkeypatch.setenv("MNISTLAB_OFFLINE", "1")
+    with pytest.raises(DataError, match="they come in https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"):
+        load_split("emnist-letters", "test", data_dir=tmp_path / "none")
+
+
+def test_kmnist_reads_files_in_its_layout(tmp_path):
+    folder = tmp_path / "KMNIST" / "raw"
+    folder.mkdir(parents=True)
+    images = np.random.default_rng(0).integers(0, 256, (20, 28, 28)).astype(np.uint8)
+    for prefix in ("train", "t10k"):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    x, y = load_split("kmnist", "test", data_dir=tmp_path, download=False)
+    assert torch.equal(x, torch.from_numpy(images)) and y.tolist() == [i % 10 for i in range(20)]
+    assert data.get_dataset_spec("kmnist").classes[:3] == ("o", "ki", "su")

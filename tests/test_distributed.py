@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fakes import children
 from mnistlab import RunConfig, train
 from mnistlab.checkpoints import load_checkpoint
 from mnistlab.runs import read_run_events
@@ -75,18 +76,6 @@ def test_checkpoints_cross_world_sizes(two_and_one, data_dir, tmp_path):
     assert events(tmp_path / "two", "test")[-1]["accuracy"] >= 0.98
 
 
-def _children(pid):
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
-
-
 def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_resumes(data_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MNISTLAB_OFFLINE": "1"}
     cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "mnistlab",
@@ -97,7 +86,7 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_resumes(data_dir, tm
     while not ckpt.exists() and time.time() < deadline and job.poll() is None:
         time.sleep(0.1)
     assert ckpt.exists()
-    workers = _children(job.pid)
+    workers = children(job.pid)
     assert len(workers) == 2
     os.kill(workers[1], signal.SIGKILL)
     out, err = job.communicate(timeout=300)

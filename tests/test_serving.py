@@ -12,6 +12,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from browsing import browser_page, draw  # noqa: E402
+from fakes import children  # noqa: E402
 from mnistlab import load_split  # noqa: E402
 from mnistlab.inference import load_model  # noqa: E402
 from mnistlab.serving import create_app  # noqa: E402
@@ -242,20 +243,6 @@ def _wait_until_up(port, timeout=60.0):
     raise AssertionError(f"no answer on port {port}")
 
 
-def _workers_of(pid):
-    from pathlib import Path
-
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
-
-
 def _alive(pid) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -305,7 +292,7 @@ def test_the_workers_stop_with_the_parent(trained_cnn, how):
     proc = _serve(trained_cnn, port, "--workers", "2")
     _wait_until_up(port)
     for _ in range(100):  # both started (one may answer before the other is up)
-        workers = _workers_of(proc.pid)
+        workers = children(proc.pid)
         if len(workers) == 2:
             break
         time.sleep(0.1)

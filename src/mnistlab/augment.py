@@ -26,16 +26,22 @@ class Augment:
     translate: float = 0.0  # shift drawn from [-translate, translate] x image size, each axis
     elastic: float = 0.0  # elastic displacement strength in pixels (0: off)
     elastic_sigma: float = 4.0  # smoothness of the elastic field, in pixels
+    # for clothes, not digits or kana, whose mirror images are other symbols or none:
+    flip: float = 0.0  # probability of a horizontal flip
+    crop: int = 0  # pad-and-crop: a whole-pixel shift of up to this many pixels, each axis
+    erase: float = 0.0  # probability of random erasing: a rectangle of 2-33% of the image set to background
 
     def __post_init__(self):
         for name, value in asdict(self).items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise MnistlabError(f"--augment {name} must be a number, not {json.dumps(value)}.")
         limits = {"degrees": (0, 180), "scale": (0, 0.9), "translate": (0, 0.5), "elastic": (0, 14),
-                  "elastic_sigma": (0.5, 14)}
+                  "elastic_sigma": (0.5, 14), "flip": (0, 1), "crop": (0, 8), "erase": (0, 1)}
         for name, (low, high) in limits.items():
             if not low <= getattr(self, name) <= high:
                 raise MnistlabError(f"--augment {name} must lie between {low} and {high}, not {getattr(self, name)}.")
+        if self.crop != int(self.crop):
+            raise MnistlabError(f"--augment crop is a whole number of pixels, not {self.crop}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,7 +58,32 @@ class Augment:
         zoom = 1 + uniform(n) * self.scale
         shift = uniform(n, 2) * self.translate * 2  # grid coordinates span [-1, 1]
         field = self._elastic_field(n, h, w, uniform, x.device) if self.elastic else None
-        return warp(x, angle, zoom, shift, background, field)
+        # drawn after the others, and only when asked for: the digits' recipes keep their exact draws
+        mirror = torch.where(torch.rand(n, generator=g, device=x.device) < self.flip, -1.0, 1.0) if self.flip else None
+        if self.crop:
+            pixels = torch.randint(-int(self.crop), int(self.crop) + 1, (n, 2), generator=g, device=x.device)
+            shift = shift + pixels * 2 / torch.tensor([w, h], device=x.device)
+        out = warp(x, angle, zoom, shift, background, field, mirror)
+        return self._erase(out, g, background) if self.erase else out
+
+    def _erase(self, x: torch.Tensor, g: torch.Generator, background: float) -> torch.Tensor:
+        # random erasing (Zhong et al. 2020): a rectangle of 2-33% of the image, aspect 0.3-3.3
+        n, _, h, w = x.shape
+
+        def rand(*shape):
+            return torch.rand(*shape, generator=g, device=x.device)
+
+        chosen = rand(n) < self.erase
+        area = (0.02 + 0.31 * rand(n)) * h * w
+        aspect = torch.exp((2 * rand(n) - 1) * math.log(1 / 0.3))
+        eh = (area * aspect).sqrt().round().clamp(1, h)
+        ew = (area / aspect).sqrt().round().clamp(1, w)
+        top, left = (rand(n) * (h - eh + 1)).floor(), (rand(n) * (w - ew + 1)).floor()
+        rows = torch.arange(h, device=x.device).view(1, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, w)
+        inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + eh).view(n, 1, 1)) & (cols >= left.view(n, 1, 1))
+                  & (cols < (left + ew).view(n, 1, 1)) & chosen.view(n, 1, 1))
+        return x.masked_fill(inside.unsqueeze(1), background)
 
     def _elastic_field(self, n, h, w, uniform, device) -> torch.Tensor:
         # smooth random displacements (Simard et al. 2003), in grid units
@@ -68,12 +99,15 @@ class Augment:
 
 
 def warp(x: torch.Tensor, angle: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor,
-         background: float = 0.0, field: torch.Tensor | None = None) -> torch.Tensor:
+         background: float = 0.0, field: torch.Tensor | None = None,
+         mirror: torch.Tensor | None = None) -> torch.Tensor:
     """Rotate (radians), zoom and shift (grid units: 2 / width a pixel) each image of [N, C, H, W],
-    plus an optional displacement field [N, H, W, 2]; pixels from outside get `background`."""
+    mirror it left to right where `mirror` is -1, plus an optional displacement field
+    [N, H, W, 2]; pixels from outside get `background`."""
     n, _, h, w = x.shape
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    m = mirror if mirror is not None else 1.0  # the input's x coordinate, negated: a horizontal flip
+    theta = torch.stack([torch.stack([cos * m, -sin, shift[:, 0]], 1), torch.stack([sin * m, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
     if field is not None:
         grid = grid + field

@@ -113,16 +113,25 @@ def _add_train(sub, name: str, help: str) -> None:
 def _presets_help(presets: dict) -> str:
     import textwrap
 
-    lines = []
-    for name, values in presets.items():
-        shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items() if k not in ("eval_every", "cuda_graph"))
-        lines.append(textwrap.fill(shown or "the tutorial's recipe", 100, initial_indent=f"  {name:10}",
-                                   subsequent_indent=" " * 12))
-    return "\n".join(lines)
+    from .config import DATASET_PRESETS
+
+    def lines(recipes: dict, indent: str) -> list[str]:
+        out = []
+        for name, values in recipes.items():
+            shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items()
+                              if k not in ("eval_every", "cuda_graph"))
+            out.append(textwrap.fill(shown or "the tutorial's recipe", 100, initial_indent=f"{indent}{name:10}",
+                                     subsequent_indent=" " * (len(indent) + 10)))
+        return out
+
+    text = ["  for digits (mnist, kmnist, emnist-*):", *lines(presets, "    ")]
+    for dataset, recipes in DATASET_PRESETS.items():
+        text += [f"  for {dataset} (with --dataset {dataset}; classic as above):", *lines(recipes, "    ")]
+    return "\n".join(text)
 
 
 def cmd_train(args) -> int:
-    from .config import PRESETS, RunConfig, from_preset
+    from .config import RunConfig, from_preset
     from .training import train
 
     # every RunConfig field with a flag of the same name; None means "not given"
@@ -131,9 +140,10 @@ def cmd_train(args) -> int:
     common = dict(out=args.out, data_dir=args.data_dir, report=not args.no_report,
                   progress=False if args.no_progress else None)
     if args.resume:  # the run's own config, with the changes asked for (each checked)
-        if args.dry_run:
-            raise MnistlabError("--dry-run starts a new run; it cannot be combined with --resume.")
-        train(resume=args.resume, changes={**PRESETS.get(args.preset, {}), **given}, **common)
+        if args.dry_run or args.preset:
+            raise MnistlabError(f"{'--dry-run' if args.dry_run else '--preset'} starts a new run; it cannot be "
+                                "combined with --resume (a resumed run keeps its recipe).")
+        train(resume=args.resume, changes=given, **common)
         return 0
     if args.dry_run:
         given.update(epochs=1, train_limit=640, log_interval=5)

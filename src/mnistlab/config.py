@@ -120,6 +120,34 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# A preset names the digits' recipe above (MNIST's; KMNIST and EMNIST, without recipes of their
+# own yet, take it too). A dataset that needs another has it here, whole: clothes take
+# horizontal flips, pad-and-crop shifts and random erasing, which digits and kana must not
+# (a mirrored 2 or 7, or a mirrored kana, is no longer the same symbol). Chosen on a
+# 5,000-image validation split of Fashion-MNIST's training set (BENCHMARKS.md, issue 16).
+DATASET_PRESETS: dict[str, dict[str, dict]] = {
+    "fashion-mnist": {
+        "fast": dict(model="bn-cnn", model_config={"channels": [32, 64], "hidden": 256}, optimizer="adam",
+                     lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=1.5,
+                     label_smoothing=0.1, eval_every=1, cuda_graph=True),
+        "accurate": dict(model="deep", model_config={"channels": [32, 64, 128]}, optimizer="adam",
+                         lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=7,
+                         label_smoothing=0.1, augment={"flip": 0.5, "crop": 2}),
+        "best": dict(model="deep", model_config={"channels": [48, 96, 192]}, optimizer="adam",
+                     lr=0.01, schedule="onecycle", warmup=0.2, batch_size=128, epochs=30, label_smoothing=0.1,
+                     ema=0.999, val_size=5000, eval_every=30, augment={"flip": 0.5, "crop": 2, "erase": 0.5}),
+    },
+}
+
+
+def recipe(preset: str | None, dataset: str = "mnist") -> dict:
+    """The settings a preset gives for a dataset."""
+    if preset is not None and preset not in PRESETS:
+        raise MnistlabError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}.")
+    preset = preset or "classic"
+    return dict(DATASET_PRESETS.get(dataset, {}).get(preset, PRESETS[preset]))
+
+
 def resumed(saved: RunConfig, changes: dict) -> RunConfig:
     """The config of a run being resumed, with `changes` (flags the user gave) applied. A change
     to what the run learns is refused with a sentence naming the flag; see RESUME_MAY_CHANGE."""
@@ -145,11 +173,9 @@ def _shown(value) -> str:
 
 
 def from_preset(preset: str | None, **overrides) -> RunConfig:
-    """A RunConfig from a preset name, then explicit overrides (None means 'not given')."""
-    if preset is not None and preset not in PRESETS:
-        raise MnistlabError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}.")
-    values = dict(PRESETS.get(preset or "classic", {}))
+    """A RunConfig from a preset name (that dataset's recipe), then explicit overrides (None means 'not given')."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    values = recipe(preset, given.get("dataset", "mnist"))
     if given.get("compile") and "cuda_graph" not in given:
         values["cuda_graph"] = False  # an explicit --compile replaces a preset's CUDA-graph step
     values.update(given)
