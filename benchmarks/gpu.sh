@@ -5,6 +5,8 @@
 # PART=1: fast preset (CUDA graph and eager), classic and accurate presets, torchrun.
 # PART=2: torch.compile (default mode) against the CUDA-graph step.
 # PART=3: the `best` preset and the ensemble candidates (benchmarks/members.py).
+# PART=4: Fashion-MNIST (issue 16): each preset over 3 seeds, then the best recipe for longer, on
+#         validation only; $DATA must hold FashionMNIST/raw/ beside MNIST/raw/.
 set -u
 cd "$(dirname "$0")"
 export PYTHONPATH="$PWD/../src" PYTHONUNBUFFERED=1 MNISTLAB_OFFLINE=1
@@ -33,4 +35,12 @@ if [ "$PART" = all ] || [ "$PART" = 3 ]; then
   echo "== best preset, seed 1, alone; then the ensemble candidates side by side -> $MEMBERS"
   timeout 200 python3 members.py --device "$DEVICE" --out "$MEMBERS" --only best-s1 --parallel 1 --data-dir "$DATA"
   timeout 600 python3 members.py --device "$DEVICE" --out "$MEMBERS" --parallel 8 --deadline 500 --data-dir "$DATA"
+fi
+if [ "$PART" = all ] || [ "$PART" = 4 ]; then
+  FRUNS="${FRUNS:-$(mktemp -d)}"
+  echo "== Fashion-MNIST: fast, accurate and best, seeds 1-3 -> $FRUNS"
+  timeout 600 python3 datasets.py --dataset fashion-mnist --runs-dir "$FRUNS" --data-dir "$DATA"
+  echo "== Fashion-MNIST: the best recipe for 60 and 100 epochs, validation only"
+  timeout 600 python3 datasets.py --dataset fashion-mnist --runs-dir "$FRUNS" --presets best --curve 60 100 \
+    --data-dir "$DATA"
 fi

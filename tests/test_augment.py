@@ -89,8 +89,8 @@ def test_tta_rotate_and_zoom_are_mirror_images_and_scale_the_ink():
 
 
 def test_unknown_tta_is_refused():
-    with pytest.raises(MnistlabError, match="unknown test-time augmentation 'flip'"):
-        tta_views(_digit_like().numpy(), "flip")
+    with pytest.raises(MnistlabError, match="unknown test-time augmentation .mirror."):
+        tta_views(_digit_like().numpy(), "mirror")
 
 
 def test_flip_mirrors_crop_shifts_whole_pixels_erase_blanks_a_rectangle():
@@ -132,3 +132,10 @@ def test_only_clothes_are_flipped():
         "model_config"]
     with pytest.raises(MnistlabError, match="crop is a whole number"):
         Augment(crop=1.5)
+
+
+def test_tta_flip_mirrors_exactly():
+    img = _digit_like()
+    img[:, 20:26, 2:6] = 90  # ink at the left only
+    same, mirrored = views_of(img, "flip")
+    assert torch.equal(same, img) and torch.equal(mirrored, img.flip(-1)) and not torch.equal(mirrored, img)

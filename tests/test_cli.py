@@ -74,6 +74,7 @@ def test_eval_of_a_non_checkpoint(tmp_path):
     (tmp_path / "notes.pt").write_text("hello")
     assert_clean_error(run("eval", tmp_path / "notes.pt"), "notes.pt: not a readable checkpoint")
     assert_clean_error(run("eval", tmp_path / "missing.pt"), "missing.pt: no such checkpoint")
+    assert_clean_error(run("train", "--resume", tmp_path), "no checkpoint here to resume from")
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_weights(data_dir, tmp_path):
@@ -95,7 +96,11 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_to_the_same_weights(data_dir, tm
     assert 0 < state["step_in_epoch"] < 313
     assert not (tmp_path / "a" / "model.pt").exists()
 
-    assert run("train", "--resume", ckpt, "--data-dir", data_dir).returncode == 0
+    # the run's folder resumes from its latest checkpoint: the interrupt's, newer than epoch 0's
+    (tmp_path / "a" / "ckpt-epoch000.pt").write_bytes(b"older")
+    os.utime(tmp_path / "a" / "ckpt-epoch000.pt", ns=(0, 0))
+    proc = run("train", "--resume", tmp_path / "a", "--data-dir", data_dir)
+    assert proc.returncode == 0 and f"resuming {ckpt} at epoch 1" in proc.stdout, proc.stderr
     assert run("train", *flags, "--out", tmp_path / "b").returncode == 0
     resumed = load_checkpoint(tmp_path / "a" / "model.pt")[1]["model_state"]
     unbroken = load_checkpoint(tmp_path / "b" / "model.pt")[1]["model_state"]

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -24,6 +25,9 @@ def test_one_interface_uint8_in_probabilities_out(trained_cnn, data_dir):
     # a torch tensor gives the same numbers as the uint8 array; a list of lists of floats too
     np.testing.assert_array_equal(model.predict_proba(images), probs)
     np.testing.assert_array_equal(model.predict_proba(images.float().tolist()), probs)
+    # a strided view (a mirror) is taken as the copy it equals
+    np.testing.assert_array_equal(model.predict_proba(images.numpy()[:, :, ::-1]),
+                                  model.predict_proba(images.flip(-1)))
     # one image at a time (a list, a 28x28 array): batching changes nothing but rounding
     np.testing.assert_allclose(model.predict_proba(images[0].tolist())[0], probs[0], rtol=0, atol=1e-6)
     one_by_one = np.stack([model.predict_pixels(x).probabilities for x in images[:20].numpy()])
@@ -69,6 +73,17 @@ def test_eval_command_takes_tta(trained_cnn, data_dir):
     assert report["correct"] == expected.correct
     proc = run_cli("eval", trained_cnn, "--tta", "mirror", "--data-dir", data_dir)
     assert proc.returncode == 2 and "invalid choice: 'mirror'" in proc.stderr
+    proc = run_cli("eval", trained_cnn, "--tta", "flip", "--data-dir", data_dir)  # a mirrored 2 is no digit
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "--tta flip mirrors each image, which turns some mnist symbols into others" in proc.stderr
+
+
+def test_tta_flip_averages_an_image_and_its_mirror_for_clothes(trained_cnn, data_dir):
+    clf = load_model(trained_cnn)
+    clf.card = dataclasses.replace(clf.card, dataset="fashion-mnist")  # as if it had learnt clothes
+    images = load_split("mnist", "test", data_dir)[0][:100].numpy()
+    by_hand = (clf.predict_proba(images) + clf.predict_proba(images[:, :, ::-1])) / 2
+    np.testing.assert_allclose(clf.predict_proba(images, tta="flip"), by_hand, rtol=0, atol=1e-15)
 
 
 def test_an_onnx_file_is_the_same_classifier(trained_cnn, data_dir, tmp_path):

@@ -175,6 +175,13 @@ def test_resume_refuses_changes_to_what_the_run_learns(fake_data, tmp_path, chan
     assert RunConfig.from_dict(load_checkpoint(done.model_path)[1]["config"]).eval_every == 3
 
 
+def test_flips_are_refused_for_digits_before_anything_is_written(fake_data, tmp_path):
+    with pytest.raises(MnistlabError, match="augment flip mirrors images, which turns some mnist symbols"):
+        train(RunConfig(model="mlp", epochs=1, augment={"flip": 0.5}), out=tmp_path / "run", data_dir=fake_data,
+              progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_refuses_a_onecycle_run_longer_and_a_folder_of_another_run(fake_data, tmp_path):
     cfg = RunConfig(model="mlp", batch_size=20, epochs=1, optimizer="adam", lr=0.01, schedule="onecycle")
     train(cfg, out=tmp_path / "a", data_dir=fake_data, progress=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -117,13 +118,25 @@ def warp(x: torch.Tensor, angle: torch.Tensor, zoom: torch.Tensor, shift: torch.
         memory_format=torch.channels_last) and x.shape[1] > 1 else out
 
 
-# Test-time augmentation: fixed views as (degrees, zoom, (dx, dy): the ink moves right and down by
-# that many pixels); the first is the image itself.
-TTA_VIEWS: dict[str, tuple[tuple[float, float, tuple[float, float]], ...]] = {
-    "none": ((0, 1, (0, 0)),),
-    "shift": ((0, 1, (0, 0)), (0, 1, (1, 0)), (0, 1, (-1, 0)), (0, 1, (0, 1)), (0, 1, (0, -1))),
-    "rotate": ((0, 1, (0, 0)), (6, 1, (0, 0)), (-6, 1, (0, 0))),
-    "zoom": ((0, 1, (0, 0)), (0, 0.92, (0, 0)), (0, 1.08, (0, 0))),
+class View(NamedTuple):
+    """One fixed view for test-time augmentation: the ink turned by `degrees`, scaled by `zoom`,
+    moved right and down by (dx, dy) pixels, and with `mirror` flipped left to right."""
+
+    degrees: float = 0
+    zoom: float = 1
+    dx: float = 0
+    dy: float = 0
+    mirror: bool = False
+
+
+# Test-time augmentation's views; the first is the image itself. "flip" is for datasets whose
+# classes survive a mirror (DatasetSpec.flips): clothes, not digits or kana.
+TTA_VIEWS: dict[str, tuple[View, ...]] = {
+    "none": (View(),),
+    "shift": (View(), View(dx=1), View(dx=-1), View(dy=1), View(dy=-1)),
+    "rotate": (View(), View(degrees=6), View(degrees=-6)),
+    "zoom": (View(), View(zoom=0.92), View(zoom=1.08)),
+    "flip": (View(), View(mirror=True)),
 }
 
 
@@ -134,11 +147,13 @@ def tta_views(images: np.ndarray, name: str) -> list[np.ndarray]:
         raise MnistlabError(f"unknown test-time augmentation '{name}'; choose one of: {', '.join(TTA_VIEWS)}.")
     n, h, w = images.shape
     x, views = torch.from_numpy(images).unsqueeze(1).float(), []
-    for degrees, zoom, (dx, dy) in TTA_VIEWS[name]:
-        if (degrees, zoom, dx, dy) == (0, 1, 0, 0):
+    for view in TTA_VIEWS[name]:
+        if view.mirror:  # exact: no resampling
+            views.append(np.ascontiguousarray(images[:, :, ::-1]))
+        elif view == View():
             views.append(images)
-            continue
-        shift = torch.tensor([-2 * dx / w, -2 * dy / h]).expand(n, 2)  # the grid samples from -shift
-        out = warp(x, torch.full((n,), math.radians(degrees)), torch.full((n,), float(zoom)), shift)
-        views.append(out.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy())
+        else:
+            shift = torch.tensor([-2 * view.dx / w, -2 * view.dy / h]).expand(n, 2)  # the grid samples from -shift
+            out = warp(x, torch.full((n,), math.radians(view.degrees)), torch.full((n,), float(view.zoom)), shift)
+            views.append(out.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy())
     return views

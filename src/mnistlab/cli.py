@@ -73,7 +73,8 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--preset", choices=list(PRESETS), help="a named recipe; other flags override it")
     p.add_argument("--model-config", type=_json_object, help="model settings as JSON, e.g. '{\"hidden\": 128}'")
     p.add_argument("--augment", type=_json_object,
-                   help="batch augmentation as JSON: degrees, scale, translate, elastic, elastic_sigma")
+                   help="batch augmentation as JSON: degrees, scale, translate, elastic, elastic_sigma, crop, erase, "
+                        "and flip (fashion-mnist only)")
     p.add_argument("--epochs", type=_positive_float,
                    help="number of epochs; a fraction ends the last one early (default: 10)")
     p.add_argument("--batch-size", type=_positive_int, help="training batch size (default: 64)")
@@ -103,7 +104,8 @@ def _add_train(sub, name: str, help: str) -> None:
                    help="checkpoint every N epochs, and at the end (default: 5)")
     p.add_argument("--data-dir", help="dataset folder (default: $MNISTLAB_DATA, else ./data)")
     p.add_argument("--out", help="run folder (default: a new folder under runs/)")
-    p.add_argument("--resume", metavar="CHECKPOINT", help="continue a run from one of its checkpoints")
+    p.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue a run from one of its checkpoints, or from its folder's latest")
     p.add_argument("--dry-run", action="store_true", help="a quick smoke run: 1 epoch on 640 images")
     p.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
     p.add_argument("--no-report", action="store_true", help="skip the PNG plots and HTML report at the end")
@@ -165,7 +167,8 @@ def _add_eval(sub, name: str, help: str) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--tta", choices=list(TTA_VIEWS), default="none",
                    help="test-time augmentation: average each model's probabilities over fixed views "
-                        "(shift: 1 pixel 4 ways; rotate: +-6 degrees; zoom: 0.92, 1.08); default none")
+                        "(shift: 1 pixel 4 ways; rotate: +-6 degrees; zoom: 0.92, 1.08; flip: mirrored, "
+                        "for fashion-mnist only); default none")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
     p.set_defaults(func=cmd_eval)
 

@@ -85,6 +85,7 @@ class DatasetSpec:
     archive: tuple[str, str] | None = None  # (url, md5) of a zip that holds the files, for EMNIST
     transposed: bool = False  # the images are stored transposed (EMNIST): turned back on load
     label_offset: int = 0  # the stored label of the first class (1 for EMNIST letters)
+    flips: bool = False  # a mirrored image keeps its class (clothes; not digits, letters or kana)
 
 
 _MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -112,7 +113,7 @@ DATASETS: dict[str, DatasetSpec] = {
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        mean=0.2860, std=0.3530,
+        mean=0.2860, std=0.3530, flips=True,
         system_dirs=("/usr/share/datasets/fashion-mnist",),  # Debian's dataset-fashion-mnist
     ),
     "kmnist": DatasetSpec(

@@ -163,7 +163,12 @@ class Classifier:
         if tta == "none":
             return self._probabilities(images)
         from .augment import tta_views  # torch, only when views are asked for
+        from .data import DATASETS
 
+        spec = DATASETS.get(self.card.dataset)
+        if tta == "flip" and not (spec and spec.flips):
+            raise MnistlabError(f"--tta flip mirrors each image, which turns some {self.card.dataset} symbols "
+                                "into others; it is for datasets whose classes survive a mirror (fashion-mnist).")
         views = tta_views(images, tta)
         return sum(self._probabilities(v) for v in views) / len(views)
 
@@ -241,7 +246,7 @@ def as_pixels(images) -> np.ndarray:
     if a.ndim != 3 or a.shape[1:] != (28, 28):
         raise MnistlabError(f"expected images of shape [N, 28, 28], got {list(a.shape)}.")
     if a.dtype == np.uint8:
-        return a
+        return np.ascontiguousarray(a)  # a view such as a[:, :, ::-1] has strides torch refuses
     if a.dtype.kind not in "biuf":
         raise MnistlabError("pixel values must be numbers between 0 and 255.")
     if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 255):

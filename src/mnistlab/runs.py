@@ -101,6 +101,12 @@ class StopRequest:
             signal.signal(signal.SIGINT, self._old)
 
 
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The run folder's most recently written resumable checkpoint (an epoch's or Ctrl-C's), if any."""
+    found = [*Path(run_dir).glob("ckpt-epoch*.pt"), *Path(run_dir).glob("ckpt-interrupt.pt")]
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name), default=None)
+
+
 def read_run_events(run_dir: str | os.PathLike) -> list[dict]:
     """The events a training run wrote to its metrics.jsonl (one JSON object a line), in order."""
     path = Path(run_dir) / "metrics.jsonl"

@@ -26,7 +26,7 @@ from .device import amp_dtype, keep_freed_memory, resolve_device
 from .errors import CheckpointError, MnistlabError
 from .evaluation import evaluation_from_logits, fit_temperature, format_accuracy, predict_logits, shard_logits
 from .models import build_model
-from .runs import RunLog, StopRequest, prepare_run_dir
+from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
 from .steps import EagerStep, GraphedStep
 
 
@@ -170,8 +170,8 @@ def peers_watched(run: Run):
         if not dist.is_initialized():
             raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        saved = sorted(run.run_dir.glob("ckpt-epoch*.pt"))
-        hint = (f"its last checkpoint is intact: continue with mnistlab train --resume {saved[-1]}" if saved
+        saved = latest_checkpoint(run.run_dir)
+        hint = (f"its last checkpoint is intact: continue with mnistlab train --resume {saved}" if saved
                 else "no checkpoint had been written yet: start the run again")
         raise MnistlabError(f"rank {dist.rank()}: the distributed job broke ({first}); {hint}.") from None
 
@@ -292,6 +292,12 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     if resume:
         if cfg is not None:
             raise MnistlabError("a resumed run keeps its own config: give train() changes, not a config.")
+        if Path(resume).is_dir():  # a run folder: its latest checkpoint
+            found = latest_checkpoint(resume)
+            if found is None:
+                raise MnistlabError(f"{resume}: no checkpoint here to resume from (ckpt-epochNNN.pt or "
+                                    "ckpt-interrupt.pt); is it a folder written by mnistlab train?")
+            resume = found
         _, state = load_checkpoint(resume)
         if "optimizer_state" not in state or not isinstance(state.get("config"), dict):
             raise CheckpointError(f"{resume}: holds only final weights, not a resumable training state.")
@@ -307,6 +313,9 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
         keep_freed_memory()
     amp = amp_dtype(cfg.precision, device)
     spec = get_dataset_spec(cfg.dataset)
+    if (cfg.augment or {}).get("flip") and not spec.flips:
+        raise MnistlabError(f"augment flip mirrors images, which turns some {cfg.dataset} symbols into others; "
+                            "it is for datasets whose classes survive a mirror (fashion-mnist).")
     card = ModelCard(model=cfg.model, model_config=cfg.model_config, dataset=cfg.dataset, classes=spec.classes,
                      mean=spec.mean, std=spec.std, val_size=cfg.val_size)
     run_dir = prepare_run_dir(out, cfg, resuming_from=Path(resume).parent if resume else None)
