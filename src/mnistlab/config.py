@@ -132,7 +132,7 @@ DATASET_PRESETS: dict[str, dict[str, dict]] = {
                      label_smoothing=0.1, eval_every=1, cuda_graph=True),
         "accurate": dict(model="deep", model_config={"channels": [32, 64, 128]}, optimizer="adam",
                          lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=7,
-                         label_smoothing=0.1, augment={"flip": 0.5, "crop": 2}),
+                         label_smoothing=0.1, augment={"flip": 0.5}),
         "best": dict(model="deep", model_config={"channels": [48, 96, 192]}, optimizer="adam",
                      lr=0.01, schedule="onecycle", warmup=0.2, batch_size=128, epochs=30, label_smoothing=0.1,
                      ema=0.999, val_size=5000, eval_every=30, augment={"flip": 0.5, "crop": 2, "erase": 0.5}),
