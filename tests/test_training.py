@@ -176,7 +176,7 @@ def test_resume_refuses_changes_to_what_the_run_learns(fake_data, tmp_path, chan
 
 
 def test_flips_are_refused_for_digits_before_anything_is_written(fake_data, tmp_path):
-    with pytest.raises(MnistlabError, match="augment flip mirrors images, which turns some mnist symbols"):
+    with pytest.raises(MnistlabError, match="augment flip mirrors each image, which turns some mnist symbols"):
         train(RunConfig(model="mlp", epochs=1, augment={"flip": 0.5}), out=tmp_path / "run", data_dir=fake_data,
               progress=False)
     assert not (tmp_path / "run").exists()

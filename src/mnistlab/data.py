@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, MnistlabError
+from .fileio import atomic_write
 
 # IDX type codes (third magic byte) -> numpy big-endian dtype.
 _IDX_DTYPES = {
@@ -147,6 +148,15 @@ for _split, _classes in _EMNIST_CLASSES.items():
         label_offset=1 if _split == "letters" else 0)
 
 
+def refuse_mirrors(dataset: str, what: str) -> None:
+    """Refuse `what` (a flip of the images) for a dataset whose classes do not survive a mirror."""
+    spec = DATASETS.get(dataset)
+    if not (spec and spec.flips):
+        fits = ", ".join(name for name, s in DATASETS.items() if s.flips)
+        raise MnistlabError(f"{what} mirrors each image, which turns some {dataset} symbols into others; it is for "
+                            f"datasets whose classes survive a mirror ({fits}).")
+
+
 def get_dataset_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
@@ -221,7 +231,7 @@ def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None,
                 if found[part] is None:
                     download_file([m + name for m in spec.mirrors], target / name, md5)
                     found[part] = target / name
-        except (DataError, OSError, zipfile.BadZipFile) as e:
+        except (MnistlabError, OSError, zipfile.BadZipFile) as e:  # atomic_write's errors are MnistlabErrors
             names = ", ".join(spec.files[p][0] for p in missing)
             raise DataError(
                 f"{spec.name}: missing {names}; put them in {target} (or a flat folder given by "
@@ -248,21 +258,13 @@ def _from_archive(spec: DatasetSpec, target: Path, parts: list[str]) -> dict[str
             name = spec.files[part][0]
             if name not in members:
                 raise DataError(f"{archive}: holds no {name}.")
-            dest = target / name
 
             def write(tmp, member=members[name]):
                 with z.open(member) as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst)
 
-            fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.", suffix=".part")
-            os.close(fd)
-            try:
-                write(tmp)
-                os.replace(tmp, dest)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            out[part] = dest
+            atomic_write(target / name, write)
+            out[part] = target / name
     return out
 
 

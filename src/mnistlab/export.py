@@ -114,7 +114,7 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
     module = _Exported(fold_batchnorm(model.backend.module.to(memory_format=torch.contiguous_format)), probs,
                        card.temperature).eval()
     suffix = {"onnx": ".int8.onnx" if int8 else ".onnx", "torchscript": ".torchscript.pt", "web": "-web"}[fmt]
-    out = Path(out) if out else Path(checkpoint).with_suffix("").with_name(Path(checkpoint).stem + suffix)
+    out = Path(out) if out else Path(checkpoint).with_name(Path(checkpoint).stem + suffix)
     meta = _metadata(card, probs)
     if fmt == "web":
         return export_web(_onnx_bytes(module, meta), card, Path(checkpoint).name, out, runtime)

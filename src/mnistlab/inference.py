@@ -163,12 +163,10 @@ class Classifier:
         if tta == "none":
             return self._probabilities(images)
         from .augment import tta_views  # torch, only when views are asked for
-        from .data import DATASETS
+        from .data import refuse_mirrors
 
-        spec = DATASETS.get(self.card.dataset)
-        if tta == "flip" and not (spec and spec.flips):
-            raise MnistlabError(f"--tta flip mirrors each image, which turns some {self.card.dataset} symbols "
-                                "into others; it is for datasets whose classes survive a mirror (fashion-mnist).")
+        if tta == "flip":
+            refuse_mirrors(self.card.dataset, "--tta flip")
         views = tta_views(images, tta)
         return sum(self._probabilities(v) for v in views) / len(views)
 

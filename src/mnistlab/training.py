@@ -21,7 +21,7 @@ from .augment import Augment
 from .card import ModelCard
 from .checkpoints import load_checkpoint, save_checkpoint
 from .config import RunConfig, resumed
-from .data import Loader, epoch_permutation, get_dataset_spec, holdout, load_split
+from .data import Loader, epoch_permutation, get_dataset_spec, holdout, load_split, refuse_mirrors
 from .device import amp_dtype, keep_freed_memory, resolve_device
 from .errors import CheckpointError, MnistlabError
 from .evaluation import evaluation_from_logits, fit_temperature, format_accuracy, predict_logits, shard_logits
@@ -313,9 +313,8 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
         keep_freed_memory()
     amp = amp_dtype(cfg.precision, device)
     spec = get_dataset_spec(cfg.dataset)
-    if (cfg.augment or {}).get("flip") and not spec.flips:
-        raise MnistlabError(f"augment flip mirrors images, which turns some {cfg.dataset} symbols into others; "
-                            "it is for datasets whose classes survive a mirror (fashion-mnist).")
+    if (cfg.augment or {}).get("flip"):
+        refuse_mirrors(cfg.dataset, "augment flip")
     card = ModelCard(model=cfg.model, model_config=cfg.model_config, dataset=cfg.dataset, classes=spec.classes,
                      mean=spec.mean, std=spec.std, val_size=cfg.val_size)
     run_dir = prepare_run_dir(out, cfg, resuming_from=Path(resume).parent if resume else None)
