@@ -74,6 +74,7 @@ def test_eval_of_a_non_checkpoint(tmp_path):
     (tmp_path / "notes.pt").write_text("hello")
     assert_clean_error(run("eval", tmp_path / "notes.pt"), "notes.pt: not a readable checkpoint")
     assert_clean_error(run("eval", tmp_path / "missing.pt"), "missing.pt: no such checkpoint")
+    (tmp_path / "ckpt-epoch001.pt").mkdir()  # a folder of that name is no checkpoint
     assert_clean_error(run("train", "--resume", tmp_path), "no checkpoint here to resume from")
 
 

@@ -103,7 +103,8 @@ class StopRequest:
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The run folder's most recently written resumable checkpoint (an epoch's or Ctrl-C's), if any."""
-    found = [*Path(run_dir).glob("ckpt-epoch*.pt"), *Path(run_dir).glob("ckpt-interrupt.pt")]
+    found = [p for pattern in ("ckpt-epoch*.pt", "ckpt-interrupt.pt") for p in Path(run_dir).glob(pattern)
+             if p.is_file()]
     return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name), default=None)
 
 
