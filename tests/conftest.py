@@ -11,6 +11,13 @@ from mnistlab import RunConfig, train
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_core_share(tmp_path_factory):
+    """Trainings in this test session share cores among themselves only: another test session on
+    the machine must not change their thread counts (runs are compared bit for bit)."""
+    os.environ["MNISTLAB_TRAININGS_DIR"] = str(tmp_path_factory.mktemp("trainings"))
+
+
 def _data_dir() -> Path | None:
     for cand in (os.environ.get("MNISTLAB_DATA"), REPO.parent / "shared" / "data"):
         if cand and (Path(cand) / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").is_file():

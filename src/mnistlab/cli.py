@@ -63,6 +63,10 @@ MODEL_HELP = ("a pretrained model's name (mnistlab models lists them), or a mode
               "(a path has a dot or a slash: ./fast is a file, fast the pretrained model)")
 
 
+DATA_DIR_HELP = "dataset folder (default: $MNISTLAB_DATA, else ./data)"
+DEVICE_HELP = "cpu (default), cuda or mps"
+
+
 def _default_model(args_models: list[str]) -> list[str]:
     """The models given, or the pretrained default, said on stderr so that nobody wonders which."""
     if args_models:
@@ -76,35 +80,39 @@ def _default_model(args_models: list[str]) -> list[str]:
 
 
 def _add_train(sub, name: str, help: str) -> None:
-    from .config import COMPILE_MODES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
+    from .config import COMPILE_MODES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, RunConfig
     from .data import DATASETS
     from .models import MODELS
 
+    d = RunConfig()  # the defaults the help states, from the one place that sets them
     p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a model, evaluate it on the test set, save it. Defaults are the "
                        "tutorial's recipe\n(the 'classic' preset): SGD lr 0.1, momentum 0.5, batch 64, 10 "
                        "epochs; precision 'auto' is bf16\nautocast where the hardware supports it natively, "
                        "else fp32.\n\npresets:\n" + _presets_help(PRESETS))
-    p.add_argument("--model", choices=list(MODELS), help="model to train (default: cnn)")
-    p.add_argument("--dataset", choices=list(DATASETS), help="dataset (default: mnist)")
+    p.add_argument("--model", choices=list(MODELS), help=f"model to train (default: {d.model})")
+    p.add_argument("--dataset", choices=list(DATASETS), help=f"dataset (default: {d.dataset})")
     p.add_argument("--preset", choices=list(PRESETS), help="a named recipe; other flags override it")
     p.add_argument("--model-config", type=_json_object, help="model settings as JSON, e.g. '{\"hidden\": 128}'")
     p.add_argument("--augment", type=_json_object,
                    help="batch augmentation as JSON: degrees, scale, translate, elastic, elastic_sigma, crop, erase, "
                         "and flip (fashion-mnist only)")
     p.add_argument("--epochs", type=_positive_float,
-                   help="number of epochs; a fraction ends the last one early (default: 10)")
-    p.add_argument("--batch-size", type=_positive_int, help="training batch size (default: 64)")
-    p.add_argument("--test-batch-size", type=_positive_int, help="evaluation batch size (default: 1000)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimiser (default: sgd)")
-    p.add_argument("--lr", type=_positive_float, help="learning rate (default: 0.1)")
-    p.add_argument("--momentum", type=float, help="SGD momentum (default: 0.5)")
-    p.add_argument("--weight-decay", type=float, help="weight decay (default: 0)")
-    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default: constant)")
-    p.add_argument("--warmup", type=float, help="onecycle: fraction of steps warming up (default: 0.25)")
-    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default: 0)")
+                   help=f"number of epochs; a fraction ends the last one early (default: {d.epochs:g})")
+    p.add_argument("--batch-size", type=_positive_int, help=f"training batch size (default: {d.batch_size})")
+    p.add_argument("--test-batch-size", type=_positive_int,
+                   help=f"evaluation batch size (default: {d.test_batch_size})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"optimiser (default: {d.optimizer})")
+    p.add_argument("--lr", type=_positive_float, help=f"learning rate (default: {d.lr:g})")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d.momentum:g})")
+    p.add_argument("--weight-decay", type=float, help=f"weight decay (default: {d.weight_decay:g})")
+    p.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default: {d.schedule})")
+    p.add_argument("--warmup", type=float, help=f"onecycle: fraction of steps warming up (default: {d.warmup:g})")
+    p.add_argument("--label-smoothing", type=float,
+                   help=f"cross-entropy label smoothing (default: {d.label_smoothing:g})")
     p.add_argument("--ema", type=float, help="EMA decay of the weights, e.g. 0.999 (default: 0, off)")
-    p.add_argument("--seed", type=int, help="random seed; same seed and device give the same weights (default: 1)")
+    p.add_argument("--seed", type=int,
+                   help=f"random seed; the same seed, device and threads give the same weights (default: {d.seed})")
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, help="auto (default), bf16 autocast or fp32")
     p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
@@ -112,14 +120,19 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the whole training step as a CUDA graph (one GPU, Adam/AdamW; on in the fast "
                         "preset, and the faster alternative to --compile there)")
-    p.add_argument("--threads", type=_nonneg_int, help="CPU threads for torch (default: torch's own)")
-    p.add_argument("--val-size", type=_nonneg_int, help="images held out of training for validation (default: 0)")
+    p.add_argument("--threads", type=_nonneg_int,
+                   help="CPU threads for torch (default: a share of the cores that other mnistlab trainings leave "
+                        "free, counted again every few seconds; give N for bit-for-bit repeatable runs)")
+    p.add_argument("--val-size", type=_nonneg_int,
+                   help=f"images held out of training for validation (default: {d.val_size})")
     p.add_argument("--train-limit", type=_nonneg_int, help="train on only the first N images (default: all)")
-    p.add_argument("--log-interval", type=_positive_int, help="print the running loss every N steps (default: 300)")
-    p.add_argument("--eval-every", type=_positive_int, help="test every N epochs, and at the end (default: 2)")
+    p.add_argument("--log-interval", type=_positive_int,
+                   help=f"print the running loss every N steps (default: {d.log_interval})")
+    p.add_argument("--eval-every", type=_positive_int,
+                   help=f"test every N epochs, and at the end (default: {d.eval_every})")
     p.add_argument("--checkpoint-every", type=_positive_int,
-                   help="checkpoint every N epochs, and at the end (default: 5)")
-    p.add_argument("--data-dir", help="dataset folder (default: $MNISTLAB_DATA, else ./data)")
+                   help=f"checkpoint every N epochs, and at the end (default: {d.checkpoint_every})")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--out", help="run folder (default: a new folder under runs/)")
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue a run from one of its checkpoints, or from its folder's latest")
@@ -177,11 +190,11 @@ def _add_eval(sub, name: str, help: str) -> None:
     p = sub.add_parser(name, help=help)
     p.add_argument("checkpoints", nargs="*", metavar="MODEL",
                    help=MODEL_HELP + "; several are averaged as an ensemble (default: the pretrained 'fast')")
-    p.add_argument("--data-dir", help="dataset folder (default: $MNISTLAB_DATA, else ./data)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--split", choices=SPLITS, default="test",
                    help="which split (default: test); validation: the images the run held out of training "
                         "(--val-size), for choosing models without looking at the test set; train: the rest")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--tta", choices=list(TTA_VIEWS), default="none",
                    help="test-time augmentation: average each model's probabilities over fixed views "
                         "(shift: 1 pixel 4 ways; rotate: +-6 degrees; zoom: 0.92, 1.08; flip: mirrored, "
@@ -222,7 +235,7 @@ def _add_predict(sub, name: str, help: str) -> None:
     p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show (default: 3)")
     p.add_argument("--json", action="store_true", help="one JSON object per line, with all probabilities")
     p.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, as PNG")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(func=cmd_predict)
 
 
@@ -351,7 +364,7 @@ def cmd_export(args) -> int:
 def _add_report(sub, name: str, help: str) -> None:
     p = sub.add_parser(name, help=help)
     p.add_argument("run_dir", help="a run folder written by mnistlab train")
-    p.add_argument("--data-dir", help="dataset folder (default: $MNISTLAB_DATA, else ./data)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.set_defaults(func=cmd_report)
 
 

@@ -22,7 +22,7 @@ from .card import ModelCard
 from .checkpoints import check_weights, load_checkpoint, save_checkpoint
 from .config import RunConfig, resumed
 from .data import Loader, epoch_permutation, get_dataset_spec, holdout, load_split, refuse_mirrors
-from .device import amp_dtype, keep_freed_memory, resolve_device
+from .device import CoreShare, amp_dtype, keep_freed_memory, resolve_device
 from .errors import CheckpointError, MnistlabError, first_line
 from .evaluation import evaluation_from_logits, fit_temperature, format_accuracy, predict_logits, shard_logits
 from .models import build_model
@@ -70,6 +70,7 @@ class Run:
     step_in_epoch: int = 0
     global_step: int = 0
     train_seconds: float = 0.0
+    cores: CoreShare | None = None  # this run's share of the CPU's cores, beside other trainings
     stats_state: dict | None = None  # the running figures of an epoch interrupted part-way, to carry on from
     test_logits: tuple | None = None  # (epoch, logits, labels) of the last test pass, to re-score, not re-run
     stats: EpochStats = field(init=False)  # the current epoch's running figures
@@ -102,7 +103,8 @@ def train(cfg: RunConfig | None = None, out: str | os.PathLike | None = None,
     With `resume` (a checkpoint), the run continues under its own config, with `changes` (field ->
     value, as the flags given) applied where config.RESUME_MAY_CHANGE allows."""
     run = start(cfg, out, resume, data_dir, progress, changes or {})
-    with StopRequest() as stop, peers_watched(run):
+    shared = contextlib.closing(run.cores) if run.cores else contextlib.nullcontext()
+    with StopRequest() as stop, peers_watched(run), shared:
         while run.epoch <= run.last_epoch:
             stats = train_epoch(run, stop)
             if stats is not None:
@@ -163,6 +165,8 @@ def train_epoch(run: Run, stop: StopRequest) -> EpochStats | None:
     bar = run.log.bar(n, run.step_in_epoch, f"epoch {run.epoch}/{run.last_epoch}")
     t0 = time.perf_counter()
     for x, y in run.data.train.batches(run.epoch, run.step_in_epoch):
+        if run.cores is not None:
+            run.cores.adjust()
         if run.augment is not None:
             x = run.augment(x, seed=cfg.seed * 1_000_003 + run.global_step, background=run.data.train.background)
         loss, correct = run.step(x, y)
@@ -329,6 +333,7 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = dist.join_process_group(resolve_device(cfg.device))
+    cores = CoreShare.for_run(device, cfg.threads)
     if device.type == "cpu":
         keep_freed_memory()
     spec = get_dataset_spec(cfg.dataset)
@@ -369,7 +374,7 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
                                                    cfg.label_smoothing)
     run = Run(cfg=cfg, card=card, model=model, ema=ema, opt=opt, sched=sched, step=step,
               augment=Augment(**cfg.augment) if cfg.augment else None, data=data, log=log, run_dir=run_dir,
-              **counters)
+              cores=cores, **counters)
     if state is not None:
         log.line(f"resuming {resume} at epoch {run.epoch}, step {run.step_in_epoch}/{len(data.train)}")
     log.line(f"training {cfg.model} on {cfg.dataset} ({len(data.train.images)} images, {len(data.train)} "
