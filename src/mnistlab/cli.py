@@ -200,6 +200,18 @@ def _add_eval(sub, name: str, help: str) -> None:
                         "(shift: 1 pixel 4 ways; rotate: +-6 degrees; zoom: 0.92, 1.08; flip: mirrored, "
                         "for fashion-mnist only); default none")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
+    c = p.add_argument_group("corruptions (MNIST-C: Mu & Gilmer 2019)")
+    c.add_argument("--corruptions", nargs="*", metavar="NAME",
+                   help="judge the split under corruptions, made by mnistlab and seeded: no names gives MNIST-C's 15 "
+                        "test corruptions at their default severities; 'held-out' gives the further ones kept for "
+                        "validation (choose recipes with those, on --split validation); or name them. Give the "
+                        "models before this option. Writes report.txt, report.json and examples.png to --out")
+    c.add_argument("--mnist-c", metavar="DIR",
+                   help="use MNIST-C's published files instead: DIR/<corruption>/test_images.npy and "
+                        "test_labels.npy (train_*.npy for --split validation or train); implies --corruptions")
+    c.add_argument("--seed", type=_nonneg_int, help="the corruptions' random seed (default: 0)")
+    c.add_argument("--out", metavar="DIR", help="where the corruption report and its picture go "
+                   "(default: ./corruptions-<model>/)")
     p.set_defaults(func=cmd_eval)
 
 
@@ -208,6 +220,10 @@ def cmd_eval(args) -> int:
     from .inference import evaluate_files
 
     args.checkpoints = _default_model(args.checkpoints)
+    if args.corruptions is not None or args.mnist_c:
+        return _eval_corruptions(args)
+    if args.seed is not None or args.out:
+        raise MnistlabError(f"{'--seed' if args.seed is not None else '--out'} goes with --corruptions.")
     cards, members, ev = evaluate_files(args.checkpoints, args.data_dir, args.split, args.device, args.tta)
     if args.json:
         print(json.dumps({"checkpoints": args.checkpoints, "models": [c.model for c in cards],
@@ -224,6 +240,24 @@ def cmd_eval(args) -> int:
     else:
         print(f"{args.checkpoints[0]}: {cards[0].model} on {cards[0].dataset} ({args.split} split{views})")
     print(ev.report())
+    return 0
+
+
+def _eval_corruptions(args) -> int:
+    from .robustness import default_out, evaluate_corruptions, write_outputs
+
+    seed = 0 if args.seed is None else args.seed
+    if args.mnist_c and args.seed is not None:
+        raise MnistlabError("--seed is for corruptions made by mnistlab; MNIST-C's files are made already.")
+    report = evaluate_corruptions(args.checkpoints, args.corruptions, args.data_dir, args.split, args.device,
+                                  seed, args.mnist_c, args.tta)
+    out = args.out or default_out(args.checkpoints)
+    data = write_outputs(report, out)
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print(report.report())
+        print(f"\nwrote {data['examples']} (examples of each corruption), report.txt and report.json beside it")
     return 0
 
 
