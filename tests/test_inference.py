@@ -124,8 +124,8 @@ def test_files_of_the_first_format_still_load_and_give_the_same_numbers(data_dir
 @pytest.mark.parametrize("card, message", [
     ({"classes": ["0", "1"]}, "weights do not fit"),  # a 2-class model: not these weights
     ({"normalization": ["a", 1]}, "normalisation is not two numbers"),
-    ({"normalization": [0.1, 0.0]}, "must be positive"),
-    ({"temperature": 0.0}, "must be positive"),
+    ({"normalization": [0.1, 0.0]}, "normalisation std is 0.0, outside"),
+    ({"temperature": 0.0}, "temperature is 0.0, outside"),
     ({"model_config": {"widths": [-3]}}, "cannot rebuild its model"),
     ({"model_config": {"nosuch": 1}}, "cannot rebuild its model"),
 ])
