@@ -28,6 +28,7 @@ from .evaluation import evaluation_from_logits, fit_temperature, format_accuracy
 from .models import build_model
 from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
 from .steps import EagerStep, GraphedStep
+from .tensorboard_log import require_tensorboard, tensorboard_logged
 
 
 @dataclass
@@ -91,13 +92,17 @@ class Run:
 
 def train(cfg: RunConfig | None = None, out: str | os.PathLike | None = None,
           resume: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-          progress: bool | None = None, report: bool = False, changes: dict | None = None) -> TrainResult:
+          progress: bool | None = None, report: bool = False, changes: dict | None = None,
+          tensorboard: str | os.PathLike | bool | None = None) -> TrainResult:
     """Train `cfg.model` on `cfg.dataset`, evaluate on the test set, save into a run folder.
 
     With `resume` (a checkpoint), the run continues under its own config, with `changes` (field ->
-    value, as the flags given) applied where config.RESUME_MAY_CHANGE allows."""
+    value, as the flags given) applied where config.RESUME_MAY_CHANGE allows. With `tensorboard`
+    (True for the run folder's tensorboard/, or a folder) the events also go to TensorBoard."""
+    if tensorboard is not None and tensorboard is not False:
+        require_tensorboard()
     run = start(cfg, out, resume, data_dir, progress, changes or {})
-    with StopRequest() as stop, peers_watched(run):
+    with StopRequest() as stop, peers_watched(run), tensorboard_logged(run.log, run.run_dir, tensorboard):
         while run.epoch <= run.last_epoch:
             stats = train_epoch(run, stop)
             if stats is not None:
@@ -182,7 +187,8 @@ def log_running_loss(run: Run, stats: EpochStats) -> None:
         raise MnistlabError(
             f"the training loss became {mean} at epoch {run.epoch}, step {run.step_in_epoch}; the run stopped. "
             f"The learning rate ({run.cfg.lr}) is probably too high: try a lower --lr.")
-    run.log.record(event="train", epoch=run.epoch, step=run.step_in_epoch, loss=mean)
+    run.log.record(event="train", epoch=run.epoch, step=run.step_in_epoch, loss=mean, global_step=run.global_step,
+                   lr=float(run.opt.param_groups[0]["lr"]))
     if run.step_in_epoch % run.cfg.log_interval == 0:
         run.log.line(f"epoch {run.epoch:>3} [{run.step_in_epoch:>5}/{run.epoch_steps()}] loss {mean:.4f}")
 
