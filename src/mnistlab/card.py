@@ -14,6 +14,10 @@ from .errors import CheckpointError
 
 # Models renamed since the first file format; files that use an old name still load.
 RENAMED_MODELS = {"fast": "bn-cnn"}
+# Sane ranges for what a card says: pixels are scaled to [0, 1] before (x - mean) / std, and a
+# crafted std of 1e-300 or mean of 1e308 turns every input into inf or NaN.
+MEAN_RANGE, STD_RANGE, TEMPERATURE_RANGE = (-1.0, 2.0), (1e-3, 1e3), (1e-3, 1e3)
+MAX_CLASSES, MAX_CLASS_NAME = 1000, 100
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,11 @@ class ModelCard:
         model, dataset, classes = d["model"], d["dataset"], d["classes"]
         if not isinstance(model, str) or not isinstance(dataset, str):
             raise bad("its model and dataset names are not text")
-        if (not isinstance(classes, (list, tuple)) or len(classes) < 2
-                or not all(isinstance(c, str) for c in classes)):
-            raise bad("its class names are not a list of two or more names")
+        if (not isinstance(classes, (list, tuple)) or not 2 <= len(classes) <= MAX_CLASSES
+                or not all(isinstance(c, str) and 0 < len(c.strip()) <= MAX_CLASS_NAME for c in classes)):
+            raise bad(f"its class names are not a list of 2 to {MAX_CLASSES} names of 1 to {MAX_CLASS_NAME} characters")
+        if len(set(classes)) != len(classes):
+            raise bad("its class names are not all different")
         config = d.get("model_config") or {}
         if not isinstance(config, dict):
             raise bad("its model settings are not a dictionary")
@@ -57,8 +63,10 @@ class ModelCard:
             raise bad("its normalisation is not two numbers")
         mean, std = float(norm[0]), float(norm[1])
         temperature = d.get("temperature", 1.0)
-        if std <= 0 or not _finite(temperature) or temperature <= 0:
-            raise bad("its normalisation std and temperature must be positive numbers")
+        for name, value, (lo, hi) in (("normalisation mean", mean, MEAN_RANGE), ("normalisation std", std, STD_RANGE),
+                                      ("temperature", temperature, TEMPERATURE_RANGE)):
+            if not (_finite(value) and lo <= value <= hi):
+                raise bad(f"its {name} is {value!r}, outside [{lo:g}, {hi:g}]")
         val_size = d.get("val_size", 0)
         if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
             raise bad("its validation size is not a whole number")

@@ -11,6 +11,23 @@ import sys
 from .errors import MnistlabError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Options may come before, between or after the positional arguments, in any order:
+    `export fast --format web site/` as well as `export fast site/ --format web`. Plain argparse
+    stops filling optional positionals at the first option (Python 3.11)."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # parse_known_intermixed_args calls back here for its two passes
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def _positive_int(s: str) -> int:
     v = int(s)
     if v <= 0:
@@ -253,14 +270,21 @@ def cmd_predict(args) -> int:
 
     from .fileio import atomic_write
     from .inference import load_model
-    from .preprocessing import IMAGE_SUFFIXES, image_files, native_stderr_silenced, quiet_decoder_warnings
+    from .preprocessing import (
+        COMMON_SUFFIXES,
+        IMAGE_SUFFIXES,
+        image_files,
+        native_stderr_silenced,
+        quiet_decoder_warnings,
+    )
 
     quiet_decoder_warnings()
     model, images = _model_and_images(args.inputs)
     files = image_files(images)
     if not files:
         raise MnistlabError(f"no images found in {', '.join(images)} "
-                            f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+                            f"(looked for {', '.join(COMMON_SUFFIXES)} and the {len(IMAGE_SUFFIXES)} suffixes in all "
+                            "that Pillow reads).")
     predictor = load_model(_default_model(model)[0], args.device)
     failed = 0
     for path in files:
@@ -358,7 +382,8 @@ def cmd_export(args) -> int:
     path = export(args.checkpoint, args.format, args.destination or args.out, probs=args.probs, int8=args.int8,
                   data_dir=args.data_dir, runtime=args.runtime)
     size = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
-    print(f"wrote {path}{'/' if path.is_dir() else ''} ({size:,} bytes)")
+    chosen = "" if args.destination or args.out else "; no OUT was given: named after the model"
+    print(f"wrote {path.resolve() if chosen else path}{'/' if path.is_dir() else ''} ({size:,} bytes{chosen})")
     return 0
 
 
@@ -397,7 +422,8 @@ def cmd_models(args) -> int:
               f"{entry.path.stat().st_size / 1024:,.0f} KiB{default}: {entry.description}")
     print("\narchitectures (mnistlab train --model NAME):")
     for name, cls in MODELS.items():
-        print(f"  {name:8} {(cls.__doc__ or '').strip().splitlines()[0]}")
+        summary = (cls.__doc__ or "").strip().splitlines()  # a model registered without a docstring has none
+        print(f"  {name:8} {summary[0] if summary else '(no description)'}")
     return 0
 
 
@@ -437,7 +463,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="mnistlab", description="Train, evaluate and use MNIST-family classifiers.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name, (add, help) in COMMANDS.items():
         if name == command:
             add(sub, name, help)
@@ -449,9 +475,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)  # the top level has no option with a value
-    args = build_parser(command).parse_args(argv)
     try:
+        args = build_parser(command).parse_args(argv)  # imports torch for some commands: a second or more
         return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C before the command started, or a second one during it
+        print("mnistlab: interrupted.", file=sys.stderr)
+        return 130
     finally:
         if "mnistlab.distributed" in sys.modules:  # a process group can exist only if it was imported
             sys.modules["mnistlab.distributed"].shutdown()
@@ -473,9 +502,7 @@ def _run(args) -> int:
         dist = sys.modules.get("mnistlab.distributed")
         if dist is None or not dist.is_initialized():
             raise
-        # a peer process died or failed: say so once, without gloo's or NCCL's traceback
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"mnistlab: error: rank {dist.rank()}: the distributed job broke ({first[:200]}).", file=sys.stderr)
+        print(f"mnistlab: error: {dist.broke(e)}.", file=sys.stderr)  # a peer process died or failed
         return 1
     except OSError as e:  # e.g. a full disk while appending metrics
         where = f"{e.filename}: " if e.filename else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from .card import RENAMED_MODELS
@@ -11,6 +12,7 @@ from .errors import MnistlabError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 MAX_THREADS = 256  # torch.set_num_threads(10000) crashed the process
+MAX_EPOCHS = 10_000  # weeks on a CPU, hours on a GPU; --epochs 1e300 ran without end
 SCHEDULES = ("constant", "onecycle")
 PRECISIONS = ("auto", "bf16", "fp32")
 # torch.compile modes; its "reduce-overhead" (CUDA graphs) is left out: --cuda-graph captures the
@@ -53,13 +55,17 @@ class RunConfig:
     checkpoint_every: int = 5
 
     def validate(self) -> RunConfig:
+        for f in dataclasses.fields(self):  # types first: a config read from a file may hold anything
+            _check_type(f.name, getattr(self, f.name), f.type)
         positive = ("epochs", "batch_size", "test_batch_size", "log_interval",
                     "eval_every", "checkpoint_every")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise MnistlabError(f"{flag(name)} must be a positive number, not {getattr(self, name)}.")
-        if not self.lr > 0 or self.lr != self.lr or self.lr == float("inf"):
+        if not self.lr > 0:
             raise MnistlabError(f"--lr must be a positive finite number, not {self.lr}.")
+        if self.epochs > MAX_EPOCHS:
+            raise MnistlabError(f"--epochs {self.epochs} is more than the {MAX_EPOCHS:,} mnistlab allows.")
         if not 0 <= self.ema < 1:
             raise MnistlabError(f"--ema must lie in [0, 1), not {self.ema}.")
         if not 0 < self.warmup < 1 or not 0 <= self.label_smoothing < 1:
@@ -161,6 +167,21 @@ def resumed(saved: RunConfig, changes: dict) -> RunConfig:
         raise MnistlabError("--epochs cannot change when resuming a onecycle run: its learning rate is laid out over "
                             "the run's total steps (extend runs with --schedule constant, or start a new run).")
     return dataclasses.replace(saved, **changes).validate()
+
+
+_KINDS = {"int": (int, "a whole number"), "float": ((int, float), "a finite number"), "str": (str, "text"),
+          "bool": (bool, "true or false"), "dict": (dict, "a JSON object")}
+
+
+def _check_type(name: str, value, annotation: str) -> None:
+    """One sentence when a field's value is not of its declared kind (a bool is not a number, and
+    a float must be finite: NaN passes every range check, since it compares false)."""
+    types, kind = _KINDS[annotation]
+    wrong = (not isinstance(value, types) or (isinstance(value, bool) and annotation != "bool")
+             or (annotation == "float" and not math.isfinite(value)))
+    if wrong:
+        shown = repr(value) if isinstance(value, str) else _shown(value)
+        raise MnistlabError(f"{flag(name)} must be {kind}, not {shown}.")
 
 
 def flag(name: str) -> str:

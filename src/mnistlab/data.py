@@ -378,7 +378,7 @@ class Loader:
             return
         order = self.order(epoch)
         idx = order.to(self.images.device)
-        self._served = [order, start * bs, start * bs]
+        self._served = [order, 0, start * bs]  # a resumed epoch counts what the interrupted run served
         for i in range(start * bs, len(idx), bs):
             b = idx[i:i + bs]
             self._served[2] = i + len(b)

@@ -12,6 +12,8 @@ import threading
 import torch
 import torch.distributed as td
 
+from .errors import first_line
+
 SYNC_EVERY = 20  # steps between the ranks' checks for a stop request (one all-reduce each)
 
 
@@ -116,6 +118,11 @@ def shutdown() -> None:
         except RuntimeError:
             pass  # a peer already died: nothing to wait for
         td.destroy_process_group()
+
+
+def broke(e: BaseException) -> str:
+    """What a rank says when a peer died or failed under it: one line, without gloo's or NCCL's traceback."""
+    return f"rank {rank()}: the distributed job broke ({first_line(e)})"
 
 
 def describe() -> str:

@@ -1,4 +1,8 @@
-"""The one exception type a user ever sees: its message is a whole sentence."""
+"""mnistlab's exceptions: the user sees their message alone, a whole sentence, never a traceback.
+
+MnistlabError is the base; DataError, CheckpointError and preprocessing's NoDigitError narrow it
+for callers that treat those cases apart (the server answers 422 for "no digit found", say).
+"""
 
 
 class MnistlabError(Exception):
@@ -14,3 +18,10 @@ class DataError(MnistlabError):
 
 class CheckpointError(MnistlabError):
     """A checkpoint cannot be read, is not ours, or does not fit the model."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut to `limit` characters; its type's name when
+    the message is empty (some libraries raise errors with no message at all)."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__

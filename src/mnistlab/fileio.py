@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import MnistlabError
+from .errors import MnistlabError, first_line
 
 
 def _umask() -> int:
@@ -29,18 +30,45 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
     except OSError as e:
-        raise MnistlabError(f"cannot write {path}: {e.strerror or e}.") from None
+        raise write_error(path, e) from None
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
     except OSError as e:
-        raise MnistlabError(f"cannot write {path}: {e.strerror or e}.") from None
-    except RuntimeError as e:  # torch.save reports a full disk as a RuntimeError
-        raise MnistlabError(f"cannot write {path}: {e}.") from None
+        raise write_error(path, e) from None
+    except RuntimeError as e:  # torch's own writers (torch.jit.save) report a full disk so
+        raise MnistlabError(f"cannot write {path}: {first_line(e)}.") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> MnistlabError:
+    """One sentence for a failed write, naming the file; a full disk said as such."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return MnistlabError(f"no space left on the device to write {path}; nothing already written was damaged.")
+    return MnistlabError(f"cannot write {path}: {e.strerror or e}.")
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one whole line to a log: on a failed write (a full disk), the file is cut back to
+    where it was, so that no half line is ever left for a reader to trip on."""
+    data = (line.rstrip("\n") + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        size = os.fstat(fd).st_size
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        os.ftruncate(fd, size)
+        raise write_error(path, e) from None
+    finally:
+        os.close(fd)
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
@@ -61,7 +89,7 @@ def write_folder(path: str | os.PathLike, files: dict[str, bytes], replaceable=l
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     except OSError as e:
-        raise MnistlabError(f"cannot write {path}: {e.strerror or e}.") from None
+        raise write_error(path, e) from None
     old = path.with_name(f".{path.name}.old")
     try:
         for name, data in files.items():
@@ -73,7 +101,7 @@ def write_folder(path: str | os.PathLike, files: dict[str, bytes], replaceable=l
     except OSError as e:
         if old.exists() and not path.exists():  # put the earlier folder back
             os.replace(old, path)
-        raise MnistlabError(f"cannot write {path}: {e.strerror or e}.") from None
+        raise write_error(path, e) from None
     finally:
         for leftover in (tmp, old):
             if leftover.exists():

@@ -32,6 +32,10 @@ NO_INK = 26  # a 28x28 array whose brightest pixel is below a tenth of full scal
 SALIENCY_METHOD = "occlusion: 4x4 patches, stride 2, blanked one at a time; mean fall of the log-probability"
 
 
+class ModelOutputError(MnistlabError):
+    """The model gave NaN or infinite scores: there is no answer to give, and none is made up."""
+
+
 class Backend(Protocol):
     card: ModelCard
     runtime: str  # "PyTorch" or "ONNX Runtime"
@@ -178,7 +182,22 @@ class Classifier:
                 out.append(scores.astype(np.float64))
             else:
                 out.append(softmax(scores.astype(np.float64) / self.card.temperature, axis=1))
+            if not np.isfinite(out[-1]).all():
+                raise ModelOutputError(f"{self.source or 'the model'}: the model gave NaN or infinite scores for "
+                                       "this input; its weights are unusable.")
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+    def _check_outputs(self) -> Classifier:
+        """Refuse at load time a model that gives non-finite answers: one pass on a blank image and a
+        stroke, so that crafted weights fail here, in one sentence, not in every later request."""
+        probe = np.zeros((2, 28, 28), dtype=np.uint8)
+        probe[1, 4:24, 12:16] = 255
+        try:
+            self._probabilities(probe)
+        except ModelOutputError:
+            raise ModelOutputError(f"{self.source or 'the model'}: refused: it gives NaN or infinite scores "
+                                   "(damaged or crafted weights).") from None
+        return self
 
     def load_split(self, split: str = "test", data_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images and labels of a split of the model's dataset (validation: the one it held out)."""
@@ -224,11 +243,11 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Classifier:
 
         if not Path(path).is_file():
             raise MnistlabError(f"{path}: no such ONNX file.")
-        return Classifier(OnnxBackend(path), source)
+        return Classifier(OnnxBackend(path), source)._check_outputs()
     from . import torch_backend
     from .device import resolve_device
 
-    return Classifier(torch_backend.load(path, resolve_device(str(device))), source)
+    return Classifier(torch_backend.load(path, resolve_device(str(device))), source)._check_outputs()
 
 
 def as_pixels(images) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import MnistlabError
+from .errors import MnistlabError, first_line
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -43,8 +43,7 @@ def build_model(name: str, num_classes: int = 10, **config) -> nn.Module:
     except MnistlabError:
         raise
     except (TypeError, ValueError, RuntimeError, OverflowError, IndexError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise MnistlabError(f"model '{name}' does not take the settings {shown} ({first}).") from None
+        raise MnistlabError(f"model '{name}' does not take the settings {shown} ({first_line(e, 160)}).") from None
     if out.shape != (2, num_classes):
         raise MnistlabError(f"model '{name}' with the settings {shown} gives outputs of shape "
                             f"{list(out.shape[1:])}, not [{num_classes}].")

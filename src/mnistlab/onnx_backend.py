@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from .card import ModelCard
-from .errors import MnistlabError
+from .errors import MnistlabError, first_line
 
 METADATA_KEY = "mnistlab"  # the ONNX metadata property that holds the model card, as JSON
 
@@ -28,7 +28,7 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise MnistlabError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]}).") from None
+            raise MnistlabError(f"{path}: not a readable ONNX model ({first_line(e)}).") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise MnistlabError(f"{path}: an ONNX model, but not one exported by mnistlab export.")

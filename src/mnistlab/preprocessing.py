@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import MnistlabError
+from .errors import MnistlabError, first_line
 
 MAX_PIXELS = 4096 * 4096  # a digit needs far fewer; larger images are refused before they are decoded
 MAX_ASPECT = 20  # longer side over shorter: a strip this thin holds no digit, only decoding cost
@@ -48,7 +48,20 @@ def native_stderr_silenced():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _readable_suffixes() -> frozenset[str]:
+    """The file suffixes of every format this Pillow decodes (AVIF, QOI, PNM... where built in):
+    a folder scan finds exactly what `predict FILE` reads. Stubs that only identify a format
+    (they need a handler installed by another library) are left out."""
+    Image.init()
+    stubs = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
+                     and fmt not in stubs)
+
+
+IMAGE_SUFFIXES = _readable_suffixes()
+COMMON_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tiff", ".avif")  # named in messages
 
 
 class NoDigitError(MnistlabError):
@@ -84,9 +97,21 @@ def open_image(source: str | os.PathLike | bytes | Image.Image, name: str | None
     except UnidentifiedImageError:
         raise MnistlabError(f"{label}: not an image (or a format Pillow cannot read).") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
-        raise MnistlabError(f"{label}: the image is damaged or truncated ({_first_line(e)}).") from None
+        raise MnistlabError(f"{label}: the image is damaged or truncated ({first_line(e)}).") from None
     if max(img.size) > 2 * WORKING_SIDE:
-        img = img.reduce(max(img.size) // WORKING_SIDE)  # box-filtered: cheap, and no digit stroke is lost
+        img = _reducible(img).reduce(max(img.size) // WORKING_SIDE)  # box-filtered: no digit stroke is lost
+    return img
+
+
+def _reducible(img: Image.Image) -> Image.Image:
+    """The image in a mode that Image.reduce averages correctly: 1-bit scans as gray, 16-bit as
+    32-bit integers, and palette images as colours (averaging palette indices mixes unrelated colours)."""
+    if img.mode == "1":
+        return img.convert("L")
+    if img.mode.startswith("I;16"):
+        return img.convert("I")
+    if img.mode in ("P", "PA"):
+        return img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
     return img
 
 
@@ -99,11 +124,6 @@ def _check_size(img: Image.Image, label: str) -> None:
     if max(w, h) > MAX_ASPECT * min(w, h):
         raise MnistlabError(f"{label}: the image is {w}x{h}, too thin to hold a digit "
                             f"(at most {MAX_ASPECT} times longer than wide).")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def to_gray(img: Image.Image) -> np.ndarray:
@@ -188,7 +208,7 @@ def preprocess(source, name: str | None = None) -> np.ndarray:
     except MemoryError:
         raise MnistlabError(f"{label}: not enough memory to decode the image.") from None
     except Exception as e:  # a decoder's own failure on damaged or unusual data
-        raise MnistlabError(f"{label}: the image cannot be read ({type(e).__name__}: {_first_line(e)}).") from None
+        raise MnistlabError(f"{label}: the image cannot be read ({type(e).__name__}: {first_line(e)}).") from None
 
 
 def _preprocess(source, name: str | None, label: str) -> np.ndarray:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from .config import RunConfig
 from .errors import MnistlabError
-from .fileio import atomic_write, write_json
+from .fileio import append_line, atomic_write, write_json
 
 
 def new_run_dir(cfg: RunConfig, root: str = "runs") -> Path:
@@ -75,8 +75,7 @@ class RunLog:
     def record(self, **event) -> None:
         self.history.append(event)
         if self.speak:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(event) + "\n")
+            append_line(self.metrics_path, json.dumps(event))
             for sink in self.sinks:
                 sink(event)
 
@@ -120,6 +119,12 @@ def read_run_events(run_dir: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise MnistlabError(f"{run_dir}: no metrics.jsonl here; is it a folder written by mnistlab train?")
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_text()
+        if not text.endswith("\n"):  # a process killed in mid-write: its last, unfinished line is dropped
+            text = text[:text.rfind("\n") + 1]
+        events = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (ValueError, UnicodeDecodeError):
         raise MnistlabError(f"{path}: not one JSON event a line (damaged?).") from None
+    if not all(isinstance(e, dict) and isinstance(e.get("event"), str) for e in events):
+        raise MnistlabError(f"{path}: a line is not an event (a JSON object with an \"event\"); damaged?")
+    return events

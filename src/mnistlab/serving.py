@@ -25,12 +25,15 @@ import socket
 
 from . import page
 from .errors import MnistlabError
+from .inference import ModelOutputError
 from .preprocessing import NoDigitError
 
 try:
     import anyio
     from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
     from uvicorn.protocols.http.h11_impl import H11Protocol
 except ImportError:  # the serve extra is not installed
@@ -132,12 +135,20 @@ def create_app(model, max_bytes: int = 2_000_000, threads: int = 2):
         except ClientDisconnect:
             log.warning("a client went away before sending its whole request")
             return Response(status_code=400)
-        except NoDigitError as e:
+        except (NoDigitError, ModelOutputError) as e:  # the request was fine; there is no answer to give
             return _error(422, str(e))
         except MnistlabError as e:
             return _error(400, str(e))
         # a plain JSONResponse: FastAPI's generic encoder costs more than the model on a 28x28 list
         return JSONResponse({**pred.to_dict(len(model.classes)), "preprocessed": pred.preprocessed.tolist()})
+
+    @app.exception_handler(HTTPException)  # unknown paths (404), wrong methods (405): the API's one error format
+    async def http_error(request, exc):
+        return _error(exc.status_code, str(exc.detail).lower().rstrip(".") if exc.detail else "error")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):
+        return _error(422, "the request does not fit the API")
 
     @app.exception_handler(Exception)
     async def unexpected(request, exc):  # a bug of ours: the client sees no traceback; Guard logs it
@@ -252,12 +263,17 @@ def serve(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     model = _load(str(checkpoint))
     sockets = bind_sockets(host, port, workers)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    print(f"serving {model.name} on http://{host}:{port}/ with {workers} worker process"
+    print(f"serving {model.name} on {url(host, port)} with {workers} worker process"
           f"{'es' if workers > 1 else ''} (Ctrl-C to stop)", flush=True)
     if workers == 1:
         _run(model, sockets[0], max_bytes, threads)
     else:
         _supervise(str(checkpoint), sockets, max_bytes, threads)
+
+
+def url(host: str, port: int) -> str:
+    """The page's address; an IPv6 address goes in brackets (http://[::1]:8000/)."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
@@ -318,7 +334,9 @@ def _supervise(checkpoint: str, sockets: list[socket.socket], max_bytes: int, th
         proc.start()
     for sock in sockets:
         sock.close()  # each worker holds its own; a dead worker's socket then leaves the group
-    old = signal.signal(signal.SIGTERM, _interrupt)
+    # explicit handlers: a server started in the background by a script (`mnistlab serve &`) inherits
+    # SIGINT ignored, and `kill -INT` then stopped nothing
+    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         multiprocessing.connection.wait([p.sentinel for p in procs])
         dead = next(p for p in procs if p.exitcode is not None)
@@ -327,7 +345,8 @@ def _supervise(checkpoint: str, sockets: list[socket.socket], max_bytes: int, th
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: uvicorn finishes the requests under way
@@ -344,7 +363,8 @@ def _interrupt(signum, frame):
 def _worker(checkpoint: str, sock: socket.socket, sockets: list[socket.socket], max_bytes: int, threads: int,
             parent: int) -> None:
     _die_with_parent(parent)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn installs its own for both, once it runs
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # not the parent's, nor an inherited SIG_IGN
     for other in sockets:
         if other is not sock:
             other.close()

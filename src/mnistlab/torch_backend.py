@@ -8,9 +8,8 @@ import numpy as np
 import torch
 
 from .card import ModelCard
-from .checkpoints import load_checkpoint
+from .checkpoints import check_weights, load_checkpoint
 from .data import normalize
-from .errors import CheckpointError, MnistlabError
 from .models import build_model
 
 
@@ -33,16 +32,10 @@ def load(path: str | os.PathLike, device: torch.device) -> TorchBackend:
     """Rebuild a checkpoint's model from its card and weights (a model with one output per class
     name); anything that does not fit is one sentence."""
     card, state = load_checkpoint(path)
-    try:
-        module = build_model(card.model, len(card.classes), **card.model_config)
-    except MnistlabError as e:
-        raise CheckpointError(f"{path}: cannot rebuild its model: {e}") from None
-    try:
-        module.load_state_dict(state["model_state"])
-    except (RuntimeError, TypeError, AttributeError):
-        raise CheckpointError(
-            f"{path}: its weights do not fit the model '{card.model}' it names "
-            "(a checkpoint of another model or a damaged file).") from None
+    weights = state["model_state"]
+    check_weights(card, weights, path)
+    module = build_model(card.model, len(card.classes), **card.model_config)
+    module.load_state_dict(weights)
     if getattr(module, "channels_last", False):
         module = module.to(memory_format=torch.channels_last)
     return TorchBackend(module.to(device), card, device)

@@ -19,11 +19,11 @@ import torch
 from . import distributed as dist
 from .augment import Augment
 from .card import ModelCard
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import check_weights, load_checkpoint, save_checkpoint
 from .config import RunConfig, resumed
 from .data import Loader, epoch_permutation, get_dataset_spec, holdout, load_split, refuse_mirrors
 from .device import amp_dtype, keep_freed_memory, resolve_device
-from .errors import CheckpointError, MnistlabError
+from .errors import CheckpointError, MnistlabError, first_line
 from .evaluation import evaluation_from_logits, fit_temperature, format_accuracy, predict_logits, shard_logits
 from .models import build_model
 from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
@@ -71,7 +71,12 @@ class Run:
     step_in_epoch: int = 0
     global_step: int = 0
     train_seconds: float = 0.0
+    stats_state: dict | None = None  # the running figures of an epoch interrupted part-way, to carry on from
     test_logits: tuple | None = None  # (epoch, logits, labels) of the last test pass, to re-score, not re-run
+    stats: EpochStats = field(init=False)  # the current epoch's running figures
+
+    def __post_init__(self):
+        self.stats = EpochStats(self.data.train.images.device, self.stats_state)
 
     @property
     def shipped(self) -> torch.nn.Module:
@@ -118,12 +123,31 @@ def train(cfg: RunConfig | None = None, out: str | os.PathLike | None = None,
 
 
 class EpochStats:
-    """An epoch's running figures, summed on the device and read only at log lines (.item() waits for it)."""
+    """An epoch's running figures, summed on the device and read only at log lines (.item() waits for it).
 
-    def __init__(self, device: torch.device):
+    A Ctrl-C checkpoint keeps them (state_dict), so that the resumed epoch's event counts the whole epoch."""
+
+    def __init__(self, device: torch.device, state: dict | None = None):
         self.device, self.loss_sum, self.steps, self.images = device, 0.0, 0, 0
         self.correct = torch.zeros((), device=device)
         self._running, self._seen = torch.zeros((), device=device), 0
+        if state:
+            self.load_state_dict(state)
+
+    def state_dict(self) -> dict:
+        """The figures so far; `correct` summed over the ranks (rank 0 alone takes it back on resume)."""
+        return {"loss_sum": self.loss_sum, "steps": self.steps, "images": self.images,
+                "correct": dist.all_reduce_sum(self.correct.float()).cpu(), "running": self._running.cpu(),
+                "seen": self._seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.loss_sum, self.steps, self.images = float(state["loss_sum"]), int(state["steps"]), int(state["images"])
+            correct, running, self._seen = state["correct"], state["running"], int(state["seen"])
+            self.correct = correct.to(self.device) if dist.is_main() else torch.zeros((), device=self.device)
+            self._running = running.to(self.device, torch.zeros((), device=self.device).dtype)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise CheckpointError("the checkpoint's 'epoch_stats' are damaged.") from None
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> None:
         self._running += loss
@@ -140,8 +164,7 @@ class EpochStats:
 
 def train_epoch(run: Run, stop: StopRequest) -> EpochStats | None:
     """Train from where the run stands to the end of its epoch: the epoch's figures, or None if Ctrl-C came first."""
-    cfg, n = run.cfg, run.epoch_steps()
-    stats = EpochStats(run.data.train.images.device)
+    cfg, n, stats = run.cfg, run.epoch_steps(), run.stats
     bar = run.log.bar(n, run.step_in_epoch, f"epoch {run.epoch}/{run.last_epoch}")
     t0 = time.perf_counter()
     for x, y in run.data.train.batches(run.epoch, run.step_in_epoch):
@@ -174,11 +197,10 @@ def peers_watched(run: Run):
     except RuntimeError as e:
         if not dist.is_initialized():
             raise
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         saved = latest_checkpoint(run.run_dir)
         hint = (f"its last checkpoint is intact: continue with mnistlab train --resume {saved}" if saved
                 else "no checkpoint had been written yet: start the run again")
-        raise MnistlabError(f"rank {dist.rank()}: the distributed job broke ({first}); {hint}.") from None
+        raise MnistlabError(f"{dist.broke(e)}; {hint}.") from None
 
 
 def log_running_loss(run: Run, stats: EpochStats) -> None:
@@ -206,6 +228,7 @@ def finish_epoch(run: Run, stats: EpochStats) -> None:
     if run.epoch % run.cfg.eval_every == 0 or run.epoch == run.last_epoch:
         evaluate(run, "test")
     run.epoch, run.step_in_epoch = run.epoch + 1, 0
+    run.stats = EpochStats(run.data.train.images.device)
     if (run.epoch - 1) % run.cfg.checkpoint_every == 0 or run.epoch > run.last_epoch:
         save(run, f"ckpt-epoch{run.epoch - 1:03d}.pt")
 
@@ -248,6 +271,8 @@ def save(run: Run, name: str, final: bool = False) -> Path:
     """Write a checkpoint into the run folder (rank 0 only): the whole training state, or with
     `final` the shipped weights alone (model.pt)."""
     path = run.run_dir / name
+    # Ctrl-C part-way through an epoch: its running figures too (summed over the ranks, so every rank asks)
+    stats = run.stats.state_dict() if run.step_in_epoch and not final else None
     if not dist.is_main():
         return path
     state = {"config": run.cfg.to_dict(), "epoch": run.epoch, "step_in_epoch": run.step_in_epoch,
@@ -256,6 +281,8 @@ def save(run: Run, name: str, final: bool = False) -> Path:
     if not final:
         state |= {"optimizer_state": run.opt.state_dict(), "rng_state": torch.get_rng_state(),
                   "scheduler_state": run.sched.state_dict() if run.sched is not None else None}
+        if stats is not None:
+            state["epoch_stats"] = stats
         if run.ema is not None:
             state |= {"train_model_state": _cpu(run.model.state_dict()), "ema_state": _cpu(run.ema.state_dict())}
     save_checkpoint(run.card, state, path)
@@ -293,22 +320,15 @@ def write_report(run: Run, data_dir) -> None:
 # ---- setting a run up ----
 
 def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict) -> Run:
-    """A run ready for its first step: a fresh one, or one restored from a checkpoint."""
+    """A run ready for its first step: a fresh one, or one restored from a checkpoint. Everything
+    is built and checked before the run folder is touched: a damaged checkpoint writes nothing."""
     state = None
     if resume:
         if cfg is not None:
             raise MnistlabError("a resumed run keeps its own config: give train() changes, not a config.")
-        if Path(resume).is_dir():  # a run folder: its latest checkpoint
-            found = latest_checkpoint(resume)
-            if found is None:
-                raise MnistlabError(f"{resume}: no checkpoint here to resume from (ckpt-epochNNN.pt or "
-                                    "ckpt-interrupt.pt); is it a folder written by mnistlab train?")
-            resume = found
-        _, state = load_checkpoint(resume)
-        if "optimizer_state" not in state or not isinstance(state.get("config"), dict):
-            raise CheckpointError(f"{resume}: holds only final weights, not a resumable training state.")
-        cfg = resumed(RunConfig.from_dict(state["config"]), changes)
-        out = out or Path(resume).parent
+        resume, state = read_resume_state(resume)
+        cfg = resumed(_saved_config(state["config"], resume), changes)
+        out = out or resume.parent
     elif cfg is None:
         raise MnistlabError("train() needs a RunConfig, or a checkpoint to resume.")
     cfg.validate()
@@ -317,57 +337,144 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     device = dist.join_process_group(resolve_device(cfg.device))
     if device.type == "cpu":
         keep_freed_memory()
-    amp = amp_dtype(cfg.precision, device)
     spec = get_dataset_spec(cfg.dataset)
     if (cfg.augment or {}).get("flip"):
         refuse_mirrors(cfg.dataset, "augment flip")
     card = ModelCard(model=cfg.model, model_config=cfg.model_config, dataset=cfg.dataset, classes=spec.classes,
                      mean=spec.mean, std=spec.std, val_size=cfg.val_size)
-    run_dir = prepare_run_dir(out, cfg, resuming_from=Path(resume).parent if resume else None)
-    log = RunLog(run_dir / "metrics.jsonl", progress, state["history"] if state else None)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(spec.classes), **cfg.model_config)
     channels_last = getattr(model, "channels_last", False)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     data = load_data(cfg, device, channels_last, data_dir)
+    total_steps = max(1, round(cfg.epochs * len(data.train)))
     graphed = (cfg.cuda_graph and device.type == "cuda" and dist.world_size() == 1 and cfg.optimizer != "sgd")
-    run = Run(cfg=cfg, card=card, model=model, ema=None, opt=make_optimizer(cfg, model, capturable=graphed),
-              sched=None, step=None, augment=Augment(**cfg.augment) if cfg.augment else None, data=data,
-              log=log, run_dir=run_dir)
+    opt = make_optimizer(cfg, model, capturable=graphed)
     # in a CUDA graph beta1 stays fixed: Adam's foreach kernels read a tensor beta1 on the host (PyTorch 2.11)
-    run.sched = make_scheduler(cfg, run.opt, run.total_steps, cycle_momentum=not graphed)
+    sched = make_scheduler(cfg, opt, total_steps, cycle_momentum=not graphed)
+    ema = None
     if cfg.ema:  # the average includes the batch-norm statistics
-        run.ema = torch.optim.swa_utils.AveragedModel(
+        ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    counters = {}
+    if state is not None:
+        counters = restore(state, resume, card, model, ema, opt, sched, len(data.train))
+        if counters["global_step"] > total_steps:
+            raise MnistlabError(f"--epochs {cfg.epochs} ends before {resume}, which has trained "
+                                f"{counters['global_step']} of the run's steps.")
+
+    run_dir = prepare_run_dir(out, cfg, resuming_from=resume.parent if resume else None)
+    log = RunLog(run_dir / "metrics.jsonl", progress, state["history"] if state else None)
     ddp_model = dist.wrap(model)
     if cfg.compile:
         ddp_model = torch.compile(ddp_model, mode=cfg.compile)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    step = (GraphedStep if graphed else EagerStep)(ddp_model, opt, amp_dtype(cfg.precision, device),
+                                                   cfg.label_smoothing)
+    run = Run(cfg=cfg, card=card, model=model, ema=ema, opt=opt, sched=sched, step=step,
+              augment=Augment(**cfg.augment) if cfg.augment else None, data=data, log=log, run_dir=run_dir,
+              **counters)
     if state is not None:
-        if run.total_steps < state["global_step"]:
-            raise MnistlabError(f"--epochs {cfg.epochs} ends before {resume}, which has trained "
-                                f"{state['global_step']} of the run's steps.")
-        restore(run, state)
         log.line(f"resuming {resume} at epoch {run.epoch}, step {run.step_in_epoch}/{len(data.train)}")
-    run.step = (GraphedStep if graphed else EagerStep)(ddp_model, run.opt, amp, cfg.label_smoothing)
     log.line(f"training {cfg.model} on {cfg.dataset} ({len(data.train.images)} images, {len(data.train)} "
              f"steps/epoch, {run.total_steps} steps, {device.type}{', CUDA graph' if graphed else ''}, "
-             f"{'bf16 autocast' if amp else 'fp32'}{dist.describe()}) -> {run_dir}")
+             f"{'bf16 autocast' if step.amp else 'fp32'}{dist.describe()}) -> {run_dir}")
     return run
 
 
-def restore(run: Run, state: dict) -> None:
-    run.model.load_state_dict(state["train_model_state"] if run.ema is not None else state["model_state"])
-    if run.ema is not None:
-        run.ema.load_state_dict(state["ema_state"])
-    run.opt.load_state_dict(state["optimizer_state"])
-    if run.sched is not None and state.get("scheduler_state"):
-        run.sched.load_state_dict(state["scheduler_state"])
-    torch.set_rng_state(state["rng_state"])
-    run.epoch, run.step_in_epoch = state["epoch"], state["step_in_epoch"]
-    run.global_step, run.train_seconds = state["global_step"], state["train_seconds"]
+def read_resume_state(resume: str | os.PathLike) -> tuple[Path, dict]:
+    """The checkpoint to resume (a run folder means its latest) and its whole state."""
+    if Path(resume).is_dir():
+        found = latest_checkpoint(resume)
+        if found is None:
+            raise MnistlabError(f"{resume}: no checkpoint here to resume from (ckpt-epochNNN.pt or "
+                                "ckpt-interrupt.pt); is it a folder written by mnistlab train?")
+        resume = found
+    _, state = load_checkpoint(resume)
+    if "optimizer_state" not in state:
+        raise CheckpointError(f"{resume}: holds only final weights, not a resumable training state.")
+    return Path(resume), state
+
+
+def _saved_config(saved, path: Path) -> RunConfig:
+    if not isinstance(saved, dict):
+        raise damaged(path, "config", "is not a dictionary")
+    try:
+        return RunConfig.from_dict(saved).validate()
+    except (MnistlabError, TypeError) as e:
+        raise damaged(path, "config", f"does not hold a valid run ({str(e).rstrip('.')})") from None
+
+
+def damaged(path: Path, key: str, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: its training state is damaged: '{key}' {what}.")
+
+
+def restore(state: dict, path: Path, card: ModelCard, model, ema, opt, sched, steps_per_epoch: int) -> dict:
+    """Load a checkpoint's training state into the freshly built parts, each key checked first
+    (one sentence naming the key); returns the Run's counters (epoch, step_in_epoch, ...)."""
+    counters = _counters(state, path, steps_per_epoch)
+    history = state.get("history")
+    if not isinstance(history, list) or not all(isinstance(e, dict) and isinstance(e.get("event"), str)
+                                                for e in history):
+        raise damaged(path, "history", "is not a list of events")
+    rng = state.get("rng_state")
+    if not (torch.is_tensor(rng) and rng.dtype == torch.uint8 and rng.dim() == 1):
+        raise damaged(path, "rng_state", "is missing or not a random generator's state")
+    parts = [("model_state" if ema is None else "train_model_state", model.load_state_dict),
+             ("optimizer_state", opt.load_state_dict)]
+    if ema is not None:
+        parts.append(("ema_state", ema.load_state_dict))
+    if sched is not None:
+        parts.append(("scheduler_state", sched.load_state_dict))
+    check_weights(card, state["model_state"], path)
+    for key, load in parts:
+        _load_part(state, key, load, path)
+    _check_param_groups(opt, path)
+    torch.set_rng_state(rng)
+    stats = state.get("epoch_stats")  # an interrupted epoch's running figures, so its event matches an unbroken one
+    if stats is not None and not (isinstance(stats, dict) and counters["step_in_epoch"]):
+        raise damaged(path, "epoch_stats", "does not belong to an epoch under way")
+    return counters | {"stats_state": stats}
+
+
+def _counters(state: dict, path: Path, steps_per_epoch: int) -> dict:
+    """epoch, step_in_epoch, global_step and train_seconds, checked against each other: a checkpoint
+    with epoch -5 or step_in_epoch 1e9 would train silently wrong, or loop without end."""
+    out = {}
+    for key in ("epoch", "step_in_epoch", "global_step", "train_seconds"):
+        value = state.get(key)
+        ok = (isinstance(value, (int, float)) if key == "train_seconds" else isinstance(value, int))
+        if not ok or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise damaged(path, key, f"is {value!r}, not a number of zero or more")
+        out[key] = value
+    epoch, step = out["epoch"], out["step_in_epoch"]
+    if epoch < 1 or step >= steps_per_epoch or out["global_step"] != (epoch - 1) * steps_per_epoch + step:
+        raise damaged(path, "epoch", f"{epoch}, step {step} and global_step {out['global_step']} do not agree "
+                      f"with the run's {steps_per_epoch} steps an epoch")
+    return out
+
+
+def _load_part(state: dict, key: str, load, path: Path) -> None:
+    value = state.get(key)
+    if not isinstance(value, dict):
+        raise damaged(path, key, "is missing")
+    try:
+        load(value)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
+        raise damaged(path, key, f"does not fit this run ({first_line(e, 120)})") from None
+
+
+def _check_param_groups(opt: torch.optim.Optimizer, path: Path) -> None:
+    """The optimiser's settings as loaded: finite numbers (a string lr failed at the first step)."""
+    for group in opt.param_groups:
+        for key in ("lr", "momentum", "weight_decay", "betas", "eps"):
+            values = group.get(key, 0.0)
+            for v in values if isinstance(values, (tuple, list)) else [values]:
+                v = v.item() if torch.is_tensor(v) and v.numel() == 1 else v
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise damaged(path, f"optimizer_state.param_groups.{key}", f"is {v!r}, not a finite number")
 
 
 def load_data(cfg: RunConfig, device: torch.device, channels_last: bool, data_dir) -> Data:
