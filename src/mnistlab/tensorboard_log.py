@@ -39,7 +39,7 @@ def require_tensorboard() -> None:
 def log_dir(run_dir: Path, where: str | os.PathLike | bool) -> Path:
     """The run folder's tensorboard/ (for True or ""), or for a folder given, a subfolder named as the
     run folder is, so that one `tensorboard --logdir DIR` compares the runs logged there."""
-    if where is True or where == "":
+    if isinstance(where, bool) or where == "":
         return run_dir / DEFAULT_SUBDIR
     return Path(where) / run_dir.name
 
