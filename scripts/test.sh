@@ -17,4 +17,7 @@ npm ci --no-audit --no-fund --loglevel=error
 export MNISTLAB_DATA="${MNISTLAB_DATA:-$(cd .. && pwd)/shared/data}"
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/lint-imports  # the layering and no import cycles (pyproject.toml, [tool.importlinter])
+.venv/bin/mypy  # the types, over src/ ([tool.mypy] in pyproject.toml)
 .venv/bin/python -m pytest "$@"
+# the tutorial notebook, top to bottom (its data from $MNISTLAB_DATA); stored without outputs (tests/test_notebook.py)
+.venv/bin/python -m pytest --nbmake notebooks/

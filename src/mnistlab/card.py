@@ -37,7 +37,7 @@ class ModelCard:
                 "temperature": self.temperature, "val_size": self.val_size}
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "model") -> ModelCard:
+    def from_dict(cls, d: object, source: str = "model") -> ModelCard:
         """Read a card back; anything missing or absurd gets one sentence naming `source`."""
         def bad(what: str) -> CheckpointError:
             return CheckpointError(f"{source}: {what}; the file is damaged or was not written by mnistlab.")

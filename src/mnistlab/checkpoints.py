@@ -63,7 +63,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelCard, dict[str, Any]]
     if version >= 2:
         card = ModelCard.from_dict(state.get("card"), str(path))
     else:
-        config = state.get("config") if isinstance(state.get("config"), dict) else {}
+        config = state["config"] if isinstance(state.get("config"), dict) else {}
         card = ModelCard.from_dict({**state, "val_size": config.get("val_size", 0)}, str(path))
     return card, state
 

@@ -139,6 +139,14 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--dry-run", action="store_true", help="a quick smoke run: 1 epoch on 640 images")
     p.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
     p.add_argument("--no-report", action="store_true", help="skip the PNG plots and HTML report at the end")
+    p.add_argument("--tensorboard", nargs="?", const=True, metavar="DIR",
+                   help="also log the loss, learning rate, accuracies and epoch times for TensorBoard: in the run "
+                        "folder's tensorboard/, or in DIR/<run folder name> (needs mnistlab[tensorboard])")
+    p.add_argument("--config", metavar="FILE",
+                   help="read settings from a TOML file (keys as the flags, without dashes: batch_size = 128; "
+                        "also preset, data_dir, out, tensorboard); flags given here override it")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings (preset included) as TOML, for --config, and exit")
     p.set_defaults(func=cmd_train)
 
 
@@ -169,9 +177,14 @@ def cmd_train(args) -> int:
     # every RunConfig field with a flag of the same name; None means "not given"
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
              if getattr(args, f.name, None) is not None}
+    if args.config:
+        given = _with_config_file(args, given)
     common = dict(out=args.out, data_dir=args.data_dir, report=not args.no_report,
-                  progress=False if args.no_progress else None)
+                  progress=False if args.no_progress else None, tensorboard=args.tensorboard)
     if args.resume:  # the run's own config, with the changes asked for (each checked)
+        if args.print_config:
+            raise MnistlabError("--print-config shows a new run's settings; a resumed run's are in its "
+                                "folder's config.json.")
         if args.dry_run or args.preset:
             raise MnistlabError(f"{'--dry-run' if args.dry_run else '--preset'} starts a new run; it cannot be "
                                 "combined with --resume (a resumed run keeps its recipe).")
@@ -179,8 +192,34 @@ def cmd_train(args) -> int:
         return 0
     if args.dry_run:
         given.update(epochs=1, train_limit=640, log_interval=5)
+    if args.print_config:
+        from .tomlconfig import config_toml
+
+        options = dict(data_dir=args.data_dir, out=args.out, tensorboard=args.tensorboard)
+        print(config_toml(from_preset(args.preset, **given), options, comment=_config_comment(args)), end="")
+        return 0
     train(from_preset(args.preset, **given), **common)
     return 0
+
+
+def _with_config_file(args, given: dict) -> dict:
+    """The settings in args.config under those given as flags; the file's preset, data_dir, out and
+    tensorboard go into args where no flag set them."""
+    from .tomlconfig import RUN_OPTIONS, read_config
+
+    settings = read_config(args.config)
+    for name in RUN_OPTIONS:
+        value = settings.pop(name, None)
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return settings | given
+
+
+def _config_comment(args) -> str:
+    what = f"the '{args.preset}' preset" if args.preset else "the defaults (the tutorial's recipe)"
+    source = f", {args.config}" if args.config else ""
+    return (f"mnistlab train, resolved from {what}{source} and the flags given.\n"
+            "Run it with: mnistlab train --config THIS_FILE")
 
 
 def _add_eval(sub, name: str, help: str) -> None:

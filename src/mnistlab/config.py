@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from .card import RENAMED_MODELS
 from .errors import MnistlabError
@@ -56,7 +57,7 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         for f in dataclasses.fields(self):  # types first: a config read from a file may hold anything
-            _check_type(f.name, getattr(self, f.name), f.type)
+            _check_type(f.name, getattr(self, f.name), str(f.type))  # the annotation, a string here
         positive = ("epochs", "batch_size", "test_batch_size", "log_interval",
                     "eval_every", "checkpoint_every")
         for name in positive:
@@ -169,8 +170,9 @@ def resumed(saved: RunConfig, changes: dict) -> RunConfig:
     return dataclasses.replace(saved, **changes).validate()
 
 
-_KINDS = {"int": (int, "a whole number"), "float": ((int, float), "a finite number"), "str": (str, "text"),
-          "bool": (bool, "true or false"), "dict": (dict, "a JSON object")}
+_KINDS: dict[str, tuple[Any, str]] = {
+    "int": (int, "a whole number"), "float": ((int, float), "a finite number"), "str": (str, "text"),
+    "bool": (bool, "true or false"), "dict": (dict, "a JSON object")}
 
 
 def _check_type(name: str, value, annotation: str) -> None:

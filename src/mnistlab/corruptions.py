@@ -51,7 +51,7 @@ def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
     return w / w.sum()
 
 
-def _filter_matrix(kernel: np.ndarray, mode: str) -> np.ndarray:
+def _filter_matrix(kernel: np.ndarray, mode) -> np.ndarray:  # mode: one of np.pad's names
     """The [28, 28] matrix of a 1-D correlation with `kernel` under NumPy's pad `mode` ('edge' is
     SciPy's 'nearest', 'symmetric' its 'reflect', 'reflect' OpenCV's default). F @ x filters the
     columns of x, x @ F.T its rows: a separable filter is two small matrix products per image."""
@@ -100,7 +100,7 @@ def _sample(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return out
 
 
-def _warp(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+def _warp(x: np.ndarray, matrix: np.ndarray | list) -> np.ndarray:
     """Each output pixel (col, row) reads the input at matrix @ (col, row, 1): the inverse map,
     in scikit-image's (x, y) order; matrix [2, 3], or [N, 2, 3] for one per image."""
     m = np.asarray(matrix, np.float32)[..., None, None]  # [(N,) 2, 3, 1, 1]: broadcast over the pixels
@@ -109,7 +109,7 @@ def _warp(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return _sample(x, rows, cols)
 
 
-def _about_centre(linear: np.ndarray) -> np.ndarray:
+def _about_centre(linear: np.ndarray | list) -> np.ndarray:
     """[2, 3]: the linear map [2, 2] with the translation that keeps the image's centre in place."""
     linear = np.asarray(linear, np.float64)
     return np.hstack([linear, (CENTRE * (1 - linear.sum(1)))[:, None]])

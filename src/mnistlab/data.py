@@ -24,7 +24,7 @@ from .errors import DataError, MnistlabError
 from .fileio import atomic_write
 
 # IDX type codes (third magic byte) -> numpy big-endian dtype.
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -247,6 +247,7 @@ def locate(spec: DatasetSpec, data_dir: str | os.PathLike | None = None,
 def _from_archive(spec: DatasetSpec, target: Path, parts: list[str]) -> dict[str, Path]:
     """Download the dataset's zip once (md5-checked, kept in `target`), and take out the files
     for `parts`, each through a temp file renamed into place."""
+    assert spec.archive is not None, f"{spec.name} comes as separate files, not in an archive"
     url, md5 = spec.archive
     archive = target / Path(url).name
     if not archive.is_file() or md5sum(archive) != md5:
@@ -350,7 +351,7 @@ class Loader:
         self.mean, self.std = mean, std
         self.channels_last = channels_last
         self.order = order
-        self._served = None  # (order, first, end) of the epoch being served
+        self._served: list | None = None  # (order, first, end) of the epoch being served
 
     def shard(self, rank: int, world: int) -> Loader:
         """Every world-th image from `rank` on: a rank's share of an in-order split."""

@@ -17,6 +17,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,9 @@ from .errors import MnistlabError
 from .fileio import atomic_write, write_folder
 from .inference import load_model
 from .onnx_backend import METADATA_KEY
+
+if TYPE_CHECKING:
+    from .torch_backend import TorchBackend
 
 FORMATS = ("onnx", "torchscript", "web")
 OPSET = 17
@@ -54,6 +58,7 @@ class _Exported(nn.Module):
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    assert bn.running_var is not None and bn.running_mean is not None, "a batch norm without running statistics"
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     return scale, bn.bias - bn.running_mean * scale
 
@@ -76,7 +81,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
             if j < 0 or not isinstance(layers[j], nn.Conv2d) or (j == i - 2 and not isinstance(
                     layers[i - 1], nn.MaxPool2d)):
                 continue
-            conv = layers[j]
+            conv = cast(nn.Conv2d, layers[j])
             scale, shift = _bn_scale_shift(bn)
             if j == i - 2 and (scale <= 0).any():
                 warnings.warn("a batch norm with a negative scale follows a max-pool; left unfolded", stacklevel=2)
@@ -111,7 +116,8 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
     if model.backend.runtime != "PyTorch":
         raise MnistlabError(f"{checkpoint}: export takes a PyTorch checkpoint (model.pt), not an exported file.")
     card = model.card
-    module = _Exported(fold_batchnorm(model.backend.module.to(memory_format=torch.contiguous_format)), probs,
+    torch_module = cast("TorchBackend", model.backend).module
+    module = _Exported(fold_batchnorm(torch_module.to(memory_format=torch.contiguous_format)), probs,  # type: ignore[call-overload]
                        card.temperature).eval()
     suffix = {"onnx": ".int8.onnx" if int8 else ".onnx", "torchscript": ".torchscript.pt", "web": "-web"}[fmt]
     out = Path(out) if out else Path(checkpoint).with_name(Path(checkpoint).stem + suffix)
@@ -157,7 +163,7 @@ def _onnx_bytes(module: nn.Module, meta: dict) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
-        torch.onnx.export(module, (torch.zeros(2, 1, 28, 28),), buf, input_names=["images"],
+        torch.onnx.export(module, (torch.zeros(2, 1, 28, 28),), buf, input_names=["images"],  # type: ignore[arg-type]
                           output_names=[meta["output"]], opset_version=OPSET, dynamo=False,
                           dynamic_axes={"images": {0: "batch"}, meta["output"]: {0: "batch"}})
     return _with_metadata(buf.getvalue(), meta)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
@@ -80,7 +80,7 @@ class Prediction:
         out = {"source": self.source, "prediction": self.label, "confidence": self.confidence,
                "top": [{"class": c, "probability": p} for c, p in self.top(k)],
                "probabilities": {c: float(p) for c, p in zip(self.classes, self.probabilities)}}
-        if self.logits is not None:
+        if self.logits is not None and self.saliency is not None:
             runner, p = self.runner_up
             out |= {"runner_up": {"class": runner, "probability": p}, "logits": self.logits.tolist(),
                     "temperature": self.temperature, "saliency": np.round(self.saliency, 5).tolist(),
@@ -172,7 +172,7 @@ class Classifier:
         if tta == "flip":
             refuse_mirrors(self.card.dataset, "--tta flip")
         views = tta_views(images, tta)
-        return sum(self._probabilities(v) for v in views) / len(views)
+        return cast(np.ndarray, sum(self._probabilities(v) for v in views)) / len(views)
 
     def _probabilities(self, images: np.ndarray) -> np.ndarray:
         out = []
@@ -278,7 +278,9 @@ def evaluate_files(paths: list, data_dir=None, split: str = "test", device: str 
     Returns (the models' cards, the evaluation of each, the evaluation of their average)."""
     from .evaluation import evaluation_from_probs
 
-    cards, members, total = [], [], None
+    cards: list[ModelCard] = []
+    members: list[Evaluation] = []
+    total: torch.Tensor | None = None
     for path in paths:
         model = load_model(path, device)
         card = model.card
@@ -292,4 +294,5 @@ def evaluate_files(paths: list, data_dir=None, split: str = "test", device: str 
         cards.append(card)
         members.append(evaluation_from_probs(probs, labels, card.classes))
         total = probs if total is None else total + probs
+    assert total is not None, "evaluate_files needs at least one model"
     return cards, members, evaluation_from_probs(total / len(paths), labels, cards[0].classes)

@@ -13,6 +13,7 @@ import io
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,7 @@ def open_image(source: str | os.PathLike | bytes | Image.Image, name: str | None
         if path.stat().st_size == 0:
             raise MnistlabError(f"{label}: the file is empty.")
     try:
-        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        img: Image.Image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         _check_size(img, label)
         if img.format == "JPEG" and max(img.size) > 2 * WORKING_SIDE:
             img.draft(img.mode, (WORKING_SIDE, WORKING_SIDE))  # decoded at 1/2, 1/4 or 1/8 scale
@@ -240,7 +241,7 @@ def _preprocess(source, name: str | None, label: str) -> np.ndarray:
     return np.round(out * 255).astype(np.uint8)
 
 
-def image_files(paths: list[str | os.PathLike]) -> list[Path]:
+def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Files as given, and the image files inside any folder given (sorted)."""
     found: list[Path] = []
     for p in map(Path, paths):

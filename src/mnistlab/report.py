@@ -15,6 +15,7 @@ import html
 import json
 import os
 from pathlib import Path
+from typing import cast
 
 import matplotlib
 
@@ -130,7 +131,7 @@ def build_report(run_dir: str | os.PathLike, data_dir=None, scored=None) -> Path
         ("Loss and error rate per epoch", plot_curves(events, run_dir / "curves.png")),
         ("Confusion matrix", plot_confusion(ev.confusion, card.classes, run_dir / "confusion.png")),
         ("Mistakes", plot_errors(images.numpy(), labels, probs, card.classes, run_dir / "errors.png")),
-        ("Reliability diagram", plot_reliability(ev.bins, ev.ece, run_dir / "reliability.png")),
+        ("Reliability diagram", plot_reliability(cast(torch.Tensor, ev.bins), ev.ece, run_dir / "reliability.png")),
     ]
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     calib = next((e for e in events if e["event"] == "calibration"), None)

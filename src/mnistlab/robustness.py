@@ -108,7 +108,7 @@ def evaluate_corruptions(paths: list[str], names: list[str] | None = None, data_
         names = C.resolve_names(names)
         # the next corruption is made (NumPy, one core) while the model judges this one (torch)
         with ThreadPoolExecutor(1) as pool:
-            made = [pool.submit(C.corrupt, images, names[0], seed)]
+            made: list = [pool.submit(C.corrupt, images, names[0], seed)]
             for i, name in enumerate(names):
                 corrupted = made[i].result()
                 if i + 1 < len(names):

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -53,6 +54,8 @@ class RunLog:
 
     metrics.jsonl starts as the history the run resumes from (empty for a new run), so that a
     run killed after its last checkpoint leaves no events behind that the resumed run repeats.
+    Each sink (a function of one event, e.g. tensorboard_log.TensorBoardSink) sees every event
+    recorded after it was added, on rank 0 only.
     """
 
     def __init__(self, metrics_path: Path, progress: bool | None, history: list[dict] | None = None):
@@ -60,6 +63,7 @@ class RunLog:
         self.progress = self.speak and (sys.stderr.isatty() if progress is None else progress)
         self.metrics_path = metrics_path
         self.history: list[dict] = list(history or [])
+        self.sinks: list[Callable[[dict], None]] = []
         if self.speak:
             lines = "".join(json.dumps(event) + "\n" for event in self.history)
             atomic_write(metrics_path, lambda tmp: Path(tmp).write_text(lines))
@@ -72,6 +76,8 @@ class RunLog:
         self.history.append(event)
         if self.speak:
             append_line(self.metrics_path, json.dumps(event))
+            for sink in self.sinks:
+                sink(event)
 
     def bar(self, total: int, initial: int, desc: str):
         return tqdm(total=total, initial=initial, desc=desc, leave=False, disable=not self.progress,

@@ -12,6 +12,7 @@ never stalls the event loop: /healthz and the other requests keep their pace.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import errno
 import gc
@@ -37,12 +38,12 @@ try:
     from starlette.requests import ClientDisconnect
     from uvicorn.protocols.http.h11_impl import H11Protocol
 except ImportError:  # the serve extra is not installed
-    FastAPI = None
-    H11Protocol = object
+    FastAPI = None  # type: ignore[assignment,misc]
+    H11Protocol = object  # type: ignore[assignment,misc]
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # httptools is not installed: h11 it is
-    HttpToolsProtocol = object
+    HttpToolsProtocol = object  # type: ignore[assignment,misc]
 
 log = logging.getLogger("mnistlab.serving")
 REQUEST_TIMEOUT = 10.0  # seconds a client has to send a request's headers, and then its body
@@ -203,19 +204,21 @@ class _HeaderDeadline:
     sends nothing, or half a request line, is disconnected after REQUEST_TIMEOUT seconds
     instead of holding its connection forever. Mixed into uvicorn's HTTP/1.1 protocols."""
 
-    _deadline = None
+    _deadline: asyncio.TimerHandle | None = None
+    loop: asyncio.AbstractEventLoop  # the protocol's that this is mixed into, as are the super() methods
+    transport: asyncio.Transport
 
     def connection_made(self, transport) -> None:
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[misc]
         self._arm()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         self._arm()
 
     def connection_lost(self, exc) -> None:
         self._disarm()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _arm(self) -> None:
         self._disarm()

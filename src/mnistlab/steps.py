@@ -44,7 +44,9 @@ class GraphedStep(EagerStep):
 
     def __init__(self, model, opt, amp, label_smoothing: float):
         super().__init__(model, opt, amp, label_smoothing)
-        self.graph, self.calls, self.shape = None, 0, None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.shape: torch.Size | None = None  # of the batches the graph was captured for
+        self.calls = 0
         device = next(model.parameters()).device
         self.lrs = []  # one device tensor per parameter group, read by the captured optimiser
         for group in opt.param_groups:
@@ -73,6 +75,7 @@ class GraphedStep(EagerStep):
             self._capture(x, y)
         self.static_x.copy_(x)
         self.static_y.copy_(y)
+        assert self.graph is not None
         self.graph.replay()
         return self.static_loss, self.static_correct
 

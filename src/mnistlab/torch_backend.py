@@ -37,5 +37,5 @@ def load(path: str | os.PathLike, device: torch.device) -> TorchBackend:
     module = build_model(card.model, len(card.classes), **card.model_config)
     module.load_state_dict(weights)
     if getattr(module, "channels_last", False):
-        module = module.to(memory_format=torch.channels_last)
+        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch's stubs)
     return TorchBackend(module.to(device), card, device)

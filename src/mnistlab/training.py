@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -28,6 +29,7 @@ from .evaluation import evaluation_from_logits, fit_temperature, format_accuracy
 from .models import build_model
 from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
 from .steps import EagerStep, GraphedStep
+from .tensorboard_log import require_tensorboard, tensorboard_logged
 
 
 @dataclass
@@ -97,14 +99,18 @@ class Run:
 
 def train(cfg: RunConfig | None = None, out: str | os.PathLike | None = None,
           resume: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-          progress: bool | None = None, report: bool = False, changes: dict | None = None) -> TrainResult:
+          progress: bool | None = None, report: bool = False, changes: dict | None = None,
+          tensorboard: str | os.PathLike | bool | None = None) -> TrainResult:
     """Train `cfg.model` on `cfg.dataset`, evaluate on the test set, save into a run folder.
 
     With `resume` (a checkpoint), the run continues under its own config, with `changes` (field ->
-    value, as the flags given) applied where config.RESUME_MAY_CHANGE allows."""
+    value, as the flags given) applied where config.RESUME_MAY_CHANGE allows. With `tensorboard`
+    (True for the run folder's tensorboard/, or a folder) the events also go to TensorBoard."""
+    if tensorboard is not None and tensorboard is not False:
+        require_tensorboard()
     run = start(cfg, out, resume, data_dir, progress, changes or {})
     shared = contextlib.closing(run.cores) if run.cores else contextlib.nullcontext()
-    with StopRequest() as stop, peers_watched(run), shared:
+    with StopRequest() as stop, peers_watched(run), shared, tensorboard_logged(run.log, run.run_dir, tensorboard):
         while run.epoch <= run.last_epoch:
             stats = train_epoch(run, stop)
             if stats is not None:
@@ -208,7 +214,8 @@ def log_running_loss(run: Run, stats: EpochStats) -> None:
         raise MnistlabError(
             f"the training loss became {mean} at epoch {run.epoch}, step {run.step_in_epoch}; the run stopped. "
             f"The learning rate ({run.cfg.lr}) is probably too high: try a lower --lr.")
-    run.log.record(event="train", epoch=run.epoch, step=run.step_in_epoch, loss=mean)
+    run.log.record(event="train", epoch=run.epoch, step=run.step_in_epoch, loss=mean, global_step=run.global_step,
+                   lr=float(run.opt.param_groups[0]["lr"]))
     if run.step_in_epoch % run.cfg.log_interval == 0:
         run.log.line(f"epoch {run.epoch:>3} [{run.step_in_epoch:>5}/{run.epoch_steps()}] loss {mean:.4f}")
 
@@ -239,7 +246,9 @@ def evaluate(run: Run, split: str) -> None:
     if split == "test" and run.test_logits is not None and run.test_logits[0] == run.epoch:
         logits, labels = run.test_logits[1:]
     else:
-        logits, labels = shard_logits(run.shipped, run.data.test if split == "test" else run.data.val)
+        loader = run.data.test if split == "test" else run.data.val
+        assert loader is not None, "evaluated on a validation split that the run does not hold"
+        logits, labels = shard_logits(run.shipped, loader)
     if split == "test":
         run.test_logits = (run.epoch, logits, labels)
     t = run.card.temperature
@@ -253,6 +262,7 @@ def calibrate(run: Run) -> None:
     """Temperature scaling, fitted on the validation split only; the test set is then reported with it.
 
     One pass over the validation split: every rank holds all of it, so no sums are needed."""
+    assert run.data.val is not None, "calibrated without a validation split"
     logits, labels = predict_logits(run.shipped, run.data.val)
     temperature = fit_temperature(logits, labels)
     before = evaluation_from_logits(logits, labels, run.card.classes)
@@ -345,7 +355,8 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(spec.classes), **cfg.model_config)
     channels_last = getattr(model, "channels_last", False)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model = model.to(device, memory_format=torch.channels_last if channels_last  # type: ignore[call-overload]
+                     else torch.contiguous_format)  # (torch's stubs lack Module.to's memory_format)
     data = load_data(cfg, device, channels_last, data_dir)
     total_steps = max(1, round(cfg.epochs * len(data.train)))
     graphed = (cfg.cuda_graph and device.type == "cuda" and dist.world_size() == 1 and cfg.optimizer != "sgd")
@@ -367,7 +378,7 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     log = RunLog(run_dir / "metrics.jsonl", progress, state["history"] if state else None)
     ddp_model = dist.wrap(model)
     if cfg.compile:
-        ddp_model = torch.compile(ddp_model, mode=cfg.compile)
+        ddp_model = cast(torch.nn.Module, torch.compile(ddp_model, mode=cfg.compile))  # a module compiles to one
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     step = (GraphedStep if graphed else EagerStep)(ddp_model, opt, amp_dtype(cfg.precision, device),
@@ -443,7 +454,7 @@ def _counters(state: dict, path: Path, steps_per_epoch: int) -> dict:
     with epoch -5 or step_in_epoch 1e9 would train silently wrong, or loop without end."""
     out = {}
     for key in ("epoch", "step_in_epoch", "global_step", "train_seconds"):
-        value = state.get(key)
+        value: Any = state.get(key)
         ok = (isinstance(value, (int, float)) if key == "train_seconds" else isinstance(value, int))
         if not ok or isinstance(value, bool) or not math.isfinite(value) or value < 0:
             raise damaged(path, key, f"is {value!r}, not a number of zero or more")
@@ -489,7 +500,7 @@ def load_data(cfg: RunConfig, device: torch.device, channels_last: bool, data_di
         raise MnistlabError(f"--batch-size {cfg.batch_size} must be a multiple of the {dist.world_size()} processes.")
     order = dist.shard(lambda epoch: epoch_permutation(len(images), cfg.seed, epoch))
 
-    def loader(split, batch_size, order=None):
+    def loader(split: tuple[torch.Tensor, torch.Tensor], batch_size: int, order=None) -> Loader:
         return Loader(*split, batch_size, spec.mean, spec.std, device, channels_last, order=order)
 
     return Data(train=loader((images, labels), cfg.batch_size // dist.world_size(), order),
