@@ -12,7 +12,6 @@ import argparse
 import io
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,9 +19,7 @@ from PIL import Image
 
 from common import machine
 from mnistlab import load_model, load_split
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from explaining import deletion_test  # noqa: E402
+from mnistlab_testkit.explaining import deletion_test
 
 
 def cost(model, png: bytes, explain: bool, n: int = 500) -> float:

@@ -20,12 +20,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from common import machine
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fuzzing import json_bodies, mutate, seed_files  # noqa: E402
 from mnistlab import MnistlabError  # noqa: E402
 from mnistlab.preprocessing import (  # noqa: E402
     NoDigitError,
@@ -34,6 +30,7 @@ from mnistlab.preprocessing import (  # noqa: E402
     preprocess,
     quiet_decoder_warnings,
 )
+from mnistlab_testkit.fuzzing import json_bodies, mutate, seed_files
 
 
 def corpus(seed: int, total: int, with_json: bool = False):

@@ -23,9 +23,7 @@ from common import machine
 from mnistlab import load_model, load_split
 from mnistlab.export import export
 from mnistlab.preprocessing import NoDigitError, preprocess
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from browsing import ORT_DIST, browser_page, digit_drawings, draw, static_server  # noqa: E402
+from mnistlab_testkit.browsing import ORT_DIST, browser_page, digit_drawings, draw, static_server
 
 
 def folder_size(path: Path) -> int:

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnx")
-from browsing import ORT_DIST, browser_page, digit_drawings, draw, need, static_server  # noqa: E402
 from fakes import run_cli  # noqa: E402
 from mnistlab import MnistlabError, load_model, load_split  # noqa: E402
 from mnistlab.export import ORT_WEB_CDN, ORT_WEB_FILES, ORT_WEB_VERSION, export  # noqa: E402
 from mnistlab.lesson import cross_entropy  # noqa: E402
 from mnistlab.preprocessing import NoDigitError, preprocess  # noqa: E402
+from mnistlab_testkit.browsing import ORT_DIST, browser_page, digit_drawings, draw, need, static_server  # noqa: E402
 
 MODEL = "fast"
 

@@ -348,7 +348,7 @@ def test_ipv6_addresses_are_bracketed_in_urls():
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigint_stops_a_server_started_with_sigint_ignored(workers):
     pytest.importorskip("fastapi")
-    from browsing import free_port
+    from mnistlab_testkit.browsing import free_port
 
     proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", "classic-cnn", "--port", str(free_port()),
                              "--workers", str(workers)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -198,7 +198,7 @@ def test_predict_cli_errors_per_image(trained_cnn, digit_files, tmp_path):
 def test_predict_on_damaged_files_says_one_sentence_each(trained_cnn, tmp_path):
     import io
 
-    from fuzzing import digit
+    from mnistlab_testkit.fuzzing import digit
 
     buf = io.BytesIO()
     digit(200).save(buf, format="TIFF", compression="tiff_lzw")  # the LZW strip sits at bytes 8 to 457
@@ -215,7 +215,7 @@ def test_predict_on_damaged_files_says_one_sentence_each(trained_cnn, tmp_path):
 
 
 def test_saliency_is_faithful_by_the_deletion_test(data_dir):
-    from explaining import deletion_test
+    from mnistlab_testkit.explaining import deletion_test
 
     model = load_model("classic-cnn")
     images = load_split("mnist", "test", data_dir)[0][:200].numpy()

@@ -155,8 +155,8 @@ def test_mutated_files_of_every_format_raise_only_our_error():
     import random
     import time
 
-    from fuzzing import mutate, seed_files
     from mnistlab.preprocessing import _preprocess, quiet_decoder_warnings
+    from mnistlab_testkit.fuzzing import mutate, seed_files
 
     quiet_decoder_warnings()  # Pillow's remarks on damaged files, as the CLI and the server do
     files = seed_files()

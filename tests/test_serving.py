@@ -11,11 +11,11 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from browsing import browser_page, draw  # noqa: E402
 from fakes import children  # noqa: E402
 from mnistlab import load_split  # noqa: E402
 from mnistlab.inference import load_model  # noqa: E402
 from mnistlab.serving import create_app  # noqa: E402
+from mnistlab_testkit.browsing import browser_page, draw  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_random_garbage_never_breaks_the_server(client):
 def test_mutated_images_of_every_format_get_an_answer_not_a_500(client):
     import random
 
-    from fuzzing import json_bodies, mutate, seed_files
+    from mnistlab_testkit.fuzzing import json_bodies, mutate, seed_files
 
     rng = random.Random(1)
     corpus = {**seed_files(), **json_bodies()}

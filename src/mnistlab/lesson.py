@@ -1,6 +1,8 @@
 """The softmax lesson in NumPy: softmax, log-softmax, negative log-likelihood, cross-entropy.
 
-Written to be read next to torch's own functions, which the tests check them against.
+Written to be read next to torch's own functions, which the tests check them against. Not only
+a lesson: inference.py turns every model's logits into probabilities with this softmax and
+log_softmax, so the functions taught here are the ones that answer `predict` and `serve`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The model registry. Every model maps normalised [N, 1, 28, 28] images to [N, 10] logits;
-the loss is cross-entropy and probabilities come from softmax."""
+"""The model registry. Every model maps normalised [N, 1, 28, 28] images to [N, K] logits, one
+per class of its dataset (10 for digits, 26, 47 or 62 for EMNIST's letters and mixes); the loss
+is cross-entropy and probabilities come from softmax."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ORT_DIST = REPO / "node_modules" / "onnxruntime-web" / "dist"  # scripts/test.sh installs it from npm
 
 
