@@ -19,7 +19,7 @@ import torch
 from . import distributed as dist
 from .augment import Augment
 from .card import ModelCard
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, save_checkpoint, save_weights
 from .config import RunConfig, resumed
 from .data import Loader, epoch_permutation, get_dataset_spec, holdout, load_split, refuse_mirrors
 from .device import amp_dtype, keep_freed_memory, resolve_device
@@ -240,7 +240,7 @@ def calibrate(run: Run) -> None:
 
 def save(run: Run, name: str, final: bool = False) -> Path:
     """Write a checkpoint into the run folder (rank 0 only): the whole training state, or with
-    `final` the shipped weights alone (model.pt)."""
+    `final` the shipped weights alone (model.pt, and the same as model.safetensors)."""
     path = run.run_dir / name
     if not dist.is_main():
         return path
@@ -253,6 +253,8 @@ def save(run: Run, name: str, final: bool = False) -> Path:
         if run.ema is not None:
             state |= {"train_model_state": _cpu(run.model.state_dict()), "ema_state": _cpu(run.ema.state_dict())}
     save_checkpoint(run.card, state, path)
+    if final:  # the weights in the ecosystem's format too; resumable checkpoints stay .pt (optimiser state)
+        save_weights(run.card, state["model_state"], path.with_suffix(".safetensors"))
     return path
 
 
