@@ -1,13 +1,17 @@
 """Make the pretrained models that ship in the package, and their manifest.
 
-    python scripts/make_pretrained.py [--data-dir ../shared/data] [--only NAME ...]
+    python scripts/make_pretrained.py [--data-dir ../shared/data] [--only NAME ...] [--convert]
 
-Each model is trained with a fixed seed by the command listed below, its model.pt copied to
-src/mnistlab/weights/NAME.pt, scored once on the test set, and recorded in
-src/mnistlab/weights/manifest.json with its sha256 and exact test accuracy. The same command
-on the same kind of machine gives the same bits (training is deterministic for a seed, device
-and thread count); another CPU's kernels can round differently. Every model holds out 5,000
-validation images, so its temperature is fitted there and its probabilities are calibrated.
+Each model is trained with a fixed seed by the command listed below, its model.safetensors
+(the weights, the model card in the metadata) copied to src/mnistlab/weights/NAME.safetensors,
+scored once on the test set, and recorded in src/mnistlab/weights/manifest.json with its sha256
+and exact test accuracy. The same command on the same kind of machine gives the same bits
+(training is deterministic for a seed, device and thread count); another CPU's kernels can
+round differently. Every model holds out 5,000 validation images, so its temperature is
+fitted there and its probabilities are calibrated.
+
+--convert rewrites the NAME.pt files of earlier versions as NAME.safetensors, the same tensors
+and card, without training (checked tensor by tensor), and records them again.
 """
 
 import argparse
@@ -18,7 +22,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+
 from mnistlab import format_accuracy, load_model, train
+from mnistlab.checkpoints import load_weights, save_weights
 from mnistlab.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +40,7 @@ MODELS = {  # name -> (description, the train command's flags)
 
 
 def make(name: str, data_dir: str) -> dict:
-    description, flags = MODELS[name]
+    _, flags = MODELS[name]
     args = build_parser("train").parse_args(["train", *shlex.split(flags)])
     from mnistlab.config import RunConfig, from_preset
 
@@ -41,11 +48,30 @@ def make(name: str, data_dir: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = train(from_preset(args.preset, **given), out=Path(tmp) / "run", data_dir=data_dir, progress=False)
         WEIGHTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(result.model_path, WEIGHTS / f"{name}.pt")
-    ev = load_model(WEIGHTS / f"{name}.pt").evaluate(data_dir)
-    print(f"{name}: {format_accuracy(ev.correct, ev.total)}, ECE {100 * ev.ece:.2f}%, "
-          f"{(WEIGHTS / f'{name}.pt').stat().st_size:,} bytes", flush=True)
-    return {"file": f"{name}.pt", "sha256": hashlib.sha256((WEIGHTS / f"{name}.pt").read_bytes()).hexdigest(),
+        shutil.copyfile(result.model_path.with_suffix(".safetensors"), WEIGHTS / f"{name}.safetensors")
+    return record(name, data_dir)
+
+
+def convert(name: str, data_dir: str) -> dict:
+    """NAME.pt as NAME.safetensors: the same card and tensors, checked, and the .pt removed."""
+    old, new = WEIGHTS / f"{name}.pt", WEIGHTS / f"{name}.safetensors"
+    card, weights = load_weights(old)
+    save_weights(card, weights, new)
+    card2, weights2 = load_weights(new)
+    assert card2 == card and weights2.keys() == weights.keys()
+    assert all(torch.equal(weights[k], weights2[k]) and weights[k].dtype == weights2[k].dtype for k in weights)
+    old.unlink()
+    return record(name, data_dir)
+
+
+def record(name: str, data_dir: str) -> dict:
+    """The manifest's entry for weights/NAME.safetensors, scored once on the test set."""
+    description, flags = MODELS[name]
+    path = WEIGHTS / f"{name}.safetensors"
+    ev = load_model(path).evaluate(data_dir)
+    print(f"{name}: {format_accuracy(ev.correct, ev.total)}, ECE {100 * ev.ece:.2f}%, {path.stat().st_size:,} bytes",
+          flush=True)
+    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "test_correct": ev.correct, "test_total": ev.total, "dataset": "mnist", "description": description,
             "command": f"mnistlab train {flags}"}
 
@@ -54,11 +80,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--only", nargs="+", choices=list(MODELS), help="remake only these (default: all)")
+    p.add_argument("--convert", action="store_true", help="rewrite the .pt files of earlier versions, untrained")
     args = p.parse_args()
     manifest_path = WEIGHTS / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     for name in args.only or MODELS:
-        manifest[name] = make(name, args.data_dir)
+        manifest[name] = (convert if args.convert else make)(name, args.data_dir)
     manifest = {name: manifest[name] for name in MODELS if name in manifest}
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {manifest_path}")

@@ -1,4 +1,9 @@
+import io
 import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +14,9 @@ pytest.importorskip("onnxruntime")
 import onnxruntime as ort  # noqa: E402
 
 from fakes import run_cli
-from mnistlab import MODELS, MnistlabError, RunConfig, load_model, load_split, train  # noqa: E402
+from mnistlab import MODELS, CheckpointError, MnistlabError, RunConfig, load_model, load_split, train  # noqa: E402
 from mnistlab.export import export, fold_batchnorm  # noqa: E402
+from mnistlab.pretrained import catalogue  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +71,99 @@ def test_torchscript_parity(short_trained, test_set, tmp_path):
         got = scripted(x).double().numpy()
     ref = torch_probs(short_trained, images)
     assert (ref.argmax(1) == got.argmax(1)).all() and np.abs(ref - got).max() <= 1e-5
+
+
+@pytest.mark.parametrize("probs", [False, True])
+def test_pt2_parity_on_the_whole_test_set(short_trained, test_set, tmp_path, probs):
+    images, _ = test_set
+    path = export(short_trained, "pt2", tmp_path / "m.pt2", probs=probs)
+    ref, model = torch_probs(short_trained, images), load_model(path)
+    got = model.predict_proba(images)
+    assert (ref.argmax(1) == got.argmax(1)).all()
+    assert np.abs(ref - got).max() <= 1e-5
+    assert model.backend.runtime == "PyTorch (torch.export)" and model.card == load_model(short_trained).card
+    assert model.backend.outputs == ("probabilities" if probs else "logits")
+    np.testing.assert_allclose(model.predict_proba(images[:1]), got[:1], rtol=0, atol=1e-6)  # any batch size
+    files = {"mnistlab.json": ""}  # the card, in the archive's extra files, for any reader of .pt2
+    program = torch.export.load(path, extra_files=files)
+    assert json.loads(files["mnistlab.json"])["output"] == ("probabilities" if probs else "logits")
+    if any(name in str(short_trained) for name in ("bn-cnn", "deep")):
+        assert not any("batch_norm" in str(n.target) for n in program.graph.nodes)  # folded
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {Path(os.environ.get('TMPDIR', '/tmp')) / 'mnistlab-pt2-pwned'}",))
+
+
+def _rewrite(src: Path, dst: Path, change) -> Path:
+    """A copy of a .pt2 archive with members changed: change(inner name, bytes) -> bytes."""
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst, "w") as new:
+        for info in old.infolist():
+            new.writestr(info, change(info.filename.split("/", 1)[1], old.read(info)))
+    return dst
+
+
+def _pickled_inputs(name, data):
+    if not name.startswith("data/sample_inputs/"):
+        return data
+    buf = io.BytesIO()
+    torch.save(((Evil(),), {}), buf)
+    return buf.getvalue()
+
+
+def _pickled_weight(name, data):
+    if not name.endswith("_weights_config.json"):
+        return data
+    config = json.loads(data)
+    next(iter(config["config"].values()))["use_pickle"] = True
+    return json.dumps(config).encode()
+
+
+def test_pt2_files_that_are_not_ours_or_not_plain_are_refused(tmp_path):
+    good = export("classic-cnn", "pt2", tmp_path / "good.pt2")
+    pwned = Path(os.environ.get("TMPDIR", "/tmp")) / "mnistlab-pt2-pwned"
+    pwned.unlink(missing_ok=True)
+    for change, message in ((_pickled_inputs, "refused: the archive holds pickled objects"),
+                            (_pickled_weight, "refused: the archive holds pickled objects")):
+        with pytest.raises(CheckpointError, match=message):
+            load_model(_rewrite(good, tmp_path / f"{change.__name__}.pt2", change))
+    assert not pwned.exists()  # checked before torch.export.load, which would have run it
+    (tmp_path / "junk.pt2").write_bytes(b"PK\x03\x04junk")
+    with pytest.raises(CheckpointError, match="junk.pt2: not a readable .pt2 program"):
+        load_model(tmp_path / "junk.pt2")
+
+    class Flat(nn.Module):
+        def forward(self, images):
+            return images.flatten(1)[:, :10]
+
+    program = torch.export.export(Flat(), (torch.zeros(2, 1, 28, 28),))
+    torch.export.save(program, tmp_path / "foreign.pt2")
+    with pytest.raises(CheckpointError, match="not one exported by mnistlab"):
+        load_model(tmp_path / "foreign.pt2")
+    card = json.dumps({**load_model("classic-cnn").card.to_dict(), "classes": list("abc")})
+    torch.export.save(program, tmp_path / "shape.pt2", extra_files={"mnistlab.json": card})
+    with pytest.raises(CheckpointError, match=r"does not map images \[N, 1, 28, 28\] to \[N, 3\]"):
+        load_model(tmp_path / "shape.pt2")
+    card = json.dumps({**load_model("classic-cnn").card.to_dict(), "temperature": float("nan")})
+    torch.export.save(program, tmp_path / "nan.pt2", extra_files={"mnistlab.json": card})
+    with pytest.raises(CheckpointError, match="nan.pt2: its normalisation std and temperature must be positive"):
+        load_model(tmp_path / "nan.pt2")
+
+
+def test_a_pt2_program_goes_on_to_onnx_and_the_web_page_only(tmp_path, test_set):
+    images, _ = test_set
+    pt2 = export("classic-cnn", "pt2", tmp_path / "m.pt2")
+    ref = load_model("classic-cnn").predict_proba(images[:2000])
+    onnx_path = export(pt2, "onnx", tmp_path / "m.onnx")
+    assert np.abs(load_model(onnx_path).predict_proba(images[:2000]) - ref).max() <= 1e-5
+    site = export(pt2, "web", tmp_path / "site")
+    assert np.abs(load_model(site / "model.onnx").predict_proba(images[:2000]) - ref).max() <= 1e-5
+    for fmt, probs in (("pt2", False), ("torchscript", False), ("onnx", True)):
+        with pytest.raises(MnistlabError, match="exports only to ONNX or the web page, as the logits it gives"):
+            export(pt2, fmt, tmp_path / "again", probs=probs)
+    with pytest.raises(MnistlabError, match="--format hf takes the weights of a model"):
+        export(pt2, "hf", tmp_path / "hf")
 
 
 def test_fold_batchnorm_across_max_pool():
@@ -128,3 +227,23 @@ def test_export_cli_errors(tmp_path, short_trained):
     assert proc.returncode == 1 and "bad.pt: not a readable checkpoint" in proc.stderr
     proc = run_cli("export", short_trained, "--format", "torchscript", "--int8")
     assert proc.returncode == 1 and "--int8 applies to ONNX" in proc.stderr
+
+
+def test_the_cli_exports_pt2_and_hf_and_takes_them_as_models(tmp_path):
+    from PIL import Image
+
+    image = Image.new("L", (60, 60), 255)
+    image.paste(0, (25, 10, 33, 50))  # a dark bar
+    image.save(tmp_path / "bar.png")
+    for out, fmt in (("m.pt2", "pt2"), ("hf", "hf")):
+        proc = run_cli("export", "classic-cnn", tmp_path / out, "--format", fmt)
+        assert proc.returncode == 0 and f"wrote {tmp_path / out}" in proc.stdout, proc.stderr
+    shutil.copy(catalogue()["classic-cnn"].path, tmp_path / "m.safetensors")
+    expected = json.loads(run_cli("predict", "classic-cnn", tmp_path / "bar.png", "--json").stdout)
+    for model in ("m.pt2", "hf", "m.safetensors"):
+        proc = run_cli("predict", tmp_path / model, tmp_path / "bar.png", "--json")
+        got = json.loads(proc.stdout)
+        assert got["prediction"] == expected["prediction"] == "1", proc.stderr
+        assert got["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
+    proc = run_cli("export", "classic-cnn", tmp_path / "m.ts.pt", "--format", "torchscript")
+    assert proc.returncode == 0 and "--format pt2 (torch.export) is its successor" in proc.stderr

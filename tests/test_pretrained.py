@@ -20,6 +20,15 @@ def test_each_pretrained_model_matches_its_sha256_and_its_recorded_accuracy(name
     assert (ev.correct, ev.total) == (entry.test_correct, entry.test_total)  # exactly, not about
 
 
+def test_the_shipped_weights_are_safetensors_with_their_card_in_the_metadata():
+    from safetensors import safe_open
+
+    for name, entry in catalogue().items():
+        assert entry.path.suffix == ".safetensors"
+        with safe_open(str(entry.path), framework="np") as f:  # any safetensors reader, without mnistlab or torch
+            assert json.loads(f.metadata()["mnistlab"]) == load_model(name).card.to_dict()
+
+
 def test_the_shipped_models_are_small_and_strong():
     models = catalogue()
     assert {"fast", "classic-cnn"} <= set(models) and DEFAULT in models

@@ -1,16 +1,22 @@
 """The model card: what a trained model is and how to feed it, in one object.
 
-Checkpoints, the metadata of exported ONNX and TorchScript files, and every loader write
-and read it through `ModelCard.to_dict` and `ModelCard.from_dict`, as whisper rebuilds a
-model from its `ModelDimensions`. Plain Python: the ONNX path, which never imports torch, reads it too.
+Checkpoints, the metadata of .safetensors files and of exported ONNX, .pt2 and TorchScript
+files, a Hugging Face folder's config.json, and every loader write and read it through
+`ModelCard.to_dict` and `ModelCard.from_dict`, as whisper rebuilds a model from its
+`ModelDimensions`. Plain Python: the ONNX path, which never imports torch, reads it too.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import CheckpointError
+
+# A model folder in the Hugging Face layout: the card as the model's config, the weights, a README model card.
+HF_CONFIG, HF_WEIGHTS, HF_README = "config.json", "model.safetensors", "README.md"
 
 # Models renamed since the first file format; files that use an old name still load.
 RENAMED_MODELS = {"fast": "bn-cnn"}
@@ -76,3 +82,8 @@ class ModelCard:
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_hf_folder(path: str | os.PathLike) -> bool:
+    """A folder that holds a model in the Hugging Face layout (its config.json and model.safetensors)."""
+    return Path(path).is_dir() and (Path(path) / HF_CONFIG).is_file() and (Path(path) / HF_WEIGHTS).is_file()

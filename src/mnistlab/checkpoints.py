@@ -1,20 +1,26 @@
-"""Checkpoints: written atomically, read with weights_only=True, checked before use.
+"""Checkpoints and weights files: written atomically, read without unpickling code, checked before use.
 
 A checkpoint is a dict: the model card under "card", the weights under "model_state",
 and for a resumable training state also the run config, optimiser, scheduler and RNG state.
+It is read with weights_only=True. The weights alone also travel as safetensors (plain
+tensors and a string table: nothing to unpickle), with the model card, as JSON, in the
+metadata: the pretrained models, a finished run's model.safetensors, and a folder in the
+Hugging Face layout, whose config.json is its card.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .card import ModelCard
+from .card import HF_CONFIG, HF_WEIGHTS, ModelCard, is_hf_folder
 from .errors import CheckpointError, MnistlabError
 from .fileio import atomic_write
 from .models import build_model
@@ -23,6 +29,8 @@ FORMAT = "mnistlab-checkpoint"
 # 2: the model card under "card". 1 (before 0.2): the card's fields at the top level, val_size in "config".
 VERSION = 2
 _UNREADABLE = "{path}: not a readable checkpoint (corrupt, truncated or another format)."
+SAFETENSORS_SUFFIX = ".safetensors"
+CARD_KEY = "mnistlab"  # the safetensors metadata entry that holds the model card, as JSON (as in ONNX files)
 
 
 def save_checkpoint(card: ModelCard, state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -87,3 +95,79 @@ def check_weights(card: ModelCard, weights: dict, path: str | os.PathLike) -> No
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: its weights hold NaN or infinite values ('{name}'); the file is damaged "
                                   "or its training diverged.")
+
+
+def weights_bytes(card: ModelCard, weights: dict[str, torch.Tensor]) -> bytes:
+    """The weights as a safetensors file, with the model card in its metadata."""
+    from safetensors.torch import save
+
+    # safetensors stores each tensor's bytes in row-major order: a channels-last weight is made contiguous
+    tensors = {name: t.detach().cpu().contiguous() for name, t in weights.items()}
+    return save(tensors, metadata={"format": "pt", CARD_KEY: json.dumps(card.to_dict())})
+
+
+def save_weights(card: ModelCard, weights: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    data = weights_bytes(card, weights)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def load_weights(path: str | os.PathLike) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """The model card and the weights of a model.pt or checkpoint, a .safetensors file, or a folder
+    in the Hugging Face layout; anything amiss is one sentence."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_hf_folder(path)
+    if not is_safetensors(path):
+        card, state = load_checkpoint(path)
+        return card, state["model_state"]
+    metadata, weights = _read_safetensors(path)
+    if CARD_KEY not in metadata:
+        raise CheckpointError(f"{path}: a safetensors file, but without mnistlab's model card in its metadata "
+                              "(not written by mnistlab).")
+    return ModelCard.from_dict(_json(metadata[CARD_KEY], f"{path}: the model card in its metadata"), str(path)), weights
+
+
+def is_safetensors(path: Path) -> bool:
+    """A .safetensors file by its name, or by its first bytes: a header length, then a JSON object."""
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        return len(head) == 9 and head[8:] == b"{" and struct.unpack("<Q", head[:8])[0] < path.stat().st_size
+    except OSError:
+        return False
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such safetensors file.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}, {name: f.get_tensor(name) for name in f.keys()}
+    except Exception:  # SafetensorError for a bad header, and more for bytes that only look like one
+        raise CheckpointError(f"{path}: not a readable safetensors file (corrupt, truncated or another "
+                              "format).") from None
+
+
+def _load_hf_folder(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    """A folder in the Hugging Face layout: its config.json is the card (tools that rewrite
+    model.safetensors may drop its metadata)."""
+    if not is_hf_folder(path):
+        raise CheckpointError(f"{path}: a folder, but not a model in the Hugging Face layout "
+                              f"({HF_CONFIG} and {HF_WEIGHTS}).")
+    try:
+        text = (path / HF_CONFIG).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise CheckpointError(f"{path / HF_CONFIG}: not readable as text.") from None
+    card = ModelCard.from_dict(_json(text, str(path / HF_CONFIG)), str(path / HF_CONFIG))
+    return card, _read_safetensors(path / HF_WEIGHTS)[1]
+
+
+def _json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise CheckpointError(f"{what} is not valid JSON.") from None

@@ -360,13 +360,13 @@ def cmd_predict(args) -> int:
 
 
 def _model_and_images(inputs: list[str]) -> tuple[list[str], list[str]]:
-    """The first input is the model when it is a pretrained name or a .pt or .onnx file."""
-    from pathlib import Path
-
+    """The first input is the model when it is a pretrained name, a model file (.pt, .pt2,
+    .safetensors, .onnx) or a folder in the Hugging Face layout."""
+    from .inference import is_model_path
     from .pretrained import catalogue
 
     first = inputs[0]
-    if first in catalogue() or Path(first).suffix.lower() in (".pt", ".onnx"):
+    if first in catalogue() or is_model_path(first):
         if len(inputs) == 1:
             raise MnistlabError(f"{first} is a model: give the images to classify after it.")
         return [first], inputs[1:]
@@ -397,13 +397,16 @@ def cmd_serve(args) -> int:
 def _add_export(sub, name: str, help: str) -> None:
     from .export import FORMATS, ORT_WEB_VERSION
 
-    p = sub.add_parser(name, help=help, description="Export a model: an ONNX or TorchScript file that runs without "
-                       "mnistlab, or (--format web) a static site that runs it in any browser.")
+    p = sub.add_parser(name, help=help, description="Export a model: an ONNX or torch.export (.pt2) file that runs "
+                       "without mnistlab, a static site that runs it in any browser (--format web), or a folder in "
+                       "the Hugging Face layout for a model hub (--format hf).")
     p.add_argument("checkpoint", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("destination", nargs="?", metavar="OUT",
-                   help="the file, or for web the folder, to write (default: beside the model)")
+                   help="the file, or for web and hf the folder, to write (default: beside the model)")
     p.add_argument("--format", choices=FORMATS, default="onnx",
-                   help="onnx (default), torchscript, or web: index.html, its JavaScript and the model in a folder")
+                   help="onnx (default); pt2: torch.export, the one to use from PyTorch; torchscript: deprecated "
+                        "(torch.jit), kept while torch still builds it; web: index.html, its JavaScript and the model "
+                        "in a folder; hf: config.json, model.safetensors and README.md in a folder")
     p.add_argument("--out", help="the same as OUT")
     p.add_argument("--probs", action="store_true", help="output probabilities (softmax inside the graph), not logits")
     p.add_argument("--int8", action="store_true", help="ONNX only: static int8 quantisation, calibrated on "
@@ -426,6 +429,9 @@ def cmd_export(args) -> int:
             raise MnistlabError("ONNX export needs onnx and onnxruntime: pip install 'mnistlab[onnx]'.") from None
     if args.destination and args.out and args.destination != args.out:
         raise MnistlabError(f"two destinations given: {args.destination} and --out {args.out}.")
+    if args.format == "torchscript":
+        print("mnistlab: --format torchscript stands on torch.jit, which PyTorch deprecates; --format pt2 "
+              "(torch.export) is its successor.", file=sys.stderr)
     path = export(args.checkpoint, args.format, args.destination or args.out, probs=args.probs, int8=args.int8,
                   data_dir=args.data_dir, runtime=args.runtime)
     size = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
@@ -496,7 +502,7 @@ COMMANDS = {
     "eval": (_add_eval, "evaluate a saved model, or an ensemble of several, on a whole split"),
     "predict": (_add_predict, "classify your own images (PNG, JPEG, BMP, GIF, WebP, TIFF; files or folders)"),
     "serve": (_add_serve, "a local web page to draw a digit on, and a JSON API"),
-    "export": (_add_export, "write an ONNX or TorchScript file that runs without mnistlab"),
+    "export": (_add_export, "write an ONNX or .pt2 file that runs without mnistlab, a web page, a Hugging Face folder"),
     "report": (_add_report, "rebuild a run's plots and its self-contained HTML report"),
     "lesson": (_simple(cmd_lesson), "walk through softmax, NLL and cross-entropy with the tutorial's numbers"),
     "models": (_simple(cmd_models), "list the registered models"),

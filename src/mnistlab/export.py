@@ -1,10 +1,12 @@
-"""`mnistlab export`: ONNX (optionally int8) and TorchScript files that run without mnistlab.
+"""`mnistlab export`: ONNX (optionally int8), torch.export (.pt2) and TorchScript files that run
+without mnistlab, a static site, or a folder in the Hugging Face layout.
 
 The exported graph takes normalised [N, 1, 28, 28] float images with any batch size and
 returns logits, or probabilities with `probs=True` (softmax, with the checkpoint's
 temperature, inside the graph). Batch norm is folded into the convolutions first (the
 `simple` model's BatchNorm1d over its 10 outputs stays, as one cheap node). The file
 says, in its metadata, the model, the class names, the normalisation and what it outputs.
+The Hugging Face folder holds the weights as they are (safetensors), not a graph.
 """
 
 from __future__ import annotations
@@ -17,22 +19,23 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import torch
 import torch.nn as nn
 
 from . import page
-from .card import ModelCard
+from .card import HF_CONFIG, HF_README, HF_WEIGHTS, ModelCard
+from .checkpoints import weights_bytes
 from .errors import MnistlabError
 from .fileio import atomic_write, write_folder
-from .inference import load_model
+from .inference import Classifier, load_model
 from .onnx_backend import METADATA_KEY
+from .torch_backend import PT2_CARD, ProgramBackend, TorchBackend, quiet_loggers
 
-if TYPE_CHECKING:
-    from .torch_backend import TorchBackend
-
-FORMATS = ("onnx", "torchscript", "web")
+# pt2 is the one to use from PyTorch; torchscript stands on torch.jit, deprecated, and goes when torch drops it
+FORMATS = ("onnx", "pt2", "torchscript", "web", "hf")
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt", "web": "-web", "hf": "-hf"}
 OPSET = 17
 # The page's runtime: onnxruntime-web from npm, pinned. The hashes are those of its dist files as npm
 # and the CDN serve them (a test checks them against the package the tests install from npm).
@@ -103,27 +106,34 @@ def _metadata(card: ModelCard, probs: bool) -> dict:
 def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
            probs: bool = False, int8: bool = False, data_dir: str | os.PathLike | None = None,
            runtime: str | os.PathLike | None = None) -> Path:
-    """Export a checkpoint (or a pretrained model, by name); returns the path written.
+    """Export a model (a checkpoint, weights file, Hugging Face folder, .pt2 program, or a pretrained
+    model by name); returns the path written.
 
-    "web" writes a folder: a static site that runs the model in the browser (see export_web)."""
+    "web" writes a folder: a static site that runs the model in the browser (see export_web);
+    "hf" a folder in the Hugging Face layout (see export_hf)."""
     if fmt not in FORMATS:
         raise MnistlabError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'.")
     if int8 and fmt != "onnx":
         raise MnistlabError("--int8 applies to ONNX export only.")
-    if (probs and fmt == "web") or (runtime and fmt != "web"):
-        raise MnistlabError("--runtime applies to --format web only, and the web page takes logits, not --probs.")
+    if (probs and fmt in ("web", "hf")) or (runtime and fmt != "web"):
+        raise MnistlabError("--runtime applies to --format web only, and the web page and the Hugging Face folder "
+                            "take logits, not --probs.")
     model = load_model(checkpoint)
-    if model.backend.runtime != "PyTorch":
-        raise MnistlabError(f"{checkpoint}: export takes a PyTorch checkpoint (model.pt), not an exported file.")
     card = model.card
-    torch_module = cast("TorchBackend", model.backend).module
-    module = _Exported(fold_batchnorm(torch_module.to(memory_format=torch.contiguous_format)), probs,  # type: ignore[call-overload]
-                       card.temperature).eval()
-    suffix = {"onnx": ".int8.onnx" if int8 else ".onnx", "torchscript": ".torchscript.pt", "web": "-web"}[fmt]
+    suffix = ".int8.onnx" if int8 else SUFFIXES[fmt]
     out = Path(out) if out else Path(checkpoint).with_name(Path(checkpoint).stem + suffix)
+    if fmt == "hf":
+        return export_hf(model, checkpoint, out)
+    module = _graph(model, checkpoint, fmt, probs)
     meta = _metadata(card, probs)
     if fmt == "web":
         return export_web(_onnx_bytes(module, meta), card, Path(checkpoint).name, out, runtime)
+    if fmt == "pt2":
+        buf = io.BytesIO()  # the archive's inner folder is named after the file: a buffer's is always the same
+        assert isinstance(module, nn.Module)  # _graph gives a program only for onnx and web
+        torch.export.save(_program(module), buf, extra_files={PT2_CARD: json.dumps(meta)})
+        atomic_write(out, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+        return out
     if fmt == "torchscript":
         scripted = torch.jit.trace(module, torch.zeros(1, 1, 28, 28))
         files = {"mnistlab.json": json.dumps(meta)}
@@ -134,6 +144,81 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
         model_bytes = _with_metadata(quantize_int8(model_bytes, card, data_dir), meta | {"quantized": "int8"})
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(model_bytes))
     return out
+
+
+def _graph(model: Classifier, source, fmt: str, probs: bool) -> nn.Module | torch.export.ExportedProgram:
+    """What is exported: the model's module with batch norm folded and, with `probs`, its softmax;
+    or a .pt2 file's own program, which goes on to ONNX (and the web page) as it is."""
+    backend = model.backend
+    if isinstance(backend, TorchBackend):
+        module = fold_batchnorm(backend.module.to(memory_format=torch.contiguous_format))  # type: ignore[call-overload]
+        return _Exported(module, probs, model.card.temperature).eval()
+    if isinstance(backend, ProgramBackend):
+        if fmt in ("onnx", "web") and probs == (backend.outputs == "probabilities"):
+            return backend.program
+        raise MnistlabError(f"{source}: a .pt2 program exports only to ONNX or the web page, as the {backend.outputs} "
+                            "it gives; export its model.pt or .safetensors for anything else.")
+    raise MnistlabError(f"{source}: export takes a PyTorch model (model.pt, .safetensors, a Hugging Face folder or "
+                        ".pt2), not an .onnx file.")
+
+
+def _program(module: nn.Module) -> torch.export.ExportedProgram:
+    """The module as torch.export's graph, for any batch size."""
+    batch = torch.export.Dim("batch", min=1)
+    return torch.export.export(module, (torch.zeros(2, 1, 28, 28),), dynamic_shapes={"images": {0: batch}})
+
+
+def export_hf(model: Classifier, source, out: Path) -> Path:
+    """A folder in the Hugging Face layout, for a model hub: config.json (the model card),
+    model.safetensors (the weights, unchanged, the card in the metadata too) and README.md (a
+    model card for people). `load_model(folder)` reads it back, offline."""
+    if not isinstance(model.backend, TorchBackend):
+        raise MnistlabError(f"{source}: --format hf takes the weights of a model (model.pt, .safetensors, a "
+                            "Hugging Face folder), not an exported file (.pt2, .onnx).")
+    card = model.card
+    config = {"model_type": "mnistlab", "library_name": "mnistlab", **card.to_dict()}
+    files = {HF_CONFIG: (json.dumps(config, indent=2) + "\n").encode(),
+             HF_WEIGHTS: weights_bytes(card, model.backend.module.state_dict()),
+             HF_README: _hf_readme(card, Path(source).name).encode()}
+    # replaced only when it holds nothing but an earlier export: a hub clone's .git is never deleted
+    return write_folder(out, files, replaceable=lambda old: {p.name for p in old.iterdir()} <= set(files))
+
+
+def _hf_readme(card: ModelCard, source: str) -> str:
+    classes = ", ".join(card.classes)
+    held_out = f"{card.val_size:,} training images held out for validation" if card.val_size else "none held out"
+    return f"""---
+library_name: mnistlab
+pipeline_tag: image-classification
+tags:
+- mnistlab
+- {card.dataset}
+---
+
+# {card.model} on {card.dataset}
+
+An image classifier trained with mnistlab (exported from `{source}`): a 28x28 grey image in,
+one probability per class out.
+
+| | |
+| --- | --- |
+| model | `{card.model}`, settings `{json.dumps(card.model_config)}` |
+| dataset | `{card.dataset}`; {held_out} |
+| classes | {classes} |
+| input | 28x28 pixels, ink bright on a dark background, fed as (pixel / 255 - {card.mean}) / {card.std} |
+| temperature | {card.temperature:.4f}: probabilities are softmax(logits / {card.temperature:.4f}) |
+
+## Use
+
+```
+# with mnistlab installed
+mnistlab predict ./THIS_FOLDER digit.png
+```
+
+or in Python: `mnistlab.load_model("THIS_FOLDER").predict("digit.png").label`. mnistlab reads the folder
+as it is, offline. `config.json` is the model card it reads; `model.safetensors` holds the weights, with the
+same card in its metadata.
+"""
 
 
 def export_web(model_bytes: bytes, card: ModelCard, name: str, out: Path, runtime=None) -> Path:
@@ -158,8 +243,14 @@ def export_web(model_bytes: bytes, card: ModelCard, name: str, out: Path, runtim
     return write_folder(out, files, replaceable=lambda old: (old / "model.json").is_file())
 
 
-def _onnx_bytes(module: nn.Module, meta: dict) -> bytes:
-
+def _onnx_bytes(module: nn.Module | torch.export.ExportedProgram, meta: dict) -> bytes:
+    if isinstance(module, torch.export.ExportedProgram):  # a .pt2 file's program: the dynamo exporter takes it
+        with warnings.catch_warnings(), quiet_loggers("torch.onnx", "onnxscript"):
+            warnings.simplefilter("ignore")
+            onnx_program = torch.onnx.export(module, input_names=["images"], output_names=[meta["output"]],
+                                             opset_version=OPSET, dynamo=True, verbose=False)
+        assert onnx_program is not None  # dynamo=True always gives the program
+        return _with_metadata(onnx_program.model_proto.SerializeToString(), meta)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter

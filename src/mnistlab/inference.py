@@ -3,9 +3,10 @@
 
 One interface: uint8 images [N, 28, 28] in (0 = background, 255 = ink), temperature-scaled
 probabilities [N, K] out. `load_model` picks the backend once: PyTorch for checkpoints,
-ONNX Runtime for `.onnx` files. Prediction, evaluation, ensembles, test-time augmentation,
-serving, reports and export all stand on it. Importing this module imports no torch, so
-an `.onnx` model runs with onnxruntime, NumPy and Pillow alone.
+.safetensors files, Hugging Face folders and .pt2 programs, ONNX Runtime for `.onnx` files.
+Prediction, evaluation, ensembles, test-time augmentation, serving, reports and export all
+stand on it. Importing this module imports no torch, so an `.onnx` model runs with
+onnxruntime, NumPy and Pillow alone.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
-from .card import ModelCard
+from .card import ModelCard, is_hf_folder
 from .errors import MnistlabError
 from .lesson import log_softmax, softmax
 from .preprocessing import NoDigitError, preprocess
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 BATCH = 1000  # images per backend call: bounds memory on whole splits, one call for a single image
 NO_INK = 26  # a 28x28 array whose brightest pixel is below a tenth of full scale holds no digit
+MODEL_SUFFIXES = (".pt", ".pt2", ".safetensors", ".onnx")  # the files load_model reads (and Hugging Face folders)
 SALIENCY_METHOD = "occlusion: 4x4 patches, stride 2, blanked one at a time; mean fall of the log-probability"
 
 
@@ -38,8 +40,8 @@ class ModelOutputError(MnistlabError):
 
 class Backend(Protocol):
     card: ModelCard
-    runtime: str  # "PyTorch" or "ONNX Runtime"
-    outputs: str  # "logits", or "probabilities" for an .onnx file exported with --probs
+    runtime: str  # "PyTorch", "PyTorch (torch.export)" or "ONNX Runtime"
+    outputs: str  # "logits", or "probabilities" for an .onnx or .pt2 file exported with --probs
 
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
 
@@ -147,7 +149,7 @@ class Classifier:
         for k, (r, c) in enumerate(corners, start=1):
             batch[k, r:r + patch, c:c + patch] = 0
         scores = self.backend(batch).astype(np.float64)
-        if self.backend.outputs == "probabilities":  # an .onnx file that holds its own softmax
+        if self.backend.outputs == "probabilities":  # an exported file that holds its own softmax
             t, log_probs = 1.0, np.log(np.maximum(scores, 1e-300))
         else:
             t, log_probs = self.card.temperature, log_softmax(scores / self.card.temperature, axis=1)
@@ -228,9 +230,11 @@ Predictor = Classifier  # the name of earlier versions, kept so that their code 
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> Classifier:
-    """A pretrained model's name ("fast", "classic-cnn": see `mnistlab models`), a checkpoint or
-    model.pt from `mnistlab train` (PyTorch, on `device`), or an .onnx file from `mnistlab
-    export` (ONNX Runtime, CPU). A name is a word with no dot or slash; anything else is a path."""
+    """A pretrained model's name ("fast", "classic-cnn": see `mnistlab models`); a checkpoint,
+    model.pt or model.safetensors from `mnistlab train`, a folder in the Hugging Face layout or a
+    .pt2 program from `mnistlab export` (PyTorch, on `device`); or an .onnx file from `mnistlab
+    export` (ONNX Runtime, CPU). A name is a word with no dot or slash; anything else is a path.
+    Nothing is fetched from a network."""
     from . import pretrained
 
     if isinstance(path, str) and pretrained.is_name(path):
@@ -248,6 +252,11 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Classifier:
     from .device import resolve_device
 
     return Classifier(torch_backend.load(path, resolve_device(str(device))), source)._check_outputs()
+
+
+def is_model_path(path: str | os.PathLike) -> bool:
+    """A path that names a model file by its suffix, or a folder in the Hugging Face layout."""
+    return Path(path).suffix.lower() in MODEL_SUFFIXES or is_hf_folder(path)
 
 
 def as_pixels(images) -> np.ndarray:

@@ -3,7 +3,7 @@
     runs/cnn-mnist-20261126-130000/
         config.json        the RunConfig
         metrics.jsonl      one JSON event a line: train, epoch, validation, test, calibration
-        ckpt-epochNNN.pt   resumable checkpoints; model.pt, the final weights
+        ckpt-epochNNN.pt   resumable checkpoints; model.pt and model.safetensors, the final weights
 """
 
 from __future__ import annotations

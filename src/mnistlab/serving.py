@@ -393,7 +393,7 @@ def _load(checkpoint: str):
 
     quiet_decoder_warnings()
     model = load_model(checkpoint)
-    if model.backend.runtime == "PyTorch":
+    if model.backend.runtime.startswith("PyTorch"):  # a module or a .pt2 program
         import torch
 
         torch.set_num_threads(1)  # a 28x28 forward pass is too small to split; requests run side by side

@@ -20,7 +20,7 @@ import torch
 from . import distributed as dist
 from .augment import Augment
 from .card import ModelCard
-from .checkpoints import check_weights, load_checkpoint, save_checkpoint
+from .checkpoints import check_weights, load_checkpoint, save_checkpoint, save_weights
 from .config import RunConfig, resumed
 from .data import Loader, epoch_permutation, get_dataset_spec, holdout, load_split, refuse_mirrors
 from .device import CoreShare, amp_dtype, keep_freed_memory, resolve_device
@@ -277,15 +277,16 @@ def calibrate(run: Run) -> None:
 
 def save(run: Run, name: str, final: bool = False) -> Path:
     """Write a checkpoint into the run folder (rank 0 only): the whole training state, or with
-    `final` the shipped weights alone (model.pt)."""
+    `final` the shipped weights alone (model.pt, and the same as model.safetensors)."""
     path = run.run_dir / name
     # Ctrl-C part-way through an epoch: its running figures too (summed over the ranks, so every rank asks)
     stats = run.stats.state_dict() if run.step_in_epoch and not final else None
     if not dist.is_main():
         return path
+    weights = _cpu(run.shipped.state_dict())
     state = {"config": run.cfg.to_dict(), "epoch": run.epoch, "step_in_epoch": run.step_in_epoch,
              "global_step": run.global_step, "train_seconds": run.train_seconds, "history": run.log.history,
-             "model_state": _cpu(run.shipped.state_dict())}
+             "model_state": weights}
     if not final:
         state |= {"optimizer_state": run.opt.state_dict(), "rng_state": torch.get_rng_state(),
                   "scheduler_state": run.sched.state_dict() if run.sched is not None else None}
@@ -294,6 +295,8 @@ def save(run: Run, name: str, final: bool = False) -> Path:
         if run.ema is not None:
             state |= {"train_model_state": _cpu(run.model.state_dict()), "ema_state": _cpu(run.ema.state_dict())}
     save_checkpoint(run.card, state, path)
+    if final:  # the weights in the ecosystem's format too; resumable checkpoints stay .pt (optimiser state)
+        save_weights(run.card, weights, path.with_suffix(".safetensors"))
     return path
 
 
