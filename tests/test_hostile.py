@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from fakes import children, run_cli
 from mnistlab import MnistlabError, RunConfig, load_model, train
-from mnistlab.checkpoints import load_checkpoint, save_checkpoint
+from mnistlab.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from mnistlab.device import CoreShare
 from mnistlab.errors import CheckpointError, first_line
 from mnistlab.fileio import append_line
@@ -88,9 +88,9 @@ def test_a_folder_scan_finds_every_format_predict_reads(tmp_path):
 # ---- 3. crafted model cards and weights ----
 
 def _crafted(tmp_path, name="crafted.pt", weights=None, **card_changes) -> Path:
-    card, state = load_checkpoint(resolve("classic-cnn"))
+    card, model_state = load_weights(resolve("classic-cnn"))
     d = card.to_dict() | card_changes
-    state = {k: v for k, v in state.items() if k not in ("format", "version", "card")}
+    state = {"model_state": model_state}
     if weights is not None:
         state["model_state"] = {k: weights(v) for k, v in state["model_state"].items()}
     path = tmp_path / name

@@ -59,8 +59,9 @@ def _json_object(s: str) -> dict:
     return value
 
 
-MODEL_HELP = ("a pretrained model's name (mnistlab models lists them), or a model.pt, checkpoint or .onnx file "
-              "(a path has a dot or a slash: ./fast is a file, fast the pretrained model)")
+MODEL_HELP = ("a pretrained model's name (mnistlab models lists them), or a model.pt, checkpoint, .safetensors, "
+              ".pt2 or .onnx file, or a Hugging Face folder (a path has a dot or a slash: ./fast is a file, fast "
+              "the pretrained model)")
 
 
 DATA_DIR_HELP = "dataset folder (default: $MNISTLAB_DATA, else ./data)"
