@@ -42,6 +42,17 @@ def _json_object(s: str) -> dict:
     return value
 
 
+def _dataset(s: str) -> str:
+    """A registered dataset's name, or a path (a slash or a dot, or an existing file or folder)."""
+    from .data import DATASETS
+    from .owndata import is_path
+
+    if s not in DATASETS and not is_path(s):
+        raise argparse.ArgumentTypeError(f"invalid choice: '{s}' (choose from {', '.join(DATASETS)}; or give a path "
+                                         "to your own: it has a slash or a dot)")
+    return s
+
+
 MODEL_HELP = ("a pretrained model's name (mnistlab models lists them), or a model.pt, checkpoint or .onnx file "
               "(a path has a dot or a slash: ./fast is a file, fast the pretrained model)")
 
@@ -69,7 +80,10 @@ def _add_train(sub, name: str, help: str) -> None:
                        "epochs; precision 'auto' is bf16\nautocast where the hardware supports it natively, "
                        "else fp32.\n\npresets:\n" + _presets_help(PRESETS))
     p.add_argument("--model", choices=list(MODELS), help="model to train (default: cnn)")
-    p.add_argument("--dataset", choices=list(DATASETS), help="dataset (default: mnist)")
+    p.add_argument("--dataset", type=_dataset, metavar="NAME|PATH",
+                   help=f"a registered dataset ({', '.join(DATASETS)}; default: mnist), or your own: a folder of "
+                   "class folders (with train/ and test/ above them or not), Kaggle's train.csv, a .npz in "
+                   "Keras's layout or a folder of IDX files (a path has a slash or a dot)")
     p.add_argument("--preset", choices=list(PRESETS), help="a named recipe; other flags override it")
     p.add_argument("--model-config", type=_json_object, help="model settings as JSON, e.g. '{\"hidden\": 128}'")
     p.add_argument("--augment", type=_json_object,
@@ -149,8 +163,20 @@ def cmd_train(args) -> int:
         return 0
     if args.dry_run:
         given.update(epochs=1, train_limit=640, log_interval=5)
+    _say_dataset(args.dataset)
     train(from_preset(args.preset, **given), **common)
     return 0
+
+
+def _say_dataset(dataset: str | None) -> None:
+    """For --dataset PATH: what was found there, and each file skipped, before anything else."""
+    from .owndata import is_path
+
+    if dataset and is_path(dataset):
+        from .owndata import open_dataset, summary
+
+        for line in summary(open_dataset(dataset)):
+            print(line)
 
 
 def _add_eval(sub, name: str, help: str) -> None:
@@ -169,6 +195,9 @@ def _add_eval(sub, name: str, help: str) -> None:
                    help="test-time augmentation: average each model's probabilities over fixed views "
                         "(shift: 1 pixel 4 ways; rotate: +-6 degrees; zoom: 0.92, 1.08; flip: mirrored, "
                         "for fashion-mnist only); default none")
+    p.add_argument("--dataset", type=_dataset, metavar="NAME|PATH",
+                   help="evaluate on this dataset instead of the model's own: a registered name or a path as "
+                        "train takes it; its classes are matched to the model's by name")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
     p.set_defaults(func=cmd_eval)
 
@@ -178,10 +207,12 @@ def cmd_eval(args) -> int:
     from .inference import evaluate_files
 
     args.checkpoints = _default_model(args.checkpoints)
-    cards, members, ev = evaluate_files(args.checkpoints, args.data_dir, args.split, args.device, args.tta)
+    _say_dataset(args.dataset)
+    cards, members, ev = evaluate_files(args.checkpoints, args.data_dir, args.split, args.device, args.tta,
+                                        args.dataset)
     if args.json:
         print(json.dumps({"checkpoints": args.checkpoints, "models": [c.model for c in cards],
-                          "dataset": cards[0].dataset, "split": args.split, "tta": args.tta,
+                          "dataset": args.dataset or cards[0].dataset, "split": args.split, "tta": args.tta,
                           "members": [{"checkpoint": c, "correct": m.correct, "total": m.total, "ece": m.ece}
                                       for c, m in zip(args.checkpoints, members)] if len(members) > 1 else [],
                           **ev.to_dict()}))
@@ -192,7 +223,8 @@ def cmd_eval(args) -> int:
         for path, card, m in zip(args.checkpoints, cards, members):
             print(f"  {path} ({card.model}): {format_accuracy(m.correct, m.total)}")
     else:
-        print(f"{args.checkpoints[0]}: {cards[0].model} on {cards[0].dataset} ({args.split} split{views})")
+        print(f"{args.checkpoints[0]}: {cards[0].model} on {args.dataset or cards[0].dataset} ({args.split} "
+              f"split{views})")
     print(ev.report())
     return 0
 
@@ -362,9 +394,29 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _add_datasets(sub, name: str, help: str) -> None:
+    p = sub.add_parser(name, help=help, description="List the registered datasets, or describe your own (format, "
+                       "classes, counts per class, problems) and write a sample picture of it.")
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="a folder of class folders, Kaggle's train.csv, a .npz in Keras's layout or a folder of "
+                        "IDX files")
+    p.add_argument("--sample", metavar="PNG", help="where to write the sample picture (default: sample-NAME.png here)")
+    p.set_defaults(func=cmd_datasets)
+
+
 def cmd_datasets(args) -> int:
     from .data import DATASETS
 
+    if args.path:
+        from pathlib import Path
+
+        from .owndata import describe, open_dataset, write_sample
+
+        ds = open_dataset(args.path)
+        print(describe(ds))
+        sample = args.sample or f"sample-{Path(args.path).resolve().stem or 'data'}.png"
+        print(f"sample: {write_sample(ds, sample)} (a row per class, as the model sees them)")
+        return 0
     for spec in DATASETS.values():
         print(f"{spec.name:14} folder {spec.folder}/raw/, mean {spec.mean}, std {spec.std}, "
               f"classes: {', '.join(spec.classes)}")
@@ -388,7 +440,7 @@ COMMANDS = {
     "report": (_add_report, "rebuild a run's plots and its self-contained HTML report"),
     "lesson": (_simple(cmd_lesson), "walk through softmax, NLL and cross-entropy with the tutorial's numbers"),
     "models": (_simple(cmd_models), "list the registered models"),
-    "datasets": (_simple(cmd_datasets), "list the registered datasets"),
+    "datasets": (_add_datasets, "list the registered datasets, or describe your own: mnistlab datasets PATH"),
 }
 
 
