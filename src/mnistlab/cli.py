@@ -238,7 +238,25 @@ def _add_predict(sub, name: str, help: str) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line, with all probabilities")
     p.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, as PNG")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    p.add_argument("--submission", metavar="CSV",
+                   help="Kaggle's Digit Recognizer: IMAGE is its test.csv; write this submission (ImageId,Label)")
     p.set_defaults(func=cmd_predict)
+
+
+def cmd_submission(args) -> int:
+    """predict MODEL test.csv --submission submission.csv"""
+    from .inference import load_model
+    from .kaggle import dishonesty, write_submission
+
+    model, inputs = _model_and_images(args.inputs)
+    if len(inputs) != 1 or not inputs[0].lower().endswith(".csv"):
+        raise MnistlabError("--submission classifies Kaggle's test.csv: give one .csv file after the model.")
+    classifier = load_model(_default_model(model)[0], args.device)
+    if warning := dishonesty(classifier):
+        print(f"mnistlab: warning: {warning}", file=sys.stderr)
+    rows = write_submission(classifier, inputs[0], args.submission)
+    print(f"wrote {args.submission} ({rows} rows: ImageId,Label)")
+    return 0
 
 
 def cmd_predict(args) -> int:
@@ -248,6 +266,8 @@ def cmd_predict(args) -> int:
     from .inference import load_model
     from .preprocessing import IMAGE_SUFFIXES, image_files, native_stderr_silenced, quiet_decoder_warnings
 
+    if args.submission:
+        return cmd_submission(args)
     quiet_decoder_warnings()
     model, images = _model_and_images(args.inputs)
     files = image_files(images)
