@@ -120,6 +120,14 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--out", help="run folder (default: a new folder under runs/)")
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue a run from one of its checkpoints, or from its folder's latest")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune this model (a pretrained name or a .pt file) on --dataset instead of training "
+                        "afresh; it prints your held-out accuracy and its own test accuracy before and after")
+    p.add_argument("--head", choices=("auto", "keep", "new"),
+                   help="with --init: keep the model's head (the dataset's classes must be its classes, matched by "
+                        "name), give it a new one, or auto (default): keep it where the classes match")
+    p.add_argument("--recipe", choices=("auto", "few-shot", "many"),
+                   help="with --init: few-shot (at most 10 images a class), many, or auto (default) by the counts")
     p.add_argument("--dry-run", action="store_true", help="a quick smoke run: 1 epoch on 640 images")
     p.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
     p.add_argument("--no-report", action="store_true", help="skip the PNG plots and HTML report at the end")
@@ -155,6 +163,10 @@ def cmd_train(args) -> int:
              if getattr(args, f.name, None) is not None}
     common = dict(out=args.out, data_dir=args.data_dir, report=not args.no_report,
                   progress=False if args.no_progress else None)
+    if args.init:
+        return _finetune(args, given)
+    if args.head or args.recipe:
+        raise MnistlabError(f"{'--head' if args.head else '--recipe'} is for fine-tuning: give --init MODEL too.")
     if args.resume:  # the run's own config, with the changes asked for (each checked)
         if args.dry_run or args.preset:
             raise MnistlabError(f"{'--dry-run' if args.dry_run else '--preset'} starts a new run; it cannot be "
@@ -165,6 +177,24 @@ def cmd_train(args) -> int:
         given.update(epochs=1, train_limit=640, log_interval=5)
     _say_dataset(args.dataset)
     train(from_preset(args.preset, **given), **common)
+    return 0
+
+
+def _finetune(args, given: dict) -> int:
+    from .config import flag
+    from .finetune import finetune
+
+    if not args.dataset:
+        raise MnistlabError("--init fine-tunes a model on a dataset of your own: give --dataset PATH too.")
+    foreign = [flag(k) for k in given if k not in ("dataset", "seed")]
+    foreign += [name for name, on in (("--resume", args.resume), ("--preset", args.preset),
+                                      ("--dry-run", args.dry_run)) if on]
+    if foreign:
+        raise MnistlabError(f"{foreign[0]} does not apply to --init: fine-tuning has its own recipes (--recipe "
+                            "few-shot or many; --seed may be given).")
+    _say_dataset(args.dataset)
+    finetune(args.init, args.dataset, out=args.out, recipe=args.recipe or "auto", head=args.head or "auto",
+             data_dir=args.data_dir, seed=given.get("seed", 1))
     return 0
 
 

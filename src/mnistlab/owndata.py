@@ -24,6 +24,7 @@ import hashlib
 import multiprocessing
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -463,10 +464,14 @@ def _preprocess_parallel(items: list[tuple[bytes, str]]) -> list[np.ndarray | st
         return preprocess_many(items)
     chunk = -(-len(items) // (4 * workers))
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-    # forkserver (spawn where there is none): a worker must not inherit this process's torch threads
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-        return [r for results in pool.map(preprocess_many, chunks) for r in results]
+    # fork where there is one: spawn and forkserver re-run the caller's script in every worker (a script without
+    # `if __name__ == "__main__"` breaks the pool) and start slower. The workers run NumPy and Pillow only, never
+    # the torch threads the fork copies no state of, so Python 3.12's warning about forking threads does not apply.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+            return [r for results in pool.map(preprocess_many, chunks) for r in results]
 
 
 def _read_image_cache(path: Path) -> dict[str, np.ndarray]:
