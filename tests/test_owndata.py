@@ -113,6 +113,8 @@ def test_kaggle_csv_reads_and_caches(tmp_path, cache, monkeypatch):
     (lambda t: t.replace("\n", "\n1,2,3\n", 1), "not a CSV in Kaggle's layout"),
     (lambda t: t.replace(",0,", ",x,", 1), "holds 'x' on line 2, not a whole number"),
     (lambda t: t.replace(",0,", ",256,", 1), "pixel values must lie between 0 and 255; found 256"),
+    (lambda t: t.replace(",0,", ",,", 1), "holds an empty cell on line 2, not a whole number"),
+    (lambda t: "", "the file is empty"),
     (lambda t: t.split("\n", 1)[1], "has no header"),
     (lambda t: "".join(line.split(",", 1)[1] + "\n" for line in t.splitlines()),
      r"has 784 columns \(pixel0, pixel1, pixel2, ...\); train.csv \(label,pixel0..pixel783\) has 785"),
@@ -180,6 +182,8 @@ def test_cli_trains_and_evaluates_on_a_folder(tmp_path):
     assert card.classes == ("bar", "ring", "seven") and card.dataset == str(root)
     report = json.loads(run("eval", tmp_path / "run" / "model.pt", "--json", env=env).stdout)
     assert report["total"] == 6
+    other = json.loads(run("eval", tmp_path / "run" / "model.pt", "--json", "--dataset", root, env=env).stdout)
+    assert other["dataset"] == str(root) and other["correct"] == report["correct"]
     final = [ln for ln in proc.stdout.splitlines() if ln.startswith("test accuracy:")][0]
     assert f"{report['correct']}/6" in final
 
@@ -192,3 +196,15 @@ def test_cli_bad_csv_writes_nothing(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "found 300" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_labels_are_matched_to_a_models_classes_by_name():
+    import torch
+
+    from mnistlab.errors import MnistlabError
+    from mnistlab.inference import labels_by_name
+
+    digits = tuple("0123456789")
+    assert labels_by_name(torch.tensor([0, 1, 1]), ("3", "8"), digits, "d").tolist() == [3, 8, 8]
+    with pytest.raises(MnistlabError, match=r"d: class 'x' is not among the model's classes"):
+        labels_by_name(torch.tensor([0]), ("3", "x"), digits, "d")

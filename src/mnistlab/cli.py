@@ -198,7 +198,7 @@ def _finetune(args, given: dict) -> int:
     return 0
 
 
-def _say_dataset(dataset: str | None) -> None:
+def _say_dataset(dataset: str | None, out=None) -> None:
     """For --dataset PATH: what was found there, and each file skipped, before anything else."""
     from .owndata import is_path
 
@@ -206,7 +206,7 @@ def _say_dataset(dataset: str | None) -> None:
         from .owndata import open_dataset, summary
 
         for line in summary(open_dataset(dataset)):
-            print(line)
+            print(line, file=out or sys.stdout)
 
 
 def _add_eval(sub, name: str, help: str) -> None:
@@ -237,7 +237,7 @@ def cmd_eval(args) -> int:
     from .inference import evaluate_files
 
     args.checkpoints = _default_model(args.checkpoints)
-    _say_dataset(args.dataset)
+    _say_dataset(args.dataset, sys.stderr if args.json else sys.stdout)  # --json: one JSON object on stdout
     cards, members, ev = evaluate_files(args.checkpoints, args.data_dir, args.split, args.device, args.tta,
                                         args.dataset)
     if args.json:
