@@ -463,30 +463,32 @@ def preprocess_files(files: list[Path], notes: list[str], key: str) -> dict[Path
     holds no digit, is skipped with a line in `notes`."""
     if not files:
         return {}
-    blobs, keys = {}, {}
+    keys = {}
     for f in files:
         if f.suffix.lower() not in IMAGE_SUFFIXES:
             notes.append(f"{f}: skipped: not an image file (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
             continue
-        blobs[f] = f.read_bytes()
-        keys[f] = hashlib.blake2b(blobs[f], digest_size=16, person=f"mnistlab{CACHE_VERSION}".encode()).hexdigest()
+        try:
+            keys[f] = _file_digest(f)  # the bytes are hashed, not kept: a folder of photos can be large
+        except OSError as e:
+            notes.append(f"{f}: skipped: cannot be read ({e.strerror or e}).")
     cache_path = cache_dir() / f"images-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     cache = _read_image_cache(cache_path)
-    todo = [f for f in blobs if keys[f] not in cache]
-    for f, result in zip(todo, _preprocess_parallel([(blobs[f], str(f)) for f in todo])):
+    todo = [f for f in keys if keys[f] not in cache]
+    for f, result in zip(todo, _preprocess_parallel([(str(f), str(f)) for f in todo])):
         if isinstance(result, str):
             notes.append(f"{result.rstrip('.')}: skipped.")
         else:
             cache[keys[f]] = result
     if todo:
-        wanted = {keys[f] for f in blobs}  # files gone since the last run are dropped from the cache
+        wanted = set(keys.values())  # files gone since the last run are dropped from the cache
         kept = sorted(k for k in cache if k in wanted)
         _write_cache(cache_path, {"keys": np.array(kept), "images": np.stack([cache[k] for k in kept])
                                   if kept else np.zeros((0, 28, 28), np.uint8)})
-    return {f: cache[keys[f]] for f in blobs if keys[f] in cache}
+    return {f: cache[keys[f]] for f in keys if keys[f] in cache}
 
 
-def _preprocess_parallel(items: list[tuple[bytes, str]]) -> list[np.ndarray | str]:
+def _preprocess_parallel(items: list[tuple[str, str]]) -> list[np.ndarray | str]:
     workers = min(os.cpu_count() or 1, 8)
     if not items:
         return []

@@ -231,8 +231,8 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def preprocess_many(items: list[tuple[bytes, str]]) -> list[np.ndarray | str]:
-    """preprocess() over (file bytes, name) pairs: each the 28x28 image, or the sentence saying why not.
+def preprocess_many(items: list[tuple[bytes | str, str]]) -> list[np.ndarray | str]:
+    """preprocess() over (file bytes or path, name) pairs: each the 28x28 image, or the sentence saying why not.
     A worker's task when a folder is preprocessed in parallel: it lives here so that a worker
     process imports NumPy and Pillow alone, never torch."""
     quiet_decoder_warnings()
