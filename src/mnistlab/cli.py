@@ -59,6 +59,17 @@ def _json_object(s: str) -> dict:
     return value
 
 
+def _dataset(s: str) -> str:
+    """A registered dataset's name, or a path (a slash or a dot, or an existing file or folder)."""
+    from .data import DATASETS
+    from .owndata import is_path
+
+    if s not in DATASETS and not is_path(s):
+        raise argparse.ArgumentTypeError(f"invalid choice: '{s}' (choose from {', '.join(DATASETS)}; or give a path "
+                                         "to your own: it has a slash or a dot)")
+    return s
+
+
 MODEL_HELP = ("a pretrained model's name (mnistlab models lists them), or a model.pt, checkpoint, .safetensors, "
               ".pt2 or .onnx file, or a Hugging Face folder (a path has a dot or a slash: ./fast is a file, fast "
               "the pretrained model)")
@@ -92,7 +103,10 @@ def _add_train(sub, name: str, help: str) -> None:
                        "epochs; precision 'auto' is bf16\nautocast where the hardware supports it natively, "
                        "else fp32.\n\npresets:\n" + _presets_help(PRESETS))
     p.add_argument("--model", choices=list(MODELS), help=f"model to train (default: {d.model})")
-    p.add_argument("--dataset", choices=list(DATASETS), help=f"dataset (default: {d.dataset})")
+    p.add_argument("--dataset", type=_dataset, metavar="NAME|PATH",
+                   help=f"a registered dataset ({', '.join(DATASETS)}; default: {d.dataset}), or your own: a folder "
+                   "of class folders (with train/ and test/ above them or not), Kaggle's train.csv, a .npz in "
+                   "Keras's layout or a folder of IDX files (a path has a slash or a dot)")
     p.add_argument("--preset", choices=list(PRESETS), help="a named recipe; other flags override it")
     p.add_argument("--model-config", type=_json_object, help="model settings as JSON, e.g. '{\"hidden\": 128}'")
     p.add_argument("--augment", type=_json_object,
@@ -137,6 +151,14 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--out", help="run folder (default: a new folder under runs/)")
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue a run from one of its checkpoints, or from its folder's latest")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune this model (a pretrained name or a .pt file) on --dataset instead of training "
+                        "afresh; it prints your held-out accuracy and its own test accuracy before and after")
+    p.add_argument("--init-head", choices=("auto", "keep", "new"),
+                   help="with --init: keep the model's head (the dataset's classes must be its classes, matched by "
+                        "name), give it a new one, or auto (default): keep it where the classes match")
+    p.add_argument("--recipe", choices=("auto", "few-shot", "many"),
+                   help="with --init: few-shot (at most 10 images a class), many, or auto (default) by the counts")
     p.add_argument("--dry-run", action="store_true", help="a quick smoke run: 1 epoch on 640 images")
     p.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
     p.add_argument("--no-report", action="store_true", help="skip the PNG plots and HTML report at the end")
@@ -182,6 +204,11 @@ def cmd_train(args) -> int:
         given = _with_config_file(args, given)
     common = dict(out=args.out, data_dir=args.data_dir, report=not args.no_report,
                   progress=False if args.no_progress else None, tensorboard=args.tensorboard)
+    if args.init:
+        return _finetune(args, given)
+    if args.init_head or args.recipe:
+        given_flag = "--init-head" if args.init_head else "--recipe"
+        raise MnistlabError(f"{given_flag} is for fine-tuning: give --init MODEL too.")
     if args.resume:  # the run's own config, with the changes asked for (each checked)
         if args.print_config:
             raise MnistlabError("--print-config shows a new run's settings; a resumed run's are in its "
@@ -199,6 +226,7 @@ def cmd_train(args) -> int:
         options = dict(data_dir=args.data_dir, out=args.out, tensorboard=args.tensorboard)
         print(config_toml(from_preset(args.preset, **given), options, comment=_config_comment(args)), end="")
         return 0
+    _say_dataset(args.dataset)
     train(from_preset(args.preset, **given), **common)
     return 0
 
@@ -223,6 +251,35 @@ def _config_comment(args) -> str:
             "Run it with: mnistlab train --config THIS_FILE")
 
 
+def _finetune(args, given: dict) -> int:
+    from .config import flag
+    from .finetune import finetune
+
+    if not args.dataset:
+        raise MnistlabError("--init fine-tunes a model on a dataset of your own: give --dataset PATH too.")
+    foreign = [flag(k) for k in given if k not in ("dataset", "seed")]
+    foreign += [name for name, on in (("--resume", args.resume), ("--preset", args.preset),
+                                      ("--dry-run", args.dry_run)) if on]
+    if foreign:
+        raise MnistlabError(f"{foreign[0]} does not apply to --init: fine-tuning has its own recipes (--recipe "
+                            "few-shot or many; --seed may be given).")
+    _say_dataset(args.dataset)
+    finetune(args.init, args.dataset, out=args.out, recipe=args.recipe or "auto", head=args.init_head or "auto",
+             data_dir=args.data_dir, seed=given.get("seed", 1))
+    return 0
+
+
+def _say_dataset(dataset: str | None, out=None) -> None:
+    """For --dataset PATH: what was found there, and each file skipped, before anything else."""
+    from .owndata import is_path
+
+    if dataset and is_path(dataset):
+        from .owndata import open_dataset, summary
+
+        for line in summary(open_dataset(dataset)):
+            print(line, file=out or sys.stdout)
+
+
 def _add_eval(sub, name: str, help: str) -> None:
     from .augment import TTA_VIEWS
     from .data import SPLITS
@@ -239,6 +296,9 @@ def _add_eval(sub, name: str, help: str) -> None:
                    help="test-time augmentation: average each model's probabilities over fixed views "
                         "(shift: 1 pixel 4 ways; rotate: +-6 degrees; zoom: 0.92, 1.08; flip: mirrored, "
                         "for fashion-mnist only); default none")
+    p.add_argument("--dataset", type=_dataset, metavar="NAME|PATH",
+                   help="evaluate on this dataset instead of the model's own: a registered name or a path as "
+                        "train takes it; its classes are matched to the model's by name")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
     c = p.add_argument_group("corruptions (MNIST-C: Mu & Gilmer 2019)")
     c.add_argument("--corruptions", nargs="*", metavar="NAME",
@@ -264,10 +324,12 @@ def cmd_eval(args) -> int:
         return _eval_corruptions(args)
     if args.seed is not None or args.out:
         raise MnistlabError(f"{'--seed' if args.seed is not None else '--out'} goes with --corruptions.")
-    cards, members, ev = evaluate_files(args.checkpoints, args.data_dir, args.split, args.device, args.tta)
+    _say_dataset(args.dataset, sys.stderr if args.json else sys.stdout)  # --json: one JSON object on stdout
+    cards, members, ev = evaluate_files(args.checkpoints, args.data_dir, args.split, args.device, args.tta,
+                                        args.dataset)
     if args.json:
         print(json.dumps({"checkpoints": args.checkpoints, "models": [c.model for c in cards],
-                          "dataset": cards[0].dataset, "split": args.split, "tta": args.tta,
+                          "dataset": args.dataset or cards[0].dataset, "split": args.split, "tta": args.tta,
                           "members": [{"checkpoint": c, "correct": m.correct, "total": m.total, "ece": m.ece}
                                       for c, m in zip(args.checkpoints, members)] if len(members) > 1 else [],
                           **ev.to_dict()}))
@@ -278,7 +340,8 @@ def cmd_eval(args) -> int:
         for path, card, m in zip(args.checkpoints, cards, members):
             print(f"  {path} ({card.model}): {format_accuracy(m.correct, m.total)}")
     else:
-        print(f"{args.checkpoints[0]}: {cards[0].model} on {cards[0].dataset} ({args.split} split{views})")
+        print(f"{args.checkpoints[0]}: {cards[0].model} on {args.dataset or cards[0].dataset} ({args.split} "
+              f"split{views})")
     print(ev.report())
     return 0
 
@@ -310,7 +373,25 @@ def _add_predict(sub, name: str, help: str) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line, with all probabilities")
     p.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, as PNG")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--submission", metavar="CSV",
+                   help="Kaggle's Digit Recognizer: IMAGE is its test.csv; write this submission (ImageId,Label)")
     p.set_defaults(func=cmd_predict)
+
+
+def cmd_submission(args) -> int:
+    """predict MODEL test.csv --submission submission.csv"""
+    from .inference import load_model
+    from .kaggle import dishonesty, write_submission
+
+    model, inputs = _model_and_images(args.inputs)
+    if len(inputs) != 1 or not inputs[0].lower().endswith(".csv"):
+        raise MnistlabError("--submission classifies Kaggle's test.csv: give one .csv file after the model.")
+    classifier = load_model(_default_model(model)[0], args.device)
+    if warning := dishonesty(classifier):
+        print(f"mnistlab: warning: {warning}", file=sys.stderr)
+    rows = write_submission(classifier, inputs[0], args.submission)
+    print(f"wrote {args.submission} ({rows} rows: ImageId,Label)")
+    return 0
 
 
 def cmd_predict(args) -> int:
@@ -326,6 +407,8 @@ def cmd_predict(args) -> int:
         quiet_decoder_warnings,
     )
 
+    if args.submission:
+        return cmd_submission(args)
     quiet_decoder_warnings()
     model, images = _model_and_images(args.inputs)
     files = image_files(images)
@@ -481,9 +564,29 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _add_datasets(sub, name: str, help: str) -> None:
+    p = sub.add_parser(name, help=help, description="List the registered datasets, or describe your own (format, "
+                       "classes, counts per class, problems) and write a sample picture of it.")
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="a folder of class folders, Kaggle's train.csv, a .npz in Keras's layout or a folder of "
+                        "IDX files")
+    p.add_argument("--sample", metavar="PNG", help="where to write the sample picture (default: sample-NAME.png here)")
+    p.set_defaults(func=cmd_datasets)
+
+
 def cmd_datasets(args) -> int:
     from .data import DATASETS
 
+    if args.path:
+        from pathlib import Path
+
+        from .owndata import describe, open_dataset, write_sample
+
+        ds = open_dataset(args.path)
+        print(describe(ds))
+        sample = args.sample or f"sample-{Path(args.path).resolve().stem or 'data'}.png"
+        print(f"sample: {write_sample(ds, sample)} (a row per class, as the model sees them)")
+        return 0
     for spec in DATASETS.values():
         print(f"{spec.name:14} folder {spec.folder}/raw/, mean {spec.mean}, std {spec.std}, "
               f"classes: {', '.join(spec.classes)}")
@@ -507,7 +610,7 @@ COMMANDS = {
     "report": (_add_report, "rebuild a run's plots and its self-contained HTML report"),
     "lesson": (_simple(cmd_lesson), "walk through softmax, NLL and cross-entropy with the tutorial's numbers"),
     "models": (_simple(cmd_models), "list the registered models"),
-    "datasets": (_simple(cmd_datasets), "list the registered datasets"),
+    "datasets": (_add_datasets, "list the registered datasets, or describe your own: mnistlab datasets PATH"),
 }
 
 

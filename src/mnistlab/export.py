@@ -277,7 +277,8 @@ def quantize_int8(model_bytes: bytes, card: ModelCard, data_dir=None, n_calibrat
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .data import load_split, normalize
+    from .data import normalize
+    from .owndata import load_split
 
     images, _ = load_split(card.dataset, "train", data_dir, val_size=card.val_size)
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n_calibration]

@@ -201,28 +201,36 @@ class Classifier:
                                    "(damaged or crafted weights).") from None
         return self
 
-    def load_split(self, split: str = "test", data_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images and labels of a split of the model's dataset (validation: the one it held out)."""
-        from .data import load_split
+    def load_split(self, split: str = "test", data_dir=None, dataset: str | None = None) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
+        """uint8 images and labels of a split of the model's dataset (validation: the one it held out), or of
+        another `dataset` (a registry name or a path), its labels turned into this model's classes by name."""
+        from .owndata import get_dataset_spec, load_split
 
+        if dataset is not None and dataset != self.card.dataset:
+            if split == "validation":
+                raise MnistlabError("the validation split is the one a model held out of its own dataset; "
+                                    "give --split test or train with --dataset.")
+            images, labels = load_split(dataset, split, data_dir)
+            return images, labels_by_name(labels, get_dataset_spec(dataset).classes, self.classes, dataset)
         if split == "validation" and not self.card.val_size:
             raise MnistlabError(f"{self.source or 'this model'} was trained on the whole training set: it has "
                                 "no validation split (train with --val-size N to hold one out).")
         return load_split(self.card.dataset, split, data_dir, val_size=self.card.val_size)
 
-    def split_probabilities(self, data_dir=None, split: str = "test", tta: str = "none"):
+    def split_probabilities(self, data_dir=None, split: str = "test", tta: str = "none", dataset: str | None = None):
         """(uint8 images, probabilities [N, K] in float64, labels) over a whole split, as torch tensors."""
         import torch
 
-        images, labels = self.load_split(split, data_dir)
+        images, labels = self.load_split(split, data_dir, dataset)
         return images, torch.from_numpy(self.predict_proba(images.numpy(), tta)), labels
 
     def evaluate(self, data_dir: str | os.PathLike | None = None, split: str = "test",
-                 tta: str = "none") -> Evaluation:
-        """Exact accuracy, confusion and calibration on the whole split of the model's own dataset."""
+                 tta: str = "none", dataset: str | None = None) -> Evaluation:
+        """Exact accuracy, confusion and calibration on the whole split of the model's own dataset, or of `dataset`."""
         from .evaluation import evaluation_from_probs
 
-        _, probs, labels = self.split_probabilities(data_dir, split, tta)
+        _, probs, labels = self.split_probabilities(data_dir, split, tta, dataset)
         return evaluation_from_probs(probs, labels, self.classes)
 
 
@@ -280,7 +288,20 @@ def as_pixels(images) -> np.ndarray:
     return np.round(a).astype(np.uint8)
 
 
-def evaluate_files(paths: list, data_dir=None, split: str = "test", device: str = "cpu", tta: str = "none"):
+def labels_by_name(labels, names: tuple[str, ...], classes: tuple[str, ...], dataset: str):
+    """A dataset's labels (indices into `names`) as indices into a model's `classes`, matched by name."""
+    import torch
+
+    if tuple(names) == tuple(classes):
+        return labels
+    missing = [n for n in names if n not in classes]
+    if missing:
+        raise MnistlabError(f"{dataset}: class '{missing[0]}' is not among the model's classes ({', '.join(classes)}).")
+    return torch.tensor([classes.index(n) for n in names], dtype=torch.int64)[labels]
+
+
+def evaluate_files(paths: list, data_dir=None, split: str = "test", device: str = "cpu", tta: str = "none",
+                   dataset: str | None = None):
     """Evaluate one model, or an ensemble that averages the models' (calibrated) probabilities,
     each optionally averaged over the views of test-time augmentation `tta` first.
 
@@ -296,7 +317,7 @@ def evaluate_files(paths: list, data_dir=None, split: str = "test", device: str 
         if cards and (card.dataset, card.classes) != (cards[0].dataset, cards[0].classes):
             raise MnistlabError(f"{path}: trained on {card.dataset}, unlike {paths[0]}; "
                                 "an ensemble needs one dataset.")
-        _, probs, labels = model.split_probabilities(data_dir, split, tta)
+        _, probs, labels = model.split_probabilities(data_dir, split, tta, dataset)
         if total is not None and probs.shape != total.shape:
             raise MnistlabError(f"{path}: held out a different validation split from {paths[0]}; "
                                 "an ensemble is judged on one split.")

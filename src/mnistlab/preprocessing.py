@@ -250,3 +250,17 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
         else:
             found.append(p)
     return found
+
+
+def preprocess_many(items: list[tuple[bytes | str, str]]) -> list[np.ndarray | str]:
+    """preprocess() over (file bytes or path, name) pairs: each the 28x28 image, or the sentence saying why not.
+    A worker's task when a folder is preprocessed in parallel: it lives here so that a worker
+    process imports NumPy and Pillow alone, never torch."""
+    quiet_decoder_warnings()
+    out: list[np.ndarray | str] = []
+    for data, name in items:
+        try:
+            out.append(preprocess(data, name))
+        except MnistlabError as e:
+            out.append(str(e))
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -26,7 +27,8 @@ from .fileio import append_line, atomic_write, write_json
 
 def new_run_dir(cfg: RunConfig, root: str = "runs") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{cfg.model}-{cfg.dataset}-{stamp}"
+    dataset = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(cfg.dataset).stem).strip("-") or "data"  # --dataset PATH: its name
+    base = Path(root) / f"{cfg.model}-{dataset}-{stamp}"
     path, i = base, 1
     while path.exists():
         i += 1

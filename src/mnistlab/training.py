@@ -22,11 +22,12 @@ from .augment import Augment
 from .card import ModelCard
 from .checkpoints import check_weights, load_checkpoint, save_checkpoint, save_weights
 from .config import RunConfig, resumed
-from .data import Loader, epoch_permutation, get_dataset_spec, holdout, load_split, refuse_mirrors
+from .data import Loader, epoch_permutation, holdout, refuse_mirrors
 from .device import CoreShare, amp_dtype, keep_freed_memory, resolve_device
 from .errors import CheckpointError, MnistlabError, first_line
 from .evaluation import evaluation_from_logits, fit_temperature, format_accuracy, predict_logits, shard_logits
 from .models import build_model
+from .owndata import get_dataset_spec, load_split  # registry names and paths (--dataset PATH) alike
 from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
 from .steps import EagerStep, GraphedStep
 from .tensorboard_log import require_tensorboard, tensorboard_logged

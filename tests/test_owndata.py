@@ -1,0 +1,210 @@
+"""Datasets from a path: each layout made here, small, and each kind of bad input refused in one sentence."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fakes import make_fake_mnist
+from fakes import run_cli as run
+from mnistlab import DataError, owndata
+from mnistlab.checkpoints import load_checkpoint
+from owndatasets import drawing, make_folder, square_images, write_kaggle
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNISTLAB_CACHE", str(tmp_path / "cache"))
+    owndata._open.cache_clear()
+    return tmp_path / "cache"
+
+
+def test_folder_of_classes_is_preprocessed_and_a_test_split_carved(tmp_path, capsys):
+    root = make_folder(tmp_path / "shapes", {"ring": 10, "bar": 10, "seven": 20})
+    (root / "bar" / "notes.txt").write_text("not a picture")
+    Image.new("L", (40, 40), 255).save(root / "ring" / "blank.png")  # no ink: skipped like predict skips it
+    ds = owndata.open_dataset(root)
+    assert ds.format == "folder" and ds.classes == ("bar", "ring", "seven")
+    assert ds.counts() == [10, 10, 20]
+    assert any("notes.txt: skipped: not an image" in n for n in ds.notes)
+    assert any("blank.png: no digit found" in n for n in ds.notes)
+    # predict's preprocessing: light ink on black, 20 px box, centred
+    img = ds.train[0][0]
+    assert img.shape == (28, 28) and img[0].max() == 0 and img.max() == 255
+    train, test, carved = ds.splits()
+    assert carved and np.bincount(test[1]).tolist() == [1, 1, 2]  # 10% of each class
+    assert len(train[1]) + len(test[1]) == 40
+    assert not owndata.duplicates(train[0], test[0])
+
+
+def test_train_and_test_folders_and_a_foreign_test_class(tmp_path):
+    make_folder(tmp_path / "d" / "train", {"0": 4, "1": 4})
+    make_folder(tmp_path / "d" / "test", {"0": 2, "1": 3}, seed=1)
+    ds = owndata.open_dataset(tmp_path / "d")
+    train, test, carved = ds.splits()
+    assert not carved and ds.counts(0) == [4, 4] and ds.counts(1) == [2, 3]
+    make_folder(tmp_path / "e" / "train", {"0": 4, "1": 4})
+    make_folder(tmp_path / "e" / "test", {"0": 2, "x": 2}, seed=1)
+    with pytest.raises(DataError, match=r"test/x: class 'x' is not among the training classes \(0, 1\)"):
+        owndata.open_dataset(tmp_path / "e")
+
+
+def test_duplicates_across_train_and_test_are_refused_and_reported(tmp_path):
+    make_folder(tmp_path / "d" / "train", {"0": 4, "1": 4})
+    make_folder(tmp_path / "d" / "test", {"0": 2, "1": 2}, seed=1)
+    (tmp_path / "d/test/1/001.png").write_bytes((tmp_path / "d/train/1/002.png").read_bytes())
+    with pytest.raises(DataError, match=r"1 test images also appear in the training split \(first: .*train/1/002.png "
+                                        r"and .*test/1/001.png\)"):
+        owndata.get_dataset_spec(str(tmp_path / "d"))
+    assert "1 test images also appear" in owndata.describe(owndata.open_dataset(tmp_path / "d"))
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({}, "no dataset here"),
+    ({"0": 3, "1": 1}, "class '1' has only 1 image"),
+    ({"0": 3, "1": 0}, "class '1' has no images"),
+])
+def test_too_few_images(tmp_path, layout, message):
+    make_folder(tmp_path / "d", layout).mkdir(exist_ok=True)
+    with pytest.raises(DataError, match=message):
+        owndata.open_dataset(tmp_path / "d")
+
+
+def test_folder_cache_is_keyed_by_content(tmp_path, cache, monkeypatch):
+    root = make_folder(tmp_path / "d", {"0": 3, "1": 3})
+    first = owndata.open_dataset(root).train[0]
+    assert len(list(cache.glob("images-*.npz"))) == 1
+    owndata._open.cache_clear()
+    calls = []
+    real = owndata.preprocess_many
+    monkeypatch.setattr(owndata, "preprocess_many", lambda items: calls.append(len(items)) or real(items))
+    np.testing.assert_array_equal(owndata.open_dataset(root).train[0], first)
+    assert calls == []  # all from the cache
+    drawing("ring", np.random.default_rng(9)).save(root / "0" / "001.png")  # new content, same name
+    owndata._open.cache_clear()
+    again = owndata.open_dataset(root).train[0]
+    assert calls == [1] and not np.array_equal(again[1], first[1]) and np.array_equal(again[0], first[0])
+
+
+def test_parallel_preprocessing_matches_serial(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "d", {"0": 40, "1": 40})
+    files = sorted(root.glob("*/*.png"))
+    parallel = owndata.preprocess_files(files, [], key="a")
+    monkeypatch.setattr(owndata, "PARALLEL_FROM", 10 ** 9)
+    monkeypatch.setenv("MNISTLAB_CACHE", str(tmp_path / "other"))
+    serial = owndata.preprocess_files(files, [], key="a")
+    assert len(parallel) == 80 and all(np.array_equal(parallel[f], serial[f]) for f in files)
+
+
+def test_kaggle_csv_reads_and_caches(tmp_path, cache, monkeypatch):
+    images, labels = square_images(60, classes=3)
+    path = write_kaggle(tmp_path / "kaggle", images, labels, test_images=images[:7])
+    ds = owndata.open_dataset(tmp_path / "kaggle")
+    assert ds.format == "kaggle-csv" and ds.classes == ("0", "1", "2") and ds.unlabelled == 7
+    np.testing.assert_array_equal(ds.train[0], images)
+    np.testing.assert_array_equal(ds.train[1], labels)
+    owndata._open.cache_clear()
+    monkeypatch.setattr(owndata, "_parse_csv", lambda *a: pytest.fail("parsed again"))
+    np.testing.assert_array_equal(owndata.open_dataset(path).train[0], images)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("\n", "\n1,2,3\n", 1), "not a CSV in Kaggle's layout"),
+    (lambda t: t.replace(",0,", ",x,", 1), "holds 'x' on line 2, not a whole number"),
+    (lambda t: t.replace(",0,", ",256,", 1), "pixel values must lie between 0 and 255; found 256"),
+    (lambda t: t.replace(",0,", ",,", 1), "holds an empty cell on line 2, not a whole number"),
+    (lambda t: "", "the file is empty"),
+    (lambda t: t.split("\n", 1)[1], "has no header"),
+    (lambda t: "".join(line.split(",", 1)[1] + "\n" for line in t.splitlines()),
+     r"has 784 columns \(pixel0, pixel1, pixel2, ...\); train.csv \(label,pixel0..pixel783\) has 785"),
+    (lambda t: t.replace("\n0,", "\n-1,", 1), "labels must lie between 0 and 10000; found -1"),
+    (lambda t: t.replace("\n0,", "\n0.5,", 1), "holds '0.5' on line 2, not a whole number"),
+])
+def test_bad_csv_is_one_sentence(tmp_path, edit, message):
+    images, labels = square_images(12, classes=3)
+    path = write_kaggle(tmp_path / "k", images, labels)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(DataError, match=message) as e:
+        owndata.open_dataset(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_npz_in_keras_layout_and_polarity(tmp_path):
+    x, y = square_images(30, classes=3)
+    np.savez(tmp_path / "mnist.npz", x_train=255 - x, y_train=y, x_test=x[:6], y_test=y[:6])
+    ds = owndata.open_dataset(tmp_path / "mnist.npz")
+    assert ds.format == "npz" and ds.test is not None
+    np.testing.assert_array_equal(ds.train[0], x)  # dark on light turned light on dark
+    assert any("30 of 30 images were dark on light" in n for n in ds.notes)
+    # the test split repeats training images: refused
+    with pytest.raises(DataError, match="6 test images also appear in the training split"):
+        ds.splits()
+    np.savez(tmp_path / "bad.npz", x_train=x, y_train=y, x_test=x[:2], y_test=np.array([0, 7]))
+    with pytest.raises(DataError, match=r"label 7 is outside the training classes \(0-2\)"):
+        owndata.open_dataset(tmp_path / "bad.npz")
+    np.savez(tmp_path / "other.npz", images=x)
+    with pytest.raises(DataError, match="Keras's layout is x_train, y_train"):
+        owndata.open_dataset(tmp_path / "other.npz")
+
+
+def test_idx_folder(tmp_path):
+    make_fake_mnist(tmp_path / "idx", n_train=60, n_test=20, flat=True)
+    ds = owndata.open_dataset(tmp_path / "idx")
+    assert ds.format == "idx" and len(ds.classes) == 10 and len(ds.test[1]) == 20
+
+
+def test_registry_names_still_work_and_unknown_names_say_paths():
+    assert owndata.get_dataset_spec("mnist").folder == "MNIST"
+    with pytest.raises(DataError, match="or give a path"):
+        owndata.get_dataset_spec("cifar")
+
+
+def test_cli_datasets_describes_and_draws(tmp_path):
+    root = make_folder(tmp_path / "shapes", {"ring": 5, "bar": 5, "seven": 5})
+    (root / "bar" / "x.txt").write_text("x")
+    proc = run("datasets", root, "--sample", tmp_path / "s.png", env={"MNISTLAB_CACHE": str(tmp_path / "c")})
+    assert proc.returncode == 0, proc.stderr
+    assert "class-per-folder images, 3 classes, 12 training images" in proc.stdout
+    assert "3 images carved from it (10% of each class, stratified" in proc.stdout
+    assert "x.txt: skipped" in proc.stdout and "problems: 1" in proc.stdout
+    assert Image.open(tmp_path / "s.png").size == (560, 168)
+
+
+def test_cli_trains_and_evaluates_on_a_folder(tmp_path):
+    root = make_folder(tmp_path / "shapes", {"ring": 20, "bar": 20, "seven": 20})
+    env = {"MNISTLAB_CACHE": str(tmp_path / "c")}
+    proc = run("train", "--dataset", root, "--model", "mlp", "--epochs", "3", "--batch-size", "16", "--no-report",
+               "--out", tmp_path / "run", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "test split: none given: 6 images carved" in proc.stdout
+    card, _ = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert card.classes == ("bar", "ring", "seven") and card.dataset == str(root)
+    report = json.loads(run("eval", tmp_path / "run" / "model.pt", "--json", env=env).stdout)
+    assert report["total"] == 6
+    other = json.loads(run("eval", tmp_path / "run" / "model.pt", "--json", "--dataset", root, env=env).stdout)
+    assert other["dataset"] == str(root) and other["correct"] == report["correct"]
+    final = [ln for ln in proc.stdout.splitlines() if ln.startswith("test accuracy:")][0]
+    assert f"{report['correct']}/6" in final
+
+
+def test_cli_bad_csv_writes_nothing(tmp_path):
+    images, labels = square_images(12, classes=3)
+    path = write_kaggle(tmp_path / "k", images, labels)
+    path.write_text(path.read_text().replace(",0,", ",300,", 1))
+    proc = run("train", "--dataset", path, "--out", tmp_path / "run", env={"MNISTLAB_CACHE": str(tmp_path / "c")})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "found 300" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_labels_are_matched_to_a_models_classes_by_name():
+    import torch
+
+    from mnistlab.errors import MnistlabError
+    from mnistlab.inference import labels_by_name
+
+    digits = tuple("0123456789")
+    assert labels_by_name(torch.tensor([0, 1, 1]), ("3", "8"), digits, "d").tolist() == [3, 8, 8]
+    with pytest.raises(MnistlabError, match=r"d: class 'x' is not among the model's classes"):
+        labels_by_name(torch.tensor([0]), ("3", "x"), digits, "d")
