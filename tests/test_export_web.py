@@ -32,8 +32,8 @@ def test_the_pinned_runtime_hashes_are_npms(tmp_path):
         assert sri == f"sha384-{digest}", name
     page = (export(MODEL, "web", tmp_path / "cdn") / "index.html").read_text()
     assert f'src="{ORT_WEB_CDN}ort.wasm.min.js" integrity="{ORT_WEB_FILES["ort.wasm.min.js"]}"' in page
-    assert {p.name for p in (tmp_path / "cdn").iterdir()} == {"index.html", "app.js", "preprocess.js", "browser.js",
-                                                             "model.onnx", "model.json"}
+    assert {p.name for p in (tmp_path / "cdn").iterdir()} == {"index.html", "app.js", "preprocess.js", "zip.js",
+                                                             "browser.js", "model.onnx", "model.json"}
 
 
 def test_the_site_works_from_a_static_server_with_nothing_from_outside(site):

@@ -47,7 +47,7 @@ def test_new_classes_get_a_new_head(tmp_path):
 
 def test_a_kept_head_needs_the_same_classes(tmp_path):
     root = make_folder(tmp_path / "shapes", {"ring": 3, "bar": 3})
-    with pytest.raises(MnistlabError, match=r"--init-head keep: .*classes \(bar, ring\) are not fast's \(0, 1, 2"):
+    with pytest.raises(MnistlabError, match=r"--init-head keep: .*\(bar, ring\) are not among fast.s \(0, 1, 2"):
         finetune("fast", str(root), out=tmp_path / "ft", head="keep", say=lambda s: None)
     assert not (tmp_path / "ft").exists()
 

@@ -465,6 +465,9 @@ def _add_serve(sub, name: str, help: str) -> None:
     p.add_argument("--max-upload", type=_positive_int, default=2_000_000, help="largest request body, bytes (2 MB)")
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="server processes, each with its own copy of the model (default: 1)")
+    p.add_argument("--collect", metavar="DIR",
+                   help="save the drawings you correct on the page in DIR/<label>/, and offer to fine-tune the "
+                        "model on them (one server process only)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -474,7 +477,7 @@ def cmd_serve(args) -> int:
     if not 0 < args.port < 65536:
         raise MnistlabError(f"--port must lie between 1 and 65535, not {args.port}.")
     model = _default_model([args.checkpoint] if args.checkpoint else [])[0]
-    serve(model, host=args.host, port=args.port, max_bytes=args.max_upload, workers=args.workers)
+    serve(model, host=args.host, port=args.port, max_bytes=args.max_upload, workers=args.workers, collect=args.collect)
     return 0
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from . import pretrained
 from .augment import Augment
 from .card import ModelCard
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import load_weights, save_checkpoint
 from .data import normalize
 from .device import amp_dtype, autocast, keep_freed_memory
 from .errors import MnistlabError
@@ -42,6 +42,7 @@ from .inference import labels_by_name
 from .models import build_model
 from .owndata import get_dataset_spec, load_split
 
+PROGRESS_EVERY = 50  # steps between progress lines
 FEW_SHOT = 10  # images a class at most for the few-shot recipe
 HEADS = ("auto", "keep", "new")
 # Label smoothing as the shipped models were trained: without it, MNIST accuracy fell 0.3-0.5 points per fine-tune.
@@ -79,8 +80,9 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
     card, state = _load_init(init)
     classes = get_dataset_spec(dataset).classes
     new_head = head == "new" or (head == "auto" and set(classes) != set(card.classes))
-    if head == "keep" and set(classes) != set(card.classes):
-        raise MnistlabError(f"--init-head keep: {dataset}'s classes ({', '.join(classes)}) are not {init}'s "
+    # a kept head has an output for each of the model's classes: the dataset may have fewer (the digits you corrected)
+    if head == "keep" and not set(classes) <= set(card.classes):
+        raise MnistlabError(f"--init-head keep: {dataset}'s classes ({', '.join(classes)}) are not among {init}'s "
                             f"({', '.join(card.classes)}); a kept head has no output for some of them: use "
                             "--init-head new.")
     out_classes = classes if new_head else card.classes
@@ -102,7 +104,7 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
     before = None if new_head else score(xt, yt)
     base_before = score(*base[1]) if base else None
     t0 = time.perf_counter()
-    _train(module, card, (x, y), base[0] if base else None, RECIPES[chosen], seed)
+    _train(module, card, (x, y), base[0] if base else None, RECIPES[chosen], seed, say)
     seconds = time.perf_counter() - t0
     result = FinetuneResult(Path(), chosen, "new" if new_head else "kept", before, score(xt, yt), base_before,
                             score(*base[1]) if base else None, seconds)
@@ -123,7 +125,9 @@ def _load_init(init: str):
     if Path(init).suffix.lower() == ".onnx":
         raise MnistlabError(f"--init {init}: an ONNX file cannot be trained; give the .pt it was exported from, or a "
                             "pretrained model's name.")
-    return load_checkpoint(pretrained.resolve(init) if pretrained.is_name(init) else init)
+    # the pretrained models ship as safetensors: load_weights reads those, a model.pt or checkpoint, and HF folders
+    card, weights = load_weights(pretrained.resolve(init) if pretrained.is_name(init) else init)
+    return card, {"model_state": weights}
 
 
 def head_keys(model: str, config: dict, num_classes: int) -> set[str]:
@@ -169,7 +173,7 @@ def _normalize(module, card: ModelCard, images: torch.Tensor) -> torch.Tensor:
     return normalize(images, card.mean, card.std, getattr(module, "channels_last", False))
 
 
-def _train(module, card: ModelCard, user, replay, recipe: dict, seed: int) -> None:
+def _train(module, card: ModelCard, user, replay, recipe: dict, seed: int, say=print) -> None:
     x, y = user
     g = torch.Generator().manual_seed(seed)
     steps = recipe.get("steps") or max(recipe["min_steps"], round(recipe["epochs"] * len(x) / recipe["batch"]))
@@ -201,6 +205,8 @@ def _train(module, card: ModelCard, user, replay, recipe: dict, seed: int) -> No
         loss.backward()
         opt.step()
         sched.step()
+        if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps:  # the page's progress bar reads these lines
+            say(f"step {step + 1}/{steps}")
 
 
 def _report(r: FinetuneResult, dataset: str, base: str, say) -> None:

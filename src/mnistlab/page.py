@@ -10,7 +10,7 @@ import html as _html
 from importlib import resources
 
 SERVER_SCRIPTS = ("server.js",)
-BROWSER_SCRIPTS = ("preprocess.js", "browser.js")
+BROWSER_SCRIPTS = ("preprocess.js", "zip.js", "browser.js")
 
 
 def asset(name: str) -> str:

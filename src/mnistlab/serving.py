@@ -8,6 +8,10 @@ message, slow ones 408; no request can produce a traceback.
 
 Decoding and the model run in worker threads, a few at a time, so that a large upload
 never stalls the event loop: /healthz and the other requests keep their pace.
+
+With a --collect folder (collect.py), POST /api/correct?label=L saves a drawing the model got wrong,
+POST /api/finetune starts a fine-tune on those drawings in a child process and GET /api/finetune
+says how it goes; its model then replaces the served one, for every request that starts after.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+from pathlib import Path
 
+from . import collect as collecting
 from . import page
 from .errors import MnistlabError
 from .inference import ModelOutputError
@@ -96,11 +102,30 @@ class Guard:
         return _error(413, f"request body over the limit of {self.max_bytes:,} bytes")(scope, receive, send)
 
 
-def create_app(model, max_bytes: int = 2_000_000, threads: int = 2):
+class Served:
+    """The model that requests use, and the checkpoint it came from. A fine-tune replaces both by one
+    assignment: a request reads `model` once, so each is answered by one model, old or new."""
+
+    def __init__(self, model, checkpoint: str | None):
+        self.model, self.checkpoint = model, checkpoint
+
+    def swap(self, checkpoint: str) -> None:
+        model = _load(checkpoint)
+        self.model, self.checkpoint = model, checkpoint
+        print(f"now serving {checkpoint}", flush=True)
+
+
+def create_app(model, max_bytes: int = 2_000_000, threads: int = 2, collect: str | os.PathLike | None = None,
+               checkpoint: str | None = None):
     """The ASGI app around one loaded model (an inference.Classifier, loaded once, shared by every
-    request); decoding and prediction run in at most `threads` worker threads at a time."""
+    request); decoding and prediction run in at most `threads` worker threads at a time. With
+    `collect`, a folder for corrections, which a fine-tune of `checkpoint` (the served model's file or
+    pretrained name) learns from."""
     if FastAPI is None:
         raise MnistlabError("mnistlab serve needs FastAPI and uvicorn: pip install 'mnistlab[serve]'.")
+    served = Served(model, checkpoint)
+    folder = collecting.writable_folder(collect) if collect is not None else None
+    tuner = collecting.FineTune(folder, served.swap) if folder is not None else None
     app = FastAPI(title="mnistlab", docs_url=None, redoc_url=None, openapi_url=None)
     html = page.page([page.script(name) for name in page.SERVER_SCRIPTS])
     scripts = {name: page.asset(name) for name in ("app.js", *page.SERVER_SCRIPTS)}
@@ -118,11 +143,13 @@ def create_app(model, max_bytes: int = 2_000_000, threads: int = 2):
 
     @app.get("/healthz")
     async def healthz():
+        model = served.model
         return {"status": "ok", "model": model.name, "classes": list(model.classes),
-                "temperature": model.card.temperature}
+                "temperature": model.card.temperature, "collect": folder is not None}
 
     @app.post("/api/predict")
     async def predict(request: Request):
+        model = served.model  # once: a swap during this request does not mix two models
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             with anyio.fail_after(REQUEST_TIMEOUT):
@@ -143,6 +170,9 @@ def create_app(model, max_bytes: int = 2_000_000, threads: int = 2):
         # a plain JSONResponse: FastAPI's generic encoder costs more than the model on a 28x28 list
         return JSONResponse({**pred.to_dict(len(model.classes)), "preprocessed": pred.preprocessed.tolist()})
 
+    if folder is not None and tuner is not None:
+        _collect_routes(app, served, folder, tuner, limiter)
+
     @app.exception_handler(HTTPException)  # unknown paths (404), wrong methods (405): the API's one error format
     async def http_error(request, exc):
         return _error(exc.status_code, str(exc.detail).lower().rstrip(".") if exc.detail else "error")
@@ -156,6 +186,59 @@ def create_app(model, max_bytes: int = 2_000_000, threads: int = 2):
         return _error(500, "internal error")
 
     return Guard(app, max_bytes)
+
+
+def _collect_routes(app, served: Served, folder: Path, tuner: collecting.FineTune, limiter) -> None:
+    @app.post("/api/correct")
+    async def correct(request: Request):
+        model = served.model
+        label = request.query_params.get("label")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if label is None:
+            return _error(400, "say which class the drawing is: /api/correct?label=NAME")
+        if not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+            return _error(415, "send the drawing as an image (raw bytes with an image content type)")
+        try:
+            with anyio.fail_after(REQUEST_TIMEOUT):
+                body = await request.body()
+
+            def save():
+                if label not in model.classes:  # before any decoding: nothing is written for a bad label
+                    raise MnistlabError(f"label '{label[:40]}' is not one of the model's classes "
+                                        f"({', '.join(model.classes)}).")
+                seen = model.predict(body, name="request body").preprocessed
+                return collecting.save_correction(folder, label, tuple(model.classes), body, seen)
+            path = await anyio.to_thread.run_sync(save, limiter=limiter)
+        except TimeoutError:
+            return _error(408, f"the request body took over {REQUEST_TIMEOUT:.0f} s to arrive")
+        except ClientDisconnect:
+            return Response(status_code=400)
+        except (NoDigitError, ModelOutputError) as e:
+            return _error(422, str(e))
+        except MnistlabError as e:
+            return _error(400, str(e))
+        return {"saved": str(path), "counts": collecting.counts(folder)}
+
+    @app.post("/api/finetune")
+    async def finetune():
+        if served.checkpoint is None:
+            return _error(409, "this server was not told which checkpoint it serves; it cannot fine-tune it")
+        try:
+            status = await anyio.to_thread.run_sync(tuner.start, served.checkpoint)
+        except collecting.FineTuneBusy as e:
+            return _error(409, str(e))
+        except MnistlabError as e:
+            return _error(400, str(e))
+        return JSONResponse(_shown(status), status_code=202)
+
+    @app.get("/api/finetune")
+    async def finetune_status():
+        return {**_shown(tuner.status), "counts": collecting.counts(folder)}
+
+
+def _shown(status: dict) -> dict:
+    """A copy of a fine-tune's status: its lines grow while it runs."""
+    return {**status, "lines": list(status.get("lines", []))}
 
 
 async def _read(request, ctype: str, model):
@@ -254,7 +337,7 @@ def http_protocol():
 
 
 def serve(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
-          max_bytes: int = 2_000_000, workers: int = 1) -> None:
+          max_bytes: int = 2_000_000, workers: int = 1, collect: str | os.PathLike | None = None) -> None:
     """Serve the page and the API until Ctrl-C or SIGTERM, in `workers` processes.
 
     The model is loaded and the port bound before anything is printed, so a bad checkpoint or
@@ -263,13 +346,19 @@ def serve(checkpoint: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
         import uvicorn  # noqa: F401
     except ImportError:
         raise MnistlabError("mnistlab serve needs FastAPI and uvicorn: pip install 'mnistlab[serve]'.") from None
+    if collect is not None:
+        if workers > 1:  # each process would swap in its own model, and two fine-tunes could run at once
+            raise MnistlabError("--collect works with one server process: drop --workers.")
+        collecting.writable_folder(collect)
     model = _load(str(checkpoint))
     sockets = bind_sockets(host, port, workers)
     threads = max(1, (os.cpu_count() or 1) // workers)
     print(f"serving {model.name} on {url(host, port)} with {workers} worker process"
           f"{'es' if workers > 1 else ''} (Ctrl-C to stop)", flush=True)
+    if collect is not None:
+        print(f"corrections go to {collect}; fine-tuned models to {Path(collect) / collecting.MODELS}", flush=True)
     if workers == 1:
-        _run(model, sockets[0], max_bytes, threads)
+        _run(model, sockets[0], max_bytes, threads, collect=collect, checkpoint=str(checkpoint))
     else:
         _supervise(str(checkpoint), sockets, max_bytes, threads)
 
@@ -319,10 +408,11 @@ def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
-def _run(model, sock: socket.socket, max_bytes: int, threads: int) -> None:
+def _run(model, sock: socket.socket, max_bytes: int, threads: int, collect=None, checkpoint: str | None = None) -> None:
     import uvicorn
 
-    config = uvicorn.Config(create_app(model, max_bytes, threads), log_level="warning", access_log=False,
+    app = create_app(model, max_bytes, threads, collect=collect, checkpoint=checkpoint)
+    config = uvicorn.Config(app, log_level="warning", access_log=False,
                             http=http_protocol(), timeout_keep_alive=5)
     uvicorn.Server(config).run(sockets=[sock])  # stops gracefully on SIGINT and SIGTERM
 

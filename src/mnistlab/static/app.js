@@ -9,7 +9,7 @@ const pad = $("pad"), ctx = pad.getContext("2d", {willReadFrequently: true});
 const seen = $("seen").getContext("2d"), why = $("why").getContext("2d");
 let drawing = false, last = null, inFlight = false, pending = false, answer = null, truth = null;
 let generation = 0;  // bumped by Clear: answers to requests sent before it are dropped
-let classes = [];
+let classes = [], source = null;  // source: what the answer shown is for (the pad, or an uploaded file)
 
 // The tutorial's lesson, as mnistlab/lesson.py computes it: log-softmax with the max subtracted first
 function logSoftmax(z) {
@@ -22,9 +22,10 @@ const crossEntropy = (z, target) => -logSoftmax(z)[target];
 window.mnistlabLesson = {logSoftmax, crossEntropy};
 
 function reset() {
-  generation += 1; pending = false; answer = null; truth = null;
+  generation += 1; pending = false; answer = null; truth = null; source = null;
   ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, pad.width, pad.height);
   $("prediction").textContent = ""; $("runner-up").textContent = ""; $("message").textContent = "";
+  $("correct-box").hidden = true; $("correct-note").textContent = "";
   seen.clearRect(0, 0, 28, 28); why.clearRect(0, 0, 28, 28);
   showBars(null); showLesson();
 }
@@ -100,17 +101,19 @@ function show(result) {
   showSeen(result.preprocessed, result.saliency);
   showBars(result);
   showLesson();
+  $("correct-box").hidden = !engine.correct || !collecting;
 }
 
-async function classify(source) {
+async function classify(what) {
   const sentIn = generation;
   try {
-    const result = await engine.predict(source);
+    const result = await engine.predict(what);
     if (sentIn !== generation) return;  // the pad was cleared meanwhile: a late answer must not come back
+    source = what;
     show(result);
   } catch (err) {
     if (sentIn !== generation) return;
-    answer = null;
+    answer = null; $("correct-box").hidden = true;
     $("prediction").textContent = ""; $("runner-up").textContent = "";
     $("message").textContent = err.message || String(err);
     showBars(null); showLesson();
@@ -161,6 +164,59 @@ document.addEventListener("keydown", (e) => {
   if (e.key === "u" || e.key === "U") { e.preventDefault(); $("upload").click(); }
 });
 
+// "Wrong? It's a …": the drawing (as sent) and the 28x28 image the model saw are kept for fine-tuning
+let collecting = false;
+async function correct(label) {
+  const note = $("correct-note");
+  if (!answer || !source) return;
+  try {
+    const blob = source.file || await new Promise((done) => source.canvas.toBlob(done, "image/png"));
+    note.textContent = await engine.correct(label, blob, answer);
+    if (engine.download) $("download").hidden = false;
+  } catch (err) { note.textContent = err.message || String(err); }
+}
+
+// "Fine-tune on my digits" (mnistlab serve --collect): the server trains in a child process; this page polls it
+const percent = ([c, n]) => `${c}/${n} = ${(100 * c / Math.max(n, 1)).toFixed(2)}%`;
+async function followFinetune() {
+  const bar = $("finetune-progress"), say = (text) => { $("finetune-status").textContent = text; };
+  $("finetune").disabled = true;
+  try {
+    for (;;) {
+      const s = await engine.finetuneStatus();
+      if (s.state === "running") {
+        bar.hidden = false; bar.max = s.steps || 1; bar.value = s.step;
+        say(s.steps ? `Fine-tuning: step ${s.step} of ${s.steps}…` : `Fine-tuning: ${s.lines.at(-1) || "starting"}…`);
+      } else {
+        bar.hidden = true;
+        if (s.state === "done") {
+          say(`Fine-tuned in ${s.seconds.toFixed(1)} s. Held-out corrected digits: before ${percent(s.before)}, ` +
+              `after ${percent(s.after)}. Now serving ${s.model_path} (give it to mnistlab predict or export).`);
+          const info = await engine.info();
+          $("model").textContent = info.model;
+          if (source) { generation += 1; classify(source); }  // the new model's answer to the drawing shown
+        } else if (s.state === "failed") {
+          say(`The fine-tune failed: ${s.error} The served model is unchanged.`);
+        }
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 400));
+    }
+  } catch (err) { say(err.message || String(err)); }
+  $("finetune").disabled = false;
+}
+$("finetune").addEventListener("click", async () => {
+  try { await engine.startFinetune(); } catch (err) { $("finetune-status").textContent = err.message || String(err); return; }
+  followFinetune();
+});
+$("download").addEventListener("click", async () => {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(await engine.download());
+  a.download = "mnistlab-corrections.zip";
+  document.body.appendChild(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+});
+
 engine.info().then((info) => {
   classes = info.classes;
   $("model").textContent = info.model;
@@ -172,6 +228,17 @@ engine.info().then((info) => {
     b.addEventListener("click", () => { truth = c; showLesson(); });
     group.appendChild(b);
   });
+  collecting = Boolean(info.collect);
+  classes.forEach((c) => {
+    const b = document.createElement("button");
+    b.type = "button"; b.textContent = c; b.dataset.label = c;
+    b.addEventListener("click", () => correct(c));
+    $("correct").appendChild(b);
+  });
+  $("collect").hidden = !collecting;
+  $("finetune").hidden = !info.finetune;
+  $("download").hidden = !engine.download || !info.saved;
+  if (info.finetune) engine.finetuneStatus().then((s) => { if (s.state === "running") followFinetune(); }).catch(() => {});
   setBrush(); reset();
   document.body.dataset.ready = "true";
 }).catch((err) => { $("message").textContent = `the model could not be loaded: ${err.message || err}`; });

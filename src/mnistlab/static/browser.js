@@ -6,6 +6,17 @@
 window.mnistlabEngine = (() => {
   const MAX_PIXELS = 4096 * 4096, MAX_ASPECT = 20, WORKING_SIDE = 1024;  // as preprocessing.py
   let session = null, card = null;
+  const STORE = "mnistlab-corrections";
+  const corrections = (() => { try { return JSON.parse(localStorage.getItem(STORE)) || []; } catch (err) { return []; } })();
+  const dataURL = (blob) => new Promise((done) => { const r = new FileReader(); r.onload = () => done(r.result); r.readAsDataURL(blob); });
+  const bytesOf = (url) => Uint8Array.from(atob(url.slice(url.indexOf(",") + 1)), (ch) => ch.charCodeAt(0));
+  function seenPNG(rows) {
+    const c = document.createElement("canvas"), g = c.getContext("2d"), img = g.createImageData(28, 28);
+    c.width = c.height = 28;
+    rows.flat().forEach((v, i) => img.data.set([v, v, v, 255], 4 * i));
+    g.putImageData(img, 0, 0);
+    return new Promise((done) => c.toBlob(done, "image/png"));
+  }
 
   const ready = (async () => {
     card = await (await fetch("model.json")).json();
@@ -76,8 +87,28 @@ window.mnistlabEngine = (() => {
     async info() {
       await ready;
       return {classes: card.classes, model: `${card.model} (${card.name}, onnxruntime-web ${ort.env.versions.web})`,
+              collect: true, finetune: false, saved: corrections.length,
               where: "It runs in this browser: nothing you draw leaves this page."};
     },
+    // Corrections stay in this browser (localStorage, or memory where it is full or off) until downloaded
+    // as a zip in the folder layout: <label>/<name>.png, the drawing; <label>/seen/<name>.png, the 28x28 image.
+    async correct(label, blob, answer) {
+      const name = `${new Date().toISOString().replace(/\D/g, "").slice(0, 14)}-${corrections.length + 1}`;
+      corrections.push({label, name, png: await dataURL(blob), seen: await dataURL(await seenPNG(answer.preprocessed))});
+      try { localStorage.setItem(STORE, JSON.stringify(corrections)); } catch (err) { /* kept in memory */ }
+      return `Kept in this browser: ${corrections.length} correction${corrections.length === 1 ? "" : "s"}; ` +
+             "download them as a zip for mnistlab train --init … --dataset.";
+    },
+    corrections: () => corrections.length,
+    async download() {
+      const files = [];
+      for (const c of corrections) {
+        files.push({name: `${c.label}/${c.name}.png`, data: bytesOf(c.png)},
+                   {name: `${c.label}/seen/${c.name}.png`, data: bytesOf(c.seen)});
+      }
+      return window.mnistlabZip.zip(files);
+    },
+    forget() { corrections.length = 0; localStorage.removeItem(STORE); },
     async predict(source) {
       await ready;
       const img = await pixelsOf(source);

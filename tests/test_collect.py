@@ -1,0 +1,167 @@
+"""`mnistlab serve --collect DIR`: corrections saved from the page, and fine-tuning on them (collect.py)."""
+
+import io
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from fakes import run_cli  # noqa: E402
+from mnistlab import owndata  # noqa: E402
+from mnistlab.errors import MnistlabError  # noqa: E402
+from mnistlab.inference import load_model  # noqa: E402
+from mnistlab.serving import create_app  # noqa: E402
+from owndatasets import drawing  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNISTLAB_CACHE", str(tmp_path / "cache"))
+    owndata._open.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def fast():
+    return load_model("fast")
+
+
+@pytest.fixture
+def collecting(fast, tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("MNISTLAB_DATA", str(data_dir))  # the fine-tune's child process replays MNIST from there
+    folder = tmp_path / "mine"
+    with TestClient(create_app(fast, collect=folder, checkpoint="fast")) as c:
+        yield c, folder
+
+
+def png(shape: str, seed: int, side: int = 200) -> bytes:
+    buf = io.BytesIO()
+    drawing(shape, np.random.default_rng(seed), side=side).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def correct(client, body: bytes, label: str, ctype: str = "image/png"):
+    return client.post(f"/api/correct?label={label}", content=body, headers={"Content-Type": ctype})
+
+
+def files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_correction_is_saved_as_drawn_and_as_the_model_saw_it(collecting):
+    client, folder = collecting
+    body = png("ring", 0)
+    r = correct(client, body, "6")
+    assert r.status_code == 200, r.text
+    saved = sorted((folder / "6").glob("*.png"))
+    seen = sorted((folder / "6" / "seen").glob("*.png"))
+    assert len(saved) == len(seen) == 1 and saved[0].name == seen[0].name
+    assert saved[0].read_bytes() == body  # the drawing as sent
+    answered = client.post("/api/predict", content=body, headers={"Content-Type": "image/png"}).json()
+    assert (np.asarray(Image.open(seen[0])) == np.asarray(answered["preprocessed"], np.uint8)).all()
+    assert r.json()["counts"] == {"6": 1}
+    correct(client, png("ring", 1), "6")
+    assert len(list((folder / "6").glob("*.png"))) == 2  # a new name each time
+    assert client.get("/healthz").json()["collect"] is True
+
+
+@pytest.mark.parametrize("query, body, ctype, status, message", [
+    ("label=x", "ring", "image/png", 400, "not one of the model's classes"),
+    ("label=", "ring", "image/png", 400, "not one of the model's classes"),
+    ("label=..%2F..%2Fetc", "ring", "image/png", 400, "not one of the model's classes"),
+    ("", "ring", "image/png", 400, "say which class"),
+    ("label=3", b"not an image", "image/png", 400, "not an image"),
+    ("label=3", b"", "image/png", 400, "empty"),
+    ("label=3", "blank", "image/png", 422, "digit"),
+    ("label=3", b"3", "text/plain", 415, "send the drawing as an image"),
+])
+def test_bad_corrections_get_a_sentence_and_write_nothing(collecting, query, body, ctype, status, message):
+    client, folder = collecting
+    if body == "ring":
+        body = png("ring", 0)
+    elif body == "blank":
+        buf = io.BytesIO()
+        Image.new("L", (200, 200), 255).save(buf, format="PNG")
+        body = buf.getvalue()
+    r = client.post(f"/api/correct?{query}", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == status and message in r.json()["error"], r.text
+    assert files(folder) == []
+
+
+def test_an_unwritable_collect_folder_is_refused(fast, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a folder cannot be made under a file, even by root
+    with pytest.raises(MnistlabError, match=r"^--collect .*a-file/mine: cannot write there \(.*\); choose a folder"):
+        create_app(fast, collect=blocker / "mine", checkpoint="fast")
+    r = run_cli("serve", "fast", "--port", "1", "--collect", blocker / "mine")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--collect" in r.stderr and "cannot write" in r.stderr
+    r = run_cli("serve", "fast", "--workers", "2", "--collect", tmp_path / "ok")
+    assert r.returncode == 1 and "--collect works with one server process" in r.stderr and r.stdout == ""
+
+
+def test_too_few_corrections_is_one_sentence(collecting):
+    client, folder = collecting
+    correct(client, png("ring", 0), "6")
+    correct(client, png("ring", 1), "6")
+    correct(client, png("bar", 2), "7")
+    r = client.post("/api/finetune")
+    assert r.status_code == 400 and r.json()["error"].startswith("too few corrections to fine-tune on (2 of 6, 1 of 7)")
+    assert client.get("/api/finetune").json()["state"] == "idle"
+
+
+def wait(client, timeout=240):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        s = client.get("/api/finetune").json()
+        if s["state"] != "running":
+            return s
+        time.sleep(0.2)
+    raise AssertionError("the fine-tune did not finish")
+
+
+def test_one_fine_tune_at_a_time_a_killed_one_changes_nothing_and_a_finished_one_is_swapped_in(collecting, fast):
+    client, folder = collecting
+    # rings called 6, bars called 7: shapes the shipped model reads otherwise
+    for i in range(4):
+        assert correct(client, png("ring", 10 + i), "6").status_code == 200
+        assert correct(client, png("bar", 20 + i), "7").status_code == 200
+    probe = [png("ring", 30), png("bar", 31)]
+
+    def answers():
+        return [client.post("/api/predict", content=b, headers={"Content-Type": "image/png"}).json()["prediction"]
+                for b in probe]
+    before = answers()
+    assert before != ["6", "7"]
+
+    r = client.post("/api/finetune")
+    assert r.status_code == 202 and r.json()["state"] == "running"
+    second = client.post("/api/finetune")
+    assert second.status_code == 409 and "already running" in second.json()["error"]
+    os.kill(_child(client), signal.SIGKILL)
+    s = wait(client)
+    assert s["state"] == "failed" and "exit code -9" in s["error"]
+    assert answers() == before and client.get("/healthz").json()["model"] == fast.name
+
+    assert client.post("/api/finetune").status_code == 202
+    s = wait(client)
+    assert s["state"] == "done", s
+    assert s["after"][1] == 2 and s["after"][0] >= s["before"][0]
+    assert os.path.isfile(s["model_path"]) and ".models" in s["model_path"]
+    assert answers() == ["6", "7"]
+    assert load_model(s["model_path"]).predict(probe[0]).prediction == "6"  # predict and export can use it
+
+
+def _child(client) -> int:
+    from fakes import children
+
+    for _ in range(100):
+        kids = [k for k in children(os.getpid()) if b"mnistlab" in open(f"/proc/{k}/cmdline", "rb").read()]
+        if kids:
+            return kids[0]
+        time.sleep(0.05)
+    raise AssertionError("no fine-tune process")
