@@ -153,7 +153,7 @@ def test_one_fine_tune_at_a_time_a_killed_one_changes_nothing_and_a_finished_one
     assert s["after"][1] == 2 and s["after"][0] >= s["before"][0]
     assert os.path.isfile(s["model_path"]) and ".models" in s["model_path"]
     assert answers() == ["6", "7"]
-    assert load_model(s["model_path"]).predict(probe[0]).prediction == "6"  # predict and export can use it
+    assert load_model(s["model_path"]).predict(probe[0]).label == "6"  # predict and export can use it
 
 
 def _child(client) -> int:
@@ -165,3 +165,52 @@ def _child(client) -> int:
             return kids[0]
         time.sleep(0.05)
     raise AssertionError("no fine-tune process")
+
+
+def ring(cx: float, cy: float, r: float) -> list[list[tuple[float, float]]]:
+    return [[(cx + r * np.cos(a), cy + r * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 25)]]
+
+
+def test_the_page_walks_the_loop_draw_correct_fine_tune_new_answer(fast, tmp_path, data_dir, monkeypatch):
+    import threading
+
+    import uvicorn
+
+    from mnistlab_testkit.browsing import browser_page, draw, free_port
+
+    monkeypatch.setenv("MNISTLAB_DATA", str(data_dir))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(fast, collect=tmp_path / "mine", checkpoint="fast"),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        with browser_page(f"http://127.0.0.1:{port}") as page:
+            assert page.locator("#correct-box").is_hidden() and page.locator("#finetune").is_visible()
+            page.click("#finetune")  # nothing collected yet
+            page.wait_for_function("document.getElementById('finetune-status').textContent.includes('too few')")
+            drawings = [(ring(140, 140, 90), "6"), (ring(120, 150, 70), "6"), (ring(150, 130, 100), "6"),
+                        ([[(140, 40), (140, 240)]], "1"), ([[(120, 50), (130, 230)]], "1")]
+            for i, (strokes, label) in enumerate(drawings):
+                page.click("#clear")
+                draw(page, strokes)
+                page.wait_for_function("document.getElementById('prediction').textContent !== ''")
+                if i == 0:
+                    first = page.locator("#prediction").text_content()
+                    assert first != "6"
+                page.click(f"#correct button[data-label='{label}']")
+                page.wait_for_function(f"document.getElementById('correct-note').textContent.includes('/{label}/')")
+            assert len(list((tmp_path / "mine" / "6").glob("*.png"))) == 3
+            page.click("#finetune")
+            page.wait_for_function("document.getElementById('finetune-status').textContent.startsWith('Fine-tuned')",
+                                   timeout=400_000)
+            status = page.locator("#finetune-status").text_content()
+            assert "Held-out corrected digits: before" in status and ".models/finetuned-" in status
+            page.click("#clear")
+            draw(page, ring(140, 140, 90))
+            page.wait_for_function("document.getElementById('prediction').textContent === '6'", timeout=20_000)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
