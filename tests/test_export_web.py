@@ -119,3 +119,35 @@ def test_export_web_never_writes_over_other_files(tmp_path):
     again = export("classic-cnn", "web", tmp_path / "site")  # an earlier export is replaced, whole
     assert first == again and '"cnn"' in (again / "model.json").read_text()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_static_page_keeps_corrections_and_downloads_them_as_a_dataset_zip(site, tmp_path):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    with static_server(site) as url, browser_page(url) as page:
+        assert page.locator("#download").is_hidden() and page.locator("#finetune").is_hidden()
+        for x in (120, 160):  # two drawings of a 1 that should be a 7 (a test of the layout, not of the model)
+            page.click("#clear")
+            draw(page, [[(x, 40), (x, 240)]])
+            page.wait_for_function("document.getElementById('prediction').textContent !== ''", timeout=20000)
+            page.click("#correct button[data-label='7']")
+        page.wait_for_function("document.getElementById('correct-note').textContent.includes('2 corrections')")
+        page.reload()  # kept in the browser across a reload
+        page.wait_for_function("document.body.dataset.ready === 'true'", timeout=60000)
+        with page.expect_download() as download:
+            page.click("#download")
+        path = tmp_path / "corrections.zip"
+        download.value.save_as(path)
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None
+        names = sorted(z.namelist())
+        assert len(names) == 4 and all(n.startswith("7/") for n in names)
+        drawings = [n for n in names if "/seen/" not in n]
+        assert Image.open(io.BytesIO(z.read(drawings[0]))).size == (280, 280)
+        seen = [n for n in names if "/seen/" in n]
+        assert len(seen) == 2 and Image.open(io.BytesIO(z.read(seen[0]))).size == (28, 28)
+        z.extractall(tmp_path / "ds")
+    assert preprocess(tmp_path / "ds" / drawings[0]).shape == (28, 28)  # the folder layout train --dataset reads

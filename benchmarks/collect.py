@@ -1,0 +1,92 @@
+"""The drawing page's fine-tune (`mnistlab serve --collect DIR`, issue 22): its time on 100 images (10 a class),
+and how the server answers /healthz meanwhile.
+
+    python benchmarks/collect.py [--data-dir ../shared/data]
+
+A server is started on a folder of 100 synthetic drawings (tests/handwriting.py, writer 0) as the page
+would have collected them; /healthz is asked one request after another, first with nothing running, then
+from the POST /api/finetune until the new model is served.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from common import machine  # noqa: E402
+from handwriting import make_handwriting  # noqa: E402
+from mnistlab_testkit.browsing import free_port  # noqa: E402
+
+
+def get(url: str, data: bytes | None = None) -> dict:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST" if data is not None
+                                                           else "GET"), timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return json.loads(e.read())
+
+
+def latencies(url: str, until) -> list[float]:
+    times = []
+    while not until(len(times)):
+        t0 = time.perf_counter()
+        get(url + "healthz")
+        times.append(time.perf_counter() - t0)
+        time.sleep(0.01)  # a page polling, not a flood
+    return times
+
+
+def shown(times: list[float]) -> str:
+    ms = sorted(1000 * t for t in times)
+    return (f"{len(ms)} requests: p50 {statistics.median(ms):.1f} ms, p99 {ms[int(0.99 * (len(ms) - 1))]:.1f} ms, "
+            f"max {ms[-1]:.1f} ms")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--init", default="fast")
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args()
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "mine"
+        make_handwriting(folder, 10, writer=0, seed=0)
+        port = free_port()
+        env = {**os.environ, "MNISTLAB_CACHE": str(Path(tmp) / "cache"),
+               **({"MNISTLAB_DATA": args.data_dir} if args.data_dir else {})}
+        server = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", args.init, "--port", str(port),
+                                   "--collect", str(folder)], env=env, stdout=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            for _ in range(600):
+                try:
+                    get(url + "healthz")
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            print("idle:", shown(latencies(url, lambda n: n >= 300)))
+            t0 = time.perf_counter()
+            get(url + "api/finetune", data=b"")
+            during = latencies(url, lambda n: n % 20 == 0 and get(url + "api/finetune")["state"] != "running")
+            wall = time.perf_counter() - t0
+            status = get(url + "api/finetune")
+            print(f"fine-tune: {status['state']}, {wall:.1f} s from the request to the new model served "
+                  f"({status.get('seconds', 0):.1f} s of training steps); held-out {status.get('before')} -> "
+                  f"{status.get('after')}")
+            print("during the fine-tune:", shown(during))
+        finally:
+            server.terminate()
+            server.wait()
+
+
+if __name__ == "__main__":
+    main()
