@@ -214,3 +214,11 @@ def test_the_page_walks_the_loop_draw_correct_fine_tune_new_answer(fast, tmp_pat
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_without_collect_there_is_nothing_to_correct(fast):
+    with TestClient(create_app(fast)) as client:
+        assert client.get("/healthz").json()["collect"] is False
+        r = correct(client, png("ring", 0), "6")
+        assert r.status_code == 404 and "error" in r.json()
+        assert client.post("/api/finetune").status_code == 404
