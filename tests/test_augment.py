@@ -238,16 +238,17 @@ def test_pixel_fields_are_checked():
         Augment(blur=-1)
 
 
-def test_the_robust_recipes_validate_and_calibrate_on_held_out_corruptions():
+def test_the_robust_recipes_validate():
     from mnistlab.config import PRESETS, from_preset
 
     for preset in ("robust", "robust-best"):
         cfg = from_preset(preset)
-        assert Augment(**cfg.augment).pixels and cfg.calibrate == "held-out" and cfg.val_size == 5000
+        assert Augment(**cfg.augment).pixels and cfg.val_size == 5000  # a validation split for the temperature
+        assert from_preset(preset, calibrate="held-out").calibrate == "held-out"
         assert not Augment(**from_preset(preset.replace("robust", "fast") if preset == "robust" else "best").augment
                            ).pixels
     assert from_preset("robust").model_config == PRESETS["fast"]["model_config"]  # the fast preset's size
     with pytest.raises(MnistlabError, match="give --val-size"):
-        from_preset("robust", val_size=0)
+        from_preset("robust", val_size=0, calibrate="held-out")
     with pytest.raises(MnistlabError, match="--calibrate must be one of"):
         from_preset("robust", calibrate="test")

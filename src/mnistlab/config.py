@@ -114,9 +114,9 @@ class RunConfig:
 # Issue 21: what people's pictures do, as training augmentation (augment.py says how each step
 # differs from MNIST-C's test corruptions and from the held-out family). Chosen on validation
 # under the held-out family only: see BENCHMARKS.md.
-ROBUST_AUGMENT = {"degrees": 20, "scale": 0.25, "translate": 0.2, "lines": 0.2, "occlude": 0.15, "stroke": 0.7,
+ROBUST_AUGMENT = {"degrees": 15, "scale": 0.15, "translate": 0.12, "lines": 0.2, "occlude": 0.15, "stroke": 0.7,
                   "blur": 1.2, "level": 0.6, "gradient": 0.5, "contrast": 0.85, "noise": 0.4, "invert": 0.25,
-                  "pixel_share": 0.7}
+                  "pixel_share": 0.5}
 
 # The tutorial's recipe is the default for its two models; presets change only what they name.
 PRESETS: dict[str, dict] = {
@@ -137,17 +137,19 @@ PRESETS: dict[str, dict] = {
                  lr=0.01, schedule="onecycle", warmup=0.2, batch_size=128, epochs=20, label_smoothing=0.1,
                  ema=0.999, val_size=5000, eval_every=20,
                  augment={"degrees": 12, "scale": 0.12, "translate": 0.12}),
-    # Issue 21: right and honest on worse pictures. The fast preset's model, trained longer on
-    # ROBUST_AUGMENT; the temperature fitted on validation images with the held-out corruptions
-    # mixed in. What the default pretrained model is made with (`fast` stays the time-to-99% recipe).
+    # Issue 21: right and honest on worse pictures. The fast preset's model, trained 6 epochs on
+    # ROBUST_AUGMENT, its temperature fitted on the clean validation split: on validation, a
+    # temperature fitted with the held-out corruptions mixed in (calibrate "held-out") carried
+    # over to a held-out corruption left out of its fit no better (BENCHMARKS.md). What the
+    # default pretrained model is made with; `fast` stays the time-to-99% recipe of issue 4.
     "robust": dict(model="bn-cnn", model_config={"channels": [16, 32], "hidden": 256}, optimizer="adam",
-                   lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=3, label_smoothing=0.1,
-                   val_size=5000, calibrate="held-out", eval_every=3, augment=ROBUST_AUGMENT),
-    # best's deep model and schedule on the same augmentation and calibration (about 10+ minutes
-    # on the 2-core CPU, more when shared).
+                   lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=6, label_smoothing=0.1,
+                   val_size=5000, eval_every=6, augment=ROBUST_AUGMENT),
+    # best's deep model and schedule on the same augmentation (about 10+ minutes on the 2-core
+    # CPU, more when shared); defined, not yet trained here.
     "robust-best": dict(model="deep", model_config={"channels": [48, 96, 192]}, optimizer="adam",
                         lr=0.01, schedule="onecycle", warmup=0.2, batch_size=128, epochs=20, label_smoothing=0.1,
-                        ema=0.999, val_size=5000, calibrate="held-out", eval_every=20, augment=ROBUST_AUGMENT),
+                        ema=0.999, val_size=5000, eval_every=20, augment=ROBUST_AUGMENT),
 }
 
 
