@@ -139,3 +139,116 @@ def test_tta_flip_mirrors_exactly():
     img[:, 20:26, 2:6] = 90  # ink at the left only
     same, mirrored = views_of(img, "flip")
     assert torch.equal(same, img) and torch.equal(mirrored, img.flip(-1)) and not torch.equal(mirrored, img)
+
+
+# ---- pixel-level augmentation (issue 21): in ink units, 0 background and 1 full ink
+
+def _ink_units(x):  # the bar batch in normalised units -> 0-1
+    return (x - BG) / (INK - BG)
+
+
+INK = (1 - 0.1307) / 0.3081
+
+
+def _aug(x, **fields):
+    return Augment(**fields)(x, seed=5, background=BG, ink=INK)
+
+
+def test_pixel_steps_are_off_by_default_and_leave_earlier_draws_alone():
+    x = _batch()
+    assert not Augment().pixels and Augment(noise=0.1).pixels
+    torch.testing.assert_close(Augment(degrees=10)(x, seed=4, background=BG, ink=INK),
+                               Augment(degrees=10)(x, seed=4, background=BG), rtol=0, atol=0)
+    # the pixel steps draw after the warp: the warp's own images are unchanged where the steps skip them
+    warped = Augment(degrees=10, translate=0.1)(x, seed=4, background=BG, ink=INK)
+    both = Augment(degrees=10, translate=0.1, invert=1.0, pixel_share=0.5)(x, seed=4, background=BG, ink=INK)
+    same = [torch.equal(a, b) for a, b in zip(warped, both)]
+    assert 0 < sum(same) < len(x)
+
+
+def test_pixel_steps_are_seeded_and_differ_per_image():
+    aug = Augment(lines=0.5, occlude=0.5, stroke=0.7, blur=1.0, level=0.5, gradient=0.5, contrast=0.8, noise=0.3,
+                  invert=0.3)
+    x = _batch()
+    a, b = aug(x, seed=9, background=BG, ink=INK), aug(x, seed=9, background=BG, ink=INK)
+    assert torch.equal(a, b) and not torch.equal(a, aug(x, seed=10, background=BG, ink=INK))
+    assert not torch.allclose(a[0], a[1])
+    u = _ink_units(a)
+    assert u.min() >= -1e-5 and u.max() <= 1 + 1e-5  # still pixels: nothing below background or above full ink
+
+
+def test_invert_maps_background_to_full_ink_and_ink_to_background():
+    x = _batch()
+    out = _ink_units(_aug(x, invert=1.0))
+    torch.testing.assert_close(out, 1 - _ink_units(x).clamp(0, 1), atol=1e-5, rtol=0)
+    half = _ink_units(_aug(_batch(64), invert=0.5))[:, 0, 0, 0]  # a corner: background unless inverted
+    assert 16 < int((half > 0.99).sum()) < 48
+
+
+def test_stroke_thickens_and_thins_the_ink():
+    x = _batch(64)
+    ink = _ink_units(x).sum((1, 2, 3))
+    out = _ink_units(_aug(x, stroke=1.0)).sum((1, 2, 3))
+    assert (out > ink * 1.2).any() and (out < ink * 0.8).any()  # some strokes thicker, some thinner
+    assert (out <= _ink_units(torch.nn.functional.max_pool2d(x, 3, 1, 1)).sum((1, 2, 3)) + 1e-3).all()
+
+
+def test_blur_spreads_the_ink_and_keeps_its_mass():
+    x = _batch()
+    out = _ink_units(_aug(x, blur=2.0))
+    mass_in, mass_out = _ink_units(x).sum((1, 2, 3)), out.sum((1, 2, 3))
+    torch.testing.assert_close(mass_out, mass_in, rtol=1e-3, atol=0)  # the bar lies well inside the image
+    assert ((out > 0.01).sum((1, 2, 3)) > (_ink_units(x) > 0.01).sum((1, 2, 3))).any()
+    assert (out.amax((1, 2, 3)) < 1).any()
+
+
+def test_level_and_contrast_raise_the_background_and_keep_ink_above_it():
+    x = _batch(64)
+    out = _ink_units(_aug(x, level=0.6, contrast=0.8))
+    ground, ink = out[:, 0, 0, 0], out[:, 0, 10, 13]
+    assert ground.max() > 0.3 and ground.min() >= 0 and (ground <= 0.6 + 1e-5).all()
+    assert (ink > ground).all() and (ink - ground).min() < 0.5  # contrast cut, polarity kept
+    ramp = _ink_units(_aug(x, gradient=0.8))
+    assert (ramp[:, 0, 0, 0] - ramp[:, 0, 27, 27]).abs().max() > 0.2  # the background is uneven
+
+
+def test_noise_lines_and_occlusion_add_what_they_say():
+    x = torch.full((64, 1, 28, 28), BG)  # blank images
+    noisy = _ink_units(_aug(x, noise=0.5))
+    assert noisy.max() <= 0.5 + 1e-5 and (noisy > 0.05).float().mean() > 0.1
+    lined = _ink_units(_aug(x, lines=1.0))
+    drawn = (lined > 0.4).sum((1, 2, 3))
+    assert (drawn >= 1).all() and drawn.float().median() >= 15  # every image got a segment, most long ones
+    blocked = _ink_units(_aug(x, occlude=1.0))
+    share = (blocked != 0).float().mean((1, 2, 3))
+    assert (share <= 0.26).all() and (share > 0.01).float().mean() > 0.9  # a block of 2-25% (a few are black)
+
+
+def test_pixel_share_keeps_the_rest_clean():
+    x = _batch(64)
+    out = _aug(x, noise=0.5, pixel_share=0.25)
+    clean = [torch.equal(a, b) for a, b in zip(out, x)]
+    assert 32 < sum(clean) < 64
+
+
+def test_pixel_fields_are_checked():
+    with pytest.raises(MnistlabError, match="--augment invert must lie between 0 and 1"):
+        Augment(invert=1.5)
+    with pytest.raises(MnistlabError, match="--augment blur must lie between 0 and 3"):
+        Augment(blur=-1)
+
+
+def test_the_robust_recipes_validate():
+    from mnistlab.config import PRESETS, from_preset
+
+    for preset in ("robust", "robust-best"):
+        cfg = from_preset(preset)
+        assert Augment(**cfg.augment).pixels and cfg.val_size == 5000  # a validation split for the temperature
+        assert from_preset(preset, calibrate="held-out").calibrate == "held-out"
+        assert not Augment(**from_preset(preset.replace("robust", "fast") if preset == "robust" else "best").augment
+                           ).pixels
+    assert from_preset("robust").model_config == PRESETS["fast"]["model_config"]  # the fast preset's size
+    with pytest.raises(MnistlabError, match="give --val-size"):
+        from_preset("robust", val_size=0, calibrate="held-out")
+    with pytest.raises(MnistlabError, match="--calibrate must be one of"):
+        from_preset("robust", calibrate="test")

@@ -234,3 +234,20 @@ def test_a_broken_distributed_job_names_the_checkpoint_to_resume_only_if_there_i
     with pytest.raises(RuntimeError):  # alone, a RuntimeError is not a broken job
         with training.peers_watched(SimpleNamespace(run_dir=tmp_path)):
             raise RuntimeError("something else")
+
+
+def test_pixel_augmentation_resumes_exactly_and_the_temperature_can_be_fitted_under_held_out_corruptions(
+        fake_data, tmp_path):
+    cfg = dict(model="mlp", epochs=2, batch_size=20, val_size=40, checkpoint_every=1,
+               augment={"noise": 0.3, "invert": 0.3, "stroke": 0.5, "blur": 1.0, "lines": 0.3, "level": 0.4})
+    clean = train(RunConfig(**cfg), out=tmp_path / "clean", data_dir=fake_data, progress=False)
+    shifted = train(RunConfig(**cfg, calibrate="held-out"), out=tmp_path / "held-out", data_dir=fake_data,
+                    progress=False)
+    resumed = train(resume=tmp_path / "held-out" / "ckpt-epoch001.pt", out=tmp_path / "resumed",
+                    data_dir=fake_data, progress=False)
+    a, b, c = (_weights(r.model_path) for r in (clean, shifted, resumed))
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)  # calibration changes no weight
+    fits = [next(e for e in r.history if e["event"] == "calibration") for r in (clean, shifted)]
+    assert [f["on"] for f in fits] == ["clean", "held-out"]
+    assert fits[0]["temperature"] != fits[1]["temperature"]
+    assert load_model(shifted.model_path).card.temperature == fits[1]["temperature"]

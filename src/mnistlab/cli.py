@@ -111,7 +111,8 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--model-config", type=_json_object, help="model settings as JSON, e.g. '{\"hidden\": 128}'")
     p.add_argument("--augment", type=_json_object,
                    help="batch augmentation as JSON: degrees, scale, translate, elastic, elastic_sigma, crop, erase, "
-                        "and flip (fashion-mnist only)")
+                        "flip (fashion-mnist only), and on the pixels lines, occlude, stroke, blur, level, gradient, "
+                        "contrast, noise, invert, pixel_share (see --preset robust)")
     p.add_argument("--epochs", type=_positive_float,
                    help=f"number of epochs; a fraction ends the last one early (default: {d.epochs:g})")
     p.add_argument("--batch-size", type=_positive_int, help=f"training batch size (default: {d.batch_size})")

@@ -367,6 +367,11 @@ class Loader:
         """The normalised value of a blank (0) pixel."""
         return -self.mean / self.std
 
+    @property
+    def ink(self) -> float:
+        """The normalised value of a full-ink (255) pixel."""
+        return (1 - self.mean) / self.std
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return normalize(x, self.mean, self.std, self.channels_last)
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from . import pretrained
 from .augment import Augment
 from .card import ModelCard
-from .checkpoints import load_weights, save_checkpoint
+from .checkpoints import check_weights, load_weights, save_checkpoint
 from .data import normalize
 from .device import amp_dtype, autocast, keep_freed_memory
 from .errors import MnistlabError
@@ -125,8 +125,9 @@ def _load_init(init: str):
     if Path(init).suffix.lower() == ".onnx":
         raise MnistlabError(f"--init {init}: an ONNX file cannot be trained; give the .pt it was exported from, or a "
                             "pretrained model's name.")
-    # the pretrained models ship as safetensors: load_weights reads those, a model.pt or checkpoint, and HF folders
-    card, weights = load_weights(pretrained.resolve(init) if pretrained.is_name(init) else init)
+    path = pretrained.resolve(init) if pretrained.is_name(init) else init
+    card, weights = load_weights(path)  # a checkpoint, .safetensors file or Hugging Face folder
+    check_weights(card, weights, path)
     return card, {"model_state": weights}
 
 

@@ -22,6 +22,7 @@ from .augment import Augment
 from .card import ModelCard
 from .checkpoints import check_weights, load_checkpoint, save_checkpoint, save_weights
 from .config import RunConfig, resumed
+from .corruptions import HELD_OUT, corrupt
 from .data import Loader, epoch_permutation, holdout, refuse_mirrors
 from .device import CoreShare, amp_dtype, keep_freed_memory, resolve_device
 from .errors import CheckpointError, MnistlabError, first_line
@@ -175,7 +176,8 @@ def train_epoch(run: Run, stop: StopRequest) -> EpochStats | None:
         if run.cores is not None:
             run.cores.adjust()
         if run.augment is not None:
-            x = run.augment(x, seed=cfg.seed * 1_000_003 + run.global_step, background=run.data.train.background)
+            x = run.augment(x, seed=cfg.seed * 1_000_003 + run.global_step, background=run.data.train.background,
+                            ink=run.data.train.ink)
         loss, correct = run.step(x, y)
         if run.sched is not None:
             run.sched.step()
@@ -260,20 +262,37 @@ def evaluate(run: Run, split: str) -> None:
 
 
 def calibrate(run: Run) -> None:
-    """Temperature scaling, fitted on the validation split only; the test set is then reported with it.
+    """Temperature scaling, fitted on the validation split only (with `calibrate` "held-out", on it
+    and its copies under each held-out corruption as well); the test set is then reported with it.
 
     One pass over the validation split: every rank holds all of it, so no sums are needed."""
     assert run.data.val is not None, "calibrated without a validation split"
     logits, labels = predict_logits(run.shipped, run.data.val)
+    if run.cfg.calibrate == "held-out":
+        logits, labels = held_out_logits(run, logits, labels)
     temperature = fit_temperature(logits, labels)
     before = evaluation_from_logits(logits, labels, run.card.classes)
     after = evaluation_from_logits(logits, labels, run.card.classes, temperature)
     run.card = dataclasses.replace(run.card, temperature=temperature)
-    run.log.record(event="calibration", temperature=temperature, val_ece_before=before.ece,
+    run.log.record(event="calibration", on=run.cfg.calibrate, temperature=temperature, val_ece_before=before.ece,
                    val_ece_after=after.ece, val_nll_before=before.loss, val_nll_after=after.loss)
-    run.log.line(f"temperature {temperature:.3f} fitted on the validation split: ECE {100 * before.ece:.2f}% -> "
+    on = "" if run.cfg.calibrate == "clean" else f" and its {len(HELD_OUT)} held-out corruptions"
+    run.log.line(f"temperature {temperature:.3f} fitted on the validation split{on}: ECE {100 * before.ece:.2f}% -> "
                  f"{100 * after.ece:.2f}%, NLL {before.loss:.4f} -> {after.loss:.4f}")
     evaluate(run, "test")
+
+
+def held_out_logits(run: Run, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation logits and labels, followed by those of the validation images under each
+    held-out corruption (seeded by the run's seed; never MNIST-C's 15 test corruptions)."""
+    val = run.data.val
+    assert val is not None, "calibrated without a validation split"
+    images, parts = val.images.cpu().numpy(), [(logits, labels)]
+    for name in HELD_OUT:
+        corrupted = torch.from_numpy(corrupt(images, name, seed=run.cfg.seed))
+        parts.append(predict_logits(run.shipped, Loader(corrupted, val.labels, val.batch_size, val.mean, val.std,
+                                                        val.images.device, val.channels_last)))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def save(run: Run, name: str, final: bool = False) -> Path:
