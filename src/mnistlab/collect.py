@@ -12,6 +12,7 @@ No torch here: the ONNX path of the server does not have it.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
@@ -109,6 +110,11 @@ class FineTune:
         self._lock = threading.Lock()
         self.status: dict = {"state": "idle"}
         self.process: subprocess.Popen | None = None
+        atexit.register(self.stop)  # a server stopped (Ctrl-C, SIGTERM) does not leave a fine-tune running on
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
 
     def start(self, init: str) -> dict:
         with self._lock:
