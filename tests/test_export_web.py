@@ -102,7 +102,7 @@ def test_the_lesson_on_the_page_computes_as_the_lesson_command(site):
 
 @pytest.mark.parametrize("flags, message", [
     (["--runtime", "/nonexistent"], "--runtime /nonexistent: no ort.wasm.min.js there"),
-    (["--probs"], "the web page takes logits"),
+    (["--probs"], "the web page and the Hugging Face folder take logits"),
 ])
 def test_export_web_refuses_what_it_cannot_do(tmp_path, flags, message):
     proc = run_cli("export", MODEL, tmp_path / "site", "--format", "web", *flags)
