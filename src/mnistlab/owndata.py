@@ -36,7 +36,7 @@ from .data import get_dataset_spec as registry_spec
 from .data import load_split as registry_split
 from .errors import DataError, MnistlabError
 from .fileio import atomic_write
-from .preprocessing import IMAGE_SUFFIXES, preprocess_many
+from .preprocessing import COMMON_SUFFIXES, IMAGE_SUFFIXES, preprocess_many
 
 FORMATS = {"folder": "class-per-folder images", "kaggle-csv": "Kaggle CSV", "npz": "NumPy .npz (Keras's layout)",
            "idx": "IDX files"}
@@ -44,6 +44,8 @@ HELD_OUT = 0.1  # the share of each class carved as the test split of a set that
 PIXELS = [f"pixel{i}" for i in range(784)]
 CACHE_VERSION = "1"  # part of every cache key: bump when preprocessing or the readers change what they make
 PARALLEL_FROM = 64  # fewer images than this are preprocessed in this process: a pool costs more to start
+
+LOOKED_FOR = f"{', '.join(COMMON_SUFFIXES)} and the other formats Pillow reads"
 
 
 def is_path(name: str) -> bool:
@@ -437,7 +439,7 @@ def read_folder(root: Path) -> OwnDataset:
 
     (train, train_names), (test, test_names) = part(train_files), part(test_files)
     if not len(train[0]):
-        raise DataError(f"{train_root}: no image could be read (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+        raise DataError(f"{train_root}: no image could be read (looked for {LOOKED_FOR}).")
     check_counts(classes, np.bincount(train[1], minlength=len(classes)), str(train_root))
     return OwnDataset(root, "folder", classes, train, test if test_files else None,
                       names=(train_names, test_names), notes=notes)
@@ -469,7 +471,7 @@ def preprocess_files(files: list[Path], notes: list[str], key: str) -> dict[Path
     keys = {}
     for f in files:
         if f.suffix.lower() not in IMAGE_SUFFIXES:
-            notes.append(f"{f}: skipped: not an image file (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+            notes.append(f"{f}: skipped: not an image file (looked for {LOOKED_FOR}).")
             continue
         try:
             keys[f] = _file_digest(f)  # the bytes are hashed, not kept: a folder of photos can be large

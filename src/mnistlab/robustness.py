@@ -98,6 +98,8 @@ def evaluate_corruptions(paths: list[str], names: list[str] | None = None, data_
     """The models (an ensemble: the mean of their probabilities) on `split` of their dataset, clean
     and under each corruption of `names` (see corruptions.resolve_names; default MNIST-C's 15);
     with `mnist_c`, the corrupted images are MNIST-C's published files in that folder instead."""
+    if mnist_c is None:
+        names = C.resolve_names(names)  # an unknown name is refused before any work
     models = _load_models(paths, device)
     card = models[0].card
     images, labels = (t.numpy() for t in models[0].load_split(split, data_dir))
@@ -105,7 +107,7 @@ def evaluate_corruptions(paths: list[str], names: list[str] | None = None, data_
     examples = {"clean": images[_examples(labels)]}
     results = {}
     if mnist_c is None:
-        names = C.resolve_names(names)
+        assert names is not None
         # the next corruption is made (NumPy, one core) while the model judges this one (torch)
         with ThreadPoolExecutor(1) as pool:
             made: list = [pool.submit(C.corrupt, images, names[0], seed)]
