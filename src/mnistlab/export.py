@@ -44,13 +44,18 @@ ORT_WEB_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_WEB_VERSION}/d
 class _Exported(nn.Module):
     """The classifier as it is shipped: logits, or temperature-scaled probabilities."""
 
-    def __init__(self, module: nn.Module, probs: bool, temperature: float):
+    def __init__(self, module: nn.Module, probs: bool, temperature: float, head: str = "softmax"):
         super().__init__()
-        self.module, self.probs, self.temperature = module, probs, temperature
+        self.module, self.probs, self.temperature, self.head = module, probs, temperature, head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.module(images)
-        return torch.softmax(logits / self.temperature, dim=1) if self.probs else logits
+        if not self.probs:
+            return logits
+        if self.head == "sigmoid":  # the sigmoids normalised, as mnistlab reports them (ood.head_outputs)
+            s = torch.sigmoid(logits / self.temperature)
+            return s / s.sum(dim=1, keepdim=True)
+        return torch.softmax(logits / self.temperature, dim=1)
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +117,7 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
         raise MnistlabError(f"{checkpoint}: export takes a PyTorch checkpoint (model.pt), not an exported file.")
     card = model.card
     module = _Exported(fold_batchnorm(model.backend.module.to(memory_format=torch.contiguous_format)), probs,
-                       card.temperature).eval()
+                       card.temperature, card.head).eval()
     suffix = {"onnx": ".int8.onnx" if int8 else ".onnx", "torchscript": ".torchscript.pt", "web": "-web"}[fmt]
     out = Path(out) if out else Path(checkpoint).with_name(Path(checkpoint).stem + suffix)
     meta = _metadata(card, probs)
