@@ -300,3 +300,15 @@ def test_reject_fields_survive_a_checkpoint_round_trip(rejecting, tmp_path):
     with pytest.raises(CheckpointError, match="crafted.pt: .*reject score"):
         load_model(tmp_path / "crafted.pt")
 
+
+
+def test_the_lessons_measured_figures_are_the_benchmarks():
+    from mnistlab.lesson import MEASURED, lesson
+
+    text, table = lesson(), (REPO / "BENCHMARKS.md").read_text()
+    section = table[table.index("### Softmax or ten sigmoids"):]
+    for head, oe, correct, ece, stray, fashion, letters in MEASURED["rows"]:
+        row = f"{correct}/10000 = {correct / 100:.2f}% | {ece} | {stray} "
+        assert row in section and f"| {fashion} / {letters} |" in section, (head, oe)
+        assert f"{correct}/10000 = {correct / 100:.2f}%" in text and fashion in text
+    assert all(f"{s} " in section for s in MEASURED["sums_on_letters"])
