@@ -2,7 +2,8 @@
 the rejection said wherever a prediction is shown (Python, predict, the HTTP API, both pages).
 
 The model that rejects is trained here, briefly (fast recipe, 8,000 MNIST images, one epoch, with
-outlier exposure and a 2,000-image validation split): the shipped models are remade separately."""
+outlier exposure, the 11th output "none" that validation chose, and a 2,000-image validation split):
+the shipped models are remade separately."""
 
 import json
 import subprocess
@@ -49,9 +50,10 @@ def digit_png(data_dir, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def rejecting(data_dir, tmp_path_factory):
-    """(model.pt, folder of PNGs) of a model trained with outlier exposure and a validation split."""
+    """(model.pt, folder of PNGs) of a model trained as validation chose (BENCHMARKS.md): outlier exposure,
+    a none-class head, and a validation split."""
     out = tmp_path_factory.mktemp("ood")
-    cfg = RunConfig(**{**recipe("fast"), "train_limit": 8000, "val_size": 2000, "epochs": 1,
+    cfg = RunConfig(**{**recipe("fast"), "train_limit": 8000, "val_size": 2000, "epochs": 1, "head": "none-class",
                        "outlier_exposure": 0.5, "threads": 2}).validate()
     model = train(cfg, out=out / "run", data_dir=data_dir, progress=False).model_path
     images = out / "images"
@@ -92,6 +94,10 @@ def test_scores_and_heads_match_torch():
     assert not np.allclose(raw.sum(1), 1)  # ten sigmoids are no distribution
     probs, raw = head_outputs(z.numpy(), "softmax", t)
     assert np.allclose(probs, torch.softmax(z / t, 1).numpy()) and raw is probs
+    z11 = torch.randn(50, 11, dtype=torch.float64) * 8
+    probs, raw = head_outputs(z11.numpy(), "none-class", t)  # an 11th output, "none"
+    assert np.allclose(probs, torch.softmax(z11[:, :10] / t, 1).numpy()) and raw.shape == (50, 11)
+    assert np.allclose(ood_score(z11.numpy(), "not-none", t), 1 - torch.softmax(z11 / t, 1)[:, 10].numpy())
     huge = head_outputs(np.array([[-1e4, 1e4] + [0.0] * 8]), "sigmoid")[0]
     assert np.isfinite(huge).all() and huge[0, 1] == pytest.approx(1 / (1 + 8 * 0.5))  # eight sigmoids of 0: 0.5
 
@@ -101,6 +107,8 @@ def test_head_losses():
     inside = y >= 0
     want = F.binary_cross_entropy_with_logits(z[inside], F.one_hot(y[inside], 10).float(), reduction="none").sum(1)
     assert torch.allclose(head_loss(z, y, 0.0, "sigmoid"), want.mean())
+    none = F.cross_entropy(z, torch.where(inside, y, 9), reduction="none")  # the last output is "none"
+    assert torch.allclose(head_loss(z, y, 0.0, "none-class", 0.5), none[inside].mean() + 0.5 * none[~inside].mean())
     uniform = -F.log_softmax(z[~inside], 1).mean(1).mean()  # cross-entropy against the uniform distribution
     ce = F.cross_entropy(z[inside], y[inside])
     assert torch.allclose(head_loss(z, y, 0.0, "softmax", 0.5), ce + 0.5 * uniform)
@@ -133,6 +141,8 @@ def test_head_and_outlier_exposure_are_checked():
         RunConfig(head="tanh").validate()
     with pytest.raises(MnistlabError, match="--outlier-exposure"):
         RunConfig(outlier_exposure=-1.0).validate()
+    with pytest.raises(MnistlabError, match="--outlier-exposure"):
+        RunConfig(head="none-class").validate()
     with pytest.raises(MnistlabError, match="fashion-mnist"):
         RunConfig(dataset="fashion-mnist", outlier_exposure=0.5).validate()
 
@@ -163,7 +173,7 @@ def test_the_threshold_comes_from_validation(rejecting, data_dir):
     path, _ = rejecting
     model = load_model(path)
     card = model.card
-    assert (card.reject_score, card.val_size) == ("energy", 2000)
+    assert (card.reject_score, card.val_size, card.outputs) == ("not-none", 2000, 11)
     val, _ = model.load_split("validation", data_dir)
     scores = model.ood_scores(val.numpy())
     assert card.reject_threshold == pytest.approx(reject_threshold(scores), rel=1e-6)
@@ -193,7 +203,7 @@ def test_predict_says_not_a_digit_in_text_and_json(rejecting):
     env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
     text = subprocess.run(cmd + [str(images)], capture_output=True, text=True, env=env, check=True).stdout
     lines = dict(line.split(": ", 1) for line in text.splitlines())
-    assert lines[str(images / "letter-77.png")].startswith("not a digit (energy ")
+    assert lines[str(images / "letter-77.png")].startswith("not a digit (not-none ")
     assert lines[str(images / "digit-7.png")].startswith("7 (")
     js = subprocess.run(cmd + [str(images), "--json"], capture_output=True, text=True, env=env, check=True).stdout
     rows = {Path(r["source"]).name: r for r in map(json.loads, js.splitlines())}
@@ -214,7 +224,7 @@ def test_the_http_api_says_not_a_digit(rejecting):
                              headers={"content-type": "image/png"}).json()
         digit = client.post("/api/predict?explain=1", content=(images / "digit-7.png").read_bytes(),
                             headers={"content-type": "image/png"}).json()
-    assert letter["rejected"] and letter["reject"]["score"] == "energy" and letter["prediction"] in "0123456789"
+    assert letter["rejected"] and letter["reject"]["score"] == "not-none" and letter["prediction"] in "0123456789"
     assert not digit["rejected"] and digit["prediction"] == "7" and "saliency" in digit
 
 

@@ -21,7 +21,8 @@ MAX_CLASSES, MAX_CLASS_NAME = 1000, 100
 MAX_THRESHOLD = 1e6  # a reject score is a probability or a log-sum-exp of logits
 # What turns logits into outputs, and the "not a digit" scores (defined in ood.py): msp, the largest
 # probability; energy, T * logsumexp(z / T); max-sigmoid, the largest of the sigmoids.
-HEADS, REJECT_SCORES = ("softmax", "sigmoid"), ("msp", "energy", "max-sigmoid")
+# none-class: softmax over the classes and one more output, "none", trained on outliers; not-none: 1 - p(none).
+HEADS, REJECT_SCORES = ("softmax", "sigmoid", "none-class"), ("msp", "energy", "max-sigmoid", "not-none")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class ModelCard:
     # chosen on the validation split to keep 99% of its digits; "" and None: the model never rejects
     reject_score: str = ""
     reject_threshold: float | None = None
+
+    @property
+    def outputs(self) -> int:
+        """The model's outputs: one per class, and one more for a none-class head."""
+        return len(self.classes) + (self.head == "none-class")
 
     def to_dict(self) -> dict:
         return {"model": self.model, "model_config": dict(self.model_config), "dataset": self.dataset,

@@ -111,9 +111,10 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--label-smoothing", type=float,
                    help=f"cross-entropy label smoothing (default: {d.label_smoothing:g})")
     p.add_argument("--ema", type=float, help="EMA decay of the weights, e.g. 0.999 (default: 0, off)")
-    p.add_argument("--head", choices=("softmax", "sigmoid"),
-                   help="softmax with cross-entropy (default), or ten sigmoids with binary cross-entropy, one "
-                        "against the rest (the tutorial's question; see mnistlab lesson)")
+    p.add_argument("--head", choices=("softmax", "sigmoid", "none-class"),
+                   help="softmax with cross-entropy (default); ten sigmoids with binary cross-entropy, one "
+                        "against the rest (the tutorial's question; see mnistlab lesson); or none-class: an 11th "
+                        "output, 'none', trained on the outliers of --outlier-exposure")
     p.add_argument("--outlier-exposure", type=float, metavar="WEIGHT",
                    help="outlier exposure: each batch gains half as many made-up non-digits (letters, symbols, "
                         "scribbles, noise, Fashion-MNIST), whose loss, times WEIGHT, says 'none of these' (default: "

@@ -85,6 +85,8 @@ class RunConfig:
                               ("compile", ("", *COMPILE_MODES)), ("head", HEADS)):
             if getattr(self, name) not in allowed:
                 raise MnistlabError(f"--{name} must be one of {', '.join(allowed)}, not '{getattr(self, name)}'.")
+        if self.head == "none-class" and not self.outlier_exposure:
+            raise MnistlabError("--head none-class learns its 'none' output from outliers: give --outlier-exposure.")
         if self.outlier_exposure and self.dataset != "mnist":
             raise MnistlabError(f"--outlier-exposure makes its non-digits for mnist (letters, clothes, ...), "
                                 f"not for {self.dataset}.")

@@ -144,10 +144,13 @@ def evaluation_from_probs(probs: torch.Tensor, labels: torch.Tensor, classes: tu
 
 def head_log_probabilities(logits: torch.Tensor, temperature: float = 1.0, head: str = "softmax") -> torch.Tensor:
     """log of the class probabilities [N, K], float64: log-softmax of logits / T, or for a sigmoid head
-    the log of the sigmoids normalised to sum to 1 (as ood.head_outputs, in NumPy)."""
+    the log of the sigmoids normalised to sum to 1, or for a none-class head the softmax of all outputs
+    but "none" (as ood.head_outputs, in NumPy)."""
     z = logits.double() / temperature
     if head == "sigmoid":
         return F.log_softmax(F.logsigmoid(z), 1)  # log(s_i / sum s) = log s_i - logsumexp(log s)
+    if head == "none-class":  # the classes' own distribution: given that it is one of them
+        return F.log_softmax(z[:, :-1], 1)
     return F.log_softmax(z, 1)
 
 

@@ -55,6 +55,8 @@ class _Exported(nn.Module):
         if self.head == "sigmoid":  # the sigmoids normalised, as mnistlab reports them (ood.head_outputs)
             s = torch.sigmoid(logits / self.temperature)
             return s / s.sum(dim=1, keepdim=True)
+        if self.head == "none-class":  # the classes' own distribution, without "none"
+            return torch.softmax(logits[:, :-1] / self.temperature, dim=1)
         return torch.softmax(logits / self.temperature, dim=1)
 
 

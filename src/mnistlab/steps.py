@@ -19,7 +19,8 @@ def head_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float, hea
     output against "is it this class?" (one against the rest), summed over the classes.
 
     Labels of -1 mark outliers (outlier exposure): their loss, times `outlier_weight`, pulls a softmax
-    towards the uniform distribution (cross-entropy to it) and every sigmoid towards 0. Masks, not
+    towards the uniform distribution (cross-entropy to it), every sigmoid towards 0, and a none-class
+    head to its last output. Masks, not
     indexing: shapes stay fixed for a CUDA graph."""
     if head == "softmax" and not outlier_weight:
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
@@ -28,6 +29,9 @@ def head_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float, hea
     if head == "softmax":
         per = F.cross_entropy(logits, y.clamp(min=0), label_smoothing=label_smoothing, reduction="none")
         away = -F.log_softmax(logits, 1).mean(1)
+    elif head == "none-class":  # the last output is "none": the outliers' class
+        per = F.cross_entropy(logits, torch.where(y < 0, k - 1, y), label_smoothing=label_smoothing, reduction="none")
+        away = per
     else:
         target = F.one_hot(y.clamp(min=0), k).float() * inside[:, None]
         target = target * (1 - label_smoothing) + label_smoothing / k

@@ -34,7 +34,7 @@ def load(path: str | os.PathLike, device: torch.device) -> TorchBackend:
     card, state = load_checkpoint(path)
     weights = state["model_state"]
     check_weights(card, weights, path)
-    module = build_model(card.model, len(card.classes), **card.model_config)
+    module = build_model(card.model, card.outputs, **card.model_config)
     module.load_state_dict(weights)
     if getattr(module, "channels_last", False):
         module = module.to(memory_format=torch.channels_last)

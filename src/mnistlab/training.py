@@ -365,7 +365,7 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
                      mean=spec.mean, std=spec.std, val_size=cfg.val_size, head=cfg.head)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(spec.classes), **cfg.model_config)
+    model = build_model(cfg.model, card.outputs, **cfg.model_config)
     channels_last = getattr(model, "channels_last", False)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     data = load_data(cfg, device, channels_last, data_dir)

@@ -27,11 +27,14 @@ function oodScore(z, name, t, head) {
   if (name === "msp") return Math.exp(Math.max(...headLogProbs(z, head, t)));
   if (name === "energy") return t * (top + Math.log(s.reduce((sum, v) => sum + Math.exp(v - top), 0)));
   if (name === "max-sigmoid") return 1 / (1 + Math.exp(-top));
+  if (name === "not-none") return 1 - Math.exp(logSoftmax(s)[s.length - 1]);  // a none-class head: 1 - p(none)
   throw new Error(`unknown reject score ${name}`);
 }
-// The class probabilities of a head (ood.head_log_probabilities): softmax(z / T), or the sigmoids normalised
+// The class probabilities of a head (ood.head_log_probabilities): softmax(z / T), the sigmoids normalised,
+// or a none-class head's softmax without its last output
 function headLogProbs(z, head, t) {
   const s = z.map((v) => v / t);
+  if (head === "none-class") return logSoftmax(s.slice(0, -1));  // the classes' own, without "none"
   if (head !== "sigmoid") return logSoftmax(s);
   return logSoftmax(s.map((v) => -(Math.max(-v, 0) + Math.log1p(Math.exp(-Math.abs(v))))));  // log sigmoid
 }
@@ -94,7 +97,7 @@ function showLesson() {
   answer.logits.forEach((z, i) => {
     const tr = document.createElement("tr");
     tr.innerHTML = `<td></td><td>${z.toFixed(3)}</td><td>${soft[i].toFixed(4)}</td>`;
-    tr.children[0].textContent = classes[i];
+    tr.children[0].textContent = classes[i] ?? "none";  // a none-class head's last output
     body.appendChild(tr);
   });
   const t = answer.temperature;

@@ -33,7 +33,7 @@ window.mnistlabEngine = (() => {
     corners.forEach(([r, c], k) => {
       for (let y = r; y < r + 4; y++) for (let x = c; x < c + 4; x++) batch[(k + 1) * 784 + y * 28 + x] = 0;
     });
-    const out = await logits(batch, corners.length + 1), K = card.classes.length, t = card.temperature;
+    const out = await logits(batch, corners.length + 1), K = width(), t = card.temperature;
     const lesson = window.mnistlabLesson, head = card.head || "softmax";
     const logProbs = (k) => lesson.headLogProbs(Array.from(out.slice(k * K, k * K + K)), head, t);
     const first = logProbs(0), target = first.indexOf(Math.max(...first));
@@ -53,6 +53,9 @@ window.mnistlabEngine = (() => {
       preprocessed: rows(pixels), saliency: rows(heat.map((v, i) => v / count[i])),
     };
   }
+
+  // the model's outputs per image: one per class, and "none" for a none-class head (card.outputs)
+  const width = () => card.classes.length + (card.head === "none-class" ? 1 : 0);
 
   // "not a digit": the card's score and threshold, as inference.Prediction says it
   function rejection(z) {
@@ -112,10 +115,11 @@ window.mnistlabEngine = (() => {
         try { pixels.set(mnistPreprocess.fromRGBA(rgba, pad.width, pad.height), i * 784); found.push(true); }
         catch (err) { found.push(false); }
       }
-      const out = await logits(pixels, urls.length), K = card.classes.length, classes = [], rejected = [];
+      const out = await logits(pixels, urls.length), K = width(), classes = [], rejected = [];
       for (let i = 0; i < urls.length; i++) {
         const z = Array.from(out.slice(i * K, i * K + K));
-        classes.push(found[i] ? card.classes[z.indexOf(Math.max(...z))] : null);
+        const digits = z.slice(0, card.classes.length);  // without a none-class head's "none"
+        classes.push(found[i] ? card.classes[digits.indexOf(Math.max(...digits))] : null);
         rejected.push(found[i] ? rejection(z) : null);
       }
       let text = "";
