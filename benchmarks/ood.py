@@ -1,5 +1,6 @@
 """"Not a digit", measured (issue 21): softmax and sigmoid heads, with and without outlier exposure,
-each judged by every reject score; the choice made on validation only, then the chosen ones judged.
+and an 11th output "none" (--head none-class), each judged by every reject score that applies; the
+choice made on validation only, then judged.
 
     python benchmarks/ood.py [--data-dir DIR] [--out runs/ood] [--epochs 1.25] [--mnist-c-images 2000]
 
