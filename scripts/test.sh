@@ -4,11 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  # system packages some tests use: Fashion-MNIST, and Chromium for the browser test
-  # (driven by Playwright through executable_path; Playwright never downloads a browser here)
-  if ! dpkg -s dataset-fashion-mnist chromium >/dev/null 2>&1; then
+  # system packages some tests use: Fashion-MNIST, Chromium for the browser tests (driven by
+  # Playwright through executable_path; Playwright never downloads a browser here), and the fonts
+  # that "not a digit" renders its outliers from (Noto, Droid) and judges on (FreeFont)
+  packages="dataset-fashion-mnist chromium fonts-noto-core fonts-droid-fallback fonts-freefont-ttf"
+  # shellcheck disable=SC2086
+  if ! dpkg -s $packages >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages >/dev/null
   fi
 fi
 scripts/setup.sh test

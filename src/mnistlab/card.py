@@ -24,6 +24,11 @@ RENAMED_MODELS = {"fast": "bn-cnn"}
 # crafted std of 1e-300 or mean of 1e308 turns every input into inf or NaN.
 MEAN_RANGE, STD_RANGE, TEMPERATURE_RANGE = (-1.0, 2.0), (1e-3, 1e3), (1e-3, 1e3)
 MAX_CLASSES, MAX_CLASS_NAME = 1000, 100
+MAX_THRESHOLD = 1e6  # a reject score is a probability or a log-sum-exp of logits
+# What turns logits into outputs, and the "not a digit" scores (defined in ood.py): msp, the largest
+# probability; energy, T * logsumexp(z / T); max-sigmoid, the largest of the sigmoids.
+# none-class: softmax over the classes and one more output, "none", trained on outliers; not-none: 1 - p(none).
+HEADS, REJECT_SCORES = ("softmax", "sigmoid", "none-class"), ("msp", "energy", "max-sigmoid", "not-none")
 
 
 @dataclass(frozen=True)
@@ -36,11 +41,22 @@ class ModelCard:
     temperature: float = 1.0  # probabilities are softmax(logits / temperature)
     val_size: int = 0  # training images the run held out for validation (0: none)
     model_config: dict = field(default_factory=dict)  # the model's keyword arguments
+    head: str = "softmax"  # what turns logits into outputs: softmax, or ten sigmoids (see ood.py)
+    # "not a digit": an image whose reject_score (ood.REJECT_SCORES) falls below the threshold,
+    # chosen on the validation split to keep 99% of its digits; "" and None: the model never rejects
+    reject_score: str = ""
+    reject_threshold: float | None = None
+
+    @property
+    def outputs(self) -> int:
+        """The model's outputs: one per class, and one more for a none-class head."""
+        return len(self.classes) + (self.head == "none-class")
 
     def to_dict(self) -> dict:
         return {"model": self.model, "model_config": dict(self.model_config), "dataset": self.dataset,
                 "classes": list(self.classes), "normalization": [self.mean, self.std],
-                "temperature": self.temperature, "val_size": self.val_size}
+                "temperature": self.temperature, "val_size": self.val_size, "head": self.head,
+                "reject_score": self.reject_score, "reject_threshold": self.reject_threshold}
 
     @classmethod
     def from_dict(cls, d: object, source: str = "model") -> ModelCard:
@@ -76,8 +92,17 @@ class ModelCard:
         val_size = d.get("val_size", 0)
         if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
             raise bad("its validation size is not a whole number")
+        head, score, threshold = d.get("head", "softmax"), d.get("reject_score", ""), d.get("reject_threshold")
+        if head not in HEADS:  # cards written before heads existed have none: softmax
+            raise bad(f"its head is {head!r}, not one of {', '.join(HEADS)}")
+        if score not in ("", *REJECT_SCORES) or (threshold is None) != (score == ""):
+            raise bad(f"its reject score {score!r} and threshold {threshold!r} do not go together (a score of "
+                      f"{', '.join(REJECT_SCORES)} with a number, or neither)")
+        if threshold is not None and not (_finite(threshold) and abs(threshold) <= MAX_THRESHOLD):
+            raise bad(f"its reject threshold is {threshold!r}, not a number within +-{MAX_THRESHOLD:g}")
         return cls(model=RENAMED_MODELS.get(model, model), dataset=dataset, classes=tuple(classes), mean=mean,
-                   std=std, temperature=float(temperature), val_size=val_size, model_config=config)
+                   std=std, temperature=float(temperature), val_size=val_size, model_config=config, head=head,
+                   reject_score=score, reject_threshold=None if threshold is None else float(threshold))
 
 
 def _finite(v) -> bool:

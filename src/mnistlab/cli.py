@@ -127,6 +127,14 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--label-smoothing", type=float,
                    help=f"cross-entropy label smoothing (default: {d.label_smoothing:g})")
     p.add_argument("--ema", type=float, help="EMA decay of the weights, e.g. 0.999 (default: 0, off)")
+    p.add_argument("--head", choices=("softmax", "sigmoid", "none-class"),
+                   help="softmax with cross-entropy (default); ten sigmoids with binary cross-entropy, one "
+                        "against the rest (the tutorial's question; see mnistlab lesson); or none-class: an 11th "
+                        "output, 'none', trained on the outliers of --outlier-exposure")
+    p.add_argument("--outlier-exposure", type=float, metavar="WEIGHT",
+                   help="outlier exposure: each batch gains half as many made-up non-digits (letters, symbols, "
+                        "scribbles, noise, Fashion-MNIST), whose loss, times WEIGHT, says 'none of these' (default: "
+                        "0, off). With --val-size, the card records a 'not a digit' threshold either way")
     p.add_argument("--seed", type=int,
                    help=f"random seed; the same seed, device and threads give the same weights (default: {d.seed})")
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
@@ -438,7 +446,11 @@ def cmd_predict(args) -> int:
             print(json.dumps(pred.to_dict(args.top)))
         else:
             top = ", ".join(f"{c} {100 * p:.1f}%" for c, p in pred.top(args.top))
-            print(f"{path}: {pred.label} ({100 * pred.confidence:.1f}%)   top: {top}")
+            answer = f"{pred.label} ({100 * pred.confidence:.1f}%)"
+            if pred.rejected:  # the nearest digit is still said, after what matters
+                answer = f"not a digit ({pred.reject_score} {pred.ood_score:.4g} < {pred.reject_threshold:.4g}; " \
+                         f"nearest: {answer})"
+            print(f"{path}: {answer}   top: {top}")
     if failed:
         print(f"mnistlab: {failed} of {len(files)} images could not be classified.", file=sys.stderr)
     return 1 if failed else 0

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .card import RENAMED_MODELS
+from .card import HEADS, RENAMED_MODELS
 from .errors import MnistlabError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -44,6 +44,10 @@ class RunConfig:
     schedule: str = "constant"
     warmup: float = 0.25  # onecycle: fraction of the steps spent raising the learning rate
     label_smoothing: float = 0.0
+    head: str = "softmax"  # softmax (cross-entropy), or sigmoid: ten yes/no outputs, binary cross-entropy
+    # outlier exposure (Hendrycks et al. 2019): each batch gains half as many made-up non-digits
+    # (mnistlab.outliers), whose loss, weighted by this, pulls the outputs to "none of these" (0: off)
+    outlier_exposure: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off), e.g. 0.999
     augment: dict = field(default_factory=dict)  # Augment's fields, e.g. {"degrees": 10}
     seed: int = 1
@@ -75,7 +79,7 @@ class RunConfig:
             raise MnistlabError(f"--ema must lie in [0, 1), not {self.ema}.")
         if not 0 < self.warmup < 1 or not 0 <= self.label_smoothing < 1:
             raise MnistlabError("--warmup must lie strictly between 0 and 1, --label-smoothing in [0, 1).")
-        for name in ("momentum", "weight_decay", "val_size", "train_limit", "threads"):
+        for name in ("momentum", "weight_decay", "val_size", "train_limit", "threads", "outlier_exposure"):
             if getattr(self, name) < 0:
                 raise MnistlabError(f"{flag(name)} must not be negative, not {getattr(self, name)}.")
         if not 0 <= self.seed < 2 ** 32:
@@ -83,12 +87,17 @@ class RunConfig:
         if self.threads > MAX_THREADS:
             raise MnistlabError(f"--threads {self.threads} is more than the {MAX_THREADS} mnistlab allows.")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS),
-                              ("compile", ("", *COMPILE_MODES)), ("calibrate", CALIBRATIONS)):
+                              ("compile", ("", *COMPILE_MODES)), ("calibrate", CALIBRATIONS), ("head", HEADS)):
             if getattr(self, name) not in allowed:
                 raise MnistlabError(f"--{name} must be one of {', '.join(allowed)}, not '{getattr(self, name)}'.")
         if self.calibrate != "clean" and not self.val_size:
             raise MnistlabError(f"calibrate '{self.calibrate}' fits the temperature on the validation split: "
                                 "give --val-size.")
+        if self.head == "none-class" and not self.outlier_exposure:
+            raise MnistlabError("--head none-class learns its 'none' output from outliers: give --outlier-exposure.")
+        if self.outlier_exposure and self.dataset != "mnist":
+            raise MnistlabError(f"--outlier-exposure makes its non-digits for mnist (letters, clothes, ...), "
+                                f"not for {self.dataset}.")
         if self.compile and self.cuda_graph:
             raise MnistlabError("--compile and --cuda-graph are two ways of running the step; choose one.")
         from .augment import Augment

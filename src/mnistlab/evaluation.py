@@ -142,18 +142,35 @@ def evaluation_from_probs(probs: torch.Tensor, labels: torch.Tensor, classes: tu
                       brier=sums[k * k + 1].item() / total, bins=sums[k * k + 2:].view(ECE_BINS, 3))
 
 
+def head_log_probabilities(logits: torch.Tensor, temperature: float = 1.0, head: str = "softmax") -> torch.Tensor:
+    """log of the class probabilities [N, K], float64: log-softmax of logits / T, or for a sigmoid head
+    the log of the sigmoids normalised to sum to 1, or for a none-class head the softmax of all outputs
+    but "none" (as ood.head_outputs, in NumPy)."""
+    z = logits.double() / temperature
+    if head == "sigmoid":
+        return F.log_softmax(F.logsigmoid(z), 1)  # log(s_i / sum s) = log s_i - logsumexp(log s)
+    if head == "none-class":  # the classes' own distribution: given that it is one of them
+        return F.log_softmax(z[:, :-1], 1)
+    return F.log_softmax(z, 1)
+
+
 def evaluation_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...],
-                           temperature: float = 1.0, across_ranks: bool = False) -> Evaluation:
-    """All the metrics from logits, softened by `temperature` (softmax in float64)."""
-    return evaluation_from_probs(torch.softmax(logits.double() / temperature, 1), labels, classes, across_ranks)
+                           temperature: float = 1.0, across_ranks: bool = False, head: str = "softmax") -> Evaluation:
+    """All the metrics from logits, softened by `temperature` (softmax in float64; see head_log_probabilities)."""
+    probs = (torch.softmax(logits.double() / temperature, 1) if head == "softmax"
+             else head_log_probabilities(logits, temperature, head).exp())
+    return evaluation_from_probs(probs, labels, classes, across_ranks)
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature T minimising the NLL of softmax(logits / T): a 1-D search on log T."""
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, head: str = "softmax") -> float:
+    """The temperature T minimising the NLL of the head's probabilities at logits / T: a 1-D search on log T."""
     logits, labels = logits.double(), labels
 
     def nll(log_t: float) -> float:
-        return F.cross_entropy(logits / torch.exp(torch.tensor(log_t)), labels).item()
+        t = torch.exp(torch.tensor(log_t))
+        if head == "softmax":
+            return F.cross_entropy(logits / t, labels).item()
+        return F.nll_loss(head_log_probabilities(logits, float(t), head), labels).item()
 
     lo, hi = -3.0, 3.0  # T from 0.05 to 20; NLL is unimodal in log T
     for _ in range(60):  # golden-section search

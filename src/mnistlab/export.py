@@ -51,13 +51,20 @@ ORT_WEB_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_WEB_VERSION}/d
 class _Exported(nn.Module):
     """The classifier as it is shipped: logits, or temperature-scaled probabilities."""
 
-    def __init__(self, module: nn.Module, probs: bool, temperature: float):
+    def __init__(self, module: nn.Module, probs: bool, temperature: float, head: str = "softmax"):
         super().__init__()
-        self.module, self.probs, self.temperature = module, probs, temperature
+        self.module, self.probs, self.temperature, self.head = module, probs, temperature, head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.module(images)
-        return torch.softmax(logits / self.temperature, dim=1) if self.probs else logits
+        if not self.probs:
+            return logits
+        if self.head == "sigmoid":  # the sigmoids normalised, as mnistlab reports them (ood.head_outputs)
+            s = torch.sigmoid(logits / self.temperature)
+            return s / s.sum(dim=1, keepdim=True)
+        if self.head == "none-class":  # the classes' own distribution, without "none"
+            return torch.softmax(logits[:, :-1] / self.temperature, dim=1)
+        return torch.softmax(logits / self.temperature, dim=1)
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +159,7 @@ def _graph(model: Classifier, source, fmt: str, probs: bool) -> nn.Module | torc
     backend = model.backend
     if isinstance(backend, TorchBackend):
         module = fold_batchnorm(backend.module.to(memory_format=torch.contiguous_format))  # type: ignore[call-overload]
-        return _Exported(module, probs, model.card.temperature).eval()
+        return _Exported(module, probs, model.card.temperature, model.card.head).eval()
     if isinstance(backend, ProgramBackend):
         if fmt in ("onnx", "web") and probs == (backend.outputs == "probabilities"):
             return backend.program

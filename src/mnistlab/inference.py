@@ -20,7 +20,7 @@ import numpy as np
 
 from .card import ModelCard, is_hf_folder
 from .errors import MnistlabError
-from .lesson import log_softmax, softmax
+from .ood import head_log_probabilities, head_outputs, ood_score
 from .preprocessing import NoDigitError, preprocess
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class Backend(Protocol):
 
 @dataclass
 class Prediction:
-    probabilities: np.ndarray  # [K], sums to 1
+    probabilities: np.ndarray  # [K], sums to 1 (a sigmoid head's sigmoids, normalised: see ood.py)
     classes: tuple[str, ...]
     preprocessed: np.ndarray  # the uint8 28x28 image the model saw
     source: str = ""
@@ -56,6 +56,27 @@ class Prediction:
     logits: np.ndarray | None = None  # [K], the scores before softmax (at temperature 1)
     temperature: float = 1.0  # probabilities = softmax(logits / temperature)
     saliency: np.ndarray | None = None  # [28, 28]: the predicted class's log-probability lost when blanked
+    # "not a digit" (see ood.py): the card's reject score of this image (higher: more like a digit), its
+    # name and the card's threshold; None where the model has no threshold (trained without --val-size)
+    ood_score: float | None = None
+    reject_score: str = ""
+    reject_threshold: float | None = None
+    sigmoids: np.ndarray | None = None  # [K] a sigmoid head's own outputs, which need not sum to 1
+
+    @property
+    def rejected(self) -> bool:
+        """The image does not look like anything the model was trained on: its score is below the threshold."""
+        return (self.reject_threshold is not None and self.ood_score is not None
+                and self.ood_score < self.reject_threshold)
+
+    @property
+    def why(self) -> str:
+        """Why it was rejected, in one sentence ("" if it was not)."""
+        if not self.rejected:
+            return ""
+        return (f"not a digit: its {self.reject_score} score {self.ood_score:.4g} is below "
+                f"{self.reject_threshold:.4g}, the threshold that keeps 99% of the validation digits; "
+                f"the nearest digit is {self.label}")
 
     @property
     def index(self) -> int:
@@ -81,7 +102,12 @@ class Prediction:
     def to_dict(self, k: int = 3) -> dict:
         out = {"source": self.source, "prediction": self.label, "confidence": self.confidence,
                "top": [{"class": c, "probability": p} for c, p in self.top(k)],
-               "probabilities": {c: float(p) for c, p in zip(self.classes, self.probabilities)}}
+               "probabilities": {c: float(p) for c, p in zip(self.classes, self.probabilities)},
+               "rejected": self.rejected, "why": self.why,
+               "reject": None if self.ood_score is None else {"score": self.reject_score, "value": self.ood_score,
+                                                              "threshold": self.reject_threshold}}
+        if self.sigmoids is not None:
+            out["sigmoids"] = {c: float(p) for c, p in zip(self.classes, self.sigmoids)}
         if self.logits is not None and self.saliency is not None:
             runner, p = self.runner_up
             out |= {"runner_up": {"class": runner, "probability": p}, "logits": self.logits.tolist(),
@@ -133,7 +159,47 @@ class Classifier:
         return self.explain(pixels, source) if explain else self._prediction(pixels, source)
 
     def _prediction(self, pixels: np.ndarray, source: str) -> Prediction:
-        return Prediction(self._probabilities(pixels[None])[0], self.classes, pixels, source)
+        scores = self._checked(self.backend(pixels[None]))
+        probs, raw = self._outputs(scores)
+        return Prediction(probs[0], self.classes, pixels, source, **self._rejection(scores[0], raw[0]))
+
+    def _outputs(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, the head's raw outputs) of a backend's scores, float64."""
+        if self.backend.outputs == "probabilities":  # an .onnx file that holds its own softmax
+            return scores.astype(np.float64), scores.astype(np.float64)
+        return head_outputs(scores, self.card.head, self.card.temperature)
+
+    def _rejection(self, scores: np.ndarray, raw: np.ndarray) -> dict:
+        """Prediction's "not a digit" fields (and a sigmoid head's raw outputs) for one image's scores."""
+        out = {"sigmoids": raw if self.card.head == "sigmoid" and self.backend.outputs == "logits" else None}
+        value = self.ood_scores_of(scores[None])
+        if value is None:
+            return out
+        return out | {"ood_score": float(value[0]), "reject_score": self.card.reject_score,
+                      "reject_threshold": self.card.reject_threshold}
+
+    def ood_scores_of(self, scores: np.ndarray) -> np.ndarray | None:
+        """The card's reject score [N] of a backend's scores [N, K]; None where the card has no threshold, or
+        the file gives probabilities and the score needs logits (only msp is read from probabilities)."""
+        name = self.card.reject_score
+        if not name:
+            return None
+        if self.backend.outputs == "probabilities":
+            return scores.astype(np.float64).max(1) if name == "msp" else None
+        return ood_score(scores, name, self.card.temperature, self.card.head)
+
+    def ood_scores(self, images) -> np.ndarray | None:
+        """The card's reject score [N] of uint8 images [N, 28, 28] (None: the model has no threshold)."""
+        images = as_pixels(images)
+        parts = [self.ood_scores_of(self._checked(self.backend(images[i:i + BATCH])))
+                 for i in range(0, len(images), BATCH)]
+        return None if not parts or parts[0] is None else np.concatenate(parts)  # type: ignore[arg-type]
+
+    def _checked(self, scores: np.ndarray) -> np.ndarray:
+        if not np.isfinite(scores).all():
+            raise ModelOutputError(f"{self.source or 'the model'}: the model gave NaN or infinite scores for "
+                                   "this input; its weights are unusable.")
+        return scores
 
     def explain(self, pixels: np.ndarray, source: str = "") -> Prediction:
         """The Prediction of one uint8 28x28 image with why: its logits, and an occlusion map.
@@ -148,11 +214,11 @@ class Classifier:
         batch = np.repeat(pixels[None], len(corners) + 1, axis=0)
         for k, (r, c) in enumerate(corners, start=1):
             batch[k, r:r + patch, c:c + patch] = 0
-        scores = self.backend(batch).astype(np.float64)
+        scores = self._checked(self.backend(batch)).astype(np.float64)
         if self.backend.outputs == "probabilities":  # an exported file that holds its own softmax
             t, log_probs = 1.0, np.log(np.maximum(scores, 1e-300))
         else:
-            t, log_probs = self.card.temperature, log_softmax(scores / self.card.temperature, axis=1)
+            t, log_probs = self.card.temperature, head_log_probabilities(scores, self.card.head, self.card.temperature)
         target = int(log_probs[0].argmax())
         heat, count = np.zeros((28, 28)), np.zeros((28, 28))
         for k, (r, c) in enumerate(corners, start=1):
@@ -160,7 +226,7 @@ class Classifier:
             count[r:r + patch, c:c + patch] += 1
         logits = scores[0] if self.backend.outputs == "logits" else log_probs[0]
         return Prediction(np.exp(log_probs[0]), self.classes, pixels, source, logits=logits, temperature=t,
-                          saliency=heat / count)
+                          saliency=heat / count, **self._rejection(scores[0], self._outputs(scores[:1])[1][0]))
 
     def predict_proba(self, images, tta: str = "none") -> np.ndarray:
         """Probabilities [N, K] (float64) of uint8 images [N, 28, 28]; with `tta` (see augment.TTA_VIEWS),
@@ -177,16 +243,8 @@ class Classifier:
         return cast(np.ndarray, sum(self._probabilities(v) for v in views)) / len(views)
 
     def _probabilities(self, images: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(images), BATCH):
-            scores = self.backend(images[i:i + BATCH])
-            if self.backend.outputs == "probabilities":
-                out.append(scores.astype(np.float64))
-            else:
-                out.append(softmax(scores.astype(np.float64) / self.card.temperature, axis=1))
-            if not np.isfinite(out[-1]).all():
-                raise ModelOutputError(f"{self.source or 'the model'}: the model gave NaN or infinite scores for "
-                                       "this input; its weights are unusable.")
+        out = [self._outputs(self._checked(self.backend(images[i:i + BATCH])))[0]
+               for i in range(0, len(images), BATCH)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
     def _check_outputs(self) -> Classifier:

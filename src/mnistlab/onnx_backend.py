@@ -40,8 +40,9 @@ class OnnxBackend:
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         if list(inp.shape[1:]) != [1, 28, 28]:
             raise MnistlabError(f"{path}: its input has shape {inp.shape}, not [N, 1, 28, 28].")
-        if len(out.shape) != 2 or isinstance(out.shape[1], int) and out.shape[1] != len(self.card.classes):
-            raise MnistlabError(f"{path}: its output has shape {out.shape}, not [N, {len(self.card.classes)}].")
+        width = len(self.card.classes) if info.get("output") == "probabilities" else self.card.outputs
+        if len(out.shape) != 2 or isinstance(out.shape[1], int) and out.shape[1] != width:
+            raise MnistlabError(f"{path}: its output has shape {out.shape}, not [N, {width}].")
         self.input_name = inp.name
         self.outputs = "probabilities" if info.get("output") == "probabilities" else "logits"
         self._scale, self._shift = 1 / (255 * self.card.std), -self.card.mean / self.card.std

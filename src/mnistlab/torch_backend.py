@@ -67,7 +67,7 @@ def load(path: str | os.PathLike, device: torch.device) -> TorchBackend | Progra
         return load_program(path, device)
     card, weights = load_weights(path)
     check_weights(card, weights, path)
-    module = build_model(card.model, len(card.classes), **card.model_config)
+    module = build_model(card.model, card.outputs, **card.model_config)
     module.load_state_dict(weights)
     if getattr(module, "channels_last", False):
         module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch's stubs)

@@ -26,12 +26,23 @@ from .corruptions import HELD_OUT, corrupt
 from .data import Loader, epoch_permutation, holdout, refuse_mirrors
 from .device import CoreShare, amp_dtype, keep_freed_memory, resolve_device
 from .errors import CheckpointError, MnistlabError, first_line
-from .evaluation import evaluation_from_logits, fit_temperature, format_accuracy, predict_logits, shard_logits
+from .evaluation import (
+    evaluation_from_logits,
+    fit_temperature,
+    format_accuracy,
+    head_log_probabilities,
+    predict_logits,
+    shard_logits,
+)
 from .models import build_model
+from .ood import REJECT_SCORE_FOR, ood_score, reject_threshold
+from .outliers import OutlierBatches, outlier_set
 from .owndata import get_dataset_spec, load_split  # registry names and paths (--dataset PATH) alike
 from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
 from .steps import EagerStep, GraphedStep
 from .tensorboard_log import require_tensorboard, tensorboard_logged
+
+OUTLIER_POOL = 12_000  # outlier exposure's made-up non-digits, rendered once per run (about 30 s on 2 cores)
 
 
 @dataclass
@@ -77,6 +88,7 @@ class Run:
     cores: CoreShare | None = None  # this run's share of the CPU's cores, beside other trainings
     stats_state: dict | None = None  # the running figures of an epoch interrupted part-way, to carry on from
     test_logits: tuple | None = None  # (epoch, logits, labels) of the last test pass, to re-score, not re-run
+    outliers: OutlierBatches | None = None  # outlier exposure's share of each batch (--outlier-exposure)
     stats: EpochStats = field(init=False)  # the current epoch's running figures
 
     def __post_init__(self):
@@ -178,13 +190,16 @@ def train_epoch(run: Run, stop: StopRequest) -> EpochStats | None:
         if run.augment is not None:
             x = run.augment(x, seed=cfg.seed * 1_000_003 + run.global_step, background=run.data.train.background,
                             ink=run.data.train.ink)
+        images = len(y)
+        if run.outliers is not None:
+            x, y = run.outliers.mix(x, y, run.global_step)
         loss, correct = run.step(x, y)
         if run.sched is not None:
             run.sched.step()
             run.step.after_schedule()
         if run.ema is not None:
             run.ema.update_parameters(run.model)
-        stats.add(loss, correct, len(y))
+        stats.add(loss, correct, images)
         run.step_in_epoch, run.global_step = run.step_in_epoch + 1, run.global_step + 1
         bar.update()
         if run.step_in_epoch % cfg.log_interval == 0 or run.step_in_epoch == n:
@@ -255,7 +270,7 @@ def evaluate(run: Run, split: str) -> None:
     if split == "test":
         run.test_logits = (run.epoch, logits, labels)
     t = run.card.temperature
-    ev = evaluation_from_logits(logits, labels, run.card.classes, t, across_ranks=True)
+    ev = evaluation_from_logits(logits, labels, run.card.classes, t, across_ranks=True, head=run.cfg.head)
     run.log.record(event=split, epoch=run.epoch, correct=ev.correct, total=ev.total, accuracy=ev.accuracy,
                    loss=ev.loss, ece=ev.ece, brier=ev.brier, temperature=t)
     run.log.line(f"epoch {run.epoch:>3} {split}: {format_accuracy(ev.correct, ev.total)}  loss {ev.loss:.4f}")
@@ -268,17 +283,25 @@ def calibrate(run: Run) -> None:
     One pass over the validation split: every rank holds all of it, so no sums are needed."""
     assert run.data.val is not None, "calibrated without a validation split"
     logits, labels = predict_logits(run.shipped, run.data.val)
+    head = run.cfg.head
+    score = REJECT_SCORE_FOR[head, bool(run.cfg.outlier_exposure)]  # "not a digit": keeps 99% of validation digits
+    clean = logits  # the threshold is the clean validation digits' own, whatever the temperature is fitted on
     if run.cfg.calibrate == "held-out":
         logits, labels = held_out_logits(run, logits, labels)
-    temperature = fit_temperature(logits, labels)
-    before = evaluation_from_logits(logits, labels, run.card.classes)
-    after = evaluation_from_logits(logits, labels, run.card.classes, temperature)
-    run.card = dataclasses.replace(run.card, temperature=temperature)
+    temperature = fit_temperature(logits, labels, head)
+    before = evaluation_from_logits(logits, labels, run.card.classes, head=head)
+    after = evaluation_from_logits(logits, labels, run.card.classes, temperature, head=head)
+    threshold = reject_threshold(ood_score(clean.cpu().numpy(), score, temperature, head))
+    run.card = dataclasses.replace(run.card, temperature=temperature, reject_score=score, reject_threshold=threshold)
     run.log.record(event="calibration", on=run.cfg.calibrate, temperature=temperature, val_ece_before=before.ece,
                    val_ece_after=after.ece, val_nll_before=before.loss, val_nll_after=after.loss)
     on = "" if run.cfg.calibrate == "clean" else f" and its {len(HELD_OUT)} held-out corruptions"
     run.log.line(f"temperature {temperature:.3f} fitted on the validation split{on}: ECE {100 * before.ece:.2f}% -> "
                  f"{100 * after.ece:.2f}%, NLL {before.loss:.4f} -> {after.loss:.4f}")
+    run.log.record(event="reject_threshold", score=score, threshold=threshold, split="validation",
+                   images=len(clean))
+    run.log.line(f"'not a digit' below {score} {threshold:.4g}: the threshold that keeps 99% of the "
+                 f"{len(clean)} validation digits")
     evaluate(run, "test")
 
 
@@ -343,7 +366,7 @@ def write_report(run: Run, data_dir) -> None:
     scored = None
     if dist.world_size() == 1 and run.test_logits is not None:
         _, logits, labels = run.test_logits
-        probs = torch.softmax(logits.double().cpu() / run.card.temperature, 1)
+        probs = head_log_probabilities(logits.cpu(), run.card.temperature, run.card.head).exp()
         scored = (run.data.test.images.cpu(), probs, labels.cpu())
     run.log.line(f"report: {build_report(run.run_dir, data_dir=data_dir, scored=scored)}")
 
@@ -373,10 +396,10 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     if (cfg.augment or {}).get("flip"):
         refuse_mirrors(cfg.dataset, "augment flip")
     card = ModelCard(model=cfg.model, model_config=cfg.model_config, dataset=cfg.dataset, classes=spec.classes,
-                     mean=spec.mean, std=spec.std, val_size=cfg.val_size)
+                     mean=spec.mean, std=spec.std, val_size=cfg.val_size, head=cfg.head)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(spec.classes), **cfg.model_config)
+    model = build_model(cfg.model, card.outputs, **cfg.model_config)
     channels_last = getattr(model, "channels_last", False)
     model = model.to(device, memory_format=torch.channels_last if channels_last  # type: ignore[call-overload]
                      else torch.contiguous_format)  # (torch's stubs lack Module.to's memory_format)
@@ -405,10 +428,10 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     step = (GraphedStep if graphed else EagerStep)(ddp_model, opt, amp_dtype(cfg.precision, device),
-                                                   cfg.label_smoothing)
+                                                   cfg.label_smoothing, cfg.head, cfg.outlier_exposure)
     run = Run(cfg=cfg, card=card, model=model, ema=ema, opt=opt, sched=sched, step=step,
               augment=Augment(**cfg.augment) if cfg.augment else None, data=data, log=log, run_dir=run_dir,
-              cores=cores, **counters)
+              cores=cores, outliers=outlier_batches(cfg, data, data_dir), **counters)
     if state is not None:
         log.line(f"resuming {resume} at epoch {run.epoch}, step {run.step_in_epoch}/{len(data.train)}")
     log.line(f"training {cfg.model} on {cfg.dataset} ({len(data.train.images)} images, {len(data.train)} "
@@ -529,6 +552,15 @@ def load_data(cfg: RunConfig, device: torch.device, channels_last: bool, data_di
     return Data(train=loader((images, labels), cfg.batch_size // dist.world_size(), order),
                 test=loader(load_split(cfg.dataset, "test", data_dir), cfg.test_batch_size),
                 val=loader(val, cfg.test_batch_size) if val is not None else None)
+
+
+def outlier_batches(cfg: RunConfig, data: Data, data_dir) -> OutlierBatches | None:
+    """Outlier exposure's pool: a quarter as many made-up non-digits as training images, at most
+    OUTLIER_POOL (their order is seeded, their share half a batch)."""
+    if not cfg.outlier_exposure:
+        return None
+    pool = outlier_set("train", min(OUTLIER_POOL, max(256, len(data.train.images) // 4)), cfg.seed, data_dir)
+    return OutlierBatches(pool, max(1, data.train.batch_size // 2), data.train, cfg.seed)
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module, capturable: bool = False) -> torch.optim.Optimizer:

@@ -1,6 +1,6 @@
 // The drawing page, whatever answers it: `mnistlab serve` (server.js) or the model running in
 // this browser (browser.js, from `mnistlab export --format web`). Both engines answer
-// {prediction, probabilities, preprocessed, logits, temperature, saliency, runner_up}.
+// {prediction, probabilities, preprocessed, logits, temperature, saliency, runner_up, rejected, why, reject}.
 "use strict";
 
 const engine = window.mnistlabEngine;
@@ -19,13 +19,33 @@ function logSoftmax(z) {
   return shifted.map((v) => v - logSum);
 }
 const crossEntropy = (z, target) => -logSoftmax(z)[target];
-window.mnistlabLesson = {logSoftmax, crossEntropy};
+
+// "Not a digit", as mnistlab/ood.py computes it from the logits: higher scores look more like a digit
+// (msp: the largest of the head's probabilities)
+function oodScore(z, name, t, head) {
+  const s = z.map((v) => v / t), top = Math.max(...s);
+  if (name === "msp") return Math.exp(Math.max(...headLogProbs(z, head, t)));
+  if (name === "energy") return t * (top + Math.log(s.reduce((sum, v) => sum + Math.exp(v - top), 0)));
+  if (name === "max-sigmoid") return 1 / (1 + Math.exp(-top));
+  if (name === "not-none") return 1 - Math.exp(logSoftmax(s)[s.length - 1]);  // a none-class head: 1 - p(none)
+  throw new Error(`unknown reject score ${name}`);
+}
+// The class probabilities of a head (ood.head_log_probabilities): softmax(z / T), the sigmoids normalised,
+// or a none-class head's softmax without its last output
+function headLogProbs(z, head, t) {
+  const s = z.map((v) => v / t);
+  if (head === "none-class") return logSoftmax(s.slice(0, -1));  // the classes' own, without "none"
+  if (head !== "sigmoid") return logSoftmax(s);
+  return logSoftmax(s.map((v) => -(Math.max(-v, 0) + Math.log1p(Math.exp(-Math.abs(v))))));  // log sigmoid
+}
+window.mnistlabLesson = {logSoftmax, crossEntropy, oodScore, headLogProbs};
 
 function reset() {
   generation += 1; pending = false; answer = null; truth = null; source = null;
   ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, pad.width, pad.height);
   $("prediction").textContent = ""; $("runner-up").textContent = ""; $("message").textContent = "";
   $("correct-box").hidden = true; $("correct-note").textContent = "";
+  $("prediction").classList.remove("rejected"); $("nearest").textContent = "";
   seen.clearRect(0, 0, 28, 28); why.clearRect(0, 0, 28, 28);
   showBars(null); showLesson();
 }
@@ -78,7 +98,7 @@ function showLesson() {
   answer.logits.forEach((z, i) => {
     const tr = document.createElement("tr");
     tr.innerHTML = `<td></td><td>${z.toFixed(3)}</td><td>${soft[i].toFixed(4)}</td>`;
-    tr.children[0].textContent = classes[i];
+    tr.children[0].textContent = classes[i] ?? "none";  // a none-class head's last output
     body.appendChild(tr);
   });
   const t = answer.temperature;
@@ -96,7 +116,12 @@ function showLesson() {
 function show(result) {
   answer = window.mnistlabAnswer = result;
   $("message").textContent = "";
-  $("prediction").textContent = result.prediction;
+  // a rejected drawing is said to be no digit, plainly; the nearest digit is still shown, small
+  $("prediction").textContent = result.rejected ? "not a digit" : result.prediction;
+  $("prediction").classList.toggle("rejected", Boolean(result.rejected));
+  $("nearest").textContent = result.rejected ?
+    `This does not look like a digit to the model. The nearest digit is ${result.prediction} ` +
+    `(${(100 * result.probabilities[result.prediction]).toFixed(1)}%).` : "";
   $("runner-up").textContent = `runner-up: ${result.runner_up.class} (${(100 * result.runner_up.probability).toFixed(1)}%)`;
   showSeen(result.preprocessed, result.saliency);
   showBars(result);
@@ -114,7 +139,8 @@ async function classify(what) {
   } catch (err) {
     if (sentIn !== generation) return;
     answer = null; $("correct-box").hidden = true;
-    $("prediction").textContent = ""; $("runner-up").textContent = "";
+    $("prediction").textContent = ""; $("runner-up").textContent = ""; $("nearest").textContent = "";
+    $("prediction").classList.remove("rejected");
     $("message").textContent = err.message || String(err);
     showBars(null); showLesson();
   }

@@ -44,8 +44,9 @@ window.mnistlabEngine = (() => {
     corners.forEach(([r, c], k) => {
       for (let y = r; y < r + 4; y++) for (let x = c; x < c + 4; x++) batch[(k + 1) * 784 + y * 28 + x] = 0;
     });
-    const out = await logits(batch, corners.length + 1), K = card.classes.length, t = card.temperature;
-    const logProbs = (k) => window.mnistlabLesson.logSoftmax(Array.from(out.slice(k * K, k * K + K), (v) => v / t));
+    const out = await logits(batch, corners.length + 1), K = width(), t = card.temperature;
+    const lesson = window.mnistlabLesson, head = card.head || "softmax";
+    const logProbs = (k) => lesson.headLogProbs(Array.from(out.slice(k * K, k * K + K)), head, t);
     const first = logProbs(0), target = first.indexOf(Math.max(...first));
     const heat = new Float64Array(784), count = new Float64Array(784);
     corners.forEach(([r, c], k) => {
@@ -54,13 +55,26 @@ window.mnistlabEngine = (() => {
     });
     const probs = first.map(Math.exp), order = probs.map((p, i) => i).sort((a, b) => probs[b] - probs[a]);
     const rows = (a) => Array.from({length: 28}, (_, y) => Array.from(a.slice(y * 28, y * 28 + 28)));
+    const z = Array.from(out.slice(0, K)), reject = rejection(z);
     return {
-      prediction: card.classes[target], confidence: probs[target],
+      ...reject, prediction: card.classes[target], confidence: probs[target],
       probabilities: Object.fromEntries(card.classes.map((c, i) => [c, probs[i]])),
       runner_up: {class: card.classes[order[1]], probability: probs[order[1]]},
       logits: Array.from(out.slice(0, K)), temperature: t,
       preprocessed: rows(pixels), saliency: rows(heat.map((v, i) => v / count[i])),
     };
+  }
+
+  // the model's outputs per image: one per class, and "none" for a none-class head (card.outputs)
+  const width = () => card.classes.length + (card.head === "none-class" ? 1 : 0);
+
+  // "not a digit": the card's score and threshold, as inference.Prediction says it
+  function rejection(z) {
+    if (!card.reject_score) return {rejected: false, why: "", reject: null};
+    const value = window.mnistlabLesson.oodScore(z, card.reject_score, card.temperature, card.head || "softmax");
+    const rejected = value < card.reject_threshold;
+    return {rejected, reject: {score: card.reject_score, value, threshold: card.reject_threshold},
+            why: rejected ? `not a digit: its ${card.reject_score} score is below the threshold` : ""};
   }
 
   async function pixelsOf(source) {
@@ -116,7 +130,8 @@ window.mnistlabEngine = (() => {
     },
     // For the tests and benchmarks/web.py: drawings (image URLs) put on the page's pad one by one and
     // preprocessed as predict() does, then classified in one batch. Returns the 28x28 images (base64,
-    // 784 bytes each; none where no digit was found), the classes, and each pad's sum of RGBA values.
+    // 784 bytes each; none where no digit was found), the classes, each one's "not a digit" verdict
+    // (rejection()), and each pad's sum of RGBA values.
     async classifyDrawings(urls) {
       await ready;
       const pad = document.getElementById("pad"), g = pad.getContext("2d", {willReadFrequently: true});
@@ -131,14 +146,16 @@ window.mnistlabEngine = (() => {
         try { pixels.set(mnistPreprocess.fromRGBA(rgba, pad.width, pad.height), i * 784); found.push(true); }
         catch (err) { found.push(false); }
       }
-      const out = await logits(pixels, urls.length), K = card.classes.length, classes = [];
+      const out = await logits(pixels, urls.length), K = width(), classes = [], rejected = [];
       for (let i = 0; i < urls.length; i++) {
         const z = Array.from(out.slice(i * K, i * K + K));
-        classes.push(found[i] ? card.classes[z.indexOf(Math.max(...z))] : null);
+        const digits = z.slice(0, card.classes.length);  // without a none-class head's "none"
+        classes.push(found[i] ? card.classes[digits.indexOf(Math.max(...digits))] : null);
+        rejected.push(found[i] ? rejection(z) : null);
       }
       let text = "";
       for (const v of pixels) text += String.fromCharCode(v);
-      return {pixels: btoa(text), classes, sums};
+      return {pixels: btoa(text), classes, sums, rejected};
     },
   };
 })();

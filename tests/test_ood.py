@@ -1,0 +1,325 @@
+"""Heads and "not a digit" (issue 21): the sigmoid head, the reject score and its threshold, and
+the rejection said wherever a prediction is shown (Python, predict, the HTTP API, both pages).
+
+The model that rejects is trained here, briefly (fast recipe, 8,000 MNIST images, one epoch, with
+outlier exposure, the 11th output "none" that validation chose, and a 2,000-image validation split):
+the shipped models are remade separately."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from mnistlab import RunConfig, load_split, train
+from mnistlab.card import ModelCard
+from mnistlab.checkpoints import load_checkpoint, save_checkpoint
+from mnistlab.config import recipe
+from mnistlab.errors import CheckpointError, MnistlabError
+from mnistlab.inference import load_model
+from mnistlab.ood import auroc, fpr_at_tpr, head_outputs, ood_score, reject_threshold
+from mnistlab.outliers import EVAL_FONTS, FONT_DIR, outlier_set
+from mnistlab.steps import head_loss
+
+REPO = Path(__file__).resolve().parents[1]
+LETTERS = "MH#"  # letters and a symbol a briefly trained model already rejects
+
+
+def letter_png(char: str, path: Path) -> Path:
+    """A bold letter, black on white, in a font the outliers never use (FreeSans Bold where Debian's
+    fonts-freefont-ttf is installed, else Pillow's own font, which they use only without Noto)."""
+    held_out = FONT_DIR / EVAL_FONTS[1]
+    font = ImageFont.truetype(str(held_out), 150) if held_out.is_file() else ImageFont.load_default(150)
+    img = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(img).text((100, 100), char, font=font, fill=0, anchor="mm")
+    img.save(path)
+    return path
+
+
+def digit_png(data_dir, path: Path) -> Path:
+    x, y = load_split("mnist", "test", data_dir=data_dir)
+    assert int(y[0]) == 7
+    Image.fromarray(255 - x[0].numpy()).resize((140, 140)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rejecting(data_dir, tmp_path_factory):
+    """(model.pt, folder of PNGs) of a model trained as validation chose (BENCHMARKS.md): outlier exposure,
+    a none-class head, and a validation split."""
+    out = tmp_path_factory.mktemp("ood")
+    cfg = RunConfig(**{**recipe("fast"), "train_limit": 8000, "val_size": 2000, "epochs": 1, "head": "none-class",
+                       "outlier_exposure": 0.5, "threads": 2}).validate()
+    model = train(cfg, out=out / "run", data_dir=data_dir, progress=False).model_path
+    images = out / "images"
+    images.mkdir()
+    for c in LETTERS:
+        letter_png(c, images / f"letter-{ord(c)}.png")
+    digit_png(data_dir, images / "digit-7.png")
+    return model, images
+
+
+# ---- scores, thresholds and the figures that judge them ----
+
+def test_auroc_and_fpr_agree_with_counting_pairs():
+    rng = np.random.default_rng(0)
+    inside, outside = rng.normal(1, 1, 300).round(1), rng.normal(0, 1, 200).round(1)  # rounded: ties
+    pairs = (inside[:, None] > outside[None]).mean() + 0.5 * (inside[:, None] == outside[None]).mean()
+    assert auroc(inside, outside) == pytest.approx(pairs, abs=1e-12)
+    assert auroc(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
+    thr = reject_threshold(inside, 0.95)
+    assert (inside >= thr).mean() >= 0.95 and (inside > thr).mean() < 0.95
+    assert fpr_at_tpr(inside, outside) == (outside >= thr).mean()
+
+
+def test_reject_threshold_keeps_99_percent():
+    scores = np.arange(1000.0)
+    assert reject_threshold(scores) == 10.0  # 990 of 1000 at or above it
+    assert (scores >= reject_threshold(scores)).mean() == 0.99
+
+
+def test_scores_and_heads_match_torch():
+    z = torch.randn(50, 10, dtype=torch.float64) * 8
+    t = 1.7
+    assert np.allclose(ood_score(z.numpy(), "energy", t), t * torch.logsumexp(z / t, 1).numpy())
+    assert np.allclose(ood_score(z.numpy(), "msp", t), torch.softmax(z / t, 1).max(1).values.numpy())
+    assert np.allclose(ood_score(z.numpy(), "max-sigmoid", t), torch.sigmoid(z / t).max(1).values.numpy())
+    probs, raw = head_outputs(z.numpy(), "sigmoid", t)
+    assert np.allclose(raw, torch.sigmoid(z / t).numpy()) and np.allclose(probs.sum(1), 1)
+    assert not np.allclose(raw.sum(1), 1)  # ten sigmoids are no distribution
+    probs, raw = head_outputs(z.numpy(), "softmax", t)
+    assert np.allclose(probs, torch.softmax(z / t, 1).numpy()) and raw is probs
+    z11 = torch.randn(50, 11, dtype=torch.float64) * 8
+    probs, raw = head_outputs(z11.numpy(), "none-class", t)  # an 11th output, "none"
+    assert np.allclose(probs, torch.softmax(z11[:, :10] / t, 1).numpy()) and raw.shape == (50, 11)
+    assert np.allclose(ood_score(z11.numpy(), "not-none", t), 1 - torch.softmax(z11 / t, 1)[:, 10].numpy())
+    huge = head_outputs(np.array([[-1e4, 1e4] + [0.0] * 8]), "sigmoid")[0]
+    assert np.isfinite(huge).all() and huge[0, 1] == pytest.approx(1 / (1 + 8 * 0.5))  # eight sigmoids of 0: 0.5
+
+
+def test_head_losses():
+    z, y = torch.randn(6, 10), torch.tensor([3, 1, 4, 1, -1, -1])
+    inside = y >= 0
+    want = F.binary_cross_entropy_with_logits(z[inside], F.one_hot(y[inside], 10).float(), reduction="none").sum(1)
+    assert torch.allclose(head_loss(z, y, 0.0, "sigmoid"), want.mean())
+    none = F.cross_entropy(z, torch.where(inside, y, 9), reduction="none")  # the last output is "none"
+    assert torch.allclose(head_loss(z, y, 0.0, "none-class", 0.5), none[inside].mean() + 0.5 * none[~inside].mean())
+    uniform = -F.log_softmax(z[~inside], 1).mean(1).mean()  # cross-entropy against the uniform distribution
+    ce = F.cross_entropy(z[inside], y[inside])
+    assert torch.allclose(head_loss(z, y, 0.0, "softmax", 0.5), ce + 0.5 * uniform)
+    away = F.binary_cross_entropy_with_logits(z[~inside], torch.zeros(2, 10), reduction="none").sum(1).mean()
+    assert torch.allclose(head_loss(z, y, 0.0, "sigmoid", 0.5), want.mean() + 0.5 * away)
+    plain = torch.tensor([3, 1, 4, 1, 5, 9])
+    assert torch.equal(head_loss(z, plain, 0.1), F.cross_entropy(z, plain, label_smoothing=0.1))
+
+
+# ---- the card ----
+
+def test_old_cards_load_as_softmax_and_bad_reject_fields_are_one_sentence():
+    old = {"model": "cnn", "dataset": "mnist", "classes": list("0123456789"), "normalization": [0.1307, 0.3081]}
+    card = ModelCard.from_dict(old)
+    assert (card.head, card.reject_score, card.reject_threshold) == ("softmax", "", None)
+    assert ModelCard.from_dict(card.to_dict()) == card
+    good = {**old, "head": "sigmoid", "reject_score": "max-sigmoid", "reject_threshold": 0.25}
+    assert ModelCard.from_dict(good).reject_threshold == 0.25
+    for bad, said in [({"head": "tanh"}, "head"), ({"reject_score": "energy"}, "reject score"),
+                      ({"reject_threshold": 1.0}, "reject score"), ({"reject_score": "vibes", "reject_threshold": 1},
+                                                                    "reject score"),
+                      ({"reject_score": "msp", "reject_threshold": float("nan")}, "reject threshold"),
+                      ({"reject_score": "msp", "reject_threshold": "0.5"}, "reject threshold")]:
+        with pytest.raises(CheckpointError, match=said):
+            ModelCard.from_dict({**old, **bad}, "crafted.pt")
+
+
+def test_head_and_outlier_exposure_are_checked():
+    with pytest.raises(MnistlabError, match="--head"):
+        RunConfig(head="tanh").validate()
+    with pytest.raises(MnistlabError, match="--outlier-exposure"):
+        RunConfig(outlier_exposure=-1.0).validate()
+    with pytest.raises(MnistlabError, match="--outlier-exposure"):
+        RunConfig(head="none-class").validate()
+    with pytest.raises(MnistlabError, match="fashion-mnist"):
+        RunConfig(dataset="fashion-mnist", outlier_exposure=0.5).validate()
+
+
+def test_sigmoid_head_trains_with_bce_and_says_so(fake_data, tmp_path):
+    cfg = RunConfig(model="cnn", head="sigmoid", epochs=1, val_size=50, threads=1)
+    path = train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False).model_path
+    model = load_model(path)
+    assert model.card.head == "sigmoid" and model.card.reject_score == "msp"
+    pred = model.predict_pixels(load_split("mnist", "test", data_dir=fake_data)[0][0].numpy())
+    z = model.backend(pred.preprocessed[None])[0].astype(np.float64) / model.card.temperature
+    sig = 1 / (1 + np.exp(-z))
+    assert np.allclose(pred.sigmoids, sig) and np.allclose(pred.probabilities, sig / sig.sum())
+    assert pred.ood_score == pytest.approx((sig / sig.sum()).max())  # msp of the normalised sigmoids
+    assert json.loads(json.dumps(pred.to_dict()))["sigmoids"]["0"] == pytest.approx(sig[0])
+    pytest.importorskip("onnxruntime")
+    from mnistlab.export import export
+
+    images = load_split("mnist", "test", data_dir=fake_data)[0][:20].numpy()
+    for probs in (False, True):  # logits read through the card's head, or the graph's own normalised sigmoids
+        onnx = load_model(export(str(path), "onnx", tmp_path / f"m{probs}.onnx", probs=probs))
+        assert np.allclose(onnx.predict_proba(images), model.predict_proba(images), atol=1e-5)
+
+
+# ---- a trained model that rejects ----
+
+def test_the_threshold_comes_from_validation(rejecting, data_dir):
+    path, _ = rejecting
+    model = load_model(path)
+    card = model.card
+    assert (card.reject_score, card.val_size, card.outputs) == ("not-none", 2000, 11)
+    val, _ = model.load_split("validation", data_dir)
+    scores = model.ood_scores(val.numpy())
+    assert card.reject_threshold == pytest.approx(reject_threshold(scores), rel=1e-6)
+    assert 0.99 <= (scores >= card.reject_threshold).mean() < 0.995
+    test = model.ood_scores(model.load_split("test", data_dir)[0].numpy())
+    assert card.reject_threshold != pytest.approx(reject_threshold(test), rel=1e-6)  # not the test set's
+    events = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "reject_threshold" and e["split"] == "validation" for e in events)
+
+
+def test_a_letter_is_rejected_and_a_digit_kept(rejecting):
+    path, images = rejecting
+    model = load_model(path)
+    for c in LETTERS:
+        pred = model.predict(images / f"letter-{ord(c)}.png")
+        assert pred.rejected, (c, pred.ood_score, model.card.reject_threshold)
+        assert pred.why.startswith("not a digit") and pred.label in model.classes
+    digit = model.predict(images / "digit-7.png")
+    assert not digit.rejected and digit.label == "7" and digit.why == ""
+    out = digit.to_dict()
+    assert out["rejected"] is False and out["reject"]["threshold"] == model.card.reject_threshold
+
+
+def test_predict_says_not_a_digit_in_text_and_json(rejecting):
+    path, images = rejecting
+    cmd = [sys.executable, "-m", "mnistlab", "predict", str(path)]
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
+    text = subprocess.run(cmd + [str(images)], capture_output=True, text=True, env=env, check=True).stdout
+    lines = dict(line.split(": ", 1) for line in text.splitlines())
+    assert lines[str(images / "letter-77.png")].startswith("not a digit (not-none ")
+    assert lines[str(images / "digit-7.png")].startswith("7 (")
+    js = subprocess.run(cmd + [str(images), "--json"], capture_output=True, text=True, env=env, check=True).stdout
+    rows = {Path(r["source"]).name: r for r in map(json.loads, js.splitlines())}
+    assert rows["letter-77.png"]["rejected"] and rows["letter-77.png"]["why"].startswith("not a digit")
+    assert rows["letter-77.png"]["prediction"] in "0123456789"  # the nearest digit, still given
+    assert not rows["digit-7.png"]["rejected"]
+
+
+def test_the_http_api_says_not_a_digit(rejecting):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from mnistlab.serving import create_app
+
+    path, images = rejecting
+    with TestClient(create_app(load_model(path))) as client:
+        letter = client.post("/api/predict", content=(images / "letter-77.png").read_bytes(),
+                             headers={"content-type": "image/png"}).json()
+        digit = client.post("/api/predict?explain=1", content=(images / "digit-7.png").read_bytes(),
+                            headers={"content-type": "image/png"}).json()
+    assert letter["rejected"] and letter["reject"]["score"] == "not-none" and letter["prediction"] in "0123456789"
+    assert not digit["rejected"] and digit["prediction"] == "7" and "saliency" in digit
+
+
+def test_a_model_without_validation_never_rejects(tmp_path):
+    pred = load_model("fast").predict(letter_png("M", tmp_path / "m.png"))  # the shipped one, as it is now
+    assert not pred.rejected and pred.ood_score is None and pred.to_dict()["reject"] is None
+
+
+def test_outlier_sets_are_seeded_and_disjoint_from_judging(data_dir):
+    a, b = outlier_set("train", 64, seed=3, data_dir=data_dir), outlier_set("train", 64, seed=3, data_dir=data_dir)
+    assert a.shape == (64, 28, 28) and a.dtype == np.uint8 and np.array_equal(a, b)
+    val = outlier_set("validation", 64, seed=3, data_dir=data_dir)
+    assert not {x.tobytes() for x in a} & {x.tobytes() for x in val}
+    fashion_test = load_split("fashion-mnist", "test", data_dir=data_dir)[0].numpy()
+    assert not {x.tobytes() for x in np.concatenate([a, val])} & {x.tobytes() for x in fashion_test}
+
+
+# ---- both pages ----
+
+def _upload_and_read(page, png: Path) -> dict:
+    page.set_input_files("#upload", str(png))
+    page.wait_for_function("window.mnistlabAnswer !== undefined && window.mnistlabAnswer !== null", timeout=30000)
+    return {"prediction": page.locator("#prediction").text_content(),
+            "nearest": page.locator("#nearest").text_content(), "answer": page.evaluate("window.mnistlabAnswer")}
+
+
+def test_the_drawing_page_says_not_a_digit(rejecting):
+    pytest.importorskip("fastapi")
+    import threading
+    import time
+
+    import uvicorn
+    from browsing import browser_page, free_port
+
+    from mnistlab.serving import create_app
+
+    path, images = rejecting
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(load_model(path)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        with browser_page(f"http://127.0.0.1:{port}") as page:
+            seen = _upload_and_read(page, images / "letter-77.png")
+            assert seen["prediction"] == "not a digit"
+            assert f"nearest digit is {seen['answer']['prediction']}" in seen["nearest"]
+            page.evaluate("window.mnistlabAnswer = null")
+            seen = _upload_and_read(page, images / "digit-7.png")
+            assert seen["prediction"] == "7" and seen["nearest"] == ""
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+
+
+def test_the_static_page_computes_the_same_score(rejecting, tmp_path):
+    pytest.importorskip("onnx")
+    from browsing import ORT_DIST, browser_page, need, static_server
+
+    from mnistlab.export import export
+
+    need(ORT_DIST, "onnxruntime-web from npm (node_modules)")
+    path, images = rejecting
+    site = export(str(path), "web", tmp_path / "site", runtime=ORT_DIST)
+    model = load_model(path)
+    with static_server(site) as url, browser_page(url) as page:
+        seen = _upload_and_read(page, images / "letter-77.png")
+    assert seen["prediction"] == "not a digit" and "nearest digit is" in seen["nearest"]
+    pixels = np.asarray(seen["answer"]["preprocessed"], dtype=np.uint8)
+    python = model.predict_pixels(pixels)  # the same 28x28 image, scored by PyTorch
+    assert seen["answer"]["reject"]["value"] == pytest.approx(python.ood_score, abs=1e-3)
+    assert seen["answer"]["reject"]["threshold"] == model.card.reject_threshold and python.rejected
+
+
+def test_reject_fields_survive_a_checkpoint_round_trip(rejecting, tmp_path):
+    path, _ = rejecting
+    card, state = load_checkpoint(path)
+    save_checkpoint(card, state, tmp_path / "copy.pt")
+    assert load_checkpoint(tmp_path / "copy.pt")[0] == card
+    state["card"] = {**card.to_dict(), "reject_threshold": None}
+    torch.save(state, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match="crafted.pt: .*reject score"):
+        load_model(tmp_path / "crafted.pt")
+
+
+
+def test_the_lessons_measured_figures_are_the_benchmarks():
+    from mnistlab.lesson import MEASURED, lesson
+
+    text, table = lesson(), (REPO / "BENCHMARKS.md").read_text()
+    section = table[table.index("### Softmax or ten sigmoids"):]
+    for head, oe, correct, ece, stray, fashion, letters in MEASURED["rows"]:
+        row = f"{correct}/10000 = {correct / 100:.2f}% | {ece} | {stray} "
+        assert row in section and f"| {fashion} / {letters} |" in section, (head, oe)
+        assert f"{correct}/10000 = {correct / 100:.2f}%" in text and fashion in text
+    assert all(f"{s} " in section for s in MEASURED["sums_on_letters"])
