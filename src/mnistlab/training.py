@@ -316,6 +316,8 @@ def finish(run: Run, report: bool, data_dir) -> TrainResult:
     model_path = save(run, "model.pt", final=True)
     run.log.line(f"test accuracy: {format_accuracy(final['correct'], final['total'])}; "
                  f"{run.train_seconds:.2f} s of training; saved {model_path}")
+    if report and dist.world_size() > 1 and run.test_logits is not None:  # every rank: rank 0 draws all of them
+        run.test_logits = (run.test_logits[0], *map(dist.gather_shards, run.test_logits[1:]))
     if run.report is not None:
         run.log.line(run.report.join())
     elif report and dist.is_main():
@@ -336,8 +338,8 @@ def write_report(run: Run, data_dir) -> None:
 
 
 def _scored(run: Run) -> tuple | None:
-    """(test images, calibrated probabilities, labels) from the last test pass, where one process holds all of it."""
-    if dist.world_size() > 1 or run.test_logits is None:
+    """(test images, calibrated probabilities, labels) from the last test pass, when it holds the whole test set."""
+    if run.test_logits is None or len(run.test_logits[1]) != len(run.data.test.images):
         return None
     _, logits, labels = run.test_logits
     probs = torch.softmax(logits.double().cpu() / run.card.temperature, 1)
