@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from mnistlab import RunConfig, train
+from mnistlab.convpool import ConvPoolReLU
 from mnistlab.errors import MnistlabError
 from mnistlab.models import CNN, build_model
 from mnistlab.sgd import ForeachSGD
@@ -142,3 +143,35 @@ def test_foreach_sgd_never_imports_dynamo(fake_data, tmp_path):
     assert seen == {"": "dynamo: True", "foreach-sgd": "dynamo: False"}
     off, on = (load_file(tmp_path / name / "model.safetensors") for name in ("off", "foreach-sgd"))
     assert all(torch.equal(off[k], on[k]) for k in off)
+
+
+@pytest.mark.parametrize("c, o, size, k", [(1, 3, 8, 3), (2, 4, 9, 4)])
+def test_conv_pool_relu_gradcheck(c, o, size, k):
+    torch.manual_seed(0)
+    x = torch.randn(2, c, size, size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(o, c, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(o, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ConvPoolReLU.apply, (x, w, b))
+    torch.testing.assert_close(ConvPoolReLU.apply(x, w, b), F.relu(F.max_pool2d(F.conv2d(x, w, b), 2)))
+
+
+def test_fused_tutorial_cnn_matches_its_plain_layers(monkeypatch):
+    plain = tutorial_cnn()
+    monkeypatch.setenv("MNISTLAB_SPEED", "fused-conv")
+    fused = tutorial_cnn()
+    assert fused.fused and not plain.fused
+    x, y = next(batches(1))
+    grads = []
+    for model in (plain, fused):
+        logits = model(x)
+        F.cross_entropy(logits, y).backward()
+        grads.append((logits.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads[1][1], grads[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    calls = []
+    monkeypatch.setattr(ConvPoolReLU, "apply", lambda *a: calls.append(1) or F.relu(F.max_pool2d(F.conv2d(*a), 2)))
+    fused(x)
+    assert len(calls) == 2
+    fused.eval()  # evaluation, prediction and export keep the plain layers: the same bits as ever
+    assert torch.equal(fused(x), plain.eval()(x)) and len(calls) == 2

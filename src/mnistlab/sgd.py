@@ -43,24 +43,25 @@ class ForeachSGD:
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return
-        grads = [p.grad for p in params]
+        grads: list[torch.Tensor] = [p.grad for p in params]
         lr, momentum, wd, dampening = group["lr"], group["momentum"], group["weight_decay"], group["dampening"]
         if group["nesterov"] or group["maximize"]:
             raise ValueError("ForeachSGD does plain momentum only (no nesterov, no maximize)")
         if wd:
-            grads = torch._foreach_add(grads, params, alpha=wd)
+            grads = list(torch._foreach_add(grads, params, alpha=wd))
         if momentum:
-            bufs = [self.state.get(p, {}).get("momentum_buffer") for p in params]
-            if all(b is not None for b in bufs):
+            if all(p in self.state for p in params):
+                bufs = [self.state[p]["momentum_buffer"] for p in params]
                 torch._foreach_mul_(bufs, momentum)
                 torch._foreach_add_(bufs, grads, alpha=1 - dampening)
             else:  # a parameter's first step: its buffer starts as its gradient
-                for i, (p, g) in enumerate(zip(params, grads)):
-                    if bufs[i] is None:
-                        bufs[i] = g.detach().clone()
-                        self.state[p] = {"momentum_buffer": bufs[i]}
+                bufs = []
+                for p, g in zip(params, grads):
+                    if p in self.state:
+                        bufs.append(self.state[p]["momentum_buffer"].mul_(momentum).add_(g, alpha=1 - dampening))
                     else:
-                        bufs[i].mul_(momentum).add_(g, alpha=1 - dampening)
+                        bufs.append(g.detach().clone())
+                        self.state[p] = {"momentum_buffer": bufs[-1]}
             grads = bufs
         torch._foreach_add_(params, grads, alpha=-lr)
 
