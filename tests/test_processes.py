@@ -72,7 +72,8 @@ def test_gather_shards_puts_the_ranks_items_back_in_order():
         assert out[0] == out[1] == torch.arange(21).view(7, 3).tolist()
 
 
-def test_a_failed_rank_stops_the_others(data_dir, tmp_path):
+@pytest.mark.parametrize("killed", ["a rank", "the parent"])
+def test_a_failed_rank_or_a_terminated_parent_stops_every_rank(killed, data_dir, tmp_path):
     cmd = [sys.executable, "-m", "mnistlab", "train", "--model", "cnn", "--epochs", "40", "--train-limit", "640",
            "--no-progress", "--no-report", "--checkpoint-every", "1", "--data-dir", str(data_dir),
            "--out", str(tmp_path / "run"), "--processes", "2"]
@@ -83,10 +84,10 @@ def test_a_failed_rank_stops_the_others(data_dir, tmp_path):
         time.sleep(0.1)
     ranks = children(job.pid)
     assert len(ranks) == 2
-    os.kill(ranks[1], signal.SIGKILL)
+    os.kill(ranks[1] if killed == "a rank" else job.pid, signal.SIGKILL if killed == "a rank" else signal.SIGTERM)
     out, err = job.communicate(timeout=120)
     assert job.returncode != 0 and "test accuracy:" not in out
-    assert not any(_alive(pid) for pid in ranks)  # the surviving rank was stopped, not left waiting on its peer
+    assert not any(_alive(pid) for pid in ranks)  # none left behind, waiting on its peer
 
 
 def _alive(pid: int) -> bool:

@@ -44,8 +44,10 @@ def run_ranks(processes: int, argv: list[str], threads: int = 0) -> int:
     exit status of the first that failed (the others are stopped after GRACE_S)."""
     cmd = [sys.executable, "-m", "mnistlab", *argv]
     children = [subprocess.Popen(cmd, env=env) for env in rank_environments(processes, threads, free_port())]
-    # Ctrl-C reaches the children from the terminal: each stops at its next step and saves; the parent waits
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C reaches the children from the terminal: each stops at its next step and saves; the parent waits.
+    # A SIGTERM for the parent alone (a job scheduler's) is passed on to them.
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: _terminate(children))}
     try:
         return _wait(children)
     finally:
@@ -53,7 +55,14 @@ def run_ranks(processes: int, argv: list[str], threads: int = 0) -> int:
             if child.poll() is None:
                 child.kill()
                 child.wait()
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _terminate(children: list[subprocess.Popen]) -> None:
+    for c in children:
+        if c.poll() is None:
+            c.terminate()
 
 
 def _wait(children: list[subprocess.Popen]) -> int:
@@ -63,9 +72,7 @@ def _wait(children: list[subprocess.Popen]) -> int:
         if bad and failed_at is None:
             failed_at, status = time.monotonic(), _status(bad[0])
         if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
-            for c in children:
-                if c.poll() is None:
-                    c.terminate()
+            _terminate(children)
         time.sleep(0.05)
     if status == 0:
         status = next((_status(c.returncode) for c in children if c.returncode), 0)
