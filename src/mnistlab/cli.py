@@ -147,6 +147,9 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--threads", type=_nonneg_int,
                    help="CPU threads for torch (default: a share of the cores that other mnistlab trainings leave "
                         "free, counted again every few seconds; give N for bit-for-bit repeatable runs)")
+    p.add_argument("--processes", type=_positive_int, metavar="N",
+                   help="train as N data-parallel processes on this machine (gloo; on a CPU one thread each, or "
+                        "--threads); the same seed and N give the same weights (default: 1)")
     p.add_argument("--val-size", type=_nonneg_int,
                    help=f"images held out of training for validation (default: {d.val_size})")
     p.add_argument("--train-limit", type=_nonneg_int, help="train on only the first N images (default: all)")
@@ -203,6 +206,10 @@ def _presets_help(presets: dict) -> str:
 
 
 def cmd_train(args) -> int:
+    from .launch import launched, run_ranks
+
+    if (args.processes or 1) > 1 and not launched() and not args.print_config:
+        return run_ranks(args.processes, args.argv, args.threads or 0)  # each rank runs this command again
     from .config import RunConfig, from_preset
     from .training import train
 
@@ -650,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)  # the top level has no option with a value
     try:
         args = build_parser(command).parse_args(argv)  # imports torch for some commands: a second or more
+        args.argv = argv
         return _run(args)
     except KeyboardInterrupt:  # Ctrl-C before the command started, or a second one during it
         print("mnistlab: interrupted.", file=sys.stderr)

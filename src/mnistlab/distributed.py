@@ -13,6 +13,7 @@ import torch
 import torch.distributed as td
 
 from .errors import first_line
+from .launch import launched
 
 SYNC_EVERY = 20  # steps between the ranks' checks for a stop request (one all-reduce each)
 
@@ -38,7 +39,7 @@ def is_main_thread() -> bool:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+    return launched()
 
 
 def join_process_group(device: torch.device) -> torch.device:
@@ -99,6 +100,20 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     out = t.to(_collective_device())
     td.all_reduce(out)
     return out.to(t.device)
+
+
+def gather_shards(t: torch.Tensor) -> torch.Tensor:
+    """A split whole again from the ranks' shards (rank r holds items r, r + W, ..., as Loader.shard
+    deals them), in order, on every rank (identity in one process)."""
+    if not is_initialized():
+        return t
+    w, n = world_size(), int(all_reduce_sum(torch.tensor([len(t)])).item())
+    rows = -(-n // w)  # the longest shard; the others are padded to it
+    padded = torch.zeros((rows, *t.shape[1:]), dtype=t.dtype, device=_collective_device())
+    padded[:len(t)] = t.to(padded.device)
+    parts = [torch.empty_like(padded) for _ in range(w)]
+    td.all_gather(parts, padded)
+    return torch.stack(parts, 1).flatten(0, 1)[:n].to(t.device)  # row i of rank r is item i * w + r
 
 
 def broadcast_str(value: str) -> str:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from . import distributed as dist
 from .data import Loader
 from .device import autocast
+from .speedups import enabled
 
 
 def format_accuracy(correct: int, total: int) -> str:
@@ -95,7 +96,6 @@ class Evaluation:
         return "\n".join(lines)
 
 
-@torch.no_grad()
 def predict_logits(model: torch.nn.Module, loader: Loader,
                    amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits (float32) and labels of a loader, in order."""
@@ -103,7 +103,9 @@ def predict_logits(model: torch.nn.Module, loader: Loader,
     model.eval()
     device = loader.images.device
     logits, labels = [], []
-    with autocast(device, amp_dtype):
+    # inference mode also skips the version counters and view tracking that no_grad keeps
+    no_grad = torch.inference_mode() if enabled("inference-mode") else torch.no_grad()
+    with no_grad, autocast(device, amp_dtype):
         for x, y in loader.batches():
             logits.append(model(x).float())
             labels.append(y)

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .card import ModelCard  # noqa: E402
 from .checkpoints import load_checkpoint  # noqa: E402
 from .errors import MnistlabError  # noqa: E402
 from .evaluation import ECE_BINS, evaluation_from_probs, format_accuracy  # noqa: E402
@@ -114,17 +115,19 @@ def plot_reliability(bins: torch.Tensor, ece: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def build_report(run_dir: str | os.PathLike, data_dir=None, scored=None) -> Path:
+def build_report(run_dir: str | os.PathLike, data_dir=None, scored=None, card: ModelCard | None = None) -> Path:
     """Rebuild every picture of a run folder from its metrics and model.pt; return report.html.
 
     `scored`, (test images, calibrated probabilities, labels), saves scoring the test set again
-    when the caller (the end of training) already has them."""
+    when the caller (the end of training) already has them; with them, `card` (model.pt's) lets
+    the report be drawn while model.pt is still being written."""
     run_dir = Path(run_dir)
     events = read_run_events(run_dir)
     model_path = run_dir / "model.pt"
-    if not model_path.is_file():
-        raise MnistlabError(f"{run_dir}: no model.pt here (the run did not finish).")
-    card, _ = load_checkpoint(model_path)
+    if card is None or scored is None:
+        if not model_path.is_file():
+            raise MnistlabError(f"{run_dir}: no model.pt here (the run did not finish).")
+        card, _ = load_checkpoint(model_path)
     images, probs, labels = scored if scored is not None else load_model(model_path).split_probabilities(data_dir)
     ev = evaluation_from_probs(probs, labels, card.classes)
     pictures = [

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ from .ood import REJECT_SCORE_FOR, ood_score, reject_threshold
 from .outliers import OutlierBatches, outlier_set
 from .owndata import get_dataset_spec, load_split  # registry names and paths (--dataset PATH) alike
 from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
+from .sgd import ForeachSGD
+from .speedups import enabled
 from .steps import EagerStep, GraphedStep
 from .tensorboard_log import require_tensorboard, tensorboard_logged
 
@@ -89,6 +92,7 @@ class Run:
     stats_state: dict | None = None  # the running figures of an epoch interrupted part-way, to carry on from
     test_logits: tuple | None = None  # (epoch, logits, labels) of the last test pass, to re-score, not re-run
     outliers: OutlierBatches | None = None  # outlier exposure's share of each batch (--outlier-exposure)
+    report: BackgroundReport | None = None  # drawn beside the last checkpoints (speed-up background-report)
     stats: EpochStats = field(init=False)  # the current epoch's running figures
 
     def __post_init__(self):
@@ -123,6 +127,8 @@ def train(cfg: RunConfig | None = None, out: str | os.PathLike | None = None,
     if tensorboard is not None and tensorboard is not False:
         require_tensorboard()
     run = start(cfg, out, resume, data_dir, progress, changes or {})
+    if report and dist.world_size() == 1 and enabled("background-report"):
+        run.report = BackgroundReport(run, data_dir)
     shared = contextlib.closing(run.cores) if run.cores else contextlib.nullcontext()
     with StopRequest() as stop, peers_watched(run), shared, tensorboard_logged(run.log, run.run_dir, tensorboard):
         while run.epoch <= run.last_epoch:
@@ -252,6 +258,8 @@ def finish_epoch(run: Run, stats: EpochStats) -> None:
         evaluate(run, "test")
     run.epoch, run.step_in_epoch = run.epoch + 1, 0
     run.stats = EpochStats(run.data.train.images.device)
+    if run.report is not None and run.epoch > run.last_epoch and run.data.val is None:
+        run.report.start()  # the final test figures are in: draw them while the checkpoints are written
     if (run.epoch - 1) % run.cfg.checkpoint_every == 0 or run.epoch > run.last_epoch:
         save(run, f"ckpt-epoch{run.epoch - 1:03d}.pt")
 
@@ -346,10 +354,16 @@ def save(run: Run, name: str, final: bool = False) -> Path:
 def finish(run: Run, report: bool, data_dir) -> TrainResult:
     """Save model.pt, print the final test figure, and write the report."""
     final = next(e for e in reversed(run.log.history) if e["event"] == "test")
+    if run.report is not None:
+        run.report.start()  # if the last epoch did not (a validation split: the temperature came after it)
     model_path = save(run, "model.pt", final=True)
     run.log.line(f"test accuracy: {format_accuracy(final['correct'], final['total'])}; "
                  f"{run.train_seconds:.2f} s of training; saved {model_path}")
-    if report and dist.is_main():
+    if report and dist.world_size() > 1 and run.test_logits is not None:  # every rank: rank 0 draws all of them
+        run.test_logits = (run.test_logits[0], *map(dist.gather_shards, run.test_logits[1:]))
+    if run.report is not None:
+        run.log.line(run.report.join())
+    elif report and dist.is_main():
         write_report(run, data_dir)
     return TrainResult(run.run_dir, model_path, final["correct"], final["total"], run.train_seconds,
                        run.log.history)
@@ -363,12 +377,52 @@ def write_report(run: Run, data_dir) -> None:
     except ImportError:
         run.log.line("(no report: matplotlib is not installed; pip install 'mnistlab[report]')")
         return
-    scored = None
-    if dist.world_size() == 1 and run.test_logits is not None:
-        _, logits, labels = run.test_logits
-        probs = head_log_probabilities(logits.cpu(), run.card.temperature, run.card.head).exp()
-        scored = (run.data.test.images.cpu(), probs, labels.cpu())
-    run.log.line(f"report: {build_report(run.run_dir, data_dir=data_dir, scored=scored)}")
+    run.log.line(f"report: {build_report(run.run_dir, data_dir=data_dir, scored=_scored(run))}")
+
+
+def _scored(run: Run) -> tuple | None:
+    """(test images, calibrated probabilities, labels) from the last test pass, when it holds the whole test set."""
+    if run.test_logits is None or len(run.test_logits[1]) != len(run.data.test.images):
+        return None
+    _, logits, labels = run.test_logits
+    probs = head_log_probabilities(logits.cpu(), run.card.temperature, run.card.head).exp()
+    return run.data.test.images.cpu(), probs, labels.cpu()
+
+
+class BackgroundReport:
+    """The report drawn in a thread while the last checkpoints are written (speed-up background-report):
+    started once the final test figures are in, joined for the line that write_report would print."""
+
+    def __init__(self, run: Run, data_dir):
+        self.run, self.data_dir = run, data_dir
+        self.thread: threading.Thread | None = None
+        self.result: str | BaseException = ""
+
+    def start(self) -> None:
+        if self.thread is None:  # the figures and card as they are now: the main thread moves on
+            args = (self.run.run_dir, _scored(self.run), self.run.card)
+            self.thread = threading.Thread(target=self._draw, args=args, name="mnistlab-report", daemon=True)
+            self.thread.start()
+
+    def _draw(self, run_dir: Path, scored: tuple | None, card: ModelCard) -> None:
+        try:
+            from .report import build_report
+        except ImportError:
+            self.result = "(no report: matplotlib is not installed; pip install 'mnistlab[report]')"
+            return
+        try:
+            self.result = f"report: {build_report(run_dir, data_dir=self.data_dir, scored=scored, card=card)}"
+        except BaseException as e:  # raised again in the main thread, by join
+            self.result = e
+
+    def join(self) -> str:
+        """The line to print, once the report is drawn; its error, raised here."""
+        self.start()
+        assert self.thread is not None
+        self.thread.join()
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
 
 
 # ---- setting a run up ----
@@ -565,6 +619,10 @@ def outlier_batches(cfg: RunConfig, data: Data, data_dir) -> OutlierBatches | No
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
     params = model.parameters()
+    if cfg.optimizer == "sgd" and cfg.schedule == "constant" and enabled("foreach-sgd"):
+        # the same arithmetic bit for bit, without torch.optim's import of torch._dynamo (a scheduler needs torch.optim)
+        return cast(torch.optim.Optimizer, ForeachSGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                                      weight_decay=cfg.weight_decay))
     # fused kernels: one pass over the parameters instead of several small ops per tensor
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
