@@ -85,8 +85,10 @@ def test_switches_parse(monkeypatch):
     monkeypatch.setenv("MNISTLAB_SPEED", "all,-fused-conv")
     assert switches() == {"foreach-sgd": True, "inference-mode": True, "background-report": True,
                           "fused-conv": False}
-    monkeypatch.setenv("MNISTLAB_SPEED", "inference-mode")
+    monkeypatch.setenv("MNISTLAB_SPEED", "-all,inference-mode")
     assert [k for k, v in switches().items() if v] == ["inference-mode"]
+    monkeypatch.setenv("MNISTLAB_SPEED", "")
+    assert [k for k, v in switches().items() if v] == ["foreach-sgd"]  # the measured default
     monkeypatch.setenv("MNISTLAB_SPEED", "fast-please")
     with pytest.raises(MnistlabError, match="unknown speed-up 'fast-please'"):
         switches()
@@ -135,13 +137,13 @@ def test_foreach_sgd_never_imports_dynamo(fake_data, tmp_path):
             f"'--data-dir', {str(fake_data)!r}, '--out', sys.argv[1]])\n"
             "print('dynamo:', 'torch._dynamo' in sys.modules)")
     seen = {}
-    for speed in ("", "foreach-sgd"):
-        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / (speed or "off"))], capture_output=True,
-                              text=True, env={**os.environ, "MNISTLAB_SPEED": speed}, timeout=300)
+    for speed in ("-foreach-sgd", "foreach-sgd"):
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / speed.replace("-f", "off-f"))],
+                              capture_output=True, text=True, env={**os.environ, "MNISTLAB_SPEED": speed}, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         seen[speed] = proc.stdout.splitlines()[-1]
-    assert seen == {"": "dynamo: True", "foreach-sgd": "dynamo: False"}
-    off, on = (load_file(tmp_path / name / "model.safetensors") for name in ("off", "foreach-sgd"))
+    assert seen == {"-foreach-sgd": "dynamo: True", "foreach-sgd": "dynamo: False"}
+    off, on = (load_file(tmp_path / name / "model.safetensors") for name in ("off-foreach-sgd", "foreach-sgd"))
     assert all(torch.equal(off[k], on[k]) for k in off)
 
 
