@@ -257,9 +257,9 @@ def test_the_drawing_page_says_not_a_digit(rejecting):
     import time
 
     import uvicorn
-    from browsing import browser_page, free_port
 
     from mnistlab.serving import create_app
+    from mnistlab_testkit.browsing import browser_page, free_port
 
     path, images = rejecting
     port = free_port()
@@ -284,9 +284,8 @@ def test_the_drawing_page_says_not_a_digit(rejecting):
 
 def test_the_static_page_computes_the_same_score(rejecting, tmp_path):
     pytest.importorskip("onnx")
-    from browsing import ORT_DIST, browser_page, need, static_server
-
     from mnistlab.export import export
+    from mnistlab_testkit.browsing import ORT_DIST, browser_page, need, static_server
 
     need(ORT_DIST, "onnxruntime-web from npm (node_modules)")
     path, images = rejecting

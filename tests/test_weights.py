@@ -74,7 +74,7 @@ def _damaged(tmp_path, kind: str):
     ("no card", "without mnistlab's model card in its metadata"),
     ("card not JSON", "the model card in its metadata is not valid JSON"),
     ("NaN std", "its normalisation is not two numbers"),
-    ("infinite temperature", "its normalisation std and temperature must be positive numbers"),
+    ("infinite temperature", "its temperature is inf, outside"),
     ("another model", "its weights do not fit the model 'mlp'"),
 ])
 def test_damaged_safetensors_files_are_one_sentence(tmp_path, kind, message):
