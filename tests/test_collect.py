@@ -172,22 +172,11 @@ def ring(cx: float, cy: float, r: float) -> list[list[tuple[float, float]]]:
 
 
 def test_the_page_walks_the_loop_draw_correct_fine_tune_new_answer(fast, tmp_path, data_dir, monkeypatch):
-    import threading
-
-    import uvicorn
-
-    from mnistlab_testkit.browsing import browser_page, draw, free_port
+    from mnistlab_testkit.browsing import app_server, browser_page, draw
 
     monkeypatch.setenv("MNISTLAB_DATA", str(data_dir))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(fast, collect=tmp_path / "mine", checkpoint="fast"),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        with browser_page(f"http://127.0.0.1:{port}") as page:
+    with app_server(create_app(fast, collect=tmp_path / "mine", checkpoint="fast")) as url:
+        with browser_page(url) as page:
             assert page.locator("#correct-box").is_hidden() and page.locator("#finetune").is_visible()
             page.click("#finetune")  # nothing collected yet
             page.wait_for_function("document.getElementById('finetune-status').textContent.includes('too few')")
@@ -211,9 +200,6 @@ def test_the_page_walks_the_loop_draw_correct_fine_tune_new_answer(fast, tmp_pat
             page.click("#clear")
             draw(page, ring(140, 140, 90))
             page.wait_for_function("document.getElementById('prediction').textContent === '6'", timeout=20_000)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_without_collect_there_is_nothing_to_correct(fast):

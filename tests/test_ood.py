@@ -253,33 +253,18 @@ def _upload_and_read(page, png: Path) -> dict:
 
 def test_the_drawing_page_says_not_a_digit(rejecting):
     pytest.importorskip("fastapi")
-    import threading
-    import time
-
-    import uvicorn
-
     from mnistlab.serving import create_app
-    from mnistlab_testkit.browsing import browser_page, free_port
+    from mnistlab_testkit.browsing import app_server, browser_page
 
     path, images = rejecting
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(load_model(path)), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        with browser_page(f"http://127.0.0.1:{port}") as page:
+    with app_server(create_app(load_model(path))) as url:
+        with browser_page(url) as page:
             seen = _upload_and_read(page, images / "letter-77.png")
             assert seen["prediction"] == "not a digit"
             assert f"nearest digit is {seen['answer']['prediction']}" in seen["nearest"]
             page.evaluate("window.mnistlabAnswer = null")
             seen = _upload_and_read(page, images / "digit-7.png")
             assert seen["prediction"] == "7" and seen["nearest"] == ""
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
 
 
 def test_the_static_page_computes_the_same_score(rejecting, tmp_path):

@@ -77,6 +77,26 @@ def static_server(folder: Path):
         server.server_close()
 
 
+@contextlib.contextmanager
+def app_server(app):
+    """An ASGI app (mnistlab's serving.create_app) under uvicorn in a thread of this process: its URL."""
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
