@@ -237,6 +237,17 @@ def test_a_damaged_training_state_is_one_sentence_and_writes_nothing(interrupted
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
+def test_the_checkpoint_after_a_fractional_last_epoch_is_not_called_damaged(fake_data, tmp_path):
+    """It has moved on to epoch 3 having done 1.5 epochs of steps: extending it stays possible."""
+    cfg = RunConfig(model="mlp", epochs=1.5, batch_size=20, checkpoint_every=1, eval_every=1)
+    train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False)
+    state = load_checkpoint(tmp_path / "run" / "ckpt-epoch002.pt")[1]
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (3, 0, 15)
+    longer = train(resume=tmp_path / "run" / "ckpt-epoch002.pt", changes={"epochs": 3}, data_dir=fake_data,
+                   progress=False)
+    assert longer.history[-1]["event"] == "test"
+
+
 # ---- 5. flags ----
 
 @pytest.mark.parametrize("flags, message", [

@@ -104,7 +104,7 @@ class Run:
 
     @property
     def total_steps(self) -> int:
-        return max(1, round(self.cfg.epochs * len(self.data.train)))
+        return run_steps(self.cfg.epochs, len(self.data.train))
 
     @property
     def last_epoch(self) -> int:
@@ -113,6 +113,11 @@ class Run:
     def epoch_steps(self) -> int:
         """Steps in the current epoch: a fractional --epochs ends the last one early."""
         return min(len(self.data.train), self.total_steps - (self.epoch - 1) * len(self.data.train))
+
+
+def run_steps(epochs: float, steps_per_epoch: int) -> int:
+    """The steps of a whole run: a fractional --epochs ends the last epoch early."""
+    return max(1, round(epochs * steps_per_epoch))
 
 
 def train(cfg: RunConfig | None = None, out: str | os.PathLike | None = None,
@@ -458,7 +463,7 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     model = model.to(device, memory_format=torch.channels_last if channels_last  # type: ignore[call-overload]
                      else torch.contiguous_format)  # (torch's stubs lack Module.to's memory_format)
     data = load_data(cfg, device, channels_last, data_dir)
-    total_steps = max(1, round(cfg.epochs * len(data.train)))
+    total_steps = run_steps(cfg.epochs, len(data.train))  # the Run's own, needed before it is built
     graphed = (cfg.cuda_graph and device.type == "cuda" and dist.world_size() == 1 and cfg.optimizer != "sgd")
     opt = make_optimizer(cfg, model, capturable=graphed)
     # in a CUDA graph beta1 stays fixed: Adam's foreach kernels read a tensor beta1 on the host (PyTorch 2.11)
@@ -559,9 +564,13 @@ def _counters(state: dict, path: Path, steps_per_epoch: int) -> dict:
         if not ok or isinstance(value, bool) or not math.isfinite(value) or value < 0:
             raise damaged(path, key, f"is {value!r}, not a number of zero or more")
         out[key] = value
-    epoch, step = out["epoch"], out["step_in_epoch"]
-    if epoch < 1 or step >= steps_per_epoch or out["global_step"] != (epoch - 1) * steps_per_epoch + step:
-        raise damaged(path, "epoch", f"{epoch}, step {step} and global_step {out['global_step']} do not agree "
+    epoch, step, done = out["epoch"], out["step_in_epoch"], out["global_step"]
+    # where an epoch is under way, the steps so far are exact; the checkpoint after a fractional last
+    # epoch (--epochs 1.5) has moved to the next epoch having done only part of the one before
+    agree = (done == (epoch - 1) * steps_per_epoch + step if step else
+             (epoch - 2) * steps_per_epoch < done <= (epoch - 1) * steps_per_epoch)
+    if epoch < 1 or step >= steps_per_epoch or not agree:
+        raise damaged(path, "epoch", f"{epoch}, step {step} and global_step {done} do not agree "
                       f"with the run's {steps_per_epoch} steps an epoch")
     return out
 
