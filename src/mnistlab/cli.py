@@ -99,8 +99,9 @@ def _add_train(sub, name: str, help: str) -> None:
     d = RunConfig()  # the defaults the help states, from the one place that sets them
     p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a model, evaluate it on the test set, save it. Defaults are the "
-                       "tutorial's recipe\n(the 'classic' preset): SGD lr 0.1, momentum 0.5, batch 64, 10 "
-                       "epochs; precision 'auto' is bf16\nautocast where the hardware supports it natively, "
+                       f"tutorial's recipe\n(the 'classic' preset): {d.optimizer.upper()} lr {d.lr:g}, momentum "
+                       f"{d.momentum:g}, batch {d.batch_size}, {d.epochs:g} epochs; precision 'auto' is bf16\n"
+                       "autocast where the hardware supports it natively, "
                        "else fp32.\n\npresets:\n" + _presets_help(PRESETS))
     p.add_argument("--model", choices=list(MODELS), help=f"model to train (default: {d.model})")
     p.add_argument("--dataset", type=_dataset, metavar="NAME|PATH",
