@@ -208,3 +208,51 @@ def test_without_collect_there_is_nothing_to_correct(fast):
         r = correct(client, png("ring", 0), "6")
         assert r.status_code == 404 and "error" in r.json()
         assert client.post("/api/finetune").status_code == 404
+
+
+def test_a_fine_tune_child_ends_when_its_server_is_killed(tmp_path):
+    """serve's fine-tune child carries PARENT_ENV: after a kill -9 of the server, which no handler sees, it ends."""
+    import subprocess
+    import sys
+
+    from mnistlab.launch import PARENT_ENV, free_port
+
+    pid_file = tmp_path / "child.pid"
+    # a stand-in server: starts a long-running `mnistlab` child as FineTune does, says its pid, then waits
+    parent = subprocess.Popen([sys.executable, "-c", f"""
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", "--port", "{free_port()}"],
+                         env={{**os.environ, "{PARENT_ENV}": str(os.getpid())}},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+open({str(pid_file)!r}, "w").write(str(child.pid))
+time.sleep(600)
+"""])
+    try:
+        for _ in range(100):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        time.sleep(3.0)
+        assert _state(child) not in ("Z", None), "the stand-in's child should be serving while its parent lives"
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if _state(child) in ("Z", None):  # gone, or exited and awaiting init's reaping
+                return
+            time.sleep(0.2)
+        pytest.fail("the fine-tune child kept running after its server was killed")
+    finally:
+        parent.kill()
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None

@@ -76,3 +76,20 @@ def test_cli_fine_tune_and_its_refusals(tmp_path):
     proc = run("train", "--init-head", "new", "--dataset", root, "--out", tmp_path / "x")
     assert proc.returncode == 1 and "give --init MODEL too" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_blend_moves_every_float_weight_back_towards_the_start_and_leaves_counters():
+    import torch
+
+    from mnistlab.finetune import _blend
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    start = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    with torch.no_grad():
+        for v in module.state_dict().values():
+            v.add_(1.0 if v.is_floating_point() else 5)
+    _blend(module, start, 0.7)
+    for k, v in module.state_dict().items():
+        want = start[k] + 0.7 if v.is_floating_point() else start[k] + 5  # the counter stays as learnt
+        torch.testing.assert_close(v, want)

@@ -208,3 +208,35 @@ def test_labels_are_matched_to_a_models_classes_by_name():
     assert labels_by_name(torch.tensor([0, 1, 1]), ("3", "8"), digits, "d").tolist() == [3, 8, 8]
     with pytest.raises(MnistlabError, match=r"d: class 'x' is not among the model's classes"):
         labels_by_name(torch.tensor([0]), ("3", "x"), digits, "d")
+
+
+def test_a_skipped_file_is_judged_once_and_named_again_from_the_cache(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "d", {"0": 3, "1": 3})
+    Image.new("L", (40, 40), 255).save(root / "0" / "blank.png")  # no ink
+    assert any(n.startswith(f"{root / '0' / 'blank.png'}: no digit found") for n in owndata.open_dataset(root).notes)
+    calls = []
+    real = owndata.preprocess_many
+    monkeypatch.setattr(owndata, "preprocess_many", lambda items: calls.append(len(items)) or real(items))
+    owndata._open.cache_clear()
+    (root / "1" / "copy.png").write_bytes((root / "0" / "blank.png").read_bytes())  # the same bytes, another name
+    notes = owndata.open_dataset(root).notes
+    assert calls == []  # neither decoded again: the verdict is cached by content
+    assert [n for n in notes if "no digit found" in n] == [
+        f"{root / '0' / 'blank.png'}: no digit found (the image has no ink): skipped.",
+        f"{root / '1' / 'copy.png'}: no digit found (the image has no ink): skipped."]
+
+
+def test_a_validation_split_of_ones_own_data_is_stratified_and_the_same_for_train_and_eval(tmp_path):
+    # 6 images of a small class among 60: a random draw of 10 misses it one time in three
+    root = make_folder(tmp_path / "d", {"a": 30, "b": 30, "c": 7})
+    train, val = owndata.carve(str(root), 10)
+    ds_train = owndata.open_dataset(root).splits()[0]
+    n = len(ds_train[1])
+    assert len(train[1]) + len(val[1]) == n
+    share = np.bincount(val[1].numpy(), minlength=3) / np.bincount(ds_train[1], minlength=3)
+    assert (share > 0).all() and share.max() - share.min() < 0.1
+    for split, part in (("train", train), ("validation", val)):
+        got = owndata.load_split(str(root), split, val_size=10)
+        assert np.array_equal(got[0].numpy(), part[0].numpy()) and np.array_equal(got[1].numpy(), part[1].numpy())
+    with pytest.raises(DataError, match="leaves no training images"):
+        owndata.carve(str(root), n)

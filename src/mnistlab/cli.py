@@ -9,6 +9,7 @@ import os
 import sys
 
 from .errors import MnistlabError
+from .launch import exit_with_parent
 
 
 class _Parser(argparse.ArgumentParser):
@@ -655,6 +656,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    exit_with_parent()
     command = next((a for a in argv if not a.startswith("-")), None)  # the top level has no option with a value
     try:
         args = build_parser(command).parse_args(argv)  # imports torch for some commands: a second or more

@@ -30,6 +30,7 @@ import numpy as np
 
 from .errors import MnistlabError
 from .fileio import atomic_write
+from .launch import PARENT_ENV
 from .preprocessing import IMAGE_SUFFIXES
 
 MODELS = ".models"  # under DIR; hidden, so that the folder reader does not take it for a class
@@ -128,7 +129,7 @@ class FineTune:
                 [sys.executable, "-m", "mnistlab", "train", "--init", init, "--dataset", str(self.folder),
                  "--out", str(out), "--init-head", "keep"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())})
             threading.Thread(target=self._follow, args=(self.process, out), daemon=True).start()
             return self.status
 

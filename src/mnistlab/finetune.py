@@ -9,7 +9,9 @@ new`, or auto). Two recipes, fixed beforehand (BENCHMARKS.md says on which write
 chosen), never on the held-out images they are judged on:
 
     few-shot  at most FEW_SHOT images a class: batch norm frozen, Adam, 200 steps of 64 of your
-              images (augmented) beside 64 replayed ones, label smoothing 0.1
+              images (augmented) beside 64 replayed ones, label smoothing 0.1; then the weights
+              are moved 30% of the way back to where they started (WiSE-FT), which kept MNIST
+              within 0.04 points instead of 0.24 on the validation writers
     many      more: 3 epochs over your images (200 steps at least), a quarter of each batch replayed
               (not tuned yet)
 
@@ -47,7 +49,7 @@ FEW_SHOT = 10  # images a class at most for the few-shot recipe
 HEADS = ("auto", "keep", "new")
 # Label smoothing as the shipped models were trained: without it, MNIST accuracy fell 0.3-0.5 points per fine-tune.
 RECIPES = {
-    "few-shot": dict(steps=200, lr=1e-3, batch=64, replay=64, freeze_norm=True, label_smoothing=0.1),
+    "few-shot": dict(steps=200, lr=1e-3, batch=64, replay=64, freeze_norm=True, label_smoothing=0.1, blend=0.7),
     "many": dict(epochs=3, min_steps=200, lr=1e-3, batch=96, replay=32, freeze_norm=False, label_smoothing=0.1),
 }
 AUGMENT = Augment(degrees=10, scale=0.1, translate=0.08)  # each of your images a little differently every step
@@ -176,6 +178,7 @@ def _normalize(module, card: ModelCard, images: torch.Tensor) -> torch.Tensor:
 
 def _train(module, card: ModelCard, user, replay, recipe: dict, seed: int, say=print) -> None:
     x, y = user
+    start = {k: v.detach().clone() for k, v in module.state_dict().items()}
     g = torch.Generator().manual_seed(seed)
     steps = recipe.get("steps") or max(recipe["min_steps"], round(recipe["epochs"] * len(x) / recipe["batch"]))
     opt: torch.optim.Optimizer
@@ -208,6 +211,17 @@ def _train(module, card: ModelCard, user, replay, recipe: dict, seed: int, say=p
         sched.step()
         if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps:  # the page's progress bar reads these lines
             say(f"step {step + 1}/{steps}")
+    if recipe.get("blend", 1.0) < 1.0:
+        _blend(module, start, recipe["blend"])
+
+
+def _blend(module: torch.nn.Module, start: dict, share: float) -> None:
+    """Move the weights back towards where they started: start + share * (learned - start), as Wortsman et al.
+    (2022, WiSE-FT) do to keep what the model knew; batch norm's running statistics too (frozen in few-shot)."""
+    with torch.no_grad():
+        for k, v in module.state_dict().items():
+            if v.is_floating_point():
+                v.copy_(start[k] + share * (v - start[k]))
 
 
 def _report(r: FinetuneResult, dataset: str, base: str, say) -> None:

@@ -16,9 +16,27 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 GRACE_S = 5.0  # after one rank failed, how long the others get to say so before they are stopped
+PARENT_ENV = "MNISTLAB_EXIT_WITH_PARENT"  # a parent's pid: its child `mnistlab` ends when that parent is gone
+
+
+def exit_with_parent() -> None:
+    """In a child started with PARENT_ENV (serve's fine-tune): end this process once the parent is gone, even by
+    kill -9, which no handler of the parent's sees. Polled, not PR_SET_PDEATHSIG: that fires when the *thread*
+    that started the child ends, and a server starts it from a pool thread that may retire."""
+    parent = os.environ.pop(PARENT_ENV, "")
+    if not parent.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(0.5)
+        os._exit(1)  # what the child writes goes through temp files and renames: nothing is left half-written
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def launched() -> bool:

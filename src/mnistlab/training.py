@@ -24,7 +24,7 @@ from .card import ModelCard
 from .checkpoints import check_weights, load_checkpoint, save_checkpoint, save_weights
 from .config import RunConfig, resumed
 from .corruptions import HELD_OUT, corrupt
-from .data import Loader, epoch_permutation, holdout, refuse_mirrors
+from .data import Loader, epoch_permutation, refuse_mirrors
 from .device import CoreShare, amp_dtype, keep_freed_memory, resolve_device
 from .errors import CheckpointError, MnistlabError, first_line
 from .evaluation import (
@@ -38,7 +38,7 @@ from .evaluation import (
 from .models import build_model
 from .ood import REJECT_SCORE_FOR, ood_score, reject_threshold
 from .outliers import OutlierBatches, outlier_set
-from .owndata import get_dataset_spec, load_split  # registry names and paths (--dataset PATH) alike
+from .owndata import carve, get_dataset_spec, load_split  # registry names and paths (--dataset PATH) alike
 from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
 from .sgd import ForeachSGD
 from .speedups import enabled
@@ -599,10 +599,9 @@ def _check_param_groups(opt: torch.optim.Optimizer, path: Path) -> None:
 def load_data(cfg: RunConfig, device: torch.device, channels_last: bool, data_dir) -> Data:
     """Decode each split once, keep it on the device; the training order is (seed, epoch)-derived."""
     spec = get_dataset_spec(cfg.dataset)
-    images, labels = load_split(cfg.dataset, "train", data_dir)
-    val = None
-    if cfg.val_size:
-        (images, labels), val = holdout(images, labels, cfg.val_size)
+    # the same validation split as `eval --split validation` reads: stratified for a dataset from a path
+    (images, labels), val = carve(cfg.dataset, cfg.val_size, data_dir) if cfg.val_size else (
+        load_split(cfg.dataset, "train", data_dir), None)
     if cfg.train_limit:
         images, labels = images[:cfg.train_limit], labels[:cfg.train_limit]
     if cfg.batch_size % dist.world_size():
