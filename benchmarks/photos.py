@@ -27,7 +27,8 @@ from mnistlab.data import load_split
 
 def photo(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     w, h = (int(v) for v in rng.integers(128, 321, 2))
-    ink = Image.fromarray(digit).resize((w * 2 // 3, h * 2 // 3), Image.BICUBIC)
+    side = min(w, h) * 2 // 3  # the digit keeps its shape; the photo around it need not be square
+    ink = Image.fromarray(digit).resize((side, side), Image.BICUBIC)
     mask = np.zeros((h, w), np.float32)
     top, left = rng.integers(0, h - ink.height + 1), rng.integers(0, w - ink.width + 1)
     mask[top:top + ink.height, left:left + ink.width] = np.asarray(ink, np.float32) / 255

@@ -2,6 +2,7 @@
 
 import base64
 import hashlib
+import io
 import os
 
 import numpy as np
@@ -13,7 +14,15 @@ from mnistlab import MnistlabError, load_model, load_split  # noqa: E402
 from mnistlab.export import ORT_WEB_CDN, ORT_WEB_FILES, ORT_WEB_VERSION, export  # noqa: E402
 from mnistlab.lesson import cross_entropy  # noqa: E402
 from mnistlab.preprocessing import NoDigitError, preprocess  # noqa: E402
-from mnistlab_testkit.browsing import ORT_DIST, browser_page, digit_drawings, draw, need, static_server  # noqa: E402
+from mnistlab_testkit.browsing import (  # noqa: E402
+    ORT_DIST,
+    browser_page,
+    digit_drawings,
+    draw,
+    lit_photo,
+    need,
+    static_server,
+)
 
 MODEL = "fast"
 
@@ -56,32 +65,50 @@ def test_the_site_works_from_a_static_server_with_nothing_from_outside(site):
 def test_the_page_prepares_and_classifies_drawings_as_python_does(site, data_dir):
     """1,000 test digits drawn on the page's pad: preprocessed in JavaScript and classified by
     onnxruntime-web, against preprocessing.py and the PyTorch checkpoint on the same drawings."""
+    images = load_split("mnist", "test", data_dir)[0][:1000].numpy()
+    within, same_class, found = _as_python_does(site, digit_drawings(images))
+    assert within >= 0.99 * found and same_class == found, (within, same_class, found)
+
+
+def test_the_page_levels_photos_under_uneven_light_as_python_does(site, data_dir):
+    """Photos of digits filling the pad, their paper tilted by up to 120 grey levels (level_light's port)."""
+    images = load_split("mnist", "test", data_dir)[0][1000:1100].numpy()
+    rng = np.random.default_rng(0)
+    photos = []
+    for i, d in enumerate(images):
+        buf = io.BytesIO()
+        lit_photo(d, rng, side=280, tilt=float(i % 5) * 30).save(buf, format="PNG")
+        photos.append(buf.getvalue())
+    within, same_class, found = _as_python_does(site, photos)
+    assert found == len(photos) and within == found and same_class == found, (within, same_class, found)
+
+
+def _as_python_does(site, pngs: list[bytes]) -> tuple[int, int, int]:
+    """(images whose 28x28 pixels the page made within one grey level of preprocessing.py's, images the page
+    classified as the PyTorch checkpoint did, images in which Python found a digit); where Python finds none,
+    the page must find none either."""
     from PIL import Image
 
-    images = load_split("mnist", "test", data_dir)[0][:1000].numpy()
-    drawings = digit_drawings(images)
     model = load_model(MODEL)
     js_pixels, js_classes = [], []
     with static_server(site) as url, browser_page(url) as page:
-        for i in range(0, len(drawings), 100):
-            urls = ["data:image/png;base64," + base64.b64encode(d).decode() for d in drawings[i:i + 100]]
+        for i in range(0, len(pngs), 100):
+            urls = ["data:image/png;base64," + base64.b64encode(d).decode() for d in pngs[i:i + 100]]
             out = page.evaluate("urls => mnistlabEngine.classifyDrawings(urls)", urls)
-            sums = [int(np.asarray(Image.open(__import__("io").BytesIO(d)).convert("RGBA"), np.int64).sum())
-                    for d in drawings[i:i + 100]]
+            sums = [int(np.asarray(Image.open(io.BytesIO(d)).convert("RGBA"), np.int64).sum()) for d in pngs[i:i + 100]]
             assert out["sums"] == sums  # the page drew exactly these pixels
             js_pixels += list(np.frombuffer(base64.b64decode(out["pixels"]), np.uint8).reshape(-1, 28, 28))
             js_classes += out["classes"]
     worst, same_class = [], 0
-    for drawing, pixels, cls in zip(drawings, js_pixels, js_classes):
+    for png, pixels, cls in zip(pngs, js_pixels, js_classes):
         try:
-            mine = preprocess(drawing)
+            mine = preprocess(png)
         except NoDigitError:
             assert cls is None
             continue
         worst.append(int(np.abs(mine.astype(int) - pixels.astype(int)).max()))
-        same_class += model.predict(drawing).label == cls
-    within = sum(w <= 1 for w in worst)
-    assert within >= 0.99 * len(worst) and same_class == len(worst), (within, same_class, len(worst))
+        same_class += model.predict(png).label == cls
+    return sum(w <= 1 for w in worst), same_class, len(worst)
 
 
 def test_the_lesson_on_the_page_computes_as_the_lesson_command(site):

@@ -176,3 +176,22 @@ def test_mutated_files_of_every_format_raise_only_our_error():
                 with pytest.raises(MnistlabError, match="^fuzz: "):
                     preprocess(bad, name="fuzz")
     assert count > 2000 and foreign, (count, foreign)
+
+
+def test_a_photo_under_uneven_light_is_read_as_on_level_paper(digits):
+    """A lamp to one side tilts the paper by 120 grey levels: without levelling, the floor rises above the ink of
+    some of these and the digit is lost; levelled, each comes out as on level paper."""
+    from mnistlab.preprocessing import level_light
+    from mnistlab_testkit.browsing import lit_photo
+
+    def alike(a, b):  # the best correlation within a pixel's shift: the centre of mass rounds to whole pixels
+        return max(np.corrcoef(np.roll(a, (dy, dx), (0, 1)).ravel().astype(float), b.ravel().astype(float))[0, 1]
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+    x, _ = digits
+    for i, d in enumerate(x):
+        tilted = preprocess(lit_photo(d, np.random.default_rng(i), tilt=120))
+        level = preprocess(lit_photo(d, np.random.default_rng(i), tilt=0))
+        assert alike(tilted, level) > 0.95, i
+    paper = np.asarray(lit_photo(x[0], np.random.default_rng(0), tilt=0).convert("L"))
+    assert level_light(paper) is paper  # level paper (a drawing, a scan) is left exactly as it is

@@ -42,7 +42,7 @@ FORMATS = {"folder": "class-per-folder images", "kaggle-csv": "Kaggle CSV", "npz
            "idx": "IDX files"}
 HELD_OUT = 0.1  # the share of each class carved as the test split of a set that has none
 PIXELS = [f"pixel{i}" for i in range(784)]
-CACHE_VERSION = "1"  # part of every cache key: bump when preprocessing or the readers change what they make
+CACHE_VERSION = "2"  # part of every cache key: bump when preprocessing or the readers change what they make
 PARALLEL_FROM = 64  # fewer images than this are preprocessed in this process: a pool costs more to start
 
 LOOKED_FOR = f"{', '.join(COMMON_SUFFIXES)} and the other formats Pillow reads"

@@ -23,6 +23,7 @@ from .errors import MnistlabError, first_line
 
 MAX_PIXELS = 4096 * 4096  # a digit needs far fewer; larger images are refused before they are decoded
 MAX_ASPECT = 20  # longer side over shorter: a strip this thin holds no digit, only decoding cost
+LIGHT_TILT = 8  # grey levels across the paper from one side to the other: less is left as it is
 WORKING_SIDE = 1024  # larger images are decoded (JPEG) or reduced to about this before anything else
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, at the same size
 
@@ -167,14 +168,40 @@ def _border(a: np.ndarray) -> np.ndarray:
     return np.concatenate([a[:w].ravel(), a[-w:].ravel(), a[:, :w].ravel(), a[:, -w:].ravel()])
 
 
+def _strip(a: np.ndarray) -> int:
+    return _quantile(np.ascontiguousarray(a), 0.5)
+
+
+def level_light(gray: np.ndarray) -> np.ndarray:
+    """The paper made level: uneven light (a lamp to one side, a hand's shadow) tilts a photo's background,
+    which lifts the floor above faint ink. The tilt is the difference between the medians of opposite
+    border strips; a plane of that tilt is taken out. Under LIGHT_TILT levels across, nothing changes
+    (drawings, scans)."""
+    h, w = gray.shape
+    b = max(1, min(h, w) // 20)
+    across, down = _strip(gray[:, -b:]) - _strip(gray[:, :b]), _strip(gray[-b:]) - _strip(gray[:b])
+    if abs(across) < LIGHT_TILT and abs(down) < LIGHT_TILT:
+        return gray
+    # per pixel, between the strips' centres; float32 throughout: measured 10x faster than float64 here
+    gx, gy = np.float32(across / max(1, w - b)), np.float32(down / max(1, h - b))
+    centre = np.float32((w - 1) / 2), np.float32((h - 1) / 2)
+    plane = (gx * (np.arange(w, dtype=np.float32) - centre[0]))[None, :] + \
+        (gy * (np.arange(h, dtype=np.float32) - centre[1]))[:, None]
+    levelled = gray - plane
+    np.round(levelled, out=levelled)
+    return np.clip(levelled, 0, 255, out=levelled).astype(np.uint8)
+
+
 def ink_levels(gray: np.ndarray) -> tuple[np.ndarray, float, float]:
     """(gray turned light-ink-on-dark, background floor, ink brightness), all in 0-255.
 
-    Polarity comes from the border, which is mostly background; the floor sits above the
-    background's level by four times its robust noise (at least 8% of full scale)."""
+    Polarity comes from the border, which is mostly background; the background is levelled
+    (level_light); the floor sits above the background's level by four times its robust noise
+    (at least 8% of full scale)."""
+    if _quantile(_border(gray), 0.5) > 127:  # dark ink on light paper: MNIST's ink is light
+        gray = 255 - gray
+    gray = level_light(gray)
     border = _border(gray)
-    if _quantile(border, 0.5) > 127:  # dark ink on light paper: MNIST's ink is light
-        gray, border = 255 - gray, 255 - border
     level = _quantile(border, 0.5)
     spread = _quantile(np.abs(border.astype(np.int16) - level).astype(np.uint8), 0.5) * 1.4826
     floor = level + max(20.4, 4 * spread)

@@ -115,3 +115,18 @@ def digit_drawings(images: np.ndarray, seed: int = 0) -> list[bytes]:
         canvas.save(buf, format="PNG")
         drawings.append(buf.getvalue())
     return drawings
+
+
+def lit_photo(digit: np.ndarray, rng: np.random.Generator, side: int = 280, tilt: float = 80.0) -> Image.Image:
+    """A digit as a phone photographs it under a lamp to one side: dark ink on paper whose light falls by up to
+    `tilt` grey levels from one corner to the other, with a little sensor noise; RGB, `side` pixels square."""
+    size = int(rng.integers(side // 3, side * 2 // 3))
+    canvas = np.zeros((side, side), np.float64)
+    top, left = (int(v) for v in rng.integers(0, side - size, 2))
+    ink = Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC)
+    canvas[top:top + size, left:left + size] = np.asarray(ink, np.float64) / 255
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    angle = rng.uniform(0, 2 * np.pi)
+    paper = 185 + tilt / 2 * (np.cos(angle) * (2 * xx - 1) + np.sin(angle) * (2 * yy - 1)) / np.sqrt(2)
+    gray = paper * (1 - canvas) + 60 * canvas + rng.normal(0, 3, canvas.shape)
+    return Image.fromarray(np.clip(np.round(gray), 0, 255).astype(np.uint8)).convert("RGB")

@@ -60,12 +60,38 @@ const mnistPreprocess = (() => {
   }
 
   // preprocessing.ink_levels: polarity from the border, the background's floor, the ink's top
-  function inkLevels(gray, h, w) {
-    let bd = border(gray, h, w);
-    if (quantile(bd, 0.5) > 127) {
-      gray = gray.map((v) => 255 - v);
-      bd = bd.map((v) => 255 - v);
+  // the median of the rows r0..r1-1 and columns c0..c1-1 of a, as preprocessing._strip
+  function strip(a, w, r0, r1, c0, c1) {
+    const out = [];
+    for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) out.push(a[r * w + c]);
+    return quantile(out, 0.5);
+  }
+
+  // preprocessing.level_light: the paper's tilt under uneven light, between opposite border
+  // strips, taken out as a plane (float32, rounded half to even, clipped), unless it is small
+  const LIGHT_TILT = 8;
+  function levelLight(gray, h, w) {
+    const b = Math.max(1, Math.floor(Math.min(h, w) / 20));
+    const across = strip(gray, w, 0, h, w - b, w) - strip(gray, w, 0, h, 0, b);
+    const down = strip(gray, w, h - b, h, 0, w) - strip(gray, w, 0, b, 0, w);
+    if (Math.abs(across) < LIGHT_TILT && Math.abs(down) < LIGHT_TILT) return gray;
+    const gx = f32(across / Math.max(1, w - b)), gy = f32(down / Math.max(1, h - b));
+    const cx = f32((w - 1) / 2), cy = f32((h - 1) / 2);
+    const out = new Uint8Array(h * w);
+    for (let r = 0; r < h; r++) {
+      const y = f32(gy * f32(r - cy));
+      for (let c = 0; c < w; c++) {
+        const plane = f32(f32(gx * f32(c - cx)) + y);
+        out[r * w + c] = Math.min(255, Math.max(0, roundHalfEven(f32(gray[r * w + c] - plane))));
+      }
     }
+    return out;
+  }
+
+  function inkLevels(gray, h, w) {
+    if (quantile(border(gray, h, w), 0.5) > 127) gray = gray.map((v) => 255 - v);
+    gray = levelLight(gray, h, w);
+    const bd = border(gray, h, w);
     const level = quantile(bd, 0.5);
     const spread = quantile(bd.map((v) => Math.abs(v - level)), 0.5) * 1.4826;
     const floor = level + Math.max(20.4, 4 * spread);
