@@ -23,3 +23,14 @@ def machine() -> str:
 def summary(values: list[float], fmt: str = "{:.2f}") -> str:
     """median [min-max] of several runs."""
     return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+
+
+def write_kaggle_csv(path, images, labels=None) -> None:
+    """Kaggle's Digit Recognizer layout: train.csv (label,pixel0..pixel783) with labels, test.csv without."""
+    import numpy as np
+
+    rows = images.reshape(len(images), 784).astype(np.int64)
+    names = [f"pixel{i}" for i in range(784)]
+    if labels is not None:
+        rows, names = np.concatenate([labels[:, None], rows], axis=1), ["label", *names]
+    np.savetxt(path, rows, fmt="%d", delimiter=",", header=",".join(names), comments="")

@@ -22,16 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common import write_kaggle_csv
 from mnistlab.data import load_split
 from mnistlab.evaluation import format_accuracy
-
-
-def write_csv(path: Path, images: np.ndarray, labels: np.ndarray | None) -> None:
-    rows = images.reshape(len(images), 784).astype(np.int64)
-    names = [f"pixel{i}" for i in range(784)]
-    if labels is not None:
-        rows, names = np.concatenate([labels[:, None], rows], axis=1), ["label", *names]
-    np.savetxt(path, rows, fmt="%d", delimiter=",", header=",".join(names), comments="")
 
 
 def main() -> None:
@@ -42,8 +35,8 @@ def main() -> None:
     x, y = (a.numpy() for a in load_split("mnist", "train", args.data_dir, download=False))
     xt, yt = (a.numpy() for a in load_split("mnist", "test", args.data_dir, download=False))
     args.work.mkdir(parents=True, exist_ok=True)
-    write_csv(args.work / "train.csv", x[:42_000], y[:42_000])
-    write_csv(args.work / "test.csv", np.concatenate([x[42_000:], xt]), None)
+    write_kaggle_csv(args.work / "train.csv", x[:42_000], y[:42_000])
+    write_kaggle_csv(args.work / "test.csv", np.concatenate([x[42_000:], xt]))
     truth = np.concatenate([y[42_000:], yt])
     mnistlab = [sys.executable, "-m", "mnistlab"]
     subprocess.run([*mnistlab, "train", "--dataset", str(args.work / "train.csv"), "--preset", "accurate",

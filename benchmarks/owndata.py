@@ -13,17 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from common import machine, summary
+from common import machine, summary, write_kaggle_csv
 from mnistlab import owndata
 from mnistlab.data import load_split
-
-
-def write_csv(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    flat = np.concatenate([labels[:, None], images.reshape(len(images), 784)], axis=1).astype(np.int64)
-    header = ",".join(["label"] + [f"pixel{i}" for i in range(784)])
-    np.savetxt(path, flat, fmt="%d", delimiter=",", header=header, comments="")
 
 
 def timed_open(path: Path) -> float:
@@ -45,7 +37,7 @@ def main() -> None:
     x, y = load_split("mnist", "train", args.data_dir, download=False)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.csv"
-        write_csv(path, x[:args.rows].numpy(), y[:args.rows].numpy())
+        write_kaggle_csv(path, x[:args.rows].numpy(), y[:args.rows].numpy())
         print(f"{path.name}: {args.rows} rows, {path.stat().st_size / 1e6:.1f} MB")
         first, cached = [], []
         for run in range(args.runs):
