@@ -167,6 +167,21 @@ def test_sigmoid_head_trains_with_bce_and_says_so(fake_data, tmp_path):
         assert np.allclose(onnx.predict_proba(images), model.predict_proba(images), atol=1e-5)
 
 
+def test_outliers_are_augmented_with_the_digits(fake_data, tmp_path, monkeypatch):
+    """With augmentation and outlier exposure, the whole mixed batch is augmented: were only the digits, a
+    corrupted look would itself say "digit" (measured: the robust recipe fell to 95.73% clean with it)."""
+    from mnistlab.augment import Augment
+
+    seen = []
+    real = Augment.__call__
+    monkeypatch.setattr(Augment, "__call__", lambda self, x, *a, **k: seen.append(len(x)) or real(self, x, *a, **k))
+    cfg = RunConfig(model="cnn", epochs=1, batch_size=64, val_size=50, threads=1, outlier_exposure=0.5,
+                    augment={"degrees": 5}).validate()
+    train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False, report=False)
+    # 64 digits and 32 outliers a step; the last step has fewer digits and as many outliers
+    assert len(seen) > 1 and seen[:-1] == [64 + 32] * (len(seen) - 1) and 32 < seen[-1] <= 96
+
+
 # ---- a trained model that rejects ----
 
 def test_the_threshold_comes_from_validation(rejecting, data_dir):

@@ -198,12 +198,12 @@ def train_epoch(run: Run, stop: StopRequest) -> EpochStats | None:
     for x, y in run.data.train.batches(run.epoch, run.step_in_epoch):
         if run.cores is not None:
             run.cores.adjust()
-        if run.augment is not None:
-            x = run.augment(x, seed=cfg.seed * 1_000_003 + run.global_step, background=run.data.train.background,
-                            ink=run.data.train.ink)
         images = len(y)
         if run.outliers is not None:
             x, y = run.outliers.mix(x, y, run.global_step)
+        if run.augment is not None:  # the outliers too: a corrupted look is then a cue for neither side
+            x = run.augment(x, seed=cfg.seed * 1_000_003 + run.global_step, background=run.data.train.background,
+                            ink=run.data.train.ink)
         loss, correct = run.step(x, y)
         if run.sched is not None:
             run.sched.step()
