@@ -26,6 +26,12 @@ def test_confusion_precision_recall():
     assert d["correct"] == 4 and d["confusion"][2] == [1, 0, 1]
 
 
+def test_two_classes_report_without_error():
+    # 2x2 has four cells: asking for the top 5 confusions must not fail (it raised in topk)
+    ev = evaluation_from_logits(torch.tensor([[5.0, 0.0], [5.0, 0.0], [0.0, 5.0]]), torch.tensor([0, 1, 1]), ("a", "b"))
+    assert ev.most_confused() == [("b", "a", 1)] and "b -> a: 1" in ev.report()
+
+
 def test_calibration_metrics_by_hand():
     classes = ("a", "b")
     probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])

@@ -64,7 +64,7 @@ class Evaluation:
         """The k largest off-diagonal cells as (true, predicted, count)."""
         off = self.confusion.clone()
         off.fill_diagonal_(0)
-        counts, flat = off.flatten().topk(k)
+        counts, flat = off.flatten().topk(min(k, off.numel()))  # two classes have only two such cells
         n = off.shape[1]
         return [(self.classes[i // n], self.classes[i % n], int(c))
                 for c, i in zip(counts.tolist(), flat.tolist()) if c > 0]
