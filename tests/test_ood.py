@@ -1,7 +1,7 @@
 """Heads and "not a digit" (issue 21): the sigmoid head, the reject score and its threshold, and
 the rejection said wherever a prediction is shown (Python, predict, the HTTP API, both pages).
 
-The model that rejects is trained here, briefly (fast recipe, 8,000 MNIST images, one epoch, with
+The model that rejects is trained here, briefly (fast recipe, 16,000 MNIST images, one epoch, with
 outlier exposure, the 11th output "none" that validation chose, and a 2,000-image validation split):
 the shipped models are remade separately."""
 
@@ -53,7 +53,7 @@ def rejecting(data_dir, tmp_path_factory):
     """(model.pt, folder of PNGs) of a model trained as validation chose (BENCHMARKS.md): outlier exposure,
     a none-class head, and a validation split."""
     out = tmp_path_factory.mktemp("ood")
-    cfg = RunConfig(**{**recipe("fast"), "train_limit": 8000, "val_size": 2000, "epochs": 1, "head": "none-class",
+    cfg = RunConfig(**{**recipe("fast"), "train_limit": 16000, "val_size": 2000, "epochs": 1, "head": "none-class",
                        "outlier_exposure": 0.5, "threads": 2}).validate()
     model = train(cfg, out=out / "run", data_dir=data_dir, progress=False).model_path
     images = out / "images"
