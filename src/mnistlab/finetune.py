@@ -178,7 +178,8 @@ def _normalize(module, card: ModelCard, images: torch.Tensor) -> torch.Tensor:
 
 def _train(module, card: ModelCard, user, replay, recipe: dict, seed: int, say=print) -> None:
     x, y = user
-    start = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    blend = recipe.get("blend", 1.0)
+    start = {k: v.detach().clone() for k, v in module.state_dict().items()} if blend < 1.0 else None
     g = torch.Generator().manual_seed(seed)
     steps = recipe.get("steps") or max(recipe["min_steps"], round(recipe["epochs"] * len(x) / recipe["batch"]))
     opt: torch.optim.Optimizer
@@ -211,8 +212,8 @@ def _train(module, card: ModelCard, user, replay, recipe: dict, seed: int, say=p
         sched.step()
         if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps:  # the page's progress bar reads these lines
             say(f"step {step + 1}/{steps}")
-    if recipe.get("blend", 1.0) < 1.0:
-        _blend(module, start, recipe["blend"])
+    if start is not None:
+        _blend(module, start, blend)
 
 
 def _blend(module: torch.nn.Module, start: dict, share: float) -> None:

@@ -198,10 +198,12 @@ def ink_levels(gray: np.ndarray) -> tuple[np.ndarray, float, float]:
     Polarity comes from the border, which is mostly background; the background is levelled
     (level_light); the floor sits above the background's level by four times its robust noise
     (at least 8% of full scale)."""
-    if _quantile(_border(gray), 0.5) > 127:  # dark ink on light paper: MNIST's ink is light
-        gray = 255 - gray
-    gray = level_light(gray)
     border = _border(gray)
+    if _quantile(border, 0.5) > 127:  # dark ink on light paper: MNIST's ink is light
+        gray, border = 255 - gray, 255 - border
+    levelled = level_light(gray)
+    if levelled is not gray:  # level paper (most images) keeps its border: no second pass
+        gray, border = levelled, _border(levelled)
     level = _quantile(border, 0.5)
     spread = _quantile(np.abs(border.astype(np.int16) - level).astype(np.uint8), 0.5) * 1.4826
     floor = level + max(20.4, 4 * spread)

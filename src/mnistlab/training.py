@@ -600,8 +600,10 @@ def load_data(cfg: RunConfig, device: torch.device, channels_last: bool, data_di
     """Decode each split once, keep it on the device; the training order is (seed, epoch)-derived."""
     spec = get_dataset_spec(cfg.dataset)
     # the same validation split as `eval --split validation` reads: stratified for a dataset from a path
-    (images, labels), val = carve(cfg.dataset, cfg.val_size, data_dir) if cfg.val_size else (
-        load_split(cfg.dataset, "train", data_dir), None)
+    if cfg.val_size:
+        (images, labels), val = carve(cfg.dataset, cfg.val_size, data_dir)
+    else:
+        (images, labels), val = load_split(cfg.dataset, "train", data_dir), None
     if cfg.train_limit:
         images, labels = images[:cfg.train_limit], labels[:cfg.train_limit]
     if cfg.batch_size % dist.world_size():

@@ -59,7 +59,6 @@ const mnistPreprocess = (() => {
     return Uint8Array.from(out);
   }
 
-  // preprocessing.ink_levels: polarity from the border, the background's floor, the ink's top
   // the median of the rows r0..r1-1 and columns c0..c1-1 of a, as preprocessing._strip
   function strip(a, w, r0, r1, c0, c1) {
     const out = [];
@@ -88,10 +87,15 @@ const mnistPreprocess = (() => {
     return out;
   }
 
+  // preprocessing.ink_levels: polarity from the border, the background's floor, the ink's top
   function inkLevels(gray, h, w) {
-    if (quantile(border(gray, h, w), 0.5) > 127) gray = gray.map((v) => 255 - v);
-    gray = levelLight(gray, h, w);
-    const bd = border(gray, h, w);
+    let bd = border(gray, h, w);
+    if (quantile(bd, 0.5) > 127) {
+      gray = gray.map((v) => 255 - v);
+      bd = bd.map((v) => 255 - v);
+    }
+    const levelled = levelLight(gray, h, w);
+    if (levelled !== gray) [gray, bd] = [levelled, border(levelled, h, w)];
     const level = quantile(bd, 0.5);
     const spread = quantile(bd.map((v) => Math.abs(v - level)), 0.5) * 1.4826;
     const floor = level + Math.max(20.4, 4 * spread);
