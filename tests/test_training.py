@@ -251,3 +251,27 @@ def test_pixel_augmentation_resumes_exactly_and_the_temperature_can_be_fitted_un
     assert [f["on"] for f in fits] == ["clean", "held-out"]
     assert fits[0]["temperature"] != fits[1]["temperature"]
     assert load_model(shifted.model_path).card.temperature == fits[1]["temperature"]
+
+
+@pytest.mark.parametrize("steps", [3, 4, 5, 7])
+def test_a_short_one_cycle_run_has_two_phases(steps):
+    """A small dataset of one's own with the fast preset gave OneCycleLR 4 steps and a division by zero."""
+    from mnistlab.training import make_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = make_scheduler(from_preset("fast"), opt, steps)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(steps - 1):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    peak = lrs.index(max(lrs))
+    assert 0 < peak < steps - 1 and max(lrs) == pytest.approx(from_preset("fast").lr) and lrs[-1] < lrs[0]  # up, down
+
+
+def test_a_run_too_short_for_one_cycle_is_one_sentence():
+    from mnistlab.training import make_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(MnistlabError, match="needs at least 3 steps, and this run has 2"):
+        make_scheduler(from_preset("fast"), opt, 2)

@@ -644,10 +644,16 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module, capturable: bool = Fa
 
 
 def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, total_steps: int, cycle_momentum: bool = True):
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
-                                                   pct_start=cfg.warmup, cycle_momentum=cycle_momentum)
-    return None
+    if cfg.schedule != "onecycle":
+        return None
+    if total_steps < 3:
+        raise MnistlabError(f"the one-cycle schedule needs at least 3 steps, and this run has {total_steps} "
+                            f"(--epochs {cfg.epochs:g} at batch {cfg.batch_size}): give more --epochs or a smaller "
+                            "--batch-size.")
+    # each of its two phases at least a step long: a short run (a small dataset of one's own) would divide by zero
+    warmup = min(max(cfg.warmup, 2 / total_steps), (total_steps - 1) / total_steps)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=warmup,
+                                               cycle_momentum=cycle_momentum)
 
 
 def _cpu(state: dict) -> dict:
