@@ -29,6 +29,11 @@ CANDIDATES = {
     "replay 128": BASE | {"replay": 128},
     "lr 5e-4": BASE | {"lr": 5e-4},
     "100 steps": BASE | {"steps": 100},
+    # for the robust-oe default (issue 21), which its writers' style moves less:
+    "no blend": BASE | {"blend": 1.0},
+    "lr 3e-3": BASE | {"lr": 3e-3},
+    "lr 3e-3, no blend": BASE | {"lr": 3e-3, "blend": 1.0},
+    "400 steps": BASE | {"steps": 400},
 }
 
 

@@ -4,6 +4,7 @@ choice made on validation only, then judged.
 
     python benchmarks/ood.py [--data-dir DIR] [--out runs/ood] [--epochs 1.25] [--mnist-c-images 2000]
     python benchmarks/ood.py --recipe robust --out runs/ood-robust --variants softmax "softmax + outlier exposure" ...
+    python benchmarks/ood.py --model fast                 # judge a model as it is (a name or a file), untrained
 
 Every model is the `fast` recipe (bn-cnn 16-32, Adam onecycle, label smoothing 0.1), or the one
 --recipe names, seed 1, with a 5,000-image validation split. Trained once into --out; a model.pt
@@ -64,6 +65,7 @@ def main() -> None:
     p.add_argument("--recipe", default="fast", help="the preset every variant starts from")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--mnist-c-images", type=int, default=2000, help="test digits per MNIST-C corruption")
+    p.add_argument("--model", help="judge this model (a pretrained name or a file) instead of training variants")
     args = p.parse_args()
     epochs = args.epochs or (1.25 if args.recipe == "fast" else None)
     print(f"machine: {machine()}")
@@ -73,10 +75,11 @@ def main() -> None:
     test_x = test_x.numpy()
     mnist_c = {name: corrupt(test_x[:args.mnist_c_images], name, seed=0) for name in TEST}
     results = {}
-    for name in args.variants:
-        changes = VARIANTS[name]
+    for name in [args.model] if args.model else args.variants:
+        changes = {} if args.model else VARIANTS[name]
         start = time.perf_counter()
-        model = load_model(str(trained(name, changes, Path(args.out), args.data_dir, epochs, args.recipe)))
+        model = load_model(args.model or str(trained(name, changes, Path(args.out), args.data_dir, epochs,
+                                                      args.recipe)))
         card = model.card
         val_x, _ = model.load_split("validation", args.data_dir)
         val_x = val_x.numpy()
@@ -85,7 +88,7 @@ def main() -> None:
         z_held = {k: logits(model, v) for k, v in held_out.items()}
         ev = evaluation_from_logits(torch.from_numpy(z_test), test_y, card.classes, card.temperature, head=card.head)
         sums = head_outputs(z_test, card.head, card.temperature)[1].sum(1)
-        r = {"head": card.head, "outlier_exposure": changes.get("outlier_exposure", 0.0),
+        r = {"head": card.head, "outlier_exposure": None if args.model else changes.get("outlier_exposure", 0.0),
              "temperature": card.temperature, "correct": ev.correct, "total": ev.total, "ece": ev.ece,
              "nll": ev.loss, "sum_minus_1_mean_abs": float(np.abs(sums - 1).mean()),
              "sum_range": [float(sums.min()), float(sums.max())], "scores": {}}
@@ -111,7 +114,7 @@ def main() -> None:
         print(f"{name}: {ev.correct}/{ev.total}, ECE {100 * ev.ece:.2f}%; validation AUROC "
               + ", ".join(f"{s} {v['validation_auroc']:.4f}" for s, v in r["scores"].items()) + f" (best: {best})")
         print(f"  ({time.perf_counter() - start:.0f} s with the training)", flush=True)
-    if args.recipe == "fast" and "softmax + outlier exposure" in args.variants:
+    if not args.model and args.recipe == "fast" and "softmax + outlier exposure" in args.variants:
         results["latency"] = latency(Path(args.out), args.data_dir)
     print(json.dumps(results))
     tables({k: v for k, v in results.items() if k != "latency"})

@@ -167,8 +167,9 @@ def _child(client) -> int:
     raise AssertionError("no fine-tune process")
 
 
-def ring(cx: float, cy: float, r: float) -> list[list[tuple[float, float]]]:
-    return [[(cx + r * np.cos(a), cy + r * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 25)]]
+def flagged_one(x: float, y: float, length: float) -> list[list[tuple[float, float]]]:
+    """A 1 with a long flag, as many hands write it: the default model reads it as a 7."""
+    return [[(x - 70, y + 60), (x, y), (x, y + length)]]
 
 
 def test_the_page_walks_the_loop_draw_correct_fine_tune_new_answer(fast, tmp_path, data_dir, monkeypatch):
@@ -180,26 +181,29 @@ def test_the_page_walks_the_loop_draw_correct_fine_tune_new_answer(fast, tmp_pat
             assert page.locator("#correct-box").is_hidden() and page.locator("#finetune").is_visible()
             page.click("#finetune")  # nothing collected yet
             page.wait_for_function("document.getElementById('finetune-status').textContent.includes('too few')")
-            drawings = [(ring(140, 140, 90), "6"), (ring(120, 150, 70), "6"), (ring(150, 130, 100), "6"),
-                        ([[(140, 40), (140, 240)]], "1"), ([[(120, 50), (130, 230)]], "1")]
+            seven = [[(60, 60), (200, 60), (120, 240)]]
+            drawings = [(flagged_one(160, 40, 200), "1"), (flagged_one(150, 50, 190), "1"),
+                        (flagged_one(170, 35, 210), "1"), ([[(70, 50), (210, 50), (110, 230)]], "7"), (seven, "7")]
             for i, (strokes, label) in enumerate(drawings):
                 page.click("#clear")
                 draw(page, strokes)
                 page.wait_for_function("document.getElementById('prediction').textContent !== ''")
                 if i == 0:
                     first = page.locator("#prediction").text_content()
-                    assert first != "6"
+                    assert first != "1"
                 page.click(f"#correct button[data-label='{label}']")
                 page.wait_for_function(f"document.getElementById('correct-note').textContent.includes('/{label}/')")
-            assert len(list((tmp_path / "mine" / "6").glob("*.png"))) == 3
+            assert len(list((tmp_path / "mine" / "1").glob("*.png"))) == 3
             page.click("#finetune")
             page.wait_for_function("document.getElementById('finetune-status').textContent.startsWith('Fine-tuned')",
                                    timeout=400_000)
             status = page.locator("#finetune-status").text_content()
             assert "Held-out corrected digits: before" in status and ".models/finetuned-" in status
-            page.click("#clear")
-            draw(page, ring(140, 140, 90))
-            page.wait_for_function("document.getElementById('prediction').textContent === '6'", timeout=20_000)
+            for strokes, label in ((flagged_one(160, 40, 200), "1"), (seven, "7")):  # the new answer; 7 still 7
+                page.click("#clear")
+                draw(page, strokes)
+                page.wait_for_function(f"document.getElementById('prediction').textContent === '{label}'",
+                                       timeout=20_000)
 
 
 def test_without_collect_there_is_nothing_to_correct(fast):

@@ -243,9 +243,21 @@ def test_the_http_api_says_not_a_digit(rejecting):
     assert not digit["rejected"] and digit["prediction"] == "7" and "saliency" in digit
 
 
-def test_a_model_without_validation_never_rejects(tmp_path):
-    pred = load_model("fast").predict(letter_png("M", tmp_path / "m.png"))  # the shipped one, as it is now
+def test_a_model_without_a_threshold_never_rejects(tmp_path):
+    pred = load_model("classic-cnn").predict(letter_png("M", tmp_path / "m.png"))  # made before thresholds were
     assert not pred.rejected and pred.ood_score is None and pred.to_dict()["reject"] is None
+
+
+def test_the_shipped_default_rejects_a_letter_and_keeps_a_digit(data_dir, tmp_path):
+    from mnistlab.pretrained import DEFAULT, catalogue
+
+    model = load_model(DEFAULT)
+    assert model.card.reject_threshold == catalogue()[DEFAULT].reject["threshold"]  # the manifest says it too
+    for c in LETTERS:
+        pred = model.predict(letter_png(c, tmp_path / f"{ord(c)}.png"))
+        assert pred.rejected and pred.why.startswith("not a digit"), (c, pred.ood_score)
+    digit = model.predict(digit_png(data_dir, tmp_path / "7.png"))
+    assert not digit.rejected and digit.label == "7"
 
 
 def test_outlier_sets_are_seeded_and_disjoint_from_judging(data_dir):
@@ -255,6 +267,47 @@ def test_outlier_sets_are_seeded_and_disjoint_from_judging(data_dir):
     assert not {x.tobytes() for x in a} & {x.tobytes() for x in val}
     fashion_test = load_split("fashion-mnist", "test", data_dir=data_dir)[0].numpy()
     assert not {x.tobytes() for x in np.concatenate([a, val])} & {x.tobytes() for x in fashion_test}
+
+
+def test_outlier_families_draw_only_what_they_name(data_dir):
+    fashion = {x.tobytes() for x in load_split("fashion-mnist", "train", data_dir=data_dir)[0].numpy()}
+    only_fashion = outlier_set("train", 40, seed=3, data_dir=data_dir, families=("fashion",))
+    no_fashion = outlier_set("train", 40, seed=3, data_dir=data_dir, families=("characters", "scribbles", "noise"))
+    assert len(only_fashion) == len(no_fashion) == 40
+    assert all(x.tobytes() in fashion for x in only_fashion) and not any(x.tobytes() in fashion for x in no_fashion)
+    everything = outlier_set("train", 40, seed=3, data_dir=data_dir)  # all four: ten of each, as before
+    assert sum(x.tobytes() in fashion for x in everything) == 10
+    with pytest.raises(MnistlabError, match="not letters"):
+        outlier_set("train", 8, families=("letters",))
+
+
+def test_the_outlier_families_flag_is_checked(tmp_path):
+    cfg = RunConfig(outlier_exposure=0.5, outlier_families="characters, fashion").validate()
+    assert cfg.outlier_family_names == ("characters", "fashion")
+    with pytest.raises(MnistlabError, match="give that too"):  # never silently ignored
+        RunConfig(outlier_families="fashion").validate()
+    proc = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--outlier-exposure", "0.5",
+                           "--outlier-families", "noise,clothes", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "not clothes" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_corruptions_counts_the_rejected(rejecting, data_dir):
+    from mnistlab.corruptions import corrupt
+    from mnistlab.robustness import evaluate_corruptions
+
+    path, _ = rejecting
+    report = evaluate_corruptions([str(path)], ["stripe", "fog"], data_dir)
+    model = load_model(path)
+    images = model.load_split("test", data_dir)[0].numpy()
+    for name in ("stripe", "fog"):
+        expected = (model.ood_scores(corrupt(images, name, seed=0)) < model.card.reject_threshold).mean()
+        assert report.rejected[name] == pytest.approx(expected)
+    assert report.rejected["clean"] == pytest.approx((model.ood_scores(images) < model.card.reject_threshold).mean())
+    assert "rejected" in report.report() and report.to_dict()["mean"]["rejected"] == pytest.approx(
+        (report.rejected["stripe"] + report.rejected["fog"]) / 2)
+    plain = evaluate_corruptions(["classic-cnn"], ["stripe"], data_dir)  # no threshold: no column
+    assert not plain.rejected and "rejected" not in plain.report()
 
 
 # ---- both pages ----

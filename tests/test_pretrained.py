@@ -21,6 +21,20 @@ def test_each_pretrained_model_matches_its_sha256_and_its_recorded_accuracy(name
     assert (ev.correct, ev.total) == (entry.test_correct, entry.test_total)  # exactly, not about
 
 
+@pytest.mark.parametrize("name", list(catalogue()))
+def test_each_pretrained_model_records_its_mnist_c_figures(name, data_dir):
+    from mnistlab.corruptions import TEST
+    from mnistlab.robustness import evaluate_corruptions
+
+    figures = catalogue()[name].mnist_c
+    assert figures is not None and figures["seed"] == 0 and set(figures["corruptions"]) == set(TEST)
+    rows = figures["corruptions"].values()
+    assert figures["mean_accuracy"] == pytest.approx(sum(r["correct"] / r["total"] for r in rows) / len(TEST), abs=1e-6)
+    report = evaluate_corruptions([name], ["fog"], data_dir)  # one of them again: the same counts
+    assert report.results["fog"].correct == figures["corruptions"]["fog"]["correct"]
+    assert report.rejected.get("fog") == figures["corruptions"]["fog"]["rejected"]
+
+
 def test_the_shipped_weights_are_safetensors_with_their_card_in_the_metadata():
     from safetensors import safe_open
 
@@ -34,7 +48,8 @@ def test_the_shipped_models_are_small_and_strong():
     models = catalogue()
     assert {"fast", "classic-cnn"} <= set(models) and DEFAULT in models
     assert models["classic-cnn"].path.stat().st_size < 60_000 and models["classic-cnn"].accuracy >= 0.985
-    assert models["fast"].path.stat().st_size < 1_000_000 and models["fast"].accuracy >= 0.992
+    # the default is the robust-oe recipe's wider bn-cnn (issue 21): 1.7 MB, and at least 99.3% clean
+    assert models["fast"].path.stat().st_size < 2_000_000 and models["fast"].accuracy >= 0.993
 
 
 def test_names_and_paths_are_never_confused(tmp_path, monkeypatch):

@@ -137,6 +137,9 @@ def _add_train(sub, name: str, help: str) -> None:
                    help="outlier exposure: each batch gains half as many made-up non-digits (letters, symbols, "
                         "scribbles, noise, Fashion-MNIST), whose loss, times WEIGHT, says 'none of these' (default: "
                         "0, off). With --val-size, the card records a 'not a digit' threshold either way")
+    p.add_argument("--outlier-families", metavar="NAMES",
+                   help="the outlier families that --outlier-exposure draws, comma-separated, from characters, "
+                        "scribbles, noise and fashion (default: all four)")
     p.add_argument("--seed", type=int,
                    help=f"random seed; the same seed, device and threads give the same weights (default: {d.seed})")
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
@@ -580,8 +583,9 @@ def cmd_models(args) -> int:
     print("pretrained (ready to use: mnistlab predict NAME image.png, load_model(NAME)):")
     for name, entry in catalogue().items():
         default = ", the default" if name == DEFAULT else ""
-        print(f"  {name:12} {entry.dataset}, test {format_accuracy(entry.test_correct, entry.test_total)}, "
-              f"{entry.path.stat().st_size / 1024:,.0f} KiB{default}: {entry.description}")
+        corrupted = f", MNIST-C mean {100 * entry.mnist_c['mean_accuracy']:.2f}%" if entry.mnist_c else ""
+        print(f"  {name:12} {entry.dataset}, test {format_accuracy(entry.test_correct, entry.test_total)}"
+              f"{corrupted}, {entry.path.stat().st_size / 1024:,.0f} KiB{default}: {entry.description}")
     print("\narchitectures (mnistlab train --model NAME):")
     for name, cls in MODELS.items():
         summary = (cls.__doc__ or "").strip().splitlines()  # a model registered without a docstring has none

@@ -242,6 +242,16 @@ class Classifier:
         views = tta_views(images, tta)
         return cast(np.ndarray, sum(self._probabilities(v) for v in views)) / len(views)
 
+    def judge(self, images) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities [N, K], the card's reject score [N] or None without a threshold) of uint8 images
+        [N, 28, 28], from one pass of the model."""
+        images = as_pixels(images)
+        parts = [self._checked(self.backend(images[i:i + BATCH])) for i in range(0, len(images), BATCH)]
+        if not parts:
+            return np.zeros((0, len(self.classes))), None
+        scores = np.concatenate(parts)
+        return self._outputs(scores)[0], self.ood_scores_of(scores)
+
     def _probabilities(self, images: np.ndarray) -> np.ndarray:
         out = [self._outputs(self._checked(self.backend(images[i:i + BATCH])))[0]
                for i in range(0, len(images), BATCH)]

@@ -31,6 +31,11 @@ class Pretrained:
     dataset: str
     description: str
     command: str  # how the file was made
+    # on the test split under MNIST-C's 15 corruptions (seed 0), looked at once when the file was made:
+    # {"mean_accuracy", "mean_ece", "mean_rejected", "corruptions": {name: {"correct", "total", "ece", "rejected"}}}
+    mnist_c: dict | None = None
+    test_ece: float | None = None
+    reject: dict | None = None  # {"score", "threshold", "test_rejected"}: "not a digit", None where it has none
 
     @property
     def accuracy(self) -> float:

@@ -38,6 +38,9 @@ class CorruptionReport:
     results: dict[str, Evaluation]  # corruption -> its evaluation, in the order asked
     examples: dict[str, np.ndarray] = field(default_factory=dict)  # "clean" and each corruption -> uint8 [K, 28, 28]
     mnist_c: str | None = None  # the folder of MNIST-C's files
+    # "clean" and each corruption -> the share rejected as not a digit at the card's threshold (one model
+    # with a threshold and no test-time augmentation; else empty)
+    rejected: dict[str, float] = field(default_factory=dict)
 
     @property
     def mean_accuracy(self) -> float:
@@ -52,6 +55,11 @@ class CorruptionReport:
         return float(np.mean([e.loss for e in self.results.values()]))
 
     @property
+    def mean_rejected(self) -> float | None:
+        shares = [self.rejected[n] for n in self.results if n in self.rejected]
+        return float(np.mean(shares)) if shares and len(shares) == len(self.results) else None
+
+    @property
     def error_ratio(self) -> float:
         """Mean corrupted error over clean error (the paper's '10x' for an ordinary CNN)."""
         return (1 - self.mean_accuracy) / max(1 - self.clean.accuracy, 1e-12)
@@ -59,10 +67,11 @@ class CorruptionReport:
     def to_dict(self, out: str | None = None) -> dict:
         return {"checkpoints": self.checkpoints, "models": self.models, "dataset": self.dataset, "split": self.split,
                 "source": self.source, "seed": self.seed, "mnist_c": self.mnist_c, "clean": _figures(self.clean),
-                "corruptions": [{"name": n, "family": _family(n, self.source), **_figures(e)}
-                                for n, e in self.results.items()],
+                "clean_rejected": self.rejected.get("clean"),
+                "corruptions": [{"name": n, "family": _family(n, self.source), **_figures(e),
+                                 "rejected": self.rejected.get(n)} for n, e in self.results.items()],
                 "mean": {"corruptions": len(self.results), "accuracy": self.mean_accuracy, "ece": self.mean_ece,
-                         "nll": self.mean_nll, "error_ratio": self.error_ratio},
+                         "nll": self.mean_nll, "error_ratio": self.error_ratio, "rejected": self.mean_rejected},
                 "out": out, "examples": str(Path(out) / "examples.png") if out else None}
 
     def report(self) -> str:
@@ -70,15 +79,24 @@ class CorruptionReport:
                 else f"MNIST-C's files in {self.mnist_c}")
         lines = [f"{' + '.join(self.checkpoints)} ({', '.join(self.models)}) on {self.dataset}, {self.split} split, "
                  f"corrupted images {made}", "",
-                 f"{'corruption':18} {'accuracy':>24} {'ECE':>8} {'NLL':>8}"]
+                 f"{'corruption':18} {'accuracy':>24} {'ECE':>8} {'NLL':>8}"
+                 + (f" {'rejected':>9}" if self.rejected else "")]
         for name, ev in {"clean": self.clean, **self.results}.items():
-            lines.append(f"{name:18} {format_accuracy(ev.correct, ev.total):>24} {100 * ev.ece:7.2f}% {ev.loss:8.4f}")
+            lines.append(f"{name:18} {format_accuracy(ev.correct, ev.total):>24} {100 * ev.ece:7.2f}% {ev.loss:8.4f}"
+                         + _share(self.rejected.get(name)))
         lines += [f"{f'mean of {len(self.results)}':18} {f'{100 * self.mean_accuracy:.2f}%':>24} "
-                  f"{100 * self.mean_ece:7.2f}% {self.mean_nll:8.4f}", "",
+                  f"{100 * self.mean_ece:7.2f}% {self.mean_nll:8.4f}" + _share(self.mean_rejected), "",
                   f"mean accuracy under corruption {100 * self.mean_accuracy:.2f}%, clean "
                   f"{100 * self.clean.accuracy:.2f}%: the error is {self.error_ratio:.1f}x the clean one "
                   f"({100 * (1 - self.mean_accuracy):.2f}% against {100 * (1 - self.clean.accuracy):.2f}%)."]
+        if self.rejected:
+            lines.append("rejected: the share the model calls not a digit, at its card's threshold (chosen to keep "
+                         "99% of its validation digits).")
         return "\n".join(lines)
+
+
+def _share(value: float | None) -> str:
+    return "" if value is None else f" {100 * value:8.2f}%"
 
 
 def _figures(ev: Evaluation) -> dict:
@@ -103,7 +121,8 @@ def evaluate_corruptions(paths: list[str], names: list[str] | None = None, data_
     models = _load_models(paths, device)
     card = models[0].card
     images, labels = (t.numpy() for t in models[0].load_split(split, data_dir))
-    clean = _evaluate(models, images, labels, tta)
+    rejected: dict[str, float] = {}
+    clean = _evaluate(models, images, labels, tta, rejected, "clean")
     examples = {"clean": images[_examples(labels)]}
     results = {}
     if mnist_c is None:
@@ -116,19 +135,19 @@ def evaluate_corruptions(paths: list[str], names: list[str] | None = None, data_
                 if i + 1 < len(names):
                     made.append(pool.submit(C.corrupt, images, names[i + 1], seed))
                 made[i] = None  # let each corrupted split go once judged
-                results[name] = _evaluate(models, corrupted, labels, tta)
+                results[name] = _evaluate(models, corrupted, labels, tta, rejected, name)
                 examples[name] = corrupted[_examples(labels)]
     else:
         if card.dataset != "mnist":
             raise MnistlabError(f"MNIST-C's files hold MNIST digits; {paths[0]} was trained on {card.dataset}.")
         for name in names or _present(mnist_c):
             x, y = _mnist_c_split(mnist_c, name, split, card.val_size)
-            results[name] = _evaluate(models, x, y, tta)
+            results[name] = _evaluate(models, x, y, tta, rejected, name)
             examples[name] = x[_examples(y)]
     return CorruptionReport(checkpoints=list(paths), models=[m.card.model for m in models], dataset=card.dataset,
                             split=split, source="generated" if mnist_c is None else "files",
                             seed=seed if mnist_c is None else None, clean=clean, results=results, examples=examples,
-                            mnist_c=None if mnist_c is None else str(mnist_c))
+                            mnist_c=None if mnist_c is None else str(mnist_c), rejected=rejected)
 
 
 def _load_models(paths: list[str], device: str) -> list[Classifier]:
@@ -144,8 +163,15 @@ def _load_models(paths: list[str], device: str) -> list[Classifier]:
     return models
 
 
-def _evaluate(models: list[Classifier], images: np.ndarray, labels: np.ndarray, tta: str) -> Evaluation:
-    probs = sum(m.predict_proba(images, tta) for m in models) / len(models)
+def _evaluate(models: list[Classifier], images: np.ndarray, labels: np.ndarray, tta: str,
+              rejected: dict[str, float], name: str) -> Evaluation:
+    """The evaluation of `images`; for one model with a reject threshold, its rejected share goes to `rejected`."""
+    if len(models) == 1 and tta == "none":
+        probs, scores = models[0].judge(images)
+        if scores is not None and models[0].card.reject_threshold is not None:
+            rejected[name] = float((scores < models[0].card.reject_threshold).mean())
+    else:
+        probs = np.mean([m.predict_proba(images, tta) for m in models], axis=0)
     return evaluation_from_probs(torch.from_numpy(probs), torch.from_numpy(labels), models[0].classes)
 
 

@@ -623,7 +623,8 @@ def outlier_batches(cfg: RunConfig, data: Data, data_dir) -> OutlierBatches | No
     OUTLIER_POOL (their order is seeded, their share half a batch)."""
     if not cfg.outlier_exposure:
         return None
-    pool = outlier_set("train", min(OUTLIER_POOL, max(256, len(data.train.images) // 4)), cfg.seed, data_dir)
+    pool = outlier_set("train", min(OUTLIER_POOL, max(256, len(data.train.images) // 4)), cfg.seed, data_dir,
+                       cfg.outlier_family_names)
     return OutlierBatches(pool, max(1, data.train.batch_size // 2), data.train, cfg.seed)
 
 
