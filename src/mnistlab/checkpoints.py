@@ -82,7 +82,7 @@ def check_weights(card: ModelCard, weights: dict, path: str | os.PathLike) -> No
     refused in milliseconds, not after gigabytes."""
     try:
         with torch.device("meta"):
-            skeleton = build_model(card.model, card.outputs, **card.model_config)
+            skeleton = build_model(card.model, card.outputs, probe=False, **card.model_config)
     except MnistlabError as e:
         raise CheckpointError(f"{path}: cannot rebuild its model: {e}") from None
     expected = skeleton.state_dict()
