@@ -207,7 +207,12 @@ def recipe(preset: str | None, dataset: str = "mnist") -> dict:
     if preset is not None and preset not in PRESETS:
         raise MnistlabError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}.")
     preset = preset or "classic"
-    return dict(DATASET_PRESETS.get(dataset, {}).get(preset, PRESETS[preset]))
+    values = dict(DATASET_PRESETS.get(dataset, {}).get(preset, PRESETS[preset]))
+    if values.get("outlier_exposure") and dataset != "mnist":  # its non-digits include letters and clothes
+        raise MnistlabError(f"--preset {preset} is made for mnist's digits: its outlier exposure teaches that "
+                            f"letters and clothes are not digits, which does not hold for {dataset}; try --preset "
+                            "robust.")
+    return values
 
 
 def resumed(saved: RunConfig, changes: dict) -> RunConfig:
