@@ -38,8 +38,9 @@ from mnistlab import RunConfig, load_model, train
 from mnistlab.config import ROBUST_AUGMENT, recipe
 from mnistlab.corruptions import HELD_OUT, corrupt
 from mnistlab.evaluation import evaluation_from_logits
-from mnistlab.ood import auroc
+from mnistlab.ood import auroc, rejected_share
 from mnistlab.outliers import outlier_set
+from ood import logits
 
 OUT = Path("runs") / "default"
 WIDE = {"channels": [32, 64], "hidden": 256}
@@ -69,10 +70,6 @@ def trained(name: str, data_dir) -> tuple[Path, float | None]:
     return result.model_path, result.train_seconds
 
 
-def logits(model, images: np.ndarray) -> np.ndarray:
-    return np.concatenate([model.backend(images[i:i + 1000]) for i in range(0, len(images), 1000)]).astype(np.float64)
-
-
 def score(path: Path, outliers: np.ndarray, data_dir) -> dict:
     model = load_model(path)
     card = model.card
@@ -86,7 +83,7 @@ def score(path: Path, outliers: np.ndarray, data_dir) -> dict:
     clean, s_clean = judged(logits(model, images))
     held = {name: judged(logits(model, corrupt(images, name, seed=0))) for name in HELD_OUT}
     s_out = model.ood_scores_of(logits(model, outliers))
-    rejected = {name: float((s < card.reject_threshold).mean()) for name, (_, s) in held.items()}
+    rejected = {name: rejected_share(s, card.reject_threshold) for name, (_, s) in held.items()}
     accuracy = {name: ev.accuracy for name, (ev, _) in held.items()}
     return {"correct": clean.correct, "total": clean.total, "accuracy": clean.accuracy, "ece": clean.ece,
             "held_out": accuracy, "held_out_mean": float(np.mean(list(accuracy.values()))),

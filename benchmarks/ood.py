@@ -33,7 +33,7 @@ from mnistlab.config import recipe
 from mnistlab.corruptions import HELD_OUT, TEST, corrupt
 from mnistlab.data import load_split
 from mnistlab.evaluation import evaluation_from_logits
-from mnistlab.ood import REJECT_SCORES, auroc, fpr_at_tpr, head_outputs, ood_score, reject_threshold
+from mnistlab.ood import REJECT_SCORES, auroc, fpr_at_tpr, head_outputs, ood_score, reject_threshold, rejected_share
 from mnistlab.outliers import evaluation_sets, outlier_set
 
 VARIANTS = {"softmax": dict(head="softmax"), "sigmoid": dict(head="sigmoid"),
@@ -104,11 +104,11 @@ def main() -> None:
             thr = reject_threshold(s_val)
             r["scores"][score] = {
                 "validation_auroc": auroc(s_val, scored(z_out)),
-                "threshold": thr, "test_digits_rejected": float((s_test < thr).mean()),
-                "held_out_rejected": {k: float((scored(v) < thr).mean()) for k, v in z_held.items()},
+                "threshold": thr, "test_digits_rejected": rejected_share(s_test, thr),
+                "held_out_rejected": {k: rejected_share(scored(v), thr) for k, v in z_held.items()},
                 "judged": {k: {"auroc": auroc(s_test, scored(v)), "fpr95": fpr_at_tpr(s_test, scored(v)),
                                "kept_at_threshold": float((scored(v) >= thr).mean())} for k, v in z_judges.items()},
-                "mnist_c_rejected": {k: float((scored(v) < thr).mean()) for k, v in z_c.items()}}
+                "mnist_c_rejected": {k: rejected_share(scored(v), thr) for k, v in z_c.items()}}
         results[name] = r
         best = max(r["scores"], key=lambda s: r["scores"][s]["validation_auroc"])
         print(f"{name}: {ev.correct}/{ev.total}, ECE {100 * ev.ece:.2f}%; validation AUROC "

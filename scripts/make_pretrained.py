@@ -85,16 +85,21 @@ def record(name: str, data_dir: str) -> dict:
                 "score": card.reject_score, "threshold": card.reject_threshold,
                 "test_rejected": report.rejected.get("clean")},
             "mnist_c": {"seed": 0, "mean_accuracy": round(report.mean_accuracy, 6),
-                        "mean_ece": round(report.mean_ece, 6), "mean_rejected": report.mean_rejected,
+                        "mean_ece": round(report.mean_ece, 6), "mean_rejected": _rounded(report.mean_rejected),
                         "corruptions": corruptions}}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--only", nargs="+", choices=list(MODELS), help="remake only these (default: all)")
-    p.add_argument("--convert", action="store_true", help="rewrite the .pt files of earlier versions, untrained")
-    p.add_argument("--record", action="store_true",
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--convert", action="store_true", help="rewrite the .pt files of earlier versions, untrained")
+    how.add_argument("--record", action="store_true",
                    help="score the files as they are and record them again, untrained")
     args = p.parse_args()
     manifest_path = WEIGHTS / "manifest.json"

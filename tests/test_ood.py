@@ -244,7 +244,11 @@ def test_the_http_api_says_not_a_digit(rejecting):
 
 
 def test_a_model_without_a_threshold_never_rejects(tmp_path):
-    pred = load_model("classic-cnn").predict(letter_png("M", tmp_path / "m.png"))  # made before thresholds were
+    import dataclasses
+
+    model = load_model("fast")
+    model.card = dataclasses.replace(model.card, reject_score="", reject_threshold=None)
+    pred = model.predict(letter_png("M", tmp_path / "m.png"))
     assert not pred.rejected and pred.ood_score is None and pred.to_dict()["reject"] is None
 
 
@@ -281,9 +285,22 @@ def test_outlier_families_draw_only_what_they_name(data_dir):
         outlier_set("train", 8, families=("letters",))
 
 
+def test_training_draws_its_outliers_from_the_families_given(data_dir):
+    from mnistlab.training import outlier_batches
+
+    fashion = {x.tobytes() for x in load_split("fashion-mnist", "train", data_dir=data_dir)[0].numpy()}
+    data = type("Data", (), {"train": type("Loader", (), {"images": torch.zeros(2000, 28, 28, dtype=torch.uint8),
+                                                           "batch_size": 64})()})()
+    for families, from_fashion in (("fashion", True), ("characters,scribbles,noise", False)):
+        cfg = RunConfig(outlier_exposure=0.5, outlier_families=families).validate()
+        pool = outlier_batches(cfg, data, data_dir).images.numpy()
+        assert len(pool) == 500 and all((x.tobytes() in fashion) == from_fashion for x in pool), families
+
+
 def test_the_outlier_families_flag_is_checked(tmp_path):
     cfg = RunConfig(outlier_exposure=0.5, outlier_families="characters, fashion").validate()
     assert cfg.outlier_family_names == ("characters", "fashion")
+    RunConfig(outlier_families="fashion,noise,scribbles,characters").validate()  # all four, in any order
     with pytest.raises(MnistlabError, match="give that too"):  # never silently ignored
         RunConfig(outlier_families="fashion").validate()
     proc = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--outlier-exposure", "0.5",
@@ -308,6 +325,8 @@ def test_eval_corruptions_counts_the_rejected(rejecting, data_dir):
         (report.rejected["stripe"] + report.rejected["fog"]) / 2)
     plain = evaluate_corruptions(["classic-cnn"], ["stripe"], data_dir)  # no threshold: no column
     assert not plain.rejected and "rejected" not in plain.report()
+    pair = evaluate_corruptions(["fast", "fast"], ["stripe"], data_dir)  # thresholds, but an ensemble: said why
+    assert not pair.rejected and "no 'rejected' column: an ensemble" in pair.report()
 
 
 # ---- both pages ----

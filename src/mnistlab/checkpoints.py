@@ -23,7 +23,7 @@ import torch
 from .card import HF_CONFIG, HF_WEIGHTS, ModelCard, is_hf_folder
 from .errors import CheckpointError, MnistlabError
 from .fileio import atomic_write
-from .models import build_model
+from .models import build_skeleton
 
 FORMAT = "mnistlab-checkpoint"
 # 2: the model card under "card". 1 (before 0.2): the card's fields at the top level, val_size in "config".
@@ -82,7 +82,7 @@ def check_weights(card: ModelCard, weights: dict, path: str | os.PathLike) -> No
     refused in milliseconds, not after gigabytes."""
     try:
         with torch.device("meta"):
-            skeleton = build_model(card.model, card.outputs, probe=False, **card.model_config)
+            skeleton = build_skeleton(card.model, card.outputs, card.model_config)
     except MnistlabError as e:
         raise CheckpointError(f"{path}: cannot rebuild its model: {e}") from None
     expected = skeleton.state_dict()

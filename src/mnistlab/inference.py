@@ -191,9 +191,7 @@ class Classifier:
     def ood_scores(self, images) -> np.ndarray | None:
         """The card's reject score [N] of uint8 images [N, 28, 28] (None: the model has no threshold)."""
         images = as_pixels(images)
-        parts = [self.ood_scores_of(self._checked(self.backend(images[i:i + BATCH])))
-                 for i in range(0, len(images), BATCH)]
-        return None if not parts or parts[0] is None else np.concatenate(parts)  # type: ignore[arg-type]
+        return self.ood_scores_of(self._scores(images)) if len(images) else None
 
     def _checked(self, scores: np.ndarray) -> np.ndarray:
         if not np.isfinite(scores).all():
@@ -245,17 +243,16 @@ class Classifier:
     def judge(self, images) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities [N, K], the card's reject score [N] or None without a threshold) of uint8 images
         [N, 28, 28], from one pass of the model."""
-        images = as_pixels(images)
-        parts = [self._checked(self.backend(images[i:i + BATCH])) for i in range(0, len(images), BATCH)]
-        if not parts:
-            return np.zeros((0, len(self.classes))), None
-        scores = np.concatenate(parts)
-        return self._outputs(scores)[0], self.ood_scores_of(scores)
+        scores = self._scores(as_pixels(images))
+        return self._outputs(scores)[0], self.ood_scores_of(scores) if len(scores) else None
 
     def _probabilities(self, images: np.ndarray) -> np.ndarray:
-        out = [self._outputs(self._checked(self.backend(images[i:i + BATCH])))[0]
-               for i in range(0, len(images), BATCH)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+        return self._outputs(self._scores(images))[0]
+
+    def _scores(self, images: np.ndarray) -> np.ndarray:
+        """The backend's checked scores [N, K] of uint8 images [N, 28, 28], BATCH at a time."""
+        parts = [self._checked(self.backend(images[i:i + BATCH])) for i in range(0, len(images), BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
 
     def _check_outputs(self) -> Classifier:
         """Refuse at load time a model that gives non-finite answers: one pass on a blank image and a

@@ -26,13 +26,21 @@ def register(name: str):
     return wrap
 
 
-def build_model(name: str, num_classes: int = 10, *, probe: bool = True, **config) -> nn.Module:
+def build_model(name: str, num_classes: int = 10, **config) -> nn.Module:
     """Instantiate a registered model by name, with its config as keyword arguments.
 
     Settings that do not fit the model (unknown names, wrong types, widths that are not
-    positive, sizes that leave nothing of a 28x28 image) are one sentence, not a traceback.
-    `probe=False` skips the tiny batch that checks the output's shape: a skeleton on the meta
-    device, whose first forward costs over a second of torch's set-up, needs only its shapes."""
+    positive, sizes that leave nothing of a 28x28 image) are one sentence, not a traceback."""
+    return _build(name, num_classes, config, probe=True)
+
+
+def build_skeleton(name: str, num_classes: int, config: dict) -> nn.Module:
+    """build_model without the tiny batch that checks the output's shape: for a skeleton on the meta
+    device, whose first forward costs over a second of torch's set-up, and which needs only its shapes."""
+    return _build(name, num_classes, config, probe=False)
+
+
+def _build(name: str, num_classes: int, config: dict, probe: bool) -> nn.Module:
     if name not in MODELS:
         raise MnistlabError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}.")
     shown = json.dumps(config)

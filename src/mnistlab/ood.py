@@ -80,6 +80,11 @@ def reject_threshold(scores: np.ndarray, keep: float = KEEP) -> float:
     return float(s[int(np.floor((1 - keep) * len(s)))])
 
 
+def rejected_share(scores: np.ndarray, threshold: float) -> float:
+    """The share of these scores below the threshold: the images called not a digit."""
+    return float((np.asarray(scores) < threshold).mean())
+
+
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     """The probability that a random in-distribution image scores above a random outlier (ties
     count half): the area under the ROC curve, from ranks (Mann-Whitney U)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from .config import FAMILIES, check_families, family_names
 from .errors import MnistlabError
 from .preprocessing import NoDigitError, preprocess
 
@@ -41,16 +42,17 @@ SYMBOLS = "@#$%&*+=?!<>{}[]()~^\\;:\"'§¶€£¥©®µß"
 CJK = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可"
 FASHION_TRAIN = 55_000  # Fashion-MNIST's training images before this are training outliers, after it validation
 CANVAS = 112
-FAMILIES = ("characters", "scribbles", "noise", "fashion")  # the outliers' four families, in their drawing order
 
 
-def outlier_set(part: str, n: int, seed: int = 0, data_dir=None, families: tuple[str, ...] = FAMILIES) -> np.ndarray:
+def outlier_set(part: str, n: int, seed: int = 0, data_dir=None, families: str | tuple[str, ...] = FAMILIES
+                ) -> np.ndarray:
     """`n` outliers, uint8 [n, 28, 28] (ink high), for "train" (outlier exposure) or "validation"
     (choosing the score, fitting nothing else): equal shares of the `families` (all four: font
     characters, scribbles, smooth noise and Fashion-MNIST training images). Seeded; the two parts
     never share an image."""
     if part not in ("train", "validation"):
         raise MnistlabError(f"outliers come in 'train' and 'validation' parts, not '{part}'.")
+    families = family_names(families) if isinstance(families, str) else families
     check_families(families)
     rng = np.random.default_rng([seed, 0 if part == "train" else 1])
     chosen = [f for f in FAMILIES if f in families]
@@ -59,14 +61,6 @@ def outlier_set(part: str, n: int, seed: int = 0, data_dir=None, families: tuple
               "fashion": lambda k, rng: _fashion_part(part, k, rng, data_dir)}
     out = np.concatenate([makers[f](shares[f], rng) for f in chosen])
     return out[rng.permutation(len(out))]
-
-
-def check_families(families) -> None:
-    """One sentence for an outlier family that does not exist, or none at all."""
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown or not families:
-        raise MnistlabError(f"--outlier-families takes some of {', '.join(FAMILIES)}, "
-                            f"not {', '.join(unknown) if unknown else 'none'}.")
 
 
 def _fashion_part(part: str, n: int, rng: np.random.Generator, data_dir) -> np.ndarray:

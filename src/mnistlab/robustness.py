@@ -22,6 +22,7 @@ from .errors import DataError, MnistlabError
 from .evaluation import Evaluation, evaluation_from_probs, format_accuracy
 from .fileio import atomic_write, write_json
 from .inference import Classifier, load_model
+from .ood import rejected_share
 
 EXAMPLE_SCALE = 3  # each 28x28 example drawn 84 pixels square
 
@@ -41,6 +42,7 @@ class CorruptionReport:
     # "clean" and each corruption -> the share rejected as not a digit at the card's threshold (one model
     # with a threshold and no test-time augmentation; else empty)
     rejected: dict[str, float] = field(default_factory=dict)
+    no_rejected: str = ""  # why a model with a threshold gets no such figures ("" if it gets them, or has none)
 
     @property
     def mean_accuracy(self) -> float:
@@ -67,7 +69,7 @@ class CorruptionReport:
     def to_dict(self, out: str | None = None) -> dict:
         return {"checkpoints": self.checkpoints, "models": self.models, "dataset": self.dataset, "split": self.split,
                 "source": self.source, "seed": self.seed, "mnist_c": self.mnist_c, "clean": _figures(self.clean),
-                "clean_rejected": self.rejected.get("clean"),
+                "clean_rejected": self.rejected.get("clean"), "no_rejected": self.no_rejected or None,
                 "corruptions": [{"name": n, "family": _family(n, self.source), **_figures(e),
                                  "rejected": self.rejected.get(n)} for n, e in self.results.items()],
                 "mean": {"corruptions": len(self.results), "accuracy": self.mean_accuracy, "ece": self.mean_ece,
@@ -89,6 +91,8 @@ class CorruptionReport:
                   f"mean accuracy under corruption {100 * self.mean_accuracy:.2f}%, clean "
                   f"{100 * self.clean.accuracy:.2f}%: the error is {self.error_ratio:.1f}x the clean one "
                   f"({100 * (1 - self.mean_accuracy):.2f}% against {100 * (1 - self.clean.accuracy):.2f}%)."]
+        if self.no_rejected:
+            lines.append(f"no 'rejected' column: {self.no_rejected}.")
         if self.rejected:
             lines.append("rejected: the share the model calls not a digit, at its card's threshold (chosen to keep "
                          "99% of its validation digits).")
@@ -122,7 +126,14 @@ def evaluate_corruptions(paths: list[str], names: list[str] | None = None, data_
     card = models[0].card
     images, labels = (t.numpy() for t in models[0].load_split(split, data_dir))
     rejected: dict[str, float] = {}
-    clean = _evaluate(models, images, labels, tta, rejected, "clean")
+
+    def judged(name: str, x: np.ndarray, y: np.ndarray) -> Evaluation:
+        ev, share = _evaluate(models, x, y, tta)
+        if share is not None:
+            rejected[name] = share
+        return ev
+
+    clean = judged("clean", images, labels)
     examples = {"clean": images[_examples(labels)]}
     results = {}
     if mnist_c is None:
@@ -135,19 +146,20 @@ def evaluate_corruptions(paths: list[str], names: list[str] | None = None, data_
                 if i + 1 < len(names):
                     made.append(pool.submit(C.corrupt, images, names[i + 1], seed))
                 made[i] = None  # let each corrupted split go once judged
-                results[name] = _evaluate(models, corrupted, labels, tta, rejected, name)
+                results[name] = judged(name, corrupted, labels)
                 examples[name] = corrupted[_examples(labels)]
     else:
         if card.dataset != "mnist":
             raise MnistlabError(f"MNIST-C's files hold MNIST digits; {paths[0]} was trained on {card.dataset}.")
         for name in names or _present(mnist_c):
             x, y = _mnist_c_split(mnist_c, name, split, card.val_size)
-            results[name] = _evaluate(models, x, y, tta, rejected, name)
+            results[name] = judged(name, x, y)
             examples[name] = x[_examples(y)]
     return CorruptionReport(checkpoints=list(paths), models=[m.card.model for m in models], dataset=card.dataset,
                             split=split, source="generated" if mnist_c is None else "files",
                             seed=seed if mnist_c is None else None, clean=clean, results=results, examples=examples,
-                            mnist_c=None if mnist_c is None else str(mnist_c), rejected=rejected)
+                            mnist_c=None if mnist_c is None else str(mnist_c), rejected=rejected,
+                            no_rejected=_why_no_rejected(models, tta))
 
 
 def _load_models(paths: list[str], device: str) -> list[Classifier]:
@@ -163,16 +175,32 @@ def _load_models(paths: list[str], device: str) -> list[Classifier]:
     return models
 
 
-def _evaluate(models: list[Classifier], images: np.ndarray, labels: np.ndarray, tta: str,
-              rejected: dict[str, float], name: str) -> Evaluation:
-    """The evaluation of `images`; for one model with a reject threshold, its rejected share goes to `rejected`."""
+def _evaluate(models: list[Classifier], images: np.ndarray, labels: np.ndarray,
+              tta: str) -> tuple[Evaluation, float | None]:
+    """The evaluation of `images`, and the share rejected as not a digit (one model with a usable
+    threshold and no test-time augmentation; else None)."""
+    share = None
     if len(models) == 1 and tta == "none":
         probs, scores = models[0].judge(images)
         if scores is not None and models[0].card.reject_threshold is not None:
-            rejected[name] = float((scores < models[0].card.reject_threshold).mean())
+            share = rejected_share(scores, models[0].card.reject_threshold)
     else:
         probs = np.mean([m.predict_proba(images, tta) for m in models], axis=0)
-    return evaluation_from_probs(torch.from_numpy(probs), torch.from_numpy(labels), models[0].classes)
+    return evaluation_from_probs(torch.from_numpy(probs), torch.from_numpy(labels), models[0].classes), share
+
+
+def _why_no_rejected(models: list[Classifier], tta: str) -> str:
+    """Why models with a "not a digit" threshold get no rejected share ("" where they get one, or have none)."""
+    card = models[0].card
+    if all(m.card.reject_threshold is None for m in models):
+        return ""
+    if len(models) > 1:
+        return "an ensemble has no one threshold"
+    if tta != "none":
+        return "the threshold was chosen on single views, not on --tta's averages"
+    if models[0].backend.outputs == "probabilities" and card.reject_score != "msp":
+        return f"this file gives probabilities, and its score ({card.reject_score}) needs logits"
+    return ""
 
 
 def _examples(labels: np.ndarray, k: int = 10) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 from .card import ModelCard
 from .checkpoints import check_weights, load_weights
 from .data import normalize
-from .errors import CheckpointError
+from .errors import CheckpointError, MnistlabError
 from .models import build_model
 
 PT2_SUFFIX = ".pt2"
@@ -67,7 +67,10 @@ def load(path: str | os.PathLike, device: torch.device) -> TorchBackend | Progra
         return load_program(path, device)
     card, weights = load_weights(path)
     check_weights(card, weights, path)
-    module = build_model(card.model, card.outputs, **card.model_config)
+    try:  # the skeleton above is not run: a setting that fails only on a real batch fails here
+        module = build_model(card.model, card.outputs, **card.model_config)
+    except MnistlabError as e:
+        raise CheckpointError(f"{path}: cannot rebuild its model: {e}") from None
     module.load_state_dict(weights)
     if getattr(module, "channels_last", False):
         module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch's stubs)
