@@ -1,6 +1,7 @@
 """MNIST-C's corruptions (mnistlab.corruptions) and `mnistlab eval --corruptions`."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,12 +132,16 @@ def test_the_mnist_c_loader_reads_the_published_layout_and_names_bad_files(tmp_p
     np.save(tmp_path / "fog" / "test_labels.npy", labels[:5])
     with pytest.raises(DataError, match="test_labels.npy: holds 5 labels for 7 images"):
         C.load_mnist_c(tmp_path, "fog")
-    np.save(tmp_path / "fog" / "test_images.npy", images.astype(np.float32))
-    with pytest.raises(DataError, match="test_images.npy: expected uint8 images"):
+    np.save(tmp_path / "fog" / "test_images.npy", images[..., None].astype(np.float32))
+    with pytest.raises(DataError, match=r"test_images.npy: expected uint8 images .*found float32 \[7, 28, 28, 1\]"):
+        C.load_mnist_c(tmp_path, "fog")
+    _write_mnist_c(tmp_path, "fog", images[:0], labels[:0])
+    with pytest.raises(DataError, match="test_images.npy: holds no images"):
         C.load_mnist_c(tmp_path, "fog")
     (tmp_path / "fog" / "test_images.npy").write_bytes(b"not numpy")
-    with pytest.raises(DataError, match="test_images.npy: not a NumPy .npy array"):
+    with pytest.raises(DataError, match="test_images.npy: not a NumPy .npy array") as e:
         C.load_mnist_c(tmp_path, "fog")
+    assert "pickle" not in str(e.value)  # NumPy's own advice (load pickles) is never passed on
 
 
 def test_eval_corruptions_json_report_and_picture(fake_data, tmp_path):
@@ -174,3 +179,20 @@ def test_eval_corruptions_unknown_name_and_mnist_c_files(fake_data, tmp_path):
     assert data["source"] == "files" and data["seed"] is None
     assert [(c["name"], c["total"], c["family"]) for c in data["corruptions"]] == [("stripe", 20, "files"),
                                                                                     ("fog", 30, "files")]
+    for extra, said in ((["--corruptions", "held-out"], "mnistlab makes the held-out ones"),
+                        ([], "no such folder")):
+        root = tmp_path / ("mnist_c" if extra else "missing")
+        proc = run_cli("eval", "fast", "--mnist-c", root, *extra, "--data-dir", fake_data, "--out", tmp_path / "y")
+        assert proc.returncode == 1 and said in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_ensemble_of_models_with_different_validation_splits_is_judged_on_the_test_split(data_dir):
+    from mnistlab.inference import load_model
+    from mnistlab.robustness import evaluate_corruptions
+
+    v1 = str(Path(__file__).parent / "data" / "v1" / "model.pt")
+    assert load_model("fast").card.val_size == 5000 != load_model(v1).card.val_size
+    report = evaluate_corruptions(["fast", v1], ["stripe"], data_dir)
+    assert report.results["stripe"].total == 10000
+    with pytest.raises(MnistlabError, match="a different validation split"):
+        evaluate_corruptions(["fast", v1], ["stripe"], data_dir, split="validation")

@@ -301,7 +301,12 @@ def test_the_outlier_families_flag_is_checked(tmp_path):
     cfg = RunConfig(outlier_exposure=0.5, outlier_families="characters, fashion").validate()
     assert cfg.outlier_family_names == ("characters", "fashion")
     RunConfig(outlier_families="fashion,noise,scribbles,characters").validate()  # all four, in any order
-    with pytest.raises(MnistlabError, match="give that too"):  # never silently ignored
+    assert RunConfig(outlier_families=" noise, fashion,noise").outlier_families == "noise,fashion"  # one spelling
+    all_four = ["--outlier-families", "fashion,noise,scribbles,characters"]  # given, with no weight: refused
+    refused = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--print-config", *all_four],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "give a weight above 0 too" in refused.stderr
+    with pytest.raises(MnistlabError, match="give a weight above 0 too"):  # never silently ignored
         RunConfig(outlier_families="fashion").validate()
     proc = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--outlier-exposure", "0.5",
                            "--outlier-families", "noise,clothes", "--out", str(tmp_path / "r")],

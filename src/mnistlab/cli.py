@@ -195,18 +195,22 @@ def _presets_help(presets: dict) -> str:
 
     from .config import DATASET_PRESETS
 
+    width = max(map(len, presets)) + 2
+
     def lines(recipes: dict, indent: str) -> list[str]:
         out = []
         for name, values in recipes.items():
             shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items()
                               if k not in ("eval_every", "cuda_graph"))
-            out.append(textwrap.fill(shown or "the tutorial's recipe", 100, initial_indent=f"{indent}{name:10}",
-                                     subsequent_indent=" " * (len(indent) + 10)))
+            only = "(mnist only) " if values.get("outlier_exposure") else ""  # its outliers are letters and clothes
+            out.append(textwrap.fill(only + (shown or "the tutorial's recipe"), 100,
+                                     initial_indent=f"{indent}{name:{width}}",
+                                     subsequent_indent=" " * (len(indent) + width)))
         return out
 
     text = ["  for digits (mnist, kmnist, emnist-*):", *lines(presets, "    ")]
     for dataset, recipes in DATASET_PRESETS.items():
-        text += [f"  for {dataset} (with --dataset {dataset}; classic as above):", *lines(recipes, "    ")]
+        text += [f"  for {dataset} (with --dataset {dataset}; the others as above):", *lines(recipes, "    ")]
     return "\n".join(text)
 
 
@@ -215,7 +219,7 @@ def cmd_train(args) -> int:
 
     if (args.processes or 1) > 1 and not launched() and not args.print_config:
         return run_ranks(args.processes, args.argv, args.threads or 0)  # each rank runs this command again
-    from .config import RunConfig, from_preset
+    from .config import RunConfig
     from .training import train
 
     # every RunConfig field with a flag of the same name; None means "not given"
@@ -245,11 +249,23 @@ def cmd_train(args) -> int:
         from .tomlconfig import config_toml
 
         options = dict(data_dir=args.data_dir, out=args.out, tensorboard=args.tensorboard)
-        print(config_toml(from_preset(args.preset, **given), options, comment=_config_comment(args)), end="")
+        print(config_toml(_new_config(args, given), options, comment=_config_comment(args)), end="")
         return 0
     _say_dataset(args.dataset)
-    train(from_preset(args.preset, **given), **common)
+    train(_new_config(args, given), **common)
     return 0
+
+
+def _new_config(args, given: dict):
+    from .config import FAMILIES_NEED_EXPOSURE, from_preset
+
+    cfg = from_preset(args.preset, **given)
+    if args.outlier_families is not None and not cfg.outlier_exposure:  # even all four: never silently ignored
+        raise MnistlabError(FAMILIES_NEED_EXPOSURE)
+    if cfg.outlier_exposure and not cfg.val_size:
+        print("mnistlab: note: without --val-size there is no split to choose a 'not a digit' threshold on, so "
+              "this model will learn from outliers but never reject.", file=sys.stderr)
+    return cfg
 
 
 def _with_config_file(args, given: dict) -> dict:
@@ -544,12 +560,23 @@ def cmd_export(args) -> int:
     if args.format == "torchscript":
         print("mnistlab: --format torchscript stands on torch.jit, which PyTorch deprecates; --format pt2 "
               "(torch.export) is its successor.", file=sys.stderr)
+    if args.probs:
+        _say_probs_cannot_reject(args.checkpoint)
     path = export(args.checkpoint, args.format, args.destination or args.out, probs=args.probs, int8=args.int8,
                   data_dir=args.data_dir, runtime=args.runtime)
     size = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
     chosen = "" if args.destination or args.out else "; no OUT was given: named after the model"
     print(f"wrote {path.resolve() if chosen else path}{'/' if path.is_dir() else ''} ({size:,} bytes{chosen})")
     return 0
+
+
+def _say_probs_cannot_reject(checkpoint: str) -> None:
+    from .inference import load_model
+
+    card = load_model(checkpoint).card
+    if card.reject_score not in ("", "msp"):  # msp reads from probabilities; the other scores need logits
+        print(f"mnistlab: note: with --probs the file holds probabilities, and this model's 'not a digit' score "
+              f"({card.reject_score}) needs logits: the exported model will not reject non-digits.", file=sys.stderr)
 
 
 def _add_report(sub, name: str, help: str) -> None:
@@ -583,7 +610,9 @@ def cmd_models(args) -> int:
     print("pretrained (ready to use: mnistlab predict NAME image.png, load_model(NAME)):")
     for name, entry in catalogue().items():
         default = ", the default" if name == DEFAULT else ""
-        corrupted = f", MNIST-C mean {100 * entry.mnist_c['mean_accuracy']:.2f}%" if entry.mnist_c else ""
+        c = entry.mnist_c or {}
+        rejected = f" ({100 * c['mean_rejected']:.1f}% of them rejected)" if c.get("mean_rejected") else ""
+        corrupted = f", MNIST-C mean {100 * c['mean_accuracy']:.2f}%{rejected}" if c else ""
         print(f"  {name:12} {entry.dataset}, test {format_accuracy(entry.test_correct, entry.test_total)}"
               f"{corrupted}, {entry.path.stat().st_size / 1024:,.0f} KiB{default}: {entry.description}")
     print("\narchitectures (mnistlab train --model NAME):")

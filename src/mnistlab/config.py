@@ -24,6 +24,7 @@ COMPILE_MODES = ("default", "max-autotune")
 CALIBRATIONS = ("clean", "held-out")
 # The families of made-up non-digits that outlier exposure draws (mnistlab.outliers), in drawing order.
 FAMILIES = ("characters", "scribbles", "noise", "fashion")
+FAMILIES_NEED_EXPOSURE = "--outlier-families chooses what --outlier-exposure draws: give a weight above 0 too."
 # What a resumed run may change: how long it runs, and how it runs and reports; not what it learns.
 RESUME_MAY_CHANGE = ("epochs", "device", "precision", "threads", "compile", "cuda_graph", "test_batch_size",
                      "log_interval", "eval_every", "checkpoint_every")
@@ -67,6 +68,12 @@ class RunConfig:
     eval_every: int = 2
     checkpoint_every: int = 5
 
+    def __post_init__(self):
+        if isinstance(self.outlier_families, str):  # one spelling per set: "noise, fashion" is "noise,fashion"
+            names = family_names(self.outlier_families)
+            self.outlier_families = ",".join([f for f in FAMILIES if f in names]
+                                             + [n for n in dict.fromkeys(names) if n not in FAMILIES])
+
     def validate(self) -> RunConfig:
         for f in dataclasses.fields(self):  # types first: a config read from a file may hold anything
             _check_type(f.name, getattr(self, f.name), str(f.type))  # the annotation, a string here
@@ -104,7 +111,7 @@ class RunConfig:
                                 f"not for {self.dataset}.")
         check_families(self.outlier_family_names)
         if set(self.outlier_family_names) != set(FAMILIES) and not self.outlier_exposure:
-            raise MnistlabError("--outlier-families chooses what --outlier-exposure draws: give that too.")
+            raise MnistlabError(FAMILIES_NEED_EXPOSURE)
         if self.compile and self.cuda_graph:
             raise MnistlabError("--compile and --cuda-graph are two ways of running the step; choose one.")
         from .augment import Augment

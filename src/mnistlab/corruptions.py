@@ -584,11 +584,13 @@ def load_mnist_c(root: str | os.PathLike, name: str, split: str = "test") -> tup
         raise DataError(f"{folder}: no such folder of MNIST-C files ({where}).")
     images = _read_npy(folder / f"{split}_images.npy")
     labels = _read_npy(folder / f"{split}_labels.npy")
+    shape = f"{images.dtype} {list(images.shape)}"
     if images.ndim == 4 and images.shape[3] == 1:
         images = images[..., 0]
     if images.dtype != np.uint8 or images.shape[1:] != (SIZE, SIZE) or images.ndim != 3:
-        raise DataError(f"{folder / f'{split}_images.npy'}: expected uint8 images [N, 28, 28, 1], "
-                        f"found {images.dtype} {list(images.shape)}.")
+        raise DataError(f"{folder / f'{split}_images.npy'}: expected uint8 images [N, 28, 28, 1], found {shape}.")
+    if not len(images):
+        raise DataError(f"{folder / f'{split}_images.npy'}: holds no images.")
     path = folder / f"{split}_labels.npy"
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise DataError(f"{path}: expected a 1-D array of whole-number labels, found {labels.dtype} "
@@ -610,5 +612,5 @@ def _read_npy(path: Path) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found.") from None
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: not a NumPy .npy array ({e}).") from None
+    except (OSError, ValueError, EOFError):  # NumPy's own words suggest loading pickles: never
+        raise DataError(f"{path}: not a NumPy .npy array of numbers.") from None
