@@ -247,3 +247,11 @@ def test_the_cli_exports_pt2_and_hf_and_takes_them_as_models(tmp_path):
         assert got["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
     proc = run_cli("export", "classic-cnn", tmp_path / "m.ts.pt", "--format", "torchscript")
     assert proc.returncode == 0 and "--format pt2 (torch.export) is its successor" in proc.stderr
+
+
+def test_export_probs_says_the_default_will_not_reject(tmp_path):
+    note = []
+    export("fast", "onnx", tmp_path / "p.onnx", probs=True, note=note.append)
+    assert len(note) == 1 and "will not reject non-digits" in note[0] and "energy" in note[0]
+    export("fast", "onnx", tmp_path / "l.onnx", note=note.append)  # logits keep the score: nothing to say
+    assert len(note) == 1

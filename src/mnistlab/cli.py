@@ -560,23 +560,13 @@ def cmd_export(args) -> int:
     if args.format == "torchscript":
         print("mnistlab: --format torchscript stands on torch.jit, which PyTorch deprecates; --format pt2 "
               "(torch.export) is its successor.", file=sys.stderr)
-    if args.probs:
-        _say_probs_cannot_reject(args.checkpoint)
     path = export(args.checkpoint, args.format, args.destination or args.out, probs=args.probs, int8=args.int8,
-                  data_dir=args.data_dir, runtime=args.runtime)
+                  data_dir=args.data_dir, runtime=args.runtime,
+                  note=lambda s: print(f"mnistlab: note: {s}", file=sys.stderr))
     size = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
     chosen = "" if args.destination or args.out else "; no OUT was given: named after the model"
     print(f"wrote {path.resolve() if chosen else path}{'/' if path.is_dir() else ''} ({size:,} bytes{chosen})")
     return 0
-
-
-def _say_probs_cannot_reject(checkpoint: str) -> None:
-    from .inference import load_model
-
-    card = load_model(checkpoint).card
-    if card.reject_score not in ("", "msp"):  # msp reads from probabilities; the other scores need logits
-        print(f"mnistlab: note: with --probs the file holds probabilities, and this model's 'not a digit' score "
-              f"({card.reject_score}) needs logits: the exported model will not reject non-digits.", file=sys.stderr)
 
 
 def _add_report(sub, name: str, help: str) -> None:

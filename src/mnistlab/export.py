@@ -18,6 +18,7 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -110,11 +111,16 @@ def _metadata(card: ModelCard, probs: bool) -> dict:
             "output": "probabilities" if probs else "logits"}
 
 
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
 def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
            probs: bool = False, int8: bool = False, data_dir: str | os.PathLike | None = None,
-           runtime: str | os.PathLike | None = None) -> Path:
+           runtime: str | os.PathLike | None = None, note: Callable[[str], None] | None = None) -> Path:
     """Export a model (a checkpoint, weights file, Hugging Face folder, .pt2 program, or a pretrained
-    model by name); returns the path written.
+    model by name); returns the path written. What the file will lack is said to `note` (by
+    default a warning).
 
     "web" writes a folder: a static site that runs the model in the browser (see export_web);
     "hf" a folder in the Hugging Face layout (see export_hf)."""
@@ -127,6 +133,9 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
                             "take logits, not --probs.")
     model = load_model(checkpoint)
     card = model.card
+    if probs and card.reject_score not in ("", "msp"):  # msp reads from probabilities; the other scores need logits
+        (note or _warn)(f"with --probs the file holds probabilities, and this model's 'not a digit' score "
+                        f"({card.reject_score}) needs logits: the exported model will not reject non-digits.")
     suffix = ".int8.onnx" if int8 else SUFFIXES[fmt]
     out = Path(out) if out else Path(checkpoint).with_name(Path(checkpoint).stem + suffix)
     if fmt == "hf":
