@@ -17,7 +17,9 @@ fi
 scripts/setup.sh test
 # onnxruntime-web from the npm registry, pinned in package-lock.json, for the static page's tests
 npm ci --no-audit --no-fund --loglevel=error
-export MNISTLAB_DATA="${MNISTLAB_DATA:-$(cd .. && pwd)/shared/data}"
+# absolute: the notebook runs in notebooks/, where a path relative to the repo points elsewhere
+MNISTLAB_DATA="$(realpath -m "${MNISTLAB_DATA:-../shared/data}")"
+export MNISTLAB_DATA
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/lint-imports  # the layering and no import cycles (pyproject.toml, [tool.importlinter])
 .venv/bin/mypy  # the types, over src/ ([tool.mypy] in pyproject.toml)
