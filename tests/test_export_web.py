@@ -83,6 +83,30 @@ def test_the_page_levels_photos_under_uneven_light_as_python_does(site, data_dir
     assert found == len(photos) and within == found and same_class == found, (within, same_class, found)
 
 
+def test_the_page_reads_hard_inputs_as_python_does(site, data_dir):
+    """Ink along the pad's edge (a thick 8 covering most of the border), tight crops, faint pencil, a small digit in
+    a large photo, a vignette: the paper's light surface and floor as preprocessing.py finds them, to the pixel."""
+    from PIL import Image
+
+    from mnistlab_testkit import hard_inputs as hard
+
+    images = load_split("mnist", "test", data_dir)[0][1100:1120].numpy()
+    made = [hard.with_margin(hard.seven_along_the_top(top, brush), brush)[0] for top in (0, 2) for brush in (18, 40)]
+    made += [hard.with_margin(hard.eight_along_the_top(brush), brush)[0] for brush in (6, 18, 40)]
+    for i, d in enumerate(images):
+        rng = np.random.default_rng(i)
+        made += [hard.tight_crop(d)[0], hard.faint_photo(d, rng)[0], hard.small_in_a_photo(d, rng)[0],
+                 hard.vignette_photo(d, rng)[0]]
+    pngs = []
+    for img in made:  # on the page's pad, which the test draws each image onto whole
+        buf = io.BytesIO()
+        img.convert("RGB").resize((280, 280), Image.Resampling.BICUBIC).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    within, same_class, found = _as_python_does(site, pngs)
+    # as for drawings: a centre of mass that falls half-way between two pixels may round either way (one here)
+    assert found == len(pngs) and within >= 0.98 * found and same_class == found, (within, same_class, found)
+
+
 def _as_python_does(site, pngs: list[bytes]) -> tuple[int, int, int]:
     """(images whose 28x28 pixels the page made within one grey level of preprocessing.py's, images the page
     classified as the PyTorch checkpoint did, images in which Python found a digit); where Python finds none,

@@ -195,3 +195,60 @@ def test_a_photo_under_uneven_light_is_read_as_on_level_paper(digits):
         assert alike(tilted, level) > 0.95, i
     paper = np.asarray(lit_photo(x[0], np.random.default_rng(0), tilt=0).convert("L"))
     assert level_light(paper) is paper  # level paper (a drawing, a scan) is left exactly as it is
+
+
+@pytest.fixture(scope="module")
+def train_digits(data_dir):
+    return load_split("mnist", "train", data_dir=data_dir, download=False)[0][:60].numpy()
+
+
+def _likeness(hard, easy) -> float:
+    from mnistlab_testkit.hard_inputs import alike
+
+    return alike(preprocess(png_bytes(hard)), preprocess(png_bytes(easy)))
+
+
+def _same_digit(hard, easy) -> bool:
+    return _likeness(hard, easy) > 0.9
+
+
+@pytest.mark.parametrize("brush", [18, 40])
+@pytest.mark.parametrize("top", [0, 2])
+def test_a_seven_whose_bar_runs_along_the_top_edge_is_kept(brush, top):
+    """The bar's ink fills the strip along the top: it is ink, not a shadow on the paper to level away."""
+    from mnistlab_testkit.hard_inputs import seven_along_the_top, with_margin
+
+    assert _same_digit(*with_margin(seven_along_the_top(top, brush), brush))
+
+
+@pytest.mark.parametrize("brush", [6, 18, 40])
+def test_an_eight_filling_the_pad_from_its_top_edge_is_kept(brush):
+    """With the 40 px brush its strokes cover more than half of the image's border: still dark ink on paper."""
+    from mnistlab_testkit.hard_inputs import eight_along_the_top, with_margin
+
+    assert _same_digit(*with_margin(eight_along_the_top(brush), brush))
+
+
+def test_tight_crops_are_read_as_with_a_margin(train_digits):
+    from mnistlab_testkit.hard_inputs import tight_crop
+
+    assert all(_same_digit(*tight_crop(d)) for d in train_digits)
+
+
+@pytest.mark.parametrize("maker", ["faint_photo", "small_in_a_photo", "vignette_photo"])
+def test_faint_small_and_vignetted_photos_are_read_as_plain_ones(train_digits, maker):
+    """Pencil 25-40 grey levels darker than the paper; a digit a twentieth of the photo's height; paper 70 levels
+    darker in the corners than in the middle."""
+    from mnistlab_testkit import hard_inputs
+
+    make = getattr(hard_inputs, maker)
+    likeness = [_likeness(*make(d, np.random.default_rng(i))) for i, d in enumerate(train_digits[:30])]
+    # a stray dot in an MNIST image may join the faint digit's box or not: a few are less alike, none is lost
+    assert np.median(likeness) > 0.95 and min(likeness) > 0.7, likeness
+
+
+def test_specks_of_dust_on_blank_paper_are_no_digit():
+    rng = np.random.default_rng(0)
+    paper = np.where(rng.random((400, 400)) < 0.001, 120, 210) + rng.normal(0, 2, (400, 400))
+    with pytest.raises(NoDigitError, match="no digit found"):
+        preprocess(png_bytes(Image.fromarray(paper.clip(0, 255).astype(np.uint8))))

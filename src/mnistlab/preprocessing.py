@@ -23,7 +23,11 @@ from .errors import MnistlabError, first_line
 
 MAX_PIXELS = 4096 * 4096  # a digit needs far fewer; larger images are refused before they are decoded
 MAX_ASPECT = 20  # longer side over shorter: a strip this thin holds no digit, only decoding cost
-LIGHT_TILT = 8  # grey levels across the paper from one side to the other: less is left as it is
+LIGHT_TILT = 8  # grey levels the paper's light varies by: less is left as it is; a tile further above is ink
+LIGHT_TILES = 8  # the paper's light is fitted to this many tiles a side
+LIGHT_ROUNDS = 10  # refits at most, leaving out the tiles far above the paper (ink)
+MIN_SIDE = 4  # pixels a digit's ink spans at least, unless the image is smaller: less is dust
+MIN_INK = 8  # grey levels above the paper's noise that ink stands out by, at least
 WORKING_SIDE = 1024  # larger images are decoded (JPEG) or reduced to about this before anything else
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, at the same size
 
@@ -168,46 +172,123 @@ def _border(a: np.ndarray) -> np.ndarray:
     return np.concatenate([a[:w].ravel(), a[-w:].ravel(), a[:, :w].ravel(), a[:, -w:].ravel()])
 
 
-def _strip(a: np.ndarray) -> int:
-    return _quantile(np.ascontiguousarray(a), 0.5)
+def _tile_medians(gray: np.ndarray) -> np.ndarray:
+    """[LIGHT_TILES ** 2, 3]: (u, v, median) of each tile, row by row; u and v are the tile's column and row
+    counted in odd numbers from the centre (-7, -5, ..., 7 for 8 tiles): half-tile units. The medians as
+    _quantile takes them, from one histogram a tile, all in one bincount."""
+    h, w = gray.shape
+    n = LIGHT_TILES
+    # tile i holds the rows from i*h//n up to (i+1)*h//n, and the columns likewise
+    tile_rows = np.searchsorted(np.arange(1, n) * h // n, np.arange(h), side="right")
+    tile_cols = np.searchsorted(np.arange(1, n) * w // n, np.arange(w), side="right")
+    index = (tile_rows[:, None] * n + tile_cols[None, :]) * 256 + gray
+    counts = np.bincount(index.ravel(), minlength=n * n * 256).reshape(n * n, 256).cumsum(axis=1)
+    medians = (counts < 0.5 * counts[:, -1:]).sum(axis=1)  # the first level whose count reaches half the tile's
+    v, u = np.divmod(np.arange(n * n), n)
+    return np.stack([2 * u + 1 - n, 2 * v + 1 - n, medians], axis=1).astype(np.float64)
+
+
+def _surface(c: Sequence[float], u, v):
+    """The quadratic at (u, v), scalars or arrays: elementwise in the same order as preprocess.js."""
+    return c[0] + c[1] * u + c[2] * v + c[3] * u * u + c[4] * u * v + c[5] * v * v
+
+
+def paper_surface(gray: np.ndarray) -> list[float] | None:
+    """The paper's light, as the six coefficients of a quadratic surface over half-tile units (_tile_medians),
+    or None where it cannot be had: a tilt (a lamp to one side) and a bowl (a lens's vignette, a lamp above).
+
+    The image is cut into tiles, each summed up by its median; the surface is fitted to the tiles by least
+    squares, tiles far above it are left out and the surface fitted again, until the set stands still. Ink is
+    light here (ink_levels turned the polarity), so a tile that is mostly ink lies above the paper: however much
+    ink runs along a side, it never bends the fit. The first fit takes the darker half of the tiles, which is
+    paper wherever ink covers less than half of them."""
+    if min(gray.shape) < 2 * LIGHT_TILES:
+        return None
+    tiles = _tile_medians(gray)
+    u, v, m = tiles.T
+    kept = m <= np.sort(m)[len(m) // 2 - 1]
+    for _ in range(LIGHT_ROUNDS):
+        coef = _least_squares(tiles[kept])
+        if coef is None:
+            return None
+        again = m - _surface(coef, u, v) <= LIGHT_TILT
+        if (again == kept).all():
+            break
+        kept = again
+    return coef
+
+
+def _least_squares(tiles: np.ndarray) -> list[float] | None:
+    """The quadratic surface through (u, v, median) tiles by least squares: the normal equations solved by
+    Gaussian elimination. Every sum is of whole numbers, exact as floats in any order, and the elimination is
+    a fixed order of float64 operations, which preprocess.js repeats for the same result to the last bit."""
+    u, v, m = tiles.T
+    rows = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v, m], axis=1)
+    k = rows.shape[1] - 1
+    if len(rows) < 2 * k:
+        return None
+    a = (rows[:, :k].T @ rows).tolist()  # whole numbers all: exact in any order of summing
+    for p in range(k):
+        if a[p][p] <= 1e-9 * a[0][0]:  # the kept tiles leave the surface undetermined
+            return None
+        for i in range(p + 1, k):
+            f = a[i][p] / a[p][p]
+            for j in range(p, k + 1):
+                a[i][j] -= f * a[p][j]
+    coef = [0.0] * k
+    for i in reversed(range(k)):
+        coef[i] = (a[i][k] - sum(a[i][j] * coef[j] for j in range(i + 1, k))) / a[i][i]
+    return coef
 
 
 def level_light(gray: np.ndarray) -> np.ndarray:
-    """The paper made level: uneven light (a lamp to one side, a hand's shadow) tilts a photo's background,
-    which lifts the floor above faint ink. The tilt is the difference between the medians of opposite
-    border strips; a plane of that tilt is taken out. Under LIGHT_TILT levels across, nothing changes
-    (drawings, scans)."""
+    """The paper made level: uneven light (a lamp to one side, a hand's shadow, a vignette) lifts the floor above
+    faint ink. The paper's surface (paper_surface) is taken out, less its value at the image's centre. Where it
+    varies by under LIGHT_TILT levels over the tiles, nothing changes (drawings, scans)."""
     h, w = gray.shape
-    b = max(1, min(h, w) // 20)
-    across, down = _strip(gray[:, -b:]) - _strip(gray[:, :b]), _strip(gray[-b:]) - _strip(gray[:b])
-    if abs(across) < LIGHT_TILT and abs(down) < LIGHT_TILT:
+    coef = paper_surface(gray)
+    if coef is None:
         return gray
-    # per pixel, between the strips' centres; float32 throughout: measured 10x faster than float64 here
-    gx, gy = np.float32(across / max(1, w - b)), np.float32(down / max(1, h - b))
-    centre = np.float32((w - 1) / 2), np.float32((h - 1) / 2)
-    plane = (gx * (np.arange(w, dtype=np.float32) - centre[0]))[None, :] + \
-        (gy * (np.arange(h, dtype=np.float32) - centre[1]))[:, None]
-    levelled = gray - plane
+    grid = np.arange(-LIGHT_TILES + 1, LIGHT_TILES, 2, dtype=np.float64)
+    values = _surface(coef, grid[None, :], grid[:, None])
+    span = values.max() - values.min()
+    if span < LIGHT_TILT or span > 255:  # level paper, or no paper found
+        return gray
+    # per pixel in float32 (10x faster than float64 here), in half-tile units from the centre
+    u = (np.arange(w, dtype=np.float32) - np.float32((w - 1) / 2)) * np.float32(2 * LIGHT_TILES / w)
+    v = (np.arange(h, dtype=np.float32) - np.float32((h - 1) / 2)) * np.float32(2 * LIGHT_TILES / h)
+    c = [np.float32(x) for x in coef]
+    across = c[1] * u + c[3] * (u * u)
+    down = c[2] * v + c[5] * (v * v)
+    levelled = gray - (across[None, :] + down[:, None] + (c[4] * v)[:, None] * u[None, :])
     np.round(levelled, out=levelled)
     return np.clip(levelled, 0, 255, out=levelled).astype(np.uint8)
 
 
-def ink_levels(gray: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """(gray turned light-ink-on-dark, background floor, ink brightness), all in 0-255.
+def ink_levels(gray: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """(gray turned light-ink-on-dark, background floor, ink brightness), all in 0-255; None where no pixel
+    stands out from the paper.
 
-    Polarity comes from the border, which is mostly background; the background is levelled
-    (level_light); the floor sits above the background's level by four times its robust noise
-    (at least 8% of full scale)."""
+    Polarity comes from the border, which is mostly background; the background is levelled (level_light).
+    The paper's level and noise come from the darker quarter of the border, so that ink running along the
+    frame, even on most of it, never counts as paper; the floor sits above the level by four times that
+    noise (at least MIN_INK). The ink's brightness is taken among the pixels above the floor, so that a small
+    digit in a large photo is not lost among paper."""
     border = _border(gray)
-    if _quantile(border, 0.5) > 127:  # dark ink on light paper: MNIST's ink is light
+    # dark ink on light paper (MNIST's ink is light) unless three quarters of the border are dark: a pen on
+    # paper is the common case, and a thick stroke along the frame can cover half of it
+    if _quantile(border, 0.75) > 127:
         gray, border = 255 - gray, 255 - border
     levelled = level_light(gray)
     if levelled is not gray:  # level paper (most images) keeps its border: no second pass
         gray, border = levelled, _border(levelled)
-    level = _quantile(border, 0.5)
-    spread = _quantile(np.abs(border.astype(np.int16) - level).astype(np.uint8), 0.5) * 1.4826
-    floor = level + max(20.4, 4 * spread)
-    return gray, floor, float(_quantile(gray, 0.999))  # the brightest 0.1% ignored
+    low, quartile = _quantile(border, 0.01), _quantile(border, 0.25)
+    spread = (quartile - low) / 1.65  # a normal's 1% and 25% quantiles lie 1.65 standard deviations apart
+    floor = quartile + 0.67 * spread + max(MIN_INK, 4 * spread)  # the median of the paper, then the margin
+    above = gray[gray > floor]
+    if not above.size:
+        return None
+    return gray, floor, float(_quantile(above, 0.995))  # the brightest 0.5% of the ink ignored
 
 
 def box3(a: np.ndarray) -> np.ndarray:
@@ -242,15 +323,16 @@ def preprocess(source, name: str | None = None) -> np.ndarray:
 
 
 def _preprocess(source, name: str | None, label: str) -> np.ndarray:
-    gray, floor, top = ink_levels(to_gray(open_image(source, name)))
-    mask = gray > floor + 0.05 * (top - floor)
-    if top - floor < 25.5 or not mask.any():
+    levels = ink_levels(to_gray(open_image(source, name)))
+    if levels is None or levels[2] - levels[1] < MIN_INK:
         raise NoDigitError(f"{label}: no digit found (the image has no ink).")
+    gray, floor, top = levels
+    mask = gray > floor + 0.05 * (top - floor)
     # isolated specks (no other ink in their 3x3 neighbourhood) do not stretch the box
     mask &= box3(mask.astype(np.uint8)) >= 2
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if not len(rows):
-        raise NoDigitError(f"{label}: no digit found (only isolated specks).")
+    if not len(rows) or max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 < min(MIN_SIDE, *gray.shape):
+        raise NoDigitError(f"{label}: no digit found (only specks).")
     crop = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # the ink's box, at full resolution
     crop = np.clip((crop.astype(np.float32) - floor) / (top - floor), 0, 1)  # ink in [0, 1] on zero
     h, w = crop.shape

@@ -59,47 +59,118 @@ const mnistPreprocess = (() => {
     return Uint8Array.from(out);
   }
 
-  // the median of the rows r0..r1-1 and columns c0..c1-1 of a, as preprocessing._strip
-  function strip(a, w, r0, r1, c0, c1) {
-    const out = [];
-    for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) out.push(a[r * w + c]);
-    return quantile(out, 0.5);
+  // preprocessing._tile_medians: [u, v, median] of each tile, u and v in half-tile units from the centre
+  const LIGHT_TILT = 8, LIGHT_TILES = 8, LIGHT_ROUNDS = 10, MIN_INK = 8, MIN_SIDE = 4;
+  function tileMedians(a, h, w) {
+    const tiles = [];
+    for (let i = 0; i < LIGHT_TILES; i++) {
+      const r0 = Math.floor(i * h / LIGHT_TILES), r1 = Math.floor((i + 1) * h / LIGHT_TILES);
+      for (let j = 0; j < LIGHT_TILES; j++) {
+        const c0 = Math.floor(j * w / LIGHT_TILES), c1 = Math.floor((j + 1) * w / LIGHT_TILES);
+        const values = [];
+        for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) values.push(a[r * w + c]);
+        tiles.push([2 * j + 1 - LIGHT_TILES, 2 * i + 1 - LIGHT_TILES, quantile(values, 0.5)]);
+      }
+    }
+    return tiles;
   }
 
-  // preprocessing.level_light: the paper's tilt under uneven light, between opposite border
-  // strips, taken out as a plane (float32, rounded half to even, clipped), unless it is small
-  const LIGHT_TILT = 8;
+  const terms = (u, v) => [1, u, v, u * u, u * v, v * v];
+  const surface = (c, u, v) => c[0] + c[1] * u + c[2] * v + c[3] * u * u + c[4] * u * v + c[5] * v * v;
+
+  // preprocessing._least_squares: the normal equations by Gaussian elimination, the same float64 steps
+  function leastSquares(tiles) {
+    const k = 6;
+    if (tiles.length < 2 * k) return null;
+    const rows = tiles.map(([u, v, m]) => [...terms(u, v), m]);
+    const a = [];
+    for (let i = 0; i < k; i++) {
+      a.push([]);
+      for (let j = 0; j <= k; j++) {
+        let s = 0;
+        for (const r of rows) s += r[i] * r[j];
+        a[i].push(s);
+      }
+    }
+    for (let p = 0; p < k; p++) {
+      if (a[p][p] <= 1e-9 * a[0][0]) return null;
+      for (let i = p + 1; i < k; i++) {
+        const f = a[i][p] / a[p][p];
+        for (let j = p; j <= k; j++) a[i][j] -= f * a[p][j];
+      }
+    }
+    const coef = new Array(k).fill(0);
+    for (let i = k - 1; i >= 0; i--) {
+      let s = 0;
+      for (let j = i + 1; j < k; j++) s += a[i][j] * coef[j];
+      coef[i] = (a[i][k] - s) / a[i][i];
+    }
+    return coef;
+  }
+
+  // preprocessing.paper_surface: a quadratic fitted to the tiles, those far above it (ink) left out
+  function paperSurface(gray, h, w) {
+    if (Math.min(h, w) < 2 * LIGHT_TILES) return null;
+    const tiles = tileMedians(gray, h, w);
+    const middle = tiles.map((t) => t[2]).sort((x, y) => x - y)[tiles.length / 2 - 1];
+    let kept = tiles.filter((t) => t[2] <= middle), coef = null;
+    for (let round = 0; round < LIGHT_ROUNDS; round++) {
+      coef = leastSquares(kept);
+      if (coef === null) return null;
+      const again = tiles.filter((t) => t[2] - surface(coef, t[0], t[1]) <= LIGHT_TILT);
+      const same = again.length === kept.length && again.every((t, i) => t === kept[i]);
+      kept = again;
+      if (same) break;
+    }
+    return coef;
+  }
+
+  // preprocessing.level_light: the paper's surface taken out (float32, rounded half to even, clipped)
   function levelLight(gray, h, w) {
-    const b = Math.max(1, Math.floor(Math.min(h, w) / 20));
-    const across = strip(gray, w, 0, h, w - b, w) - strip(gray, w, 0, h, 0, b);
-    const down = strip(gray, w, h - b, h, 0, w) - strip(gray, w, 0, b, 0, w);
-    if (Math.abs(across) < LIGHT_TILT && Math.abs(down) < LIGHT_TILT) return gray;
-    const gx = f32(across / Math.max(1, w - b)), gy = f32(down / Math.max(1, h - b));
-    const cx = f32((w - 1) / 2), cy = f32((h - 1) / 2);
+    const coef = paperSurface(gray, h, w);
+    if (coef === null) return gray;
+    const values = [];
+    for (let v = -LIGHT_TILES + 1; v < LIGHT_TILES; v += 2) {
+      for (let u = -LIGHT_TILES + 1; u < LIGHT_TILES; u += 2) values.push(surface(coef, u, v));
+    }
+    const range = Math.max(...values) - Math.min(...values);
+    if (range < LIGHT_TILT || range > 255) return gray;
+    const c = coef.map(f32);
+    const su = f32(2 * LIGHT_TILES / w), sv = f32(2 * LIGHT_TILES / h);
+    const cu = f32((w - 1) / 2), cv = f32((h - 1) / 2);
+    const u = new Float32Array(w), across = new Float32Array(w);
+    for (let x = 0; x < w; x++) {
+      u[x] = f32(f32(x - cu) * su);
+      across[x] = f32(f32(c[1] * u[x]) + f32(c[3] * f32(u[x] * u[x])));
+    }
     const out = new Uint8Array(h * w);
     for (let r = 0; r < h; r++) {
-      const y = f32(gy * f32(r - cy));
-      for (let c = 0; c < w; c++) {
-        const plane = f32(f32(gx * f32(c - cx)) + y);
-        out[r * w + c] = Math.min(255, Math.max(0, roundHalfEven(f32(gray[r * w + c] - plane))));
+      const v = f32(f32(r - cv) * sv);
+      const down = f32(f32(c[2] * v) + f32(c[5] * f32(v * v))), cross = f32(c[4] * v);
+      for (let x = 0; x < w; x++) {
+        const paper = f32(f32(across[x] + down) + f32(cross * u[x]));
+        out[r * w + x] = Math.min(255, Math.max(0, roundHalfEven(f32(gray[r * w + x] - paper))));
       }
     }
     return out;
   }
 
-  // preprocessing.ink_levels: polarity from the border, the background's floor, the ink's top
+  // preprocessing.ink_levels: polarity from the border, the paper's level and noise from its darker quarter,
+  // the ink's top among the pixels above the floor; null where none is
   function inkLevels(gray, h, w) {
     let bd = border(gray, h, w);
-    if (quantile(bd, 0.5) > 127) {
+    if (quantile(bd, 0.75) > 127) {  // dark ink unless three quarters of the border are dark
       gray = gray.map((v) => 255 - v);
       bd = bd.map((v) => 255 - v);
     }
     const levelled = levelLight(gray, h, w);
     if (levelled !== gray) [gray, bd] = [levelled, border(levelled, h, w)];
-    const level = quantile(bd, 0.5);
-    const spread = quantile(bd.map((v) => Math.abs(v - level)), 0.5) * 1.4826;
-    const floor = level + Math.max(20.4, 4 * spread);
-    return [gray, floor, quantile(gray, 0.999)];
+    const low = quantile(bd, 0.01), quartile = quantile(bd, 0.25);
+    const spread = (quartile - low) / 1.65;
+    const floor = quartile + 0.67 * spread + Math.max(MIN_INK, 4 * spread);
+    const above = gray.filter((v) => v > floor);
+    if (above.length === 0) return null;
+    return [gray, floor, quantile(above, 0.995)];
   }
 
   // Pillow's Image.reduce((fx, fy), box) for a float32 image (ImagingReduceNxN_32bpc and
@@ -255,11 +326,12 @@ const mnistPreprocess = (() => {
 
   // preprocessing._preprocess on RGBA pixels: Uint8Array(784), or throws Error("no digit found ...")
   function fromRGBA(rgba, w, h) {
-    const [gray, floor, top] = inkLevels(toGray(rgba, w * h), h, w);
+    const levels = inkLevels(toGray(rgba, w * h), h, w);
+    if (levels === null || levels[2] - levels[1] < MIN_INK) throw new Error("no digit found (the image has no ink)");
+    const [gray, floor, top] = levels;
     const threshold = floor + 0.05 * (top - floor);
-    let mask = new Uint8Array(w * h), any = false;
-    for (let i = 0; i < w * h; i++) if (gray[i] > threshold) { mask[i] = 1; any = true; }
-    if (top - floor < 25.5 || !any) throw new Error("no digit found (the image has no ink)");
+    const mask = new Uint8Array(w * h);
+    for (let i = 0; i < w * h; i++) if (gray[i] > threshold) mask[i] = 1;
     const kept = new Uint8Array(w * h);  // isolated specks (no other ink in their 3x3 neighbourhood) dropped
     let r0 = h, r1 = -1, c0 = w, c1 = -1;
     for (let r = 0; r < h; r++) {
@@ -273,8 +345,8 @@ const mnistPreprocess = (() => {
         if (n >= 2) { kept[r * w + c] = 1; r0 = Math.min(r0, r); r1 = Math.max(r1, r); c0 = Math.min(c0, c); c1 = Math.max(c1, c); }
       }
     }
-    if (r1 < 0) throw new Error("no digit found (only isolated specks)");
     const ch = r1 - r0 + 1, cw = c1 - c0 + 1;
+    if (r1 < 0 || Math.max(ch, cw) < Math.min(MIN_SIDE, h, w)) throw new Error("no digit found (only specks)");
     const crop = new Float32Array(ch * cw);
     const fFloor = f32(floor), fRange = f32(top - floor);
     for (let r = 0; r < ch; r++) for (let c = 0; c < cw; c++) {

@@ -1,0 +1,96 @@
+"""Digits that people make and that preprocessing has lost: ink along the frame, tight crops, faint pencil,
+a small digit in a large photo, a lens's vignette. Each maker returns the hard image and the same digit made
+easy (a margin, full contrast, level paper), so that a test can ask for the same 28x28 result from both."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def strokes_image(strokes, brush: int, size: tuple[int, int] = (280, 280), offset=(0, 0)) -> Image.Image:
+    """Strokes (lists of points) drawn as the page's pad draws them: round caps and joins, black on white."""
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    for points in strokes:
+        points = [(x + offset[0], y + offset[1]) for x, y in points]
+        draw.line(points, fill="black", width=brush, joint="curve")
+        for x, y in points:
+            draw.ellipse([x - brush / 2, y - brush / 2, x + brush / 2, y + brush / 2], fill="black")
+    return img
+
+
+def seven_along_the_top(top: int, brush: int) -> list:
+    """A 7 whose bar runs `top` pixels below the pad's top edge."""
+    y = top + brush / 2
+    return [[(50, y), (230, y), (110, 275)]]
+
+
+def eight_along_the_top(brush: int) -> list:
+    """An 8 filling the pad from its top edge, where its upper loop runs flat along the edge."""
+    t = np.linspace(0, 2 * np.pi, 60)
+    upper = [(140 + 125 * np.sin(a), max(brush / 2, 85 - 110 * np.cos(a))) for a in t]
+    lower = [(140 + 100 * np.sin(a), 212 + 58 * np.cos(a)) for a in t]
+    return [upper, lower]
+
+
+def with_margin(strokes, brush: int) -> tuple[Image.Image, Image.Image]:
+    """(the strokes on the 280 px pad, the same strokes with 40 px of paper around them)."""
+    return strokes_image(strokes, brush), strokes_image(strokes, brush, (360, 360), (40, 40))
+
+
+def tight_crop(digit: np.ndarray, side: int = 96) -> tuple[Image.Image, Image.Image]:
+    """(an MNIST digit cropped to its ink and scaled to `side` px, dark on white, as a person crops a scan;
+    the same with a fifth of paper around it)."""
+    rows, cols = np.flatnonzero(digit.max(1) > 30), np.flatnonzero(digit.max(0) > 30)
+    ink = digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    scale = side / max(ink.shape)
+    img = Image.fromarray(255 - ink).resize((max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale))),
+                                            Image.Resampling.BICUBIC)
+    pad = side // 5
+    margin = Image.new("L", (img.width + 2 * pad, img.height + 2 * pad), 255)
+    margin.paste(img, (pad, pad))
+    return img, margin
+
+
+def _on_paper(digit: np.ndarray, rng: np.random.Generator, side: int, size: int, paper, ink: float,
+              noise: float) -> Image.Image:
+    canvas = np.zeros((side, side))
+    top, left = (int(v) for v in rng.integers(0, side - size + 1, 2))
+    canvas[top:top + size, left:left + size] = np.asarray(
+        Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC), np.float64) / 255
+    gray = paper * (1 - canvas) + ink * canvas + rng.normal(0, noise, canvas.shape)
+    return Image.fromarray(np.clip(np.round(gray), 0, 255).astype(np.uint8))
+
+
+def faint_photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """(faint pencil: ink 25-40 grey levels darker than grey paper, with sensor noise; the same in full ink)."""
+    paper, contrast = rng.uniform(150, 230), rng.uniform(25, 40)
+    state = rng.bit_generator.state
+    faint = _on_paper(digit, rng, 140, 100, paper, paper - contrast, 3)
+    rng.bit_generator.state = state
+    return faint, _on_paper(digit, rng, 140, 100, paper, 30, 3)
+
+
+def small_in_a_photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """(a digit 16-40 px tall in a 600 px photo of paper; the same digit filling a 60 px one)."""
+    size = int(rng.integers(16, 41))
+    return _on_paper(digit, rng, 600, size, 200, 40, 3), _on_paper(digit, rng, 60, 40, 200, 40, 3)
+
+
+def vignette_photo(digit: np.ndarray, rng: np.random.Generator, fall: float = 70) -> tuple[Image.Image, Image.Image]:
+    """(a photo whose paper darkens by `fall` grey levels from the centre to the corners, as a lens or a lamp above
+    makes it; the same on level paper)."""
+    side, size = 300, int(rng.integers(100, 200))
+    state = rng.bit_generator.state
+    level = _on_paper(digit, rng, side, size, 215.0, 50, 3)
+    rng.bit_generator.state = state
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    bowl = 215 - fall * 2 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2)
+    return _on_paper(digit, rng, side, size, bowl, 50, 3), level
+
+
+def alike(a: np.ndarray, b: np.ndarray) -> float:
+    """The best correlation of two 28x28 images within a pixel's shift (the centre of mass rounds to whole pixels)."""
+    return max(np.corrcoef(np.roll(a, (dy, dx), (0, 1)).ravel().astype(float), b.ravel().astype(float))[0, 1]
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
