@@ -15,6 +15,27 @@ chosen), never on the held-out images they are judged on:
     many      more: 3 epochs over your images (200 steps at least), a quarter of each batch replayed
               (not tuned yet)
 
+The model keeps its head's kind (softmax, sigmoid or none-class) and learns with the loss training
+uses for it (steps.head_loss). Where it learnt to say "not a digit" from made-up non-digits (outlier
+exposure: its card's reject score is energy or not-none), both recipes replay those too: OUTLIERS of
+outliers.outlier_set("train"), made once for the run, half as many in each batch as its digits, as
+training mixes them, with the same objective.
+
+A kept head keeps its reject score, and its threshold is refitted on the fine-tuned model by the
+project's rule (ood.reject_threshold: the largest that keeps 99%) applied to one pool of
+in-distribution scores: the V validation digits of the model's dataset (the split its first
+threshold was fitted on, held out of the replay), and your H held-out images, each counted
+round(V / max(H, FULL_WEIGHT)) times (at least once). From FULL_WEIGHT (100) images on, your
+writing weighs as much as the validation digits; with fewer, each image of yours is about
+1 / (100 + H) of the pool, under the 1% it may reject, so that one odd drawing among a few dozen
+cannot pull the threshold down on its own; without held-out images, the validation digits alone.
+Without validation digits (the model's dataset is not at hand, or the init model is itself
+fine-tuned: its card names your folder), your held-out images may lower the init model's threshold,
+to keep 99% of them, but cannot raise it: a few images cannot vouch for rejecting more. The
+threshold and the shares of your held-out images and of validation outliers
+(outlier_set("validation")) below it are printed and kept in finetune.json. A new head has no
+threshold: the fine-tuned model never rejects.
+
 The figures before and after, on your held-out images and on the model's own test set (MNIST's
 for the pretrained models), are printed and kept in finetune.json beside model.pt.
 """
@@ -27,22 +48,27 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import pretrained
 from .augment import Augment
 from .card import ModelCard
 from .checkpoints import check_weights, load_weights, save_checkpoint
-from .data import normalize
+from .config import FAMILIES, PRESETS
+from .data import Loader, normalize
 from .device import amp_dtype, autocast, keep_freed_memory
-from .errors import MnistlabError
+from .errors import DataError, MnistlabError
 from .evaluation import format_accuracy
 from .fileio import write_json
 from .inference import labels_by_name
 from .models import build_model
-from .owndata import get_dataset_spec, load_split
+from .ood import KEEP, REJECT_SCORE_FOR, ood_score, reject_threshold, rejected_share
+from .outliers import OutlierBatches, outlier_set
+from .owndata import carve, get_dataset_spec, load_split
+from .steps import head_loss
 
 PROGRESS_EVERY = 50  # steps between progress lines
 FEW_SHOT = 10  # images a class at most for the few-shot recipe
@@ -55,6 +81,26 @@ RECIPES = {
     "many": dict(epochs=3, min_steps=200, lr=1e-3, batch=96, replay=32, freeze_norm=False, label_smoothing=0.1),
 }
 AUGMENT = Augment(degrees=10, scale=0.1, translate=0.08)  # each of your images a little differently every step
+# Made-up non-digits: a small pool, rendered once per run, so that the few-shot recipe stays a matter of seconds.
+OUTLIERS, VALIDATION_OUTLIERS = 2_000, 1_000
+# Held-out images of yours from which, together, they weigh as much as the validation digits in the threshold's
+# pool; fewer weigh less, each under the 1% of the pool that may be rejected (the module docstring).
+FULL_WEIGHT = 100
+# A card does not say how strongly its model learnt from outliers: the weight the shipped default was trained with.
+OUTLIER_WEIGHT = PRESETS["robust-oe"]["outlier_exposure"]
+# The reject scores that training gives only with outlier exposure (energy, not-none; without it, msp).
+EXPOSED_SCORES = ({score for (_, oe), score in REJECT_SCORE_FOR.items() if oe}
+                  - {score for (_, oe), score in REJECT_SCORE_FOR.items() if not oe})
+
+
+@dataclass
+class Reject:
+    """"Not a digit" after the fine-tune: the refitted threshold and what it rejects."""
+    score: str
+    threshold: float
+    held_out_rejected: float  # the share of your held-out images below it
+    outliers_rejected: float | None  # of validation outliers; None: the model learnt no outliers
+    validation_digits: int  # of the model's dataset, in the pool it was fitted on (0: none)
 
 
 @dataclass
@@ -67,6 +113,14 @@ class FinetuneResult:
     base_before: tuple[int, int] | None  # on the model's own test set (None: a new head, or its data missing)
     base_after: tuple[int, int] | None
     seconds: float
+    reject: Reject | None = None  # None: the model never rejects (a new head, or an init without a threshold)
+
+
+class Base(NamedTuple):
+    """The model's own dataset: images and labels to replay, to test on, and to fit the threshold on."""
+    train: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    validation: tuple[torch.Tensor, torch.Tensor] | None  # the split the card's val_size held out (None: none)
 
 
 def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, recipe: str = "auto",
@@ -94,27 +148,40 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
     if not new_head:
         y, yt = labels_by_name(y, classes, card.classes, dataset), labels_by_name(yt, classes, card.classes, dataset)
     torch.manual_seed(seed)
-    module = _module(card, state, len(out_classes), new_head)
+    outputs = len(out_classes) + (card.head == "none-class")  # the kind of head is kept, new or not
+    module = _module(card, state, outputs, new_head)
     base = None if new_head else _base_data(card, data_dir, say)
     counts = torch.bincount(y, minlength=len(out_classes))
     chosen = recipe if recipe != "auto" else ("few-shot" if counts.max() <= FEW_SHOT else "many")
     say(f"fine-tuning {init} ({card.model}) on {dataset}: {len(y)} images, {'a new head for ' if new_head else ''}"
         f"{len(out_classes)} classes, the {chosen} recipe"
         f"{'' if base is None or new_head else f', replaying {card.dataset} training images'}")
+    if new_head and card.reject_score:
+        say(f"note: a new head has no 'not a digit' threshold from {init}: the fine-tuned model never rejects.")
+    # the outliers are digits' non-digits (letters among them): for the model's own classes only
+    exposed = not new_head and card.reject_score in EXPOSED_SCORES
+    outliers = _outlier_sets(seed, data_dir, say) if exposed else None
 
     def score(images, labels):
-        return _accuracy(module, card, images, labels)
+        return _correct(_logits(module, card, images), labels, len(out_classes))
 
     before = None if new_head else score(xt, yt)
-    base_before = score(*base[1]) if base else None
+    base_before = score(*base.test) if base else None
     t0 = time.perf_counter()
-    _train(module, card, (x, y), base[0] if base else None, RECIPES[chosen], seed, say)
+    _train(module, card, (x, y), base.train if base else None, outliers[0] if outliers else None,
+           RECIPES[chosen], seed, say)
     seconds = time.perf_counter() - t0
-    result = FinetuneResult(Path(), chosen, "new" if new_head else "kept", before, score(xt, yt), base_before,
-                            score(*base[1]) if base else None, seconds)
+    held_out = _logits(module, card, xt)
+    reject = None if new_head or not card.reject_score else _refit(
+        module, card, held_out, base.validation if base else None, outliers[1] if outliers else None)
+    result = FinetuneResult(Path(), chosen, "new" if new_head else "kept", before,
+                            _correct(held_out, yt, len(out_classes)), base_before,
+                            score(*base.test) if base else None, seconds, reject)
     _report(result, dataset, card.dataset, say)
     new_card = ModelCard(model=card.model, model_config=card.model_config, dataset=dataset, classes=out_classes,
-                         mean=card.mean, std=card.std, temperature=1.0 if new_head else card.temperature)
+                         mean=card.mean, std=card.std, temperature=1.0 if new_head else card.temperature,
+                         head=card.head, reject_score=reject.score if reject else "",
+                         reject_threshold=reject.threshold if reject else None)
     result.model_path = out / "model.pt"
     summary = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(result).items()} | {
         "model_path": str(result.model_path), "init": init, "dataset": dataset}
@@ -142,43 +209,88 @@ def head_keys(model: str, config: dict, num_classes: int) -> set[str]:
     return {k for k in a if a[k].shape != b[k].shape}
 
 
-def _module(card: ModelCard, state: dict, num_classes: int, new_head: bool) -> torch.nn.Module:
-    module = build_model(card.model, num_classes, **card.model_config)
+def _module(card: ModelCard, state: dict, outputs: int, new_head: bool) -> torch.nn.Module:
+    module = build_model(card.model, outputs, **card.model_config)
     if getattr(module, "channels_last", False):  # as training runs it: measured faster on CPU
         module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch's stubs)
     weights = state["model_state"]
     if new_head:  # everything but the head, which starts afresh
-        skip = head_keys(card.model, card.model_config, num_classes)
+        skip = head_keys(card.model, card.model_config, outputs)
         weights = {k: v for k, v in weights.items() if k not in skip}
     missing, unexpected = module.load_state_dict(weights, strict=False)
-    if unexpected or (set(missing) - head_keys(card.model, card.model_config, num_classes) if new_head else missing):
+    if unexpected or (set(missing) - head_keys(card.model, card.model_config, outputs) if new_head else missing):
         raise MnistlabError(f"the init model's weights do not fit its model '{card.model}' (a damaged file?).")
     return module
 
 
-def _base_data(card: ModelCard, data_dir, say):
-    """((train images, labels), (test images, labels)) of the model's own dataset, for replay and the second figure;
-    None, said, where it cannot be had."""
+def _base_data(card: ModelCard, data_dir, say) -> Base | None:
+    """The model's own dataset, for replay, the second figure and the threshold; None, said, where it cannot be
+    had. The validation split is held out of the replay: the threshold is fitted on it."""
     try:
-        return load_split(card.dataset, "train", data_dir), load_split(card.dataset, "test", data_dir)
+        if card.val_size:
+            train, validation = carve(card.dataset, card.val_size, data_dir)
+        else:
+            train, validation = load_split(card.dataset, "train", data_dir), None
+        return Base(train, load_split(card.dataset, "test", data_dir), validation)
     except MnistlabError as e:
         say(f"note: no replay of {card.dataset} and no figure on its test set ({e}); what the model knew may fade.")
         return None
 
 
-def _accuracy(module: torch.nn.Module, card: ModelCard, images: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+def _outlier_sets(seed: int, data_dir, say) -> tuple[np.ndarray, np.ndarray]:
+    """(outliers to replay, validation outliers to judge the threshold by); without Fashion-MNIST (no copy, no
+    network), the other three families, said."""
+    families: tuple[str, ...] = FAMILIES
+    try:
+        train = outlier_set("train", OUTLIERS, seed, data_dir, families)
+    except DataError as e:
+        families = tuple(f for f in FAMILIES if f != "fashion")
+        say(f"note: no Fashion-MNIST for the made-up non-digits ({e}); replaying {', '.join(families)} only.")
+        train = outlier_set("train", OUTLIERS, seed, data_dir, families)
+    return train, outlier_set("validation", VALIDATION_OUTLIERS, seed, data_dir, families)
+
+
+def _logits(module: torch.nn.Module, card: ModelCard, images: torch.Tensor) -> torch.Tensor:
     module.eval()
     with torch.no_grad():
-        correct = sum(int((module(_normalize(module, card, images[i:i + 1000])).argmax(1)
-                           == labels[i:i + 1000]).sum()) for i in range(0, len(images), 1000))
-    return correct, len(images)
+        return torch.cat([module(_normalize(module, card, part)).float() for part in images.split(1000)])
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[int, int]:
+    """(correct, total): a none-class head's answer is the likeliest of the classes, as inference reads it."""
+    return int((logits[:, :classes].argmax(1) == labels).sum()), len(labels)
 
 
 def _normalize(module, card: ModelCard, images: torch.Tensor) -> torch.Tensor:
     return normalize(images, card.mean, card.std, getattr(module, "channels_last", False))
 
 
-def _train(module, card: ModelCard, user, replay, recipe: dict, seed: int, say=print) -> None:
+def pooled_threshold(held_out: np.ndarray, validation: np.ndarray) -> float:
+    """The threshold that keeps KEEP of one pool: the V validation scores, and the H held-out ones each counted
+    round(V / max(H, FULL_WEIGHT)) times (at least once); either alone where the other is empty."""
+    copies = max(1, round(len(validation) / max(len(held_out), FULL_WEIGHT)))
+    return reject_threshold(np.concatenate([validation, np.repeat(held_out, copies)]), KEEP)
+
+
+def _refit(module, card: ModelCard, held_out: torch.Tensor, validation, outliers: np.ndarray | None) -> Reject:
+    """The kept reject score's threshold, refitted on the fine-tuned model (the module docstring's rule)."""
+    def scores(logits: torch.Tensor) -> np.ndarray:
+        return ood_score(logits.numpy(), card.reject_score, card.temperature, card.head)
+
+    assert card.reject_threshold is not None, "a card with a reject score has a threshold"
+    mine = scores(held_out)
+    val = scores(_logits(module, card, validation[0])) if validation is not None else np.zeros(0)
+    if len(val):
+        threshold = pooled_threshold(mine, val)
+    else:  # a few images of yours may lower it, to keep your writing, but cannot vouch for raising it
+        threshold = min(card.reject_threshold, reject_threshold(mine) if len(mine) else np.inf)
+    out = None if outliers is None else rejected_share(scores(_logits(module, card, torch.from_numpy(outliers))),
+                                                       threshold)
+    return Reject(card.reject_score, threshold, rejected_share(mine, threshold) if len(mine) else 0.0, out, len(val))
+
+
+def _train(module, card: ModelCard, user, replay, outliers: np.ndarray | None, recipe: dict, seed: int,
+           say=print) -> None:
     x, y = user
     blend = recipe.get("blend", 1.0)
     start = {k: v.detach().clone() for k, v in module.state_dict().items()} if blend < 1.0 else None
@@ -191,6 +303,12 @@ def _train(module, card: ModelCard, user, replay, recipe: dict, seed: int, say=p
         opt = torch.optim.Adam(module.parameters(), lr=recipe["lr"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.1)
     background = -card.mean / card.std
+    mixer = None
+    if outliers is not None:  # half as many outliers as digits in each batch, as training mixes them
+        digits = min(recipe["batch"], len(x)) + (recipe["replay"] if replay is not None else 0)
+        channels_last = getattr(module, "channels_last", False)
+        loader = Loader(x, y, recipe["batch"], card.mean, card.std, channels_last=channels_last)  # its normalisation
+        mixer = OutlierBatches(outliers, digits // 2, loader, seed)
     keep_freed_memory()
     amp = amp_dtype("auto", torch.device("cpu"))  # bf16 where the CPU has it natively, as training does
     module.train()
@@ -206,8 +324,11 @@ def _train(module, card: ModelCard, user, replay, recipe: dict, seed: int, say=p
             r = torch.randint(len(replay[0]), (recipe["replay"],), generator=g)
             xb = torch.cat([xb, _normalize(module, card, replay[0][r])])
             yb = torch.cat([yb, replay[1][r]])
+        if mixer is not None:
+            xb, yb = mixer.mix(xb, yb, step)
         with autocast(torch.device("cpu"), amp):
-            loss = F.cross_entropy(module(xb), yb, label_smoothing=recipe.get("label_smoothing", 0.0))
+            loss = head_loss(module(xb), yb, recipe.get("label_smoothing", 0.0), card.head,
+                             OUTLIER_WEIGHT if mixer is not None else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -235,6 +356,15 @@ def _report(r: FinetuneResult, dataset: str, base: str, say) -> None:
         f"after {shown(r.held_out_after)}")
     if r.base_after:
         say(f"{base} test set: before {shown(r.base_before)}, after {shown(r.base_after)}")
+    if r.reject:
+        how = (f"refitted to keep {KEEP:.0%} of {r.reject.validation_digits} {base} validation digits and your "
+               "held-out images" if r.reject.validation_digits else
+               f"no validation digits of {base} to refit on: the init model's, or lower to keep {KEEP:.0%} of your "
+               "held-out images")
+        outliers = "" if r.reject.outliers_rejected is None else (
+            f" and {r.reject.outliers_rejected:.1%} of {VALIDATION_OUTLIERS} validation outliers")
+        say(f"'not a digit' below {r.reject.score} {r.reject.threshold:.4g} ({how}): it rejects "
+            f"{r.reject.held_out_rejected:.1%} of your held-out images{outliers}")
     say(f"{r.seconds:.2f} s of fine-tuning")
 
 
