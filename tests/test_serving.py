@@ -91,6 +91,20 @@ def test_blank_drawing_is_422_no_digit(client):
     assert r.status_code == 422 and "no digit found" in r.json()["error"]
 
 
+def test_an_error_does_not_name_the_image_by_the_servers_own_label(client):
+    """"request body: no digit found …" said nothing to whoever sent the image, nor to the person who drew it."""
+    buf = io.BytesIO()
+    Image.new("RGB", (280, 280), "white").save(buf, format="PNG")
+    for kwargs, status, start in (
+            ({"content": buf.getvalue(), "headers": {"Content-Type": "image/png"}}, 422, "no digit found ("),
+            ({"files": {"file": ("d.png", buf.getvalue(), "image/png")}}, 422, "no digit found ("),
+            ({"content": b"hello", "headers": {"Content-Type": "image/png"}}, 400, "not an image"),
+            ({"files": {"file": ("d.png", b"hello", "image/png")}}, 400, "not an image")):
+        r = client.post("/api/predict", **kwargs)
+        error = r.json()["error"]
+        assert r.status_code == status and error.startswith(start) and ". " not in error, r.text  # one sentence
+
+
 def test_bodies_over_the_limit_get_413(client):
     big = b"\0" * 150_000
     r = client.post("/api/predict", content=big, headers={"Content-Type": "image/png"})
@@ -452,10 +466,102 @@ def test_brush_keyboard_touch_and_labels(live_server, tmp_path):
         digit = tmp_path / "seven.png"
         Image.new("L", (120, 120), 255).save(digit)
         page.set_input_files("#upload", str(digit))
-        page.wait_for_function("document.getElementById('message').textContent.includes('no digit found')")
+        message(page, "No digit found in seven.png")
         assert page.evaluate("getComputedStyle(document.getElementById('pad')).touchAction") == "none"
         for canvas in ("#pad", "#seen", "#why"):
             assert page.locator(canvas).get_attribute("aria-label")
         assert page.locator("[role=meter]").count() == 10
         assert page.get_by_role("button", name="Clear").count() == 1
         assert page.get_by_label("Brush").count() == 1
+
+
+# ---- both pages: the served one and the static export share app.js, and behave alike ----
+
+SEVEN = [[(80, 60), (200, 60), (120, 240)]]
+FILLED = [[(2, y), (282, y)] for y in range(2, 283, 28)]  # the pad scribbled over, edge to edge, with the widest brush
+NO_DIGIT = "No digit found: draw one digit, with a darker or thicker stroke and white space around it."
+
+
+@pytest.fixture(scope="module", params=["served", "static"])
+def either_page(request, tmp_path_factory):
+    """The drawing page's URL, under `mnistlab serve` and as a static export, both with the default model."""
+    from mnistlab_testkit.browsing import ORT_DIST, app_server, need, static_server
+
+    if request.param == "served":
+        with app_server(create_app(load_model("fast"))) as url:
+            yield url
+        return
+    pytest.importorskip("onnx")
+    from mnistlab.export import export
+
+    need(ORT_DIST, "onnxruntime-web from npm (node_modules)")
+    with static_server(export("fast", "web", tmp_path_factory.mktemp("web") / "site", runtime=ORT_DIST)) as url:
+        yield url
+
+
+def message(page, start: str = "") -> str:
+    """The page's message, once one that starts with `start` is shown (any, by default)."""
+    page.wait_for_function("start => { const m = document.getElementById('message').textContent; "
+                           "return m !== '' && m.startsWith(start); }", arg=start, timeout=20000)
+    return page.locator("#message").text_content()
+
+
+def test_a_failure_is_said_in_plain_words_the_same_on_both_pages(either_page, tmp_path):
+    blank, broken, notes, thin = (tmp_path / name for name in ("blank.png", "broken.png", "notes.txt", "thin.png"))
+    Image.new("RGB", (200, 200), "white").save(blank)
+    broken.write_bytes(b"not a picture")
+    notes.write_text("7")
+    Image.new("RGB", (400, 10), "black").save(thin)
+    with browser_page(either_page) as page:
+        page.fill("#brush", "40")
+        draw(page, FILLED)
+        assert message(page, "No digit") == NO_DIGIT
+        page.set_input_files("#upload", str(blank))
+        assert message(page, "No digit found in") == (
+            "No digit found in blank.png: use a picture of one digit whose strokes stand out from the paper.")
+        for path in (broken, notes):
+            page.set_input_files("#upload", str(path))
+            assert message(page, path.name) == f"{path.name} is not a picture this page can read."
+        page.set_input_files("#upload", str(thin))
+        assert message(page, "thin.png") == (
+            "thin.png: the image is 400x10, too thin to hold a digit (at most 20 times longer than wide).")
+
+
+def seen_ink(page) -> int:
+    """The largest value, alpha included, of the pictures of what the model saw and of which pixels decided it."""
+    return page.evaluate("""() => Math.max(...['seen', 'why'].map((id) => Math.max(
+        ...document.getElementById(id).getContext('2d').getImageData(0, 0, 28, 28).data)))""")
+
+
+def test_a_failure_clears_the_picture_of_what_the_model_saw(either_page):
+    with browser_page(either_page) as page:
+        draw(page, SEVEN)
+        page.wait_for_function("document.getElementById('prediction').textContent !== ''", timeout=20000)
+        assert seen_ink(page) > 0
+        page.fill("#brush", "40")
+        draw(page, FILLED)  # over the 7: the same drawing, now with no digit in it
+        message(page)
+        assert seen_ink(page) == 0  # an empty frame, not the 7 of the answer before
+
+
+def test_nothing_moves_when_a_drawing_is_rejected_or_fails(either_page):
+    parts = ("#pad", "section[aria-label=answer]", "#prediction", "#seen", "#bars")
+    with browser_page(either_page) as page:
+        # the verdict is the engine's own answer, marked rejected or not here: this tests the layout, not the model
+        page.evaluate("""() => { const engine = window.mnistlabEngine, predict = engine.predict;
+            engine.predict = async (what) => ({...await predict(what), rejected: window.rejectAll}); }""")
+        boxes = {}
+        for rejected in (False, True):
+            page.evaluate(f"window.rejectAll = {str(rejected).lower()}")
+            page.click("#clear")
+            draw(page, SEVEN)
+            page.wait_for_function("() => { const p = document.getElementById('prediction').textContent; "
+                                   f"return p !== '' && (p === 'not a digit') === {str(rejected).lower()}; }}",
+                                   timeout=20000)
+            assert (page.locator("#nearest").text_content() != "") == rejected
+            boxes[rejected] = [page.locator(part).bounding_box() for part in parts]
+        page.fill("#brush", "40")
+        draw(page, FILLED)
+        message(page)
+        boxes["failed"] = [page.locator(part).bounding_box() for part in parts]
+    assert boxes[True] == boxes[False] and boxes["failed"] == boxes[False], boxes

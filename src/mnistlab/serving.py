@@ -54,10 +54,19 @@ except ImportError:  # httptools is not installed: h11 it is
 log = logging.getLogger("mnistlab.serving")
 REQUEST_TIMEOUT = 10.0  # seconds a client has to send a request's headers, and then its body
 BACKLOG = 1024
+BODY, UPLOAD = "request body", "uploaded file"  # the names a request's image goes by: its prediction's "source"
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _said(e: MnistlabError) -> str:
+    """The API's sentence for an error. Preprocessing starts its sentences with the image's name, and a
+    request's image has none but the one given here ("request body: no digit found …"), which means nothing
+    to whoever sent the image, or drew it on the page: it is left out."""
+    label, sep, rest = str(e).partition(": ")
+    return rest if sep and label in (BODY, UPLOAD) else str(e)
 
 
 class Guard:
@@ -164,9 +173,9 @@ def create_app(model, max_bytes: int = 2_000_000, threads: int = 2, collect: str
             log.warning("a client went away before sending its whole request")
             return Response(status_code=400)
         except (NoDigitError, ModelOutputError) as e:  # the request was fine; there is no answer to give
-            return _error(422, str(e))
+            return _error(422, _said(e))
         except MnistlabError as e:
-            return _error(400, str(e))
+            return _error(400, _said(e))
         # a plain JSONResponse: FastAPI's generic encoder costs more than the model on a 28x28 list
         return JSONResponse({**pred.to_dict(len(model.classes)), "preprocessed": pred.preprocessed.tolist()})
 
@@ -206,7 +215,7 @@ def _collect_routes(app, served: Served, folder: Path, tuner: collecting.FineTun
                 if label not in model.classes:  # before any decoding: nothing is written for a bad label
                     raise MnistlabError(f"label '{label[:40]}' is not one of the model's classes "
                                         f"({', '.join(model.classes)}).")
-                seen = model.predict(body, name="request body").preprocessed
+                seen = model.predict(body, name=BODY).preprocessed
                 return collecting.save_correction(folder, label, tuple(model.classes), body, seen)
             path = await anyio.to_thread.run_sync(save, limiter=limiter)
         except TimeoutError:
@@ -214,9 +223,9 @@ def _collect_routes(app, served: Served, folder: Path, tuner: collecting.FineTun
         except ClientDisconnect:
             return Response(status_code=400)
         except (NoDigitError, ModelOutputError) as e:
-            return _error(422, str(e))
+            return _error(422, _said(e))
         except MnistlabError as e:
-            return _error(400, str(e))
+            return _error(400, _said(e))
         return {"saved": str(path), "counts": collecting.counts(folder)}
 
     @app.post("/api/finetune")
@@ -250,10 +259,10 @@ async def _read(request, ctype: str, model):
         return lambda: model.predict_pixels(_pixels(body), "pixels", explain=explain)
     if ctype == "multipart/form-data":
         upload = await _uploaded_file(request)
-        return lambda: model.predict(upload, name="uploaded file", explain=explain)
+        return lambda: model.predict(upload, name=UPLOAD, explain=explain)
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         body = await request.body()
-        return lambda: model.predict(body, name="request body", explain=explain)
+        return lambda: model.predict(body, name=BODY, explain=explain)
     return None
 
 

@@ -41,13 +41,36 @@ function headLogProbs(z, head, t) {
 window.mnistlabLesson = {logSoftmax, crossEntropy, oodScore, headLogProbs};
 
 function reset() {
-  generation += 1; pending = false; answer = null; truth = null; source = null;
+  generation += 1; pending = false; truth = null; source = null;
   ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, pad.width, pad.height);
-  $("prediction").textContent = ""; $("runner-up").textContent = ""; $("message").textContent = "";
-  $("correct-box").hidden = true; $("correct-note").textContent = "";
-  $("prediction").classList.remove("rejected"); $("nearest").textContent = "";
+  $("correct-note").textContent = "";
+  noAnswer("");
+}
+
+// No answer to show (a cleared pad, or a failure, said in `message`): everything shown for an earlier
+// drawing goes, the picture the model saw included, so that none of it passes for this one's
+function noAnswer(message) {
+  answer = null;
+  $("prediction").textContent = ""; $("prediction").classList.remove("rejected");
+  $("nearest").textContent = ""; $("runner-up").textContent = ""; $("message").textContent = message;
+  $("correct-box").style.visibility = "hidden";  // hidden, not gone: what is below it stays in place
   seen.clearRect(0, 0, 28, 28); why.clearRect(0, 0, 28, 28);
   showBars(null); showLesson();
+}
+
+// A failure in words for the person who drew or uploaded the image, the same whichever engine answered.
+// The engines say why in the API's terms: both say "no digit found (…)" for a drawing or a picture with
+// no digit to read, and "not an image (…)" for a file that is none (the server, "send an image …" where
+// the file's type is not an image's).
+function failure(err, what) {
+  const reason = (err.message || String(err)).replace(/\.?$/, ".");
+  const file = what.file ? what.file.name : "";
+  if (/no digit found/i.test(reason)) {
+    return file ? `No digit found in ${file}: use a picture of one digit whose strokes stand out from the paper.`
+      : "No digit found: draw one digit, with a darker or thicker stroke and white space around it.";
+  }
+  if (file && /not an image|send an image/i.test(reason)) return `${file} is not a picture this page can read.`;
+  return file ? `${file}: ${reason}` : reason.charAt(0).toUpperCase() + reason.slice(1);
 }
 
 function setBrush() {
@@ -126,7 +149,7 @@ function show(result) {
   showSeen(result.preprocessed, result.saliency);
   showBars(result);
   showLesson();
-  $("correct-box").hidden = !engine.correct || !collecting;
+  $("correct-box").style.visibility = "visible";
 }
 
 async function classify(what) {
@@ -138,11 +161,7 @@ async function classify(what) {
     show(result);
   } catch (err) {
     if (sentIn !== generation) return;
-    answer = null; $("correct-box").hidden = true;
-    $("prediction").textContent = ""; $("runner-up").textContent = ""; $("nearest").textContent = "";
-    $("prediction").classList.remove("rejected");
-    $("message").textContent = err.message || String(err);
-    showBars(null); showLesson();
+    noAnswer(failure(err, what));
   }
 }
 
@@ -262,6 +281,7 @@ engine.info().then((info) => {
     $("correct").appendChild(b);
   });
   $("collect").hidden = !collecting;
+  $("correct-box").hidden = !engine.correct || !collecting;
   $("finetune").hidden = !info.finetune;
   $("download").hidden = !engine.download || !info.saved;
   if (info.finetune) engine.finetuneStatus().then((s) => { if (s.state === "running") followFinetune(); }).catch(() => {});

@@ -86,8 +86,13 @@ window.mnistlabEngine = (() => {
       throw new Error("not an image (or a format this browser cannot read)");
     });
     const {width: w, height: h} = bitmap;
-    if (w * h > MAX_PIXELS) throw new Error(`the image is too large (${w}x${h}; at most ${MAX_PIXELS} pixels)`);
-    if (Math.max(w, h) > MAX_ASPECT * Math.min(w, h)) throw new Error(`the image is ${w}x${h}, too thin to hold a digit`);
+    // in preprocessing.py's words: the page says the same for the same file, whichever engine answers
+    if (w * h > MAX_PIXELS) {
+      throw new Error(`the image is too large (${w}x${h}; at most ${MAX_PIXELS.toLocaleString("en")} pixels)`);
+    }
+    if (Math.max(w, h) > MAX_ASPECT * Math.min(w, h)) {
+      throw new Error(`the image is ${w}x${h}, too thin to hold a digit (at most ${MAX_ASPECT} times longer than wide)`);
+    }
     const k = Math.max(w, h) > 2 * WORKING_SIDE ? Math.floor(Math.max(w, h) / WORKING_SIDE) : 1;
     const canvas = document.createElement("canvas");
     canvas.width = Math.ceil(w / k); canvas.height = Math.ceil(h / k);
