@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mnistlab import MnistlabError
-from mnistlab.augment import TTA_VIEWS, Augment, tta_views
+from mnistlab.augment import PIXEL_FIELDS, TTA_VIEWS, Augment, tta_views
 
 BG = -0.1307 / 0.3081
 
@@ -256,3 +256,80 @@ def test_the_robust_recipes_validate():
         from_preset("robust", val_size=0, calibrate="held-out")
     with pytest.raises(MnistlabError, match="--calibrate must be one of"):
         from_preset("robust", calibrate="test")
+
+
+# ---- the kinds of MNIST-C's test corruptions, written anew (augment.MNIST_C_KIN)
+
+NEW_KINDS = ("specks", "outline", "invert_region", "scratch")
+
+
+@pytest.mark.parametrize("kind", NEW_KINDS)
+def test_each_new_kind_changes_images_when_on_and_is_seeded(kind):
+    x = _batch(32)
+    assert kind in PIXEL_FIELDS and not Augment(**{kind: 0.0}).pixels and Augment(**{kind: 0.5}).pixels
+    torch.testing.assert_close(Augment(**{kind: 0.0})(x, seed=2, background=BG, ink=INK), x, rtol=0, atol=1e-5)
+    aug = Augment(**{kind: 1.0})
+    a, b = aug(x, seed=2, background=BG, ink=INK), aug(x, seed=2, background=BG, ink=INK)
+    assert torch.equal(a, b) and not torch.equal(a, aug(x, seed=3, background=BG, ink=INK))
+    changed = [not torch.allclose(o, i, atol=1e-5) for o, i in zip(a, x)]
+    assert sum(changed) >= 24  # nearly every image (a few specks may land on nothing they change)
+    u = _ink_units(a)
+    assert u.min() >= -1e-5 and u.max() <= 1 + 1e-5
+    half = Augment(**{kind: 1.0}, pixel_share=0.5)(x, seed=2, background=BG, ink=INK)
+    assert 4 < sum(torch.equal(o, i) for o, i in zip(half, x)) < 28  # pixel_share leaves the rest clean
+
+
+def test_the_new_kinds_name_real_test_corruptions():
+    from mnistlab.augment import MNIST_C_KIN
+    from mnistlab.corruptions import TEST
+
+    assert set(MNIST_C_KIN) == set(NEW_KINDS) and all(n in TEST for names in MNIST_C_KIN.values() for n in names)
+    with pytest.raises(MnistlabError, match="--augment scratch must lie between 0 and 1"):
+        Augment(scratch=1.5)
+
+
+def test_outline_of_a_filled_square_is_its_border():
+    x = torch.full((32, 1, 28, 28), BG)
+    x[:, :, 8:20, 8:20] = INK
+    u = _ink_units(_aug(x, outline=1.0))
+    assert u[:, :, 10:18, 10:18].abs().max() < 1e-5  # hollow: nothing left inside
+    assert (u[:, 0, 7:9, 10:18].amin(-1).amax(-1) > 0.99).all()  # full ink along the top edge ...
+    assert (u[:, 0, 10:18, 19:21].amin(-2).amax(-1) > 0.99).all()  # ... and the right one
+    assert u[:, :, :6].abs().max() < 1e-5 and u[:, :, 22:].abs().max() < 1e-5  # and nothing away from it
+
+
+def test_invert_region_flips_polarity_inside_the_region_only():
+    blank = torch.full((64, 1, 28, 28), BG)
+    region = _ink_units(_aug(blank, invert_region=1.0)) > 0.5  # on a blank image, the region is what turned
+    share = region.float().mean((1, 2, 3))
+    assert (share > 0.05).all() and (share < 0.95).all()
+    x = _batch(64)
+    x[:, :, 2:5, 2:26] = 0.3  # a grey band as well
+    u, out = _ink_units(x), _ink_units(_aug(x, invert_region=1.0))  # the same draws: the same regions
+    torch.testing.assert_close(out, torch.where(region, 1 - u, u), rtol=0, atol=1e-5)
+    rectangles = [(r.any(0).sum() * r.any(1).sum() == r.sum()).item() for r in region[:, 0]]
+    assert 8 < sum(rectangles) < 56  # about half rectangles, the rest half-planes
+
+
+def test_specks_are_full_contrast_on_a_small_share_of_pixels():
+    x = torch.full((64, 1, 28, 28), BG + 0.5 * (INK - BG))  # a grey page: salt and pepper both show
+    out = _ink_units(_aug(x, specks=1.0))
+    hit = (out - 0.5).abs() > 1e-4
+    assert torch.all((out[hit] < 1e-5) | (out[hit] > 1 - 1e-5))  # 0 or full ink, nothing between
+    share = hit.float().mean((1, 2, 3))
+    assert share.max() <= 0.22 and 0.03 < share.mean() < 0.1 and (share > 0).float().mean() > 0.8  # 1-12% drawn
+    salt = (out > 0.99).float().sum((1, 2, 3)) / hit.float().sum((1, 2, 3)).clamp(min=1)
+    assert salt.min() < 0.3 and salt.max() > 0.7  # the salt's part drawn per image
+
+
+def test_scratch_crosses_the_whole_image():
+    blank = torch.full((64, 1, 28, 28), BG)
+    u = _ink_units(_aug(blank, scratch=1.0))
+    drawn = (u > 0.05)[:, 0]  # a faint grey line between two pixel rows leaves 0.2 in each
+    assert (drawn.sum((1, 2)) >= 28).all() and (u.sum((1, 2, 3)) >= 28 * 0.4 - 1).all()  # the image's width at least
+    edges = torch.stack([drawn[:, 0].any(1), drawn[:, -1].any(1), drawn[:, :, 0].any(1), drawn[:, :, -1].any(1)])
+    assert (edges.sum(0) >= 2).all()  # it enters and leaves at the border
+    width = (u > 0.5).sum((1, 2, 3)).float() / (u > 0.05).sum((1, 2, 3)).clamp(min=1)
+    assert u.max() <= 1 + 1e-5 and width.max() <= 1  # thin, anti-aliased strokes
+    greys = u.amax((1, 2, 3))
+    assert (greys > 0.99).sum() > 16 and (greys < 0.95).sum() > 8  # full ink and partial

@@ -114,7 +114,8 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--augment", type=_json_object,
                    help="batch augmentation as JSON: degrees, scale, translate, elastic, elastic_sigma, crop, erase, "
                         "flip (fashion-mnist only), and on the pixels lines, occlude, stroke, blur, level, gradient, "
-                        "contrast, noise, invert, pixel_share (see --preset robust)")
+                        "contrast, noise, invert, specks, outline, invert_region, scratch, pixel_share (see --preset "
+                        "robust)")
     p.add_argument("--epochs", type=_positive_float,
                    help=f"number of epochs; a fraction ends the last one early (default: {d.epochs:g})")
     p.add_argument("--batch-size", type=_positive_int, help=f"training batch size (default: {d.batch_size})")
@@ -140,6 +141,9 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--outlier-families", metavar="NAMES",
                    help="the outlier families that --outlier-exposure draws, comma-separated, from characters, "
                         "scribbles, noise and fashion (default: all four)")
+    p.add_argument("--synthetic-digits", type=float, metavar="SHARE",
+                   help="replace this share of each training batch by digits rendered from fonts, in many sizes, "
+                        "weights and slants (mnist only; default: 0, off)")
     p.add_argument("--seed", type=int,
                    help=f"random seed; the same seed, device and threads give the same weights (default: {d.seed})")
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")

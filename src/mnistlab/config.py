@@ -53,6 +53,8 @@ class RunConfig:
     outlier_exposure: float = 0.0
     # which of the outliers' families it draws (FAMILIES), comma-separated
     outlier_families: str = "characters,scribbles,noise,fashion"
+    # the share of each training batch replaced by digits rendered from fonts (mnistlab.synthetic), mnist only
+    synthetic_digits: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off), e.g. 0.999
     augment: dict = field(default_factory=dict)  # Augment's fields, e.g. {"degrees": 10}
     seed: int = 1
@@ -109,6 +111,11 @@ class RunConfig:
         if self.outlier_exposure and self.dataset != "mnist":
             raise MnistlabError(f"--outlier-exposure makes its non-digits for mnist (letters, clothes, ...), "
                                 f"not for {self.dataset}.")
+        if not 0 <= self.synthetic_digits <= 1:
+            raise MnistlabError(f"--synthetic-digits is a share of a batch, 0 to 1, not {self.synthetic_digits}.")
+        if self.synthetic_digits and self.dataset != "mnist":
+            raise MnistlabError(f"--synthetic-digits mixes font digits into mnist's training digits, not into "
+                                f"{self.dataset}.")
         check_families(self.outlier_family_names)
         if set(self.outlier_family_names) != set(FAMILIES) and not self.outlier_exposure:
             raise MnistlabError(FAMILIES_NEED_EXPOSURE)

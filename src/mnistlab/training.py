@@ -43,9 +43,11 @@ from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
 from .sgd import ForeachSGD
 from .speedups import enabled
 from .steps import EagerStep, GraphedStep
+from .synthetic import SyntheticBatches, digit_set
 from .tensorboard_log import require_tensorboard, tensorboard_logged
 
 OUTLIER_POOL = 12_000  # outlier exposure's made-up non-digits, rendered once per run (about 30 s on 2 cores)
+SYNTHETIC_POOL = 20_000  # --synthetic-digits' font digits, rendered once per seed and cached
 
 
 @dataclass
@@ -92,6 +94,7 @@ class Run:
     stats_state: dict | None = None  # the running figures of an epoch interrupted part-way, to carry on from
     test_logits: tuple | None = None  # (epoch, logits, labels) of the last test pass, to re-score, not re-run
     outliers: OutlierBatches | None = None  # outlier exposure's share of each batch (--outlier-exposure)
+    synthetic: SyntheticBatches | None = None  # font digits in place of part of each batch (--synthetic-digits)
     report: BackgroundReport | None = None  # drawn beside the last checkpoints (speed-up background-report)
     stats: EpochStats = field(init=False)  # the current epoch's running figures
 
@@ -199,9 +202,11 @@ def train_epoch(run: Run, stop: StopRequest) -> EpochStats | None:
         if run.cores is not None:
             run.cores.adjust()
         images = len(y)
+        if run.synthetic is not None:  # before the outliers: they take the place of digits, not of outliers
+            x, y = run.synthetic.mix(x, y, run.global_step)
         if run.outliers is not None:
             x, y = run.outliers.mix(x, y, run.global_step)
-        if run.augment is not None:  # the outliers too: a corrupted look is then a cue for neither side
+        if run.augment is not None:  # outliers and font digits too: a look is then a cue for no side
             x = run.augment(x, seed=cfg.seed * 1_000_003 + run.global_step, background=run.data.train.background,
                             ink=run.data.train.ink)
         loss, correct = run.step(x, y)
@@ -490,7 +495,8 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
                                                    cfg.label_smoothing, cfg.head, cfg.outlier_exposure)
     run = Run(cfg=cfg, card=card, model=model, ema=ema, opt=opt, sched=sched, step=step,
               augment=Augment(**cfg.augment) if cfg.augment else None, data=data, log=log, run_dir=run_dir,
-              cores=cores, outliers=outlier_batches(cfg, data, data_dir), **counters)
+              cores=cores, outliers=outlier_batches(cfg, data, data_dir), synthetic=synthetic_batches(cfg, data),
+              **counters)
     if state is not None:
         log.line(f"resuming {resume} at epoch {run.epoch}, step {run.step_in_epoch}/{len(data.train)}")
     log.line(f"training {cfg.model} on {cfg.dataset} ({len(data.train.images)} images, {len(data.train)} "
@@ -626,6 +632,15 @@ def outlier_batches(cfg: RunConfig, data: Data, data_dir) -> OutlierBatches | No
     pool = outlier_set("train", min(OUTLIER_POOL, max(256, len(data.train.images) // 4)), cfg.seed, data_dir,
                        cfg.outlier_family_names)
     return OutlierBatches(pool, max(1, data.train.batch_size // 2), data.train, cfg.seed)
+
+
+def synthetic_batches(cfg: RunConfig, data: Data) -> SyntheticBatches | None:
+    """The font digits' pool: a third as many as training images, at most SYNTHETIC_POOL; each
+    process draws its own from it."""
+    if not cfg.synthetic_digits:
+        return None
+    images, labels = digit_set(min(SYNTHETIC_POOL, max(1_000, len(data.train.images) // 3)), cfg.seed)
+    return SyntheticBatches(images, labels, cfg.synthetic_digits, data.train, cfg.seed, stream=dist.rank())
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
