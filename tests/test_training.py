@@ -275,3 +275,18 @@ def test_a_run_too_short_for_one_cycle_is_one_sentence():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(MnistlabError, match="needs at least 3 steps, and this run has 2"):
         make_scheduler(from_preset("fast"), opt, 2)
+
+
+@pytest.mark.parametrize("keep", [0.9, 0.99])
+def test_the_reject_threshold_keeps_reject_keep_of_the_validation_digits(fake_data, tmp_path, keep):
+    cfg = RunConfig(model="mlp", epochs=1, batch_size=20, optimizer="adam", lr=0.003, val_size=100, reject_keep=keep)
+    result = train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False)
+    model = load_model(result.model_path)
+    scores = model.ood_scores(model.load_split("validation", fake_data)[0].numpy())
+    # at least keep, ties and all; training scored the digits through its own forward pass, which may round a
+    # near-tie the other way
+    assert keep - 0.01 <= (scores >= model.card.reject_threshold).mean() <= keep + 0.02  # ties kept too
+    with pytest.raises(MnistlabError, match="give --val-size"):
+        RunConfig(model="mlp", reject_keep=0.995).validate()
+    with pytest.raises(MnistlabError, match="0.5 to 1"):
+        RunConfig(model="mlp", val_size=100, reject_keep=1.5).validate()

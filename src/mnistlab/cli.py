@@ -144,6 +144,9 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--synthetic-digits", type=float, metavar="SHARE",
                    help="replace this share of each training batch by digits rendered from fonts, in many sizes, "
                         "weights and slants (mnist only; default: 0, off)")
+    p.add_argument("--reject-keep", type=float, metavar="SHARE",
+                   help=f"the share of the clean validation digits that the 'not a digit' threshold keeps "
+                        f"(default: {d.reject_keep})")
     p.add_argument("--seed", type=int,
                    help=f"random seed; the same seed, device and threads give the same weights (default: {d.seed})")
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")

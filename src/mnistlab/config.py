@@ -55,6 +55,8 @@ class RunConfig:
     outlier_families: str = "characters,scribbles,noise,fashion"
     # the share of each training batch replaced by digits rendered from fonts (mnistlab.synthetic), mnist only
     synthetic_digits: float = 0.0
+    # the share of the clean validation digits that the "not a digit" threshold keeps (needs val_size)
+    reject_keep: float = 0.99
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off), e.g. 0.999
     augment: dict = field(default_factory=dict)  # Augment's fields, e.g. {"degrees": 10}
     seed: int = 1
@@ -111,6 +113,11 @@ class RunConfig:
         if self.outlier_exposure and self.dataset != "mnist":
             raise MnistlabError(f"--outlier-exposure makes its non-digits for mnist (letters, clothes, ...), "
                                 f"not for {self.dataset}.")
+        if not 0.5 <= self.reject_keep <= 1:
+            raise MnistlabError(f"--reject-keep is the share of validation digits the threshold keeps, 0.5 to 1, "
+                                f"not {self.reject_keep}.")
+        if self.reject_keep != RunConfig.reject_keep and not self.val_size:
+            raise MnistlabError("--reject-keep places the threshold among the validation digits: give --val-size.")
         if not 0 <= self.synthetic_digits <= 1:
             raise MnistlabError(f"--synthetic-digits is a share of a batch, 0 to 1, not {self.synthetic_digits}.")
         if self.synthetic_digits and self.dataset != "mnist":

@@ -302,14 +302,14 @@ def calibrate(run: Run) -> None:
     assert run.data.val is not None, "calibrated without a validation split"
     logits, labels = predict_logits(run.shipped, run.data.val)
     head = run.cfg.head
-    score = REJECT_SCORE_FOR[head, bool(run.cfg.outlier_exposure)]  # "not a digit": keeps 99% of validation digits
+    score = REJECT_SCORE_FOR[head, bool(run.cfg.outlier_exposure)]  # "not a digit": keeps reject_keep of them
     clean = logits  # the threshold is the clean validation digits' own, whatever the temperature is fitted on
     if run.cfg.calibrate == "held-out":
         logits, labels = held_out_logits(run, logits, labels)
     temperature = fit_temperature(logits, labels, head)
     before = evaluation_from_logits(logits, labels, run.card.classes, head=head)
     after = evaluation_from_logits(logits, labels, run.card.classes, temperature, head=head)
-    threshold = reject_threshold(ood_score(clean.cpu().numpy(), score, temperature, head))
+    threshold = reject_threshold(ood_score(clean.cpu().numpy(), score, temperature, head), run.cfg.reject_keep)
     run.card = dataclasses.replace(run.card, temperature=temperature, reject_score=score, reject_threshold=threshold)
     run.log.record(event="calibration", on=run.cfg.calibrate, temperature=temperature, val_ece_before=before.ece,
                    val_ece_after=after.ece, val_nll_before=before.loss, val_nll_after=after.loss)
