@@ -1,7 +1,9 @@
 """What every benchmark prints: the machine, the software, the statistics."""
 
+import contextlib
 import platform
 import statistics
+from pathlib import Path
 
 import torch
 
@@ -34,3 +36,19 @@ def write_kaggle_csv(path, images, labels=None) -> None:
     if labels is not None:
         rows, names = np.concatenate([labels[:, None], rows], axis=1), ["label", *names]
     np.savetxt(path, rows, fmt="%d", delimiter=",", header=",".join(names), comments="")
+
+
+def trained_candidate(folder: Path, settings: dict, data_dir) -> tuple[Path, float | None]:
+    """A model-choice candidate's model.pt, trained with these RunConfig settings if missing (seconds of training,
+    or None if it was there); its training log, which ends with the test figure every run prints, goes to
+    FOLDER.log, unread."""
+    from mnistlab import RunConfig, train
+
+    if (folder / "model.pt").is_file():
+        return folder / "model.pt", None
+    cfg = RunConfig(**settings).validate()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_suffix(".log"), "w") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        result = train(cfg, out=folder, data_dir=data_dir, progress=False)
+    return result.model_path, result.train_seconds

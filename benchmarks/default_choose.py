@@ -25,7 +25,6 @@ the three gates, then the highest held-out mean.
 """
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -33,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import machine
-from mnistlab import RunConfig, load_model, train
+from common import machine, trained_candidate
+from mnistlab import load_model
 from mnistlab.config import ROBUST_AUGMENT, recipe
 from mnistlab.corruptions import HELD_OUT, corrupt
 from mnistlab.evaluation import evaluation_from_logits
@@ -60,14 +59,8 @@ GATES = {"clean": 0.993, "auroc": 0.995, "rejected": 0.05}
 
 def trained(name: str, data_dir) -> tuple[Path, float | None]:
     """The candidate's model.pt, trained if missing (seconds of training, or None if it was there)."""
-    folder = OUT / name
-    if (folder / "model.pt").is_file():
-        return folder / "model.pt", None
-    cfg = RunConfig(**{**recipe("robust"), "seed": 1, "val_size": 5000, **CANDIDATES[name]}).validate()
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / f"{name}.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        result = train(cfg, out=folder, data_dir=data_dir, progress=False)
-    return result.model_path, result.train_seconds
+    return trained_candidate(OUT / name, {**recipe("robust"), "seed": 1, "val_size": 5000, **CANDIDATES[name]},
+                             data_dir)
 
 
 def score(path: Path, outliers: np.ndarray, data_dir) -> dict:

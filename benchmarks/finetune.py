@@ -29,7 +29,8 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
     print(f"machine: {machine()}\n")
-    print("| writer | held-out before | after | MNIST test before | after | fine-tuning s |\n|---|---|---|---|---|---|")
+    print("| writer | held-out before | after | MNIST test before | after | threshold | held-out rejected | "
+          "validation outliers rejected | fine-tuning s |\n|---|---|---|---|---|---|---|---|---|")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for w in args.writers:
@@ -39,7 +40,11 @@ def main() -> None:
             r = finetune(args.init, str(root), out=root / "ft", data_dir=args.data_dir, say=lambda s: None)
             rows.append(r)
             (b, n), (a, _) = r.held_out_before, r.held_out_after
-            print(f"| {w} | {b}/{n} | {a}/{n} | {r.base_before[0]} | {r.base_after[0]} | {r.seconds:.1f} |", flush=True)
+            rj = r.reject
+            said = ("- | - | -" if rj is None else f"{rj.threshold:.3f} | {100 * rj.held_out_rejected:.1f}% | "
+                    + ("-" if rj.outliers_rejected is None else f"{100 * rj.outliers_rejected:.1f}%"))
+            print(f"| {w} | {b}/{n} | {a}/{n} | {r.base_before[0]} | {r.base_after[0]} | {said} | {r.seconds:.1f} |",
+                  flush=True)
     errors_before = sum(r.held_out_before[1] - r.held_out_before[0] for r in rows)
     errors_after = sum(r.held_out_after[1] - r.held_out_after[0] for r in rows)
     total = sum(r.held_out_after[1] for r in rows)

@@ -75,7 +75,7 @@ class Prediction:
         if not self.rejected:
             return ""
         return (f"not a digit: its {self.reject_score} score {self.ood_score:.4g} is below "
-                f"{self.reject_threshold:.4g}, the threshold that keeps 99% of the validation digits; "
+                f"{self.reject_threshold:.4g}, the threshold that keeps nearly all digits; "
                 f"the nearest digit is {self.label}")
 
     @property

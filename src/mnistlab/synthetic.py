@@ -44,7 +44,6 @@ TRAIN_FONTS: dict[str, tuple[str, ...]] = {
     "noto mono": ("truetype/noto/NotoSansMono-*.ttf", "truetype/noto/NotoMono-*.ttf"),
     "roboto": ("**/Roboto*.ttf",),
     "open sans": ("**/OpenSans*.ttf",),
-    "ibm plex": ("**/IBMPlex*.ttf", "**/IBMPlex*.otf"),
     "klee": ("**/Klee*.ttf", "**/Klee*.otf"),
     "kristi": ("**/Kristi*.ttf",),
     "rufscript": ("**/Rufscript*.ttf",),
@@ -52,6 +51,12 @@ TRAIN_FONTS: dict[str, tuple[str, ...]] = {
     "purisa": ("**/Purisa*.ttf", "**/Purisa*.otf"),
     "yozfont": ("**/*yozfont*/*.ttf", "**/*yozfont*/*.TTF", "**/yozvox*/*.ttf", "**/yozvox*/*.TTF"),
 }
+# The Debian package of each family, for a note that names what to install: the digits a run draws, and so its
+# weights, depend on the families at hand.
+TRAIN_FONT_PACKAGES = {"noto sans": "fonts-noto-core", "noto serif": "fonts-noto-core", "noto mono": "fonts-noto-core",
+                       "roboto": "fonts-roboto-unhinted", "open sans": "fonts-open-sans",
+                       "klee": "fonts-klee", "kristi": "fonts-kristi", "rufscript": "fonts-rufscript",
+                       "sjfonts": "fonts-sjfonts", "purisa": "fonts-tlwg-purisa-ttf", "yozfont": "fonts-yozvox-yozfont"}
 # Held for judging mnistlab (its validation and test suites), matched in a path lowercased without
 # separators: never opened here.
 RESERVED_FONTS = ("dejavu", "liberation", "urw", "nimbus", "texgyre", "freefont", "dkghandwriting", "breip",
@@ -118,6 +123,12 @@ def _render_chunk(chunk: tuple[str, list[int], np.ndarray]) -> np.ndarray:
 
 
 @functools.cache
+def missing_packages() -> list[str]:
+    """The Debian packages of the training font families that are not installed."""
+    found = part_fonts("train").keys() | part_fonts("validation").keys()
+    return sorted({TRAIN_FONT_PACKAGES[f] for f in TRAIN_FONTS if f not in found})
+
+
 def part_fonts(part: str) -> dict[str, tuple[Path, ...]]:
     """The font files of a part, by family: those with all ten digits; each family's files split
     between the parts by `_validation_file`."""

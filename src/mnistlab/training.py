@@ -43,7 +43,7 @@ from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
 from .sgd import ForeachSGD
 from .speedups import enabled
 from .steps import EagerStep, GraphedStep
-from .synthetic import SyntheticBatches, digit_set
+from .synthetic import SyntheticBatches, digit_set, missing_packages
 from .tensorboard_log import require_tensorboard, tensorboard_logged
 
 OUTLIER_POOL = 12_000  # outlier exposure's made-up non-digits, rendered once per run (about 30 s on 2 cores)
@@ -318,8 +318,8 @@ def calibrate(run: Run) -> None:
                  f"{100 * after.ece:.2f}%, NLL {before.loss:.4f} -> {after.loss:.4f}")
     run.log.record(event="reject_threshold", score=score, threshold=threshold, split="validation",
                    images=len(clean))
-    run.log.line(f"'not a digit' below {score} {threshold:.4g}: the threshold that keeps 99% of the "
-                 f"{len(clean)} validation digits")
+    run.log.line(f"'not a digit' below {score} {threshold:.4g}: the threshold that keeps "
+                 f"{100 * run.cfg.reject_keep:g}% of the {len(clean)} validation digits")
     evaluate(run, "test")
 
 
@@ -495,7 +495,7 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
                                                    cfg.label_smoothing, cfg.head, cfg.outlier_exposure)
     run = Run(cfg=cfg, card=card, model=model, ema=ema, opt=opt, sched=sched, step=step,
               augment=Augment(**cfg.augment) if cfg.augment else None, data=data, log=log, run_dir=run_dir,
-              cores=cores, outliers=outlier_batches(cfg, data, data_dir), synthetic=synthetic_batches(cfg, data),
+              cores=cores, outliers=outlier_batches(cfg, data, data_dir), synthetic=synthetic_batches(cfg, data, log),
               **counters)
     if state is not None:
         log.line(f"resuming {resume} at epoch {run.epoch}, step {run.step_in_epoch}/{len(data.train)}")
@@ -634,11 +634,15 @@ def outlier_batches(cfg: RunConfig, data: Data, data_dir) -> OutlierBatches | No
     return OutlierBatches(pool, max(1, data.train.batch_size // 2), data.train, cfg.seed)
 
 
-def synthetic_batches(cfg: RunConfig, data: Data) -> SyntheticBatches | None:
+def synthetic_batches(cfg: RunConfig, data: Data, log) -> SyntheticBatches | None:
     """The font digits' pool: a third as many as training images, at most SYNTHETIC_POOL; each
-    process draws its own from it."""
+    process draws its own from it. The fonts at hand decide the digits: a missing family is said."""
     if not cfg.synthetic_digits:
         return None
+    missing = missing_packages()
+    if missing:
+        log.line(f"note: the font digits are drawn without {', '.join(missing)} (not installed): this run's weights "
+                 "differ from a run with them (apt-get install them for the shipped recipe's digits)")
     images, labels = digit_set(min(SYNTHETIC_POOL, max(1_000, len(data.train.images) // 3)), cfg.seed)
     return SyntheticBatches(images, labels, cfg.synthetic_digits, data.train, cfg.seed, stream=dist.rank())
 
