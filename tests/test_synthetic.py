@@ -160,3 +160,14 @@ def test_hollow_glyphs_are_outlines():
     hollow = synthetic._ink(synthetic._text("1", path, 40, synthetic.CANVAS, stroke=2, hollow=True))
     assert synthetic._euler(solid) == 1 and synthetic._euler(hollow) == 0  # a ring round the stroke
     assert not (hollow & solid).sum() > 0.5 * solid.sum()
+
+
+def test_a_missing_font_family_is_named_by_its_package(monkeypatch):
+    part_fonts.cache_clear()
+    monkeypatch.setitem(synthetic.TRAIN_FONTS, "nowhere", ("**/NoSuchFont*.ttf",))
+    monkeypatch.setitem(synthetic.TRAIN_FONT_PACKAGES, "nowhere", "fonts-nowhere")
+    try:
+        assert "fonts-nowhere" in synthetic.missing_packages()
+    finally:
+        part_fonts.cache_clear()
+    assert set(synthetic.TRAIN_FONT_PACKAGES) == set(synthetic.TRAIN_FONTS) - {"nowhere"} | {"nowhere"}

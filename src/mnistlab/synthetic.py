@@ -122,13 +122,13 @@ def _render_chunk(chunk: tuple[str, list[int], np.ndarray]) -> np.ndarray:
     return np.stack([_digit(str(label), fonts, rng) for label in labels])
 
 
-@functools.cache
 def missing_packages() -> list[str]:
     """The Debian packages of the training font families that are not installed."""
     found = part_fonts("train").keys() | part_fonts("validation").keys()
     return sorted({TRAIN_FONT_PACKAGES[f] for f in TRAIN_FONTS if f not in found})
 
 
+@functools.cache
 def part_fonts(part: str) -> dict[str, tuple[Path, ...]]:
     """The font files of a part, by family: those with all ten digits; each family's files split
     between the parts by `_validation_file`."""
