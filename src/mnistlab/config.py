@@ -117,7 +117,8 @@ class RunConfig:
             raise MnistlabError(f"--reject-keep is the share of validation digits the threshold keeps, 0.5 to 1, "
                                 f"not {self.reject_keep}.")
         if self.reject_keep != RunConfig.reject_keep and not self.val_size:
-            raise MnistlabError("--reject-keep places the threshold among the validation digits: give --val-size.")
+            raise MnistlabError(f"--reject-keep {self.reject_keep:g} (given, or from the preset) places the 'not a "
+                                "digit' threshold among the validation digits: give --val-size.")
         if not 0 <= self.synthetic_digits <= 1:
             raise MnistlabError(f"--synthetic-digits is a share of a batch, 0 to 1, not {self.synthetic_digits}.")
         if self.synthetic_digits and self.dataset != "mnist":
