@@ -55,7 +55,7 @@ from mnistlab.preprocessing import NoDigitError
 REPO = Path(__file__).resolve().parents[1]
 FONT_ROOT = Path("/usr/share/fonts")
 # Debian package -> a glob under FONT_ROOT. Fonts of neither list train any model (those are Noto,
-# Roboto, Open Sans, IBM Plex, Klee, Kristi, Rufscript, sjfonts, Purisa and yozfont).
+# Roboto, Open Sans, Klee, Kristi, Rufscript, sjfonts, Purisa and yozfont).
 PRINTED_FONTS = {
     "fonts-freefont-ttf": "truetype/freefont/Free*.ttf",
     "fonts-cantarell": "opentype/cantarell/Cantarell-*.otf",

@@ -48,13 +48,13 @@ MODELS = {  # name -> (description, the train command's flags)
 
 def make(name: str, data_dir: str) -> dict:
     _, flags = MODELS[name]
-    if missing_packages():  # the font digits, and so the weights, depend on the fonts at hand
-        raise SystemExit(f"install Debian's {' '.join(missing_packages())} first: the shipped recipes' font digits "
-                         "are drawn from them")
     args = build_parser("train").parse_args(["train", *shlex.split(flags)])
     from mnistlab.config import RunConfig, from_preset
 
     given = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
+    if from_preset(args.preset, **given).synthetic_digits and missing_packages():  # the weights depend on the fonts
+        raise SystemExit(f"install Debian's {' '.join(missing_packages())} first: {name}'s font digits are drawn "
+                         "from them")
     with tempfile.TemporaryDirectory() as tmp:
         result = train(from_preset(args.preset, **given), out=Path(tmp) / "run", data_dir=data_dir, progress=False)
         WEIGHTS.mkdir(parents=True, exist_ok=True)

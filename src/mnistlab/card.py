@@ -43,7 +43,8 @@ class ModelCard:
     model_config: dict = field(default_factory=dict)  # the model's keyword arguments
     head: str = "softmax"  # what turns logits into outputs: softmax, or ten sigmoids (see ood.py)
     # "not a digit": an image whose reject_score (ood.REJECT_SCORES) falls below the threshold,
-    # chosen on the validation split to keep 99% of its digits; "" and None: the model never rejects
+    # chosen on the validation split to keep nearly all of its digits (RunConfig.reject_keep); "" and None:
+    # the model never rejects
     reject_score: str = ""
     reject_threshold: float | None = None
 

@@ -22,7 +22,8 @@ outliers.outlier_set("train"), made once for the run, half as many in each batch
 training mixes them, with the same objective.
 
 A kept head keeps its reject score, and its threshold is refitted on the fine-tuned model by the
-project's rule (ood.reject_threshold: the largest that keeps 99%) applied to one pool of
+project's rule (ood.reject_threshold: the largest that keeps the share of the validation digits that
+the init model's own threshold kept, 99% for most recipes) applied to one pool of
 in-distribution scores: the V validation digits of the model's dataset (the split its first
 threshold was fitted on, held out of the replay), and your H held-out images, each counted
 round(V / max(H, FULL_WEIGHT)) times (at least once). From FULL_WEIGHT (100) images on, your
@@ -87,7 +88,7 @@ OUTLIERS, VALIDATION_OUTLIERS = 2_000, 1_000
 # pool; fewer weigh less, each under the 1% of the pool that may be rejected (the module docstring).
 FULL_WEIGHT = 100
 # A card does not say how strongly its model learnt from outliers: the weight the shipped default was trained with.
-OUTLIER_WEIGHT = PRESETS["robust-oe"]["outlier_exposure"]
+OUTLIER_WEIGHT = PRESETS["robust-real"]["outlier_exposure"]
 # The reject scores that training gives only with outlier exposure (energy, not-none; without it, msp).
 EXPOSED_SCORES = ({score for (_, oe), score in REJECT_SCORE_FOR.items() if oe}
                   - {score for (_, oe), score in REJECT_SCORE_FOR.items() if not oe})
@@ -101,6 +102,7 @@ class Reject:
     held_out_rejected: float  # the share of your held-out images below it
     outliers_rejected: float | None  # of validation outliers; None: the model learnt no outliers
     validation_digits: int  # of the model's dataset, in the pool it was fitted on (0: none)
+    keep: float  # the share of the pool it keeps: what the init model's threshold kept of the validation digits
 
 
 @dataclass
@@ -167,13 +169,14 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
 
     before = None if new_head else score(xt, yt)
     base_before = score(*base.test) if base else None
+    keep = _kept(module, card, base.validation if base else None) if card.reject_score and not new_head else KEEP
     t0 = time.perf_counter()
     _train(module, card, (x, y), base.train if base else None, outliers[0] if outliers else None,
            RECIPES[chosen], seed, say)
     seconds = time.perf_counter() - t0
     held_out = _logits(module, card, xt)
     reject = None if new_head or not card.reject_score else _refit(
-        module, card, held_out, base.validation if base else None, outliers[1] if outliers else None)
+        module, card, held_out, base.validation if base else None, outliers[1] if outliers else None, keep)
     result = FinetuneResult(Path(), chosen, "new" if new_head else "kept", before,
                             _correct(held_out, yt, len(out_classes)), base_before,
                             score(*base.test) if base else None, seconds, reject)
@@ -265,28 +268,39 @@ def _normalize(module, card: ModelCard, images: torch.Tensor) -> torch.Tensor:
     return normalize(images, card.mean, card.std, getattr(module, "channels_last", False))
 
 
-def pooled_threshold(held_out: np.ndarray, validation: np.ndarray) -> float:
-    """The threshold that keeps KEEP of one pool: the V validation scores, and the H held-out ones each counted
+def pooled_threshold(held_out: np.ndarray, validation: np.ndarray, keep: float = KEEP) -> float:
+    """The threshold that keeps `keep` of one pool: the V validation scores, and the H held-out ones each counted
     round(V / max(H, FULL_WEIGHT)) times (at least once); either alone where the other is empty."""
     copies = max(1, round(len(validation) / max(len(held_out), FULL_WEIGHT)))
-    return reject_threshold(np.concatenate([validation, np.repeat(held_out, copies)]), KEEP)
+    return reject_threshold(np.concatenate([validation, np.repeat(held_out, copies)]), keep)
 
 
-def _refit(module, card: ModelCard, held_out: torch.Tensor, validation, outliers: np.ndarray | None) -> Reject:
+def _scores(card: ModelCard, logits: torch.Tensor) -> np.ndarray:
+    return ood_score(logits.numpy(), card.reject_score, card.temperature, card.head)
+
+
+def _kept(module, card: ModelCard, validation) -> float:
+    """The share of the validation digits that the init model's own threshold keeps (its recipe's reject_keep,
+    which the card does not record); KEEP where there are none."""
+    if validation is None or card.reject_threshold is None:
+        return KEEP
+    return float((_scores(card, _logits(module, card, validation[0])) >= card.reject_threshold).mean())
+
+
+def _refit(module, card: ModelCard, held_out: torch.Tensor, validation, outliers: np.ndarray | None,
+           keep: float) -> Reject:
     """The kept reject score's threshold, refitted on the fine-tuned model (the module docstring's rule)."""
-    def scores(logits: torch.Tensor) -> np.ndarray:
-        return ood_score(logits.numpy(), card.reject_score, card.temperature, card.head)
-
     assert card.reject_threshold is not None, "a card with a reject score has a threshold"
-    mine = scores(held_out)
-    val = scores(_logits(module, card, validation[0])) if validation is not None else np.zeros(0)
+    mine = _scores(card, held_out)
+    val = _scores(card, _logits(module, card, validation[0])) if validation is not None else np.zeros(0)
     if len(val):
-        threshold = pooled_threshold(mine, val)
+        threshold = pooled_threshold(mine, val, keep)
     else:  # a few images of yours may lower it, to keep your writing, but cannot vouch for raising it
         threshold = min(card.reject_threshold, reject_threshold(mine) if len(mine) else np.inf)
-    out = None if outliers is None else rejected_share(scores(_logits(module, card, torch.from_numpy(outliers))),
-                                                       threshold)
-    return Reject(card.reject_score, threshold, rejected_share(mine, threshold) if len(mine) else 0.0, out, len(val))
+    out = None if outliers is None else rejected_share(
+        _scores(card, _logits(module, card, torch.from_numpy(outliers))), threshold)
+    return Reject(card.reject_score, threshold, rejected_share(mine, threshold) if len(mine) else 0.0, out, len(val),
+                  keep if len(val) else KEEP)
 
 
 def _train(module, card: ModelCard, user, replay, outliers: np.ndarray | None, recipe: dict, seed: int,
@@ -357,8 +371,8 @@ def _report(r: FinetuneResult, dataset: str, base: str, say) -> None:
     if r.base_after:
         say(f"{base} test set: before {shown(r.base_before)}, after {shown(r.base_after)}")
     if r.reject:
-        how = (f"refitted to keep {KEEP:.0%} of {r.reject.validation_digits} {base} validation digits and your "
-               "held-out images" if r.reject.validation_digits else
+        how = (f"refitted to keep {r.reject.keep:.1%} of {r.reject.validation_digits} {base} validation digits and "
+               "your held-out images" if r.reject.validation_digits else
                f"no validation digits of {base} to refit on: the init model's, or lower to keep {KEEP:.0%} of your "
                "held-out images")
         outliers = "" if r.reject.outliers_rejected is None else (

@@ -237,14 +237,18 @@ def _least_squares(tiles: np.ndarray) -> list[float] | None:
                 a[i][j] -= f * a[p][j]
     coef = [0.0] * k
     for i in reversed(range(k)):
-        coef[i] = (a[i][k] - sum(a[i][j] * coef[j] for j in range(i + 1, k))) / a[i][i]
+        done = 0.0
+        for j in range(i + 1, k):  # added one by one, as JavaScript does: sum() compensates from Python 3.12
+            done += a[i][j] * coef[j]
+        coef[i] = (a[i][k] - done) / a[i][i]
     return coef
 
 
 def level_light(gray: np.ndarray) -> np.ndarray:
     """The paper made level: uneven light (a lamp to one side, a hand's shadow, a vignette) lifts the floor above
     faint ink. The paper's surface (paper_surface) is taken out, less its value at the image's centre. Where it
-    varies by under LIGHT_TILT levels over the tiles, nothing changes (drawings, scans)."""
+    varies by under LIGHT_TILT levels over the tiles (drawings, scans), or by more than the whole grey scale (no
+    paper was found), nothing changes."""
     h, w = gray.shape
     coef = paper_surface(gray)
     if coef is None:
@@ -254,7 +258,7 @@ def level_light(gray: np.ndarray) -> np.ndarray:
     span = values.max() - values.min()
     if span < LIGHT_TILT or span > 255:  # level paper, or no paper found
         return gray
-    # per pixel in float32 (10x faster than float64 here), in half-tile units from the centre
+    # per pixel in float32, as preprocess.js computes it, in half-tile units from the centre
     u = (np.arange(w, dtype=np.float32) - np.float32((w - 1) / 2)) * np.float32(2 * LIGHT_TILES / w)
     v = (np.arange(h, dtype=np.float32) - np.float32((h - 1) / 2)) * np.float32(2 * LIGHT_TILES / h)
     c = [np.float32(x) for x in coef]

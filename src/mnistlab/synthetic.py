@@ -123,9 +123,9 @@ def _render_chunk(chunk: tuple[str, list[int], np.ndarray]) -> np.ndarray:
 
 
 def missing_packages() -> list[str]:
-    """The Debian packages of the training font families that are not installed."""
-    found = part_fonts("train").keys() | part_fonts("validation").keys()
-    return sorted({TRAIN_FONT_PACKAGES[f] for f in TRAIN_FONTS if f not in found})
+    """The Debian packages of the training font families that have no font file installed."""
+    return sorted({TRAIN_FONT_PACKAGES[family] for family, globs in TRAIN_FONTS.items()
+                   if not any(p.is_file() for g in globs for p in FONT_ROOT.glob(g))})
 
 
 @functools.cache
