@@ -124,8 +124,12 @@ def _render_chunk(chunk: tuple[str, list[int], np.ndarray]) -> np.ndarray:
 
 def missing_packages() -> list[str]:
     """The Debian packages of the training font families that have no font file installed."""
-    return sorted({TRAIN_FONT_PACKAGES[family] for family, globs in TRAIN_FONTS.items()
-                   if not any(p.is_file() for g in globs for p in FONT_ROOT.glob(g))})
+    return sorted({TRAIN_FONT_PACKAGES[family] for family, globs in TRAIN_FONTS.items() if not _files(globs)})
+
+
+def _files(globs: tuple[str, ...]) -> list[Path]:
+    """A family's font files under FONT_ROOT, by name."""
+    return sorted({p for g in globs for p in FONT_ROOT.glob(g) if p.is_file()}, key=lambda p: p.name)
 
 
 @functools.cache
@@ -136,8 +140,7 @@ def part_fonts(part: str) -> dict[str, tuple[Path, ...]]:
         raise MnistlabError(f"synthetic digits come in 'train' and 'validation' parts, not '{part}'.")
     found = {}
     for family, globs in TRAIN_FONTS.items():
-        files = sorted({p for g in globs for p in FONT_ROOT.glob(g) if p.is_file()}, key=lambda p: p.name)
-        files = [p for p in files if not _reserved(p) and _has_digits(p)]
+        files = [p for p in _files(globs) if not _reserved(p) and _has_digits(p)]
         held = [p for p in files if _validation_file(p)]
         if len(held) == len(files):  # every family trains: a lone file stays on the training side
             held = []
