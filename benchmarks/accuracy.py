@@ -20,7 +20,7 @@ from common import machine
 from mnistlab import from_preset, train
 from mnistlab.evaluation import evaluation_from_probs, format_accuracy
 from mnistlab.inference import evaluate_files, load_model
-from mnistlab.runs import read_run_events
+from mnistlab.training.runs import read_run_events
 
 
 def train_seed(seed: int, out: Path, data_dir) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common import machine, summary
 from mnistlab import format_accuracy, load_model
-from mnistlab.runs import read_run_events
+from mnistlab.training.runs import read_run_events
 
 
 def run(preset: str, dataset: str, seed: int, out: Path, data_dir, flags: tuple[str, ...] = ()) -> None:

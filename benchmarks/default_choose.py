@@ -34,11 +34,11 @@ import torch
 
 from common import machine, trained_candidate
 from mnistlab import load_model
-from mnistlab.config import ROBUST_AUGMENT, recipe
-from mnistlab.corruptions import HELD_OUT, corrupt
+from mnistlab.data.corruptions import HELD_OUT, corrupt
+from mnistlab.data.outliers import outlier_set
 from mnistlab.evaluation import evaluation_from_logits
 from mnistlab.ood import auroc, rejected_share
-from mnistlab.outliers import outlier_set
+from mnistlab.training.config import ROBUST_AUGMENT, recipe
 from ood import logits
 
 OUT = Path("runs") / "default"

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from common import machine, summary
-from mnistlab.runs import read_run_events
+from mnistlab.training.runs import read_run_events
 
 
 def one_run(nproc: int, args) -> tuple[float, int]:

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import machine  # noqa: E402
 from handwriting import make_handwriting  # noqa: E402
-from mnistlab.finetune import finetune  # noqa: E402
+from mnistlab.training.finetune import finetune  # noqa: E402
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import machine  # noqa: E402
 from handwriting import make_handwriting  # noqa: E402
-from mnistlab import finetune as ft  # noqa: E402
-from mnistlab.owndata import load_split  # noqa: E402
+from mnistlab.data.own import load_split  # noqa: E402
+from mnistlab.training import finetune as ft  # noqa: E402
 
 # the few-shot recipe as first chosen (for the fast preset's model), before its lr became 3e-3 for the robust-oe default
 BASE = ft.RECIPES["few-shot"] | {"lr": 1e-3, "blend": 1.0}

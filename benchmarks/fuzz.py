@@ -23,7 +23,7 @@ import urllib.request
 
 from common import machine
 from mnistlab import MnistlabError  # noqa: E402
-from mnistlab.preprocessing import (  # noqa: E402
+from mnistlab.data.preprocess import (  # noqa: E402
     NoDigitError,
     _preprocess,
     native_stderr_silenced,

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from common import machine
-from mnistlab.runs import read_run_events
+from mnistlab.training.runs import read_run_events
 
 
 def simple(kernel: int, seed: int) -> list[str]:

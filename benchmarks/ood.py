@@ -29,12 +29,12 @@ import torch
 
 from common import machine
 from mnistlab import RunConfig, load_model, train
-from mnistlab.config import recipe
-from mnistlab.corruptions import HELD_OUT, TEST, corrupt
-from mnistlab.data import load_split
+from mnistlab.data.corruptions import HELD_OUT, TEST, corrupt
+from mnistlab.data.mnist import load_split
+from mnistlab.data.outliers import evaluation_sets, outlier_set
 from mnistlab.evaluation import evaluation_from_logits
 from mnistlab.ood import REJECT_SCORES, auroc, fpr_at_tpr, head_outputs, ood_score, reject_threshold, rejected_share
-from mnistlab.outliers import evaluation_sets, outlier_set
+from mnistlab.training.config import recipe
 
 VARIANTS = {"softmax": dict(head="softmax"), "sigmoid": dict(head="sigmoid"),
             "softmax + outlier exposure": dict(head="softmax", outlier_exposure=0.5),

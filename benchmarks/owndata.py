@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from common import machine, summary, write_kaggle_csv
-from mnistlab import owndata
-from mnistlab.data import load_split
+from mnistlab.data import own as owndata
+from mnistlab.data.mnist import load_split
 
 
 def timed_open(path: Path) -> float:

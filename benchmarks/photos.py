@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from common import machine, summary
-from mnistlab import owndata
-from mnistlab.data import load_split
+from mnistlab.data import own as owndata
+from mnistlab.data.mnist import load_split
 
 
 def photo(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:

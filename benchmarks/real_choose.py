@@ -31,10 +31,10 @@ import numpy as np
 
 from common import machine, trained_candidate
 from mnistlab import load_model
-from mnistlab.config import ROBUST_AUGMENT, recipe
+from mnistlab.data.outliers import outlier_set
+from mnistlab.data.preprocess import NoDigitError, preprocess, quiet_decoder_warnings
 from mnistlab.ood import reject_threshold, rejected_share
-from mnistlab.outliers import outlier_set
-from mnistlab.preprocessing import NoDigitError, preprocess, quiet_decoder_warnings
+from mnistlab.training.config import ROBUST_AUGMENT, recipe
 from realworld import NON_DIGIT_SETS, build_suite
 
 OUT = Path("runs") / "real"

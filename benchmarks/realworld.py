@@ -48,9 +48,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
 
-from mnistlab.data import load_split
+from mnistlab.data.mnist import load_split
+from mnistlab.data.preprocess import NoDigitError
 from mnistlab.inference import Classifier, load_model
-from mnistlab.preprocessing import NoDigitError
 
 REPO = Path(__file__).resolve().parents[1]
 FONT_ROOT = Path("/usr/share/fonts")

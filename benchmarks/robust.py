@@ -1,6 +1,6 @@
 """Choosing a robust recipe honestly (issue 21, part 2): candidates trained with a 5,000-image
 validation split, each scored on that split clean and under the held-out corruptions
-(`mnistlab.corruptions.HELD_OUT`), never under MNIST-C's 15 test corruptions.
+(`mnistlab.data.corruptions.HELD_OUT`), never under MNIST-C's 15 test corruptions.
 
     python benchmarks/robust.py train NAME [--preset robust] [--augment JSON] [--epochs E] [--data-dir DIR]
     python benchmarks/robust.py score RUN_DIR_OR_MODEL ... [--data-dir DIR]
@@ -28,9 +28,9 @@ import torch
 
 from common import machine
 from mnistlab import load_model, train
-from mnistlab.config import from_preset
-from mnistlab.corruptions import HELD_OUT, corrupt
+from mnistlab.data.corruptions import HELD_OUT, corrupt
 from mnistlab.evaluation import evaluation_from_logits, fit_temperature
+from mnistlab.training.config import from_preset
 
 OUT = Path("runs") / "robust"
 

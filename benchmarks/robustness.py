@@ -5,7 +5,7 @@
 Each test digit is scaled by a random factor in [0.5, 4], placed at a random position in a
 larger canvas, given a random polarity, and saved as grayscale PNG, as RGB JPEG at quality
 75, or as dark ink on a light, noisy background. Every image then goes through
-`mnistlab.preprocessing` and the model; the accuracy is compared with the model's own on the
+`mnistlab.data.preprocess` and the model; the accuracy is compared with the model's own on the
 clean test set (exact counts, full test set).
 """
 
@@ -18,7 +18,7 @@ from PIL import Image
 
 from common import machine
 from mnistlab import format_accuracy, load_model, load_split
-from mnistlab.preprocessing import NoDigitError, preprocess
+from mnistlab.data.preprocess import NoDigitError, preprocess
 
 KINDS = ("grayscale PNG", "RGB JPEG q75", "light noisy background")
 

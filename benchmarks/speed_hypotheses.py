@@ -99,7 +99,7 @@ def first_step_cost(pairs: int) -> dict[str, list[tuple[float, float]]]:
 import sys, time
 import torch
 from mnistlab.models import build_model
-from mnistlab.sgd import ForeachSGD
+from mnistlab.training.optim import ForeachSGD
 model = build_model("cnn")
 model(torch.zeros(2, 1, 28, 28)).sum().backward()
 w, c = time.perf_counter(), time.process_time()
@@ -121,11 +121,11 @@ def test_pass_cost(args, pairs: int) -> dict[str, dict[str, list[float]]]:
     """inference-mode: seconds of one whole test pass, as training runs it, no_grad against inference_mode."""
     import torch
 
-    from mnistlab.config import PRESETS
-    from mnistlab.data import Loader, get_dataset_spec, load_split
+    from mnistlab.data.mnist import Loader, get_dataset_spec, load_split
     from mnistlab.device import amp_dtype
     from mnistlab.evaluation import predict_logits
     from mnistlab.models import build_model
+    from mnistlab.training.config import PRESETS
 
     spec = get_dataset_spec("mnist")
     test = Loader(*load_split("mnist", "test", args.data_dir), 1000, spec.mean, spec.std, "cpu", True)
@@ -172,12 +172,12 @@ def step_cost(args, blocks: int, steps: int = 100) -> dict[str, list[float]]:
     """fused-conv: ms a step of the tutorial CNN as training runs it, in blocks of `steps`, in turn."""
     import torch
 
-    from mnistlab.config import RunConfig
-    from mnistlab.data import Loader, get_dataset_spec, load_split
+    from mnistlab.data.mnist import Loader, get_dataset_spec, load_split
     from mnistlab.device import amp_dtype, keep_freed_memory
     from mnistlab.models import build_model
-    from mnistlab.steps import EagerStep
-    from mnistlab.training import make_optimizer
+    from mnistlab.training.config import RunConfig
+    from mnistlab.training.loop import make_optimizer
+    from mnistlab.training.steps import EagerStep
 
     keep_freed_memory()
     spec = get_dataset_spec("mnist")

@@ -3,7 +3,7 @@
 
 import os
 
-from mnistlab.serving import _load, create_app
+from mnistlab.serve.server import _load, create_app
 
 
 def app():

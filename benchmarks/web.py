@@ -21,8 +21,8 @@ import numpy as np
 
 from common import machine
 from mnistlab import load_model, load_split
+from mnistlab.data.preprocess import NoDigitError, preprocess
 from mnistlab.export import export
-from mnistlab.preprocessing import NoDigitError, preprocess
 from mnistlab_testkit.browsing import ORT_DIST, browser_page, digit_drawings, draw, static_server
 
 

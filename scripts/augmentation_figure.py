@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mnistlab import PRESETS, load_split  # noqa: E402
-from mnistlab.augment import Augment  # noqa: E402
-from mnistlab.data import DATASETS, Loader  # noqa: E402
+from mnistlab.data.augment import Augment  # noqa: E402
+from mnistlab.data.mnist import DATASETS, Loader  # noqa: E402
 
 
 def main() -> None:

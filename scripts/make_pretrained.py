@@ -31,8 +31,8 @@ import torch
 from mnistlab import format_accuracy, load_model, train
 from mnistlab.checkpoints import load_weights, save_weights
 from mnistlab.cli import build_parser
+from mnistlab.data.synthetic import missing_packages
 from mnistlab.robustness import evaluate_corruptions
-from mnistlab.synthetic import missing_packages
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "src" / "mnistlab" / "weights"
@@ -49,7 +49,7 @@ MODELS = {  # name -> (description, the train command's flags)
 def make(name: str, data_dir: str) -> dict:
     _, flags = MODELS[name]
     args = build_parser("train").parse_args(["train", *shlex.split(flags)])
-    from mnistlab.config import RunConfig, from_preset
+    from mnistlab.training.config import RunConfig, from_preset
 
     given = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if getattr(args, f, None) is not None}
     if from_preset(args.preset, **given).synthetic_digits and missing_packages():  # the weights depend on the fonts

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mnistlab import MnistlabError
-from mnistlab.augment import PIXEL_FIELDS, TTA_VIEWS, Augment, tta_views
+from mnistlab.data.augment import PIXEL_FIELDS, TTA_VIEWS, Augment, tta_views
 
 BG = -0.1307 / 0.3081
 
@@ -119,8 +119,8 @@ def test_the_new_draws_come_after_the_digits_recipes_draws():
 
 
 def test_only_clothes_are_flipped():
-    from mnistlab.config import DATASET_PRESETS, PRESETS, from_preset
-    from mnistlab.data import DATASETS
+    from mnistlab.data.mnist import DATASETS
+    from mnistlab.training.config import DATASET_PRESETS, PRESETS, from_preset
 
     for dataset in DATASETS:
         for preset in PRESETS:
@@ -243,7 +243,7 @@ def test_pixel_fields_are_checked():
 
 
 def test_the_robust_recipes_validate():
-    from mnistlab.config import PRESETS, from_preset
+    from mnistlab.training.config import PRESETS, from_preset
 
     for preset in ("robust", "robust-best"):
         cfg = from_preset(preset)
@@ -280,8 +280,8 @@ def test_each_new_kind_changes_images_when_on_and_is_seeded(kind):
 
 
 def test_the_new_kinds_name_real_test_corruptions():
-    from mnistlab.augment import MNIST_C_KIN
-    from mnistlab.corruptions import TEST
+    from mnistlab.data.augment import MNIST_C_KIN
+    from mnistlab.data.corruptions import TEST
 
     assert set(MNIST_C_KIN) == set(NEW_KINDS) and all(n in TEST for names in MNIST_C_KIN.values() for n in names)
     with pytest.raises(MnistlabError, match="--augment scratch must lie between 0 and 1"):

@@ -10,7 +10,7 @@ import torch
 
 from fakes import run_cli as run
 from mnistlab.checkpoints import load_checkpoint
-from mnistlab.runs import read_run_events
+from mnistlab.training.runs import read_run_events
 
 
 def assert_clean_error(proc, pattern, code=1):

@@ -13,10 +13,10 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from fakes import run_cli  # noqa: E402
-from mnistlab import owndata  # noqa: E402
+from mnistlab.data import own as owndata  # noqa: E402
 from mnistlab.errors import MnistlabError  # noqa: E402
 from mnistlab.inference import load_model  # noqa: E402
-from mnistlab.serving import create_app  # noqa: E402
+from mnistlab.serve.server import create_app  # noqa: E402
 from owndatasets import drawing  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""MNIST-C's corruptions (mnistlab.corruptions) and `mnistlab eval --corruptions`."""
+"""MNIST-C's corruptions (mnistlab.data.corruptions) and `mnistlab eval --corruptions`."""
 
 import json
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from fakes import run_cli
-from mnistlab import corruptions as C
-from mnistlab.data import load_split
+from mnistlab.data import corruptions as C
+from mnistlab.data.mnist import load_split
 from mnistlab.errors import DataError, MnistlabError
 
 BENCHMARK_15 = ["shot_noise", "impulse_noise", "glass_blur", "motion_blur", "shear", "scale", "rotate", "brightness",

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from fakes import make_fake_mnist, write_idx
-from mnistlab import DataError, data
-from mnistlab.data import Loader, epoch_permutation, load_split, read_idx
+from mnistlab import DataError
+from mnistlab.data import mnist as data
+from mnistlab.data.mnist import Loader, epoch_permutation, load_split, read_idx
 
 
 @pytest.mark.parametrize("gz", [True, False])

@@ -14,7 +14,7 @@ import torch
 from fakes import children
 from mnistlab import RunConfig, train
 from mnistlab.checkpoints import load_checkpoint
-from mnistlab.runs import read_run_events
+from mnistlab.training.runs import read_run_events
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 FLAGS = ["--preset", "fast", "--train-limit", "12000", "--no-progress", "--checkpoint-every", "1"]

@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("onnx")
 from fakes import run_cli  # noqa: E402
 from mnistlab import MnistlabError, load_model, load_split  # noqa: E402
+from mnistlab.data.preprocess import NoDigitError, preprocess  # noqa: E402
 from mnistlab.export import ORT_WEB_CDN, ORT_WEB_FILES, ORT_WEB_VERSION, export  # noqa: E402
 from mnistlab.lesson import cross_entropy  # noqa: E402
-from mnistlab.preprocessing import NoDigitError, preprocess  # noqa: E402
 from mnistlab_testkit.browsing import (  # noqa: E402
     ORT_DIST,
     browser_page,

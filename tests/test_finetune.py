@@ -7,17 +7,18 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-import mnistlab.finetune
+import mnistlab.training.finetune
 from fakes import run_cli as run
 from handwriting import make_handwriting
-from mnistlab import load_model, owndata
+from mnistlab import load_model
 from mnistlab.card import ModelCard
 from mnistlab.checkpoints import load_checkpoint, save_checkpoint
+from mnistlab.data import own as owndata
+from mnistlab.data.outliers import EVAL_FONTS, FONT_DIR, evaluation_sets
 from mnistlab.errors import MnistlabError
-from mnistlab.finetune import RECIPES, finetune, head_keys, pooled_threshold
 from mnistlab.models import build_model
 from mnistlab.ood import reject_threshold, rejected_share
-from mnistlab.outliers import EVAL_FONTS, FONT_DIR, evaluation_sets
+from mnistlab.training.finetune import RECIPES, finetune, head_keys, pooled_threshold
 from owndatasets import make_folder
 
 
@@ -120,15 +121,15 @@ def test_the_head_and_its_outlier_exposure_are_kept(head, score, val_size, data_
     make_handwriting(tmp_path / "mine" / "train", 3, seed=0)
     make_handwriting(tmp_path / "mine" / "test", 1, seed=1)
     monkeypatch.setitem(RECIPES, "few-shot", {**RECIPES["few-shot"], "steps": 20})
-    monkeypatch.setattr(mnistlab.finetune, "OUTLIERS", 200)
-    monkeypatch.setattr(mnistlab.finetune, "VALIDATION_OUTLIERS", 100)
-    losses, head_loss = [], mnistlab.finetune.head_loss
+    monkeypatch.setattr(mnistlab.training.finetune, "OUTLIERS", 200)
+    monkeypatch.setattr(mnistlab.training.finetune, "VALIDATION_OUTLIERS", 100)
+    losses, head_loss = [], mnistlab.training.finetune.head_loss
 
     def spy(logits, y, label_smoothing, head="softmax", outlier_weight=0.0):
         losses.append((head, outlier_weight, int((y < 0).sum()), len(y)))
         return head_loss(logits, y, label_smoothing, head, outlier_weight)
 
-    monkeypatch.setattr(mnistlab.finetune, "head_loss", spy)
+    monkeypatch.setattr(mnistlab.training.finetune, "head_loss", spy)
     r = finetune(str(tmp_path / "init.pt"), str(tmp_path / "mine"), out=tmp_path / "ft", data_dir=data_dir,
                  say=lambda s: None)
     assert losses == [(head, 0.5, 47, 141)] * 20  # your 30 drawings, 64 replayed, and half as many outliers
@@ -184,7 +185,7 @@ def test_cli_fine_tune_and_its_refusals(tmp_path):
 def test_blend_moves_every_float_weight_back_towards_the_start_and_leaves_counters():
     import torch
 
-    from mnistlab.finetune import _blend
+    from mnistlab.training.finetune import _blend
 
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))

@@ -21,7 +21,7 @@ from mnistlab.device import CoreShare
 from mnistlab.errors import CheckpointError, first_line
 from mnistlab.fileio import append_line
 from mnistlab.pretrained import resolve
-from mnistlab.runs import read_run_events
+from mnistlab.training.runs import read_run_events
 
 # ---- 1. the README's command, options in any order ----
 
@@ -73,7 +73,7 @@ def test_large_images_of_every_mode_are_classified(tmp_path, mode, fmt, options)
 
 
 def test_a_folder_scan_finds_every_format_predict_reads(tmp_path):
-    from mnistlab.preprocessing import IMAGE_SUFFIXES, image_files
+    from mnistlab.data.preprocess import IMAGE_SUFFIXES, image_files
 
     assert {".avif", ".png", ".jpg", ".tif", ".qoi", ".pgm"} <= IMAGE_SUFFIXES
     digit = _scanned_page("L", (200, 260))
@@ -147,7 +147,7 @@ def test_a_model_that_answers_nan_gets_422_not_500():
 
     from mnistlab.card import ModelCard
     from mnistlab.inference import Classifier
-    from mnistlab.serving import create_app
+    from mnistlab.serve.server import create_app
 
     class NanBackend:  # finite on the load-time probe, NaN on a real drawing
         card = ModelCard("cnn", "mnist", tuple("0123456789"), 0.1307, 0.3081)
@@ -173,7 +173,7 @@ def interrupted_run(tmp_path_factory, data_dir):
     cfg = dict(model="mlp", epochs=2, train_limit=2000, batch_size=50, log_interval=7, eval_every=1,
                checkpoint_every=1, threads=1)
     unbroken = train(RunConfig(**cfg), out=root / "unbroken", data_dir=data_dir, progress=False, report=False)
-    import mnistlab.training as training
+    import mnistlab.training.loop as training
 
     real = training.EagerStep.__call__
 
@@ -341,7 +341,7 @@ def test_every_error_has_one_format():
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from mnistlab.serving import create_app
+    from mnistlab.serve.server import create_app
 
     with TestClient(create_app(load_model("classic-cnn"))) as client:
         for response in (client.get("/nothing/here"), client.get("/api/predict"), client.delete("/")):
@@ -350,7 +350,7 @@ def test_every_error_has_one_format():
 
 
 def test_ipv6_addresses_are_bracketed_in_urls():
-    from mnistlab.serving import url
+    from mnistlab.serve.server import url
 
     assert url("::1", 8783) == "http://[::1]:8783/"
     assert url("127.0.0.1", 80) == "http://127.0.0.1:80/"

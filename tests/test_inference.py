@@ -10,7 +10,7 @@ from PIL import Image
 
 from fakes import run_cli
 from mnistlab import CheckpointError, MnistlabError, load_model, load_split
-from mnistlab.augment import tta_views
+from mnistlab.data.augment import tta_views
 from mnistlab.inference import Classifier, as_pixels, evaluate_files
 
 V1 = Path(__file__).parent / "data" / "v1"  # written by mnistlab 0.1 (format 1; the model was then called "fast")

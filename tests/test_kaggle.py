@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fakes import run_cli as run
-from mnistlab.data import load_split
+from mnistlab.data.mnist import load_split
 from owndatasets import write_kaggle
 
 

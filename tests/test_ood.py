@@ -19,12 +19,12 @@ from PIL import Image, ImageDraw, ImageFont
 from mnistlab import RunConfig, load_split, train
 from mnistlab.card import ModelCard
 from mnistlab.checkpoints import load_checkpoint, save_checkpoint
-from mnistlab.config import recipe
+from mnistlab.data.outliers import EVAL_FONTS, FONT_DIR, outlier_set
 from mnistlab.errors import CheckpointError, MnistlabError
 from mnistlab.inference import load_model
 from mnistlab.ood import auroc, fpr_at_tpr, head_outputs, ood_score, reject_threshold
-from mnistlab.outliers import EVAL_FONTS, FONT_DIR, outlier_set
-from mnistlab.steps import head_loss
+from mnistlab.training.config import recipe
+from mnistlab.training.steps import head_loss
 
 REPO = Path(__file__).resolve().parents[1]
 LETTERS = "MH#"  # letters and a symbol a briefly trained model already rejects
@@ -170,7 +170,7 @@ def test_sigmoid_head_trains_with_bce_and_says_so(fake_data, tmp_path):
 def test_outliers_are_augmented_with_the_digits(fake_data, tmp_path, monkeypatch):
     """With augmentation and outlier exposure, the whole mixed batch is augmented: were only the digits, a
     corrupted look would itself say "digit" (measured: the robust recipe fell to 95.73% clean with it)."""
-    from mnistlab.augment import Augment
+    from mnistlab.data.augment import Augment
 
     seen = []
     real = Augment.__call__
@@ -231,7 +231,7 @@ def test_the_http_api_says_not_a_digit(rejecting):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from mnistlab.serving import create_app
+    from mnistlab.serve.server import create_app
 
     path, images = rejecting
     with TestClient(create_app(load_model(path))) as client:
@@ -286,7 +286,7 @@ def test_outlier_families_draw_only_what_they_name(data_dir):
 
 
 def test_training_draws_its_outliers_from_the_families_given(data_dir):
-    from mnistlab.training import outlier_batches
+    from mnistlab.training.loop import outlier_batches
 
     fashion = {x.tobytes() for x in load_split("fashion-mnist", "train", data_dir=data_dir)[0].numpy()}
     data = type("Data", (), {"train": type("Loader", (), {"images": torch.zeros(2000, 28, 28, dtype=torch.uint8),
@@ -315,7 +315,7 @@ def test_the_outlier_families_flag_is_checked(tmp_path):
 
 
 def test_eval_corruptions_counts_the_rejected(rejecting, data_dir):
-    from mnistlab.corruptions import corrupt
+    from mnistlab.data.corruptions import corrupt
     from mnistlab.robustness import evaluate_corruptions
 
     path, _ = rejecting
@@ -345,7 +345,7 @@ def _upload_and_read(page, png: Path) -> dict:
 
 def test_the_drawing_page_says_not_a_digit(rejecting):
     pytest.importorskip("fastapi")
-    from mnistlab.serving import create_app
+    from mnistlab.serve.server import create_app
     from mnistlab_testkit.browsing import app_server, browser_page
 
     path, images = rejecting

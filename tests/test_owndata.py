@@ -8,8 +8,9 @@ from PIL import Image
 
 from fakes import make_fake_mnist
 from fakes import run_cli as run
-from mnistlab import DataError, owndata
+from mnistlab import DataError
 from mnistlab.checkpoints import load_checkpoint
+from mnistlab.data import own as owndata
 from owndatasets import drawing, make_folder, square_images, write_kaggle
 
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from mnistlab import MnistlabError, load_split
-from mnistlab.preprocessing import NoDigitError, center_of_mass, preprocess
+from mnistlab.data.preprocess import NoDigitError, center_of_mass, preprocess
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_mutated_files_of_every_format_raise_only_our_error():
     import random
     import time
 
-    from mnistlab.preprocessing import _preprocess, quiet_decoder_warnings
+    from mnistlab.data.preprocess import _preprocess, quiet_decoder_warnings
     from mnistlab_testkit.fuzzing import mutate, seed_files
 
     quiet_decoder_warnings()  # Pillow's remarks on damaged files, as the CLI and the server do
@@ -181,7 +181,7 @@ def test_mutated_files_of_every_format_raise_only_our_error():
 def test_a_photo_under_uneven_light_is_read_as_on_level_paper(digits):
     """A lamp to one side tilts the paper by 120 grey levels: without levelling, the floor rises above the ink of
     some of these and the digit is lost; levelled, each comes out as on level paper."""
-    from mnistlab.preprocessing import level_light
+    from mnistlab.data.preprocess import level_light
     from mnistlab_testkit.browsing import lit_photo
 
     def alike(a, b):  # the best correlation within a pixel's shift: the centre of mass rounds to whole pixels

@@ -23,7 +23,7 @@ def test_each_pretrained_model_matches_its_sha256_and_its_recorded_accuracy(name
 
 @pytest.mark.parametrize("name", list(catalogue()))
 def test_each_pretrained_model_records_its_mnist_c_figures(name, data_dir):
-    from mnistlab.corruptions import TEST
+    from mnistlab.data.corruptions import TEST
     from mnistlab.robustness import evaluate_corruptions
 
     figures = catalogue()[name].mnist_c

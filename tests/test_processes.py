@@ -16,9 +16,9 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from fakes import children, run_cli
-from mnistlab import distributed as dist
 from mnistlab.launch import free_port, rank_environments
-from mnistlab.runs import read_run_events
+from mnistlab.training import distributed as dist
+from mnistlab.training.runs import read_run_events
 
 FLAGS = ["--model", "cnn", "--train-limit", "640", "--epochs", "1", "--no-progress", "--no-report"]  # 10 steps
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from fakes import children  # noqa: E402
 from mnistlab import load_split  # noqa: E402
 from mnistlab.inference import load_model  # noqa: E402
-from mnistlab.serving import create_app  # noqa: E402
+from mnistlab.serve.server import create_app  # noqa: E402
 from mnistlab_testkit.browsing import browser_page, draw  # noqa: E402
 
 
@@ -322,7 +322,7 @@ def test_keep_alive_answers_come_at_once_with_two_workers(trained_cnn):
     import http.client
     import statistics
 
-    from mnistlab.serving import bind_sockets
+    from mnistlab.serve.server import bind_sockets
 
     sockets = bind_sockets("127.0.0.1", 0, 1)
     assert sockets[0].proto == socket.IPPROTO_TCP  # asyncio sets TCP_NODELAY only on these
@@ -367,7 +367,7 @@ def slow_server(trained_cnn, monkeypatch, request):
     with each of uvicorn's HTTP/1.1 protocols."""
     import uvicorn
 
-    import mnistlab.serving as serving
+    import mnistlab.serve.server as serving
 
     if request.param == "TimedHttpToolsProtocol":
         pytest.importorskip("httptools")

@@ -16,8 +16,8 @@ from mnistlab import RunConfig, train
 from mnistlab.convpool import ConvPoolReLU
 from mnistlab.errors import MnistlabError
 from mnistlab.models import CNN, build_model
-from mnistlab.sgd import ForeachSGD
 from mnistlab.speedups import switches
+from mnistlab.training.optim import ForeachSGD
 
 EXACT = "foreach-sgd,inference-mode,background-report"  # the speed-ups that keep the arithmetic bit for bit
 
@@ -105,7 +105,7 @@ def _classic_run(tmp_path, name, data_dir, monkeypatch, speed: str, capsys):
 
 
 def test_exact_speedups_keep_weights_counts_and_output(data_dir, tmp_path, monkeypatch, capsys):
-    import mnistlab.report as report
+    import mnistlab.training.report as report
 
     drawn_on, build = [], report.build_report
 

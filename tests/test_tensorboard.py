@@ -4,7 +4,7 @@ import pytest
 
 from fakes import run_cli
 from mnistlab import MnistlabError, RunConfig, train
-from mnistlab.runs import read_run_events
+from mnistlab.training.runs import read_run_events
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

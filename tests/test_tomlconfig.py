@@ -4,8 +4,8 @@ import pytest
 
 from fakes import run_cli
 from mnistlab import MnistlabError, RunConfig, from_preset
-from mnistlab.config import DATASET_PRESETS, PRESETS
-from mnistlab.tomlconfig import config_toml, read_config
+from mnistlab.training.config import DATASET_PRESETS, PRESETS
+from mnistlab.training.tomlconfig import config_toml, read_config
 
 
 def _write(tmp_path, text, name="run.toml"):

@@ -126,7 +126,7 @@ def test_best_recipe_on_a_small_deep_model_learns_real_mnist(data_dir, tmp_path)
 
 
 def test_the_final_test_pass_is_rescored_with_the_temperature_not_rerun(fake_data, tmp_path, monkeypatch):
-    import mnistlab.training as training
+    import mnistlab.training.loop as training
 
     passes = []
 
@@ -196,7 +196,7 @@ def test_resume_refuses_a_onecycle_run_longer_and_a_folder_of_another_run(fake_d
 
 
 def test_metrics_restart_from_the_checkpoint_history(fake_data, tmp_path):
-    from mnistlab.runs import read_run_events
+    from mnistlab.training.runs import read_run_events
 
     run = tmp_path / "run"
     run.mkdir()
@@ -220,7 +220,7 @@ def test_a_broken_distributed_job_names_the_checkpoint_to_resume_only_if_there_i
         tmp_path, monkeypatch, checkpoints, message):
     from types import SimpleNamespace
 
-    import mnistlab.training as training
+    import mnistlab.training.loop as training
 
     for name in checkpoints:
         (tmp_path / name).write_bytes(b"")
@@ -256,7 +256,7 @@ def test_pixel_augmentation_resumes_exactly_and_the_temperature_can_be_fitted_un
 @pytest.mark.parametrize("steps", [3, 4, 5, 7])
 def test_a_short_one_cycle_run_has_two_phases(steps):
     """A small dataset of one's own with the fast preset gave OneCycleLR 4 steps and a division by zero."""
-    from mnistlab.training import make_scheduler
+    from mnistlab.training.loop import make_scheduler
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     sched = make_scheduler(from_preset("fast"), opt, steps)
@@ -270,7 +270,7 @@ def test_a_short_one_cycle_run_has_two_phases(steps):
 
 
 def test_a_run_too_short_for_one_cycle_is_one_sentence():
-    from mnistlab.training import make_scheduler
+    from mnistlab.training.loop import make_scheduler
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(MnistlabError, match="needs at least 3 steps, and this run has 2"):

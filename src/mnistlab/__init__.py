@@ -6,7 +6,7 @@
     print(model.evaluate().accuracy)
     print(model.predict("digit.png").label)
 
-Names are imported on first use, so `mnistlab.preprocessing` and the ONNX Runtime path
+Names are imported on first use, so `mnistlab.data.preprocess` and the ONNX Runtime path
 work without torch installed.
 """
 
@@ -17,13 +17,13 @@ from .errors import CheckpointError, DataError, MnistlabError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "PRESETS": "config", "RunConfig": "config", "from_preset": "config",
+    "PRESETS": "training.config", "RunConfig": "training.config", "from_preset": "training.config",
     "ModelCard": "card",
-    "DATASETS": "data", "load_split": "data", "read_idx": "data",
+    "DATASETS": "data.mnist", "load_split": "data.mnist", "read_idx": "data.mnist",
     "Evaluation": "evaluation", "format_accuracy": "evaluation",
     "MODELS": "models", "build_model": "models",
     "Classifier": "inference", "load_model": "inference", "Prediction": "inference", "Predictor": "inference",
-    "TrainResult": "training", "train": "training",
+    "TrainResult": "training.loop", "train": "training.loop",
 }
 
 __all__ = ["CheckpointError", "DataError", "MnistlabError", *_LAZY]

@@ -62,8 +62,8 @@ def _json_object(s: str) -> dict:
 
 def _dataset(s: str) -> str:
     """A registered dataset's name, or a path (a slash or a dot, or an existing file or folder)."""
-    from .data import DATASETS
-    from .owndata import is_path
+    from .data.mnist import DATASETS
+    from .data.own import is_path
 
     if s not in DATASETS and not is_path(s):
         raise argparse.ArgumentTypeError(f"invalid choice: '{s}' (choose from {', '.join(DATASETS)}; or give a path "
@@ -93,9 +93,9 @@ def _default_model(args_models: list[str]) -> list[str]:
 
 
 def _add_train(sub, name: str, help: str) -> None:
-    from .config import COMPILE_MODES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, RunConfig
-    from .data import DATASETS
+    from .data.mnist import DATASETS
     from .models import MODELS
+    from .training.config import COMPILE_MODES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, RunConfig
 
     d = RunConfig()  # the defaults the help states, from the one place that sets them
     p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -200,7 +200,7 @@ def _add_train(sub, name: str, help: str) -> None:
 def _presets_help(presets: dict) -> str:
     import textwrap
 
-    from .config import DATASET_PRESETS
+    from .training.config import DATASET_PRESETS
 
     width = max(map(len, presets)) + 2
 
@@ -226,8 +226,8 @@ def cmd_train(args) -> int:
 
     if (args.processes or 1) > 1 and not launched() and not args.print_config:
         return run_ranks(args.processes, args.argv, args.threads or 0)  # each rank runs this command again
-    from .config import RunConfig
-    from .training import train
+    from .training.config import RunConfig
+    from .training.loop import train
 
     # every RunConfig field with a flag of the same name; None means "not given"
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
@@ -253,7 +253,7 @@ def cmd_train(args) -> int:
     if args.dry_run:
         given.update(epochs=1, train_limit=640, log_interval=5)
     if args.print_config:
-        from .tomlconfig import config_toml
+        from .training.tomlconfig import config_toml
 
         options = dict(data_dir=args.data_dir, out=args.out, tensorboard=args.tensorboard)
         print(config_toml(_new_config(args, given), options, comment=_config_comment(args)), end="")
@@ -264,7 +264,7 @@ def cmd_train(args) -> int:
 
 
 def _new_config(args, given: dict):
-    from .config import FAMILIES_NEED_EXPOSURE, from_preset
+    from .training.config import FAMILIES_NEED_EXPOSURE, from_preset
 
     cfg = from_preset(args.preset, **given)
     if args.outlier_families is not None and not cfg.outlier_exposure:  # even all four: never silently ignored
@@ -278,7 +278,7 @@ def _new_config(args, given: dict):
 def _with_config_file(args, given: dict) -> dict:
     """The settings in args.config under those given as flags; the file's preset, data_dir, out and
     tensorboard go into args where no flag set them."""
-    from .tomlconfig import RUN_OPTIONS, read_config
+    from .training.tomlconfig import RUN_OPTIONS, read_config
 
     settings = read_config(args.config)
     for name in RUN_OPTIONS:
@@ -296,8 +296,8 @@ def _config_comment(args) -> str:
 
 
 def _finetune(args, given: dict) -> int:
-    from .config import flag
-    from .finetune import finetune
+    from .training.config import flag
+    from .training.finetune import finetune
 
     if not args.dataset:
         raise MnistlabError("--init fine-tunes a model on a dataset of your own: give --dataset PATH too.")
@@ -315,18 +315,18 @@ def _finetune(args, given: dict) -> int:
 
 def _say_dataset(dataset: str | None, out=None) -> None:
     """For --dataset PATH: what was found there, and each file skipped, before anything else."""
-    from .owndata import is_path
+    from .data.own import is_path
 
     if dataset and is_path(dataset):
-        from .owndata import open_dataset, summary
+        from .data.own import open_dataset, summary
 
         for line in summary(open_dataset(dataset)):
             print(line, file=out or sys.stdout)
 
 
 def _add_eval(sub, name: str, help: str) -> None:
-    from .augment import TTA_VIEWS
-    from .data import SPLITS
+    from .data.augment import TTA_VIEWS
+    from .data.mnist import SPLITS
 
     p = sub.add_parser(name, help=help)
     p.add_argument("checkpoints", nargs="*", metavar="MODEL",
@@ -441,15 +441,15 @@ def cmd_submission(args) -> int:
 def cmd_predict(args) -> int:
     from pathlib import Path
 
-    from .fileio import atomic_write
-    from .inference import load_model
-    from .preprocessing import (
+    from .data.preprocess import (
         COMMON_SUFFIXES,
         IMAGE_SUFFIXES,
         image_files,
         native_stderr_silenced,
         quiet_decoder_warnings,
     )
+    from .fileio import atomic_write
+    from .inference import load_model
 
     if args.submission:
         return cmd_submission(args)
@@ -520,7 +520,7 @@ def _add_serve(sub, name: str, help: str) -> None:
 
 
 def cmd_serve(args) -> int:
-    from .serving import serve
+    from .serve.server import serve
 
     if not 0 < args.port < 65536:
         raise MnistlabError(f"--port must lie between 1 and 65535, not {args.port}.")
@@ -585,7 +585,7 @@ def _add_report(sub, name: str, help: str) -> None:
 
 def cmd_report(args) -> int:
     try:
-        from .report import build_report
+        from .training.report import build_report
     except ImportError:
         raise MnistlabError("reports need matplotlib: pip install 'mnistlab[report]'.") from None
     print(f"wrote {build_report(args.run_dir, data_dir=args.data_dir)}")
@@ -630,12 +630,12 @@ def _add_datasets(sub, name: str, help: str) -> None:
 
 
 def cmd_datasets(args) -> int:
-    from .data import DATASETS
+    from .data.mnist import DATASETS
 
     if args.path:
         from pathlib import Path
 
-        from .owndata import describe, open_dataset, write_sample
+        from .data.own import describe, open_dataset, write_sample
 
         ds = open_dataset(args.path)
         print(describe(ds))
@@ -696,8 +696,8 @@ def main(argv: list[str] | None = None) -> int:
         print("mnistlab: interrupted.", file=sys.stderr)
         return 130
     finally:
-        if "mnistlab.distributed" in sys.modules:  # a process group can exist only if it was imported
-            sys.modules["mnistlab.distributed"].shutdown()
+        if "mnistlab.training.distributed" in sys.modules:  # a process group can exist only if it was imported
+            sys.modules["mnistlab.training.distributed"].shutdown()
 
 
 def _run(args) -> int:
@@ -713,7 +713,7 @@ def _run(args) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except RuntimeError as e:
-        dist = sys.modules.get("mnistlab.distributed")
+        dist = sys.modules.get("mnistlab.training.distributed")
         if dist is None or not dist.is_initialized():
             raise
         print(f"mnistlab: error: {dist.broke(e)}.", file=sys.stderr)  # a peer process died or failed

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import distributed as dist
-from .data import Loader
+from .data.mnist import Loader
 from .device import autocast
 from .speedups import enabled
+from .training import distributed as dist
 
 
 def format_accuracy(correct: int, total: int) -> str:

@@ -25,13 +25,13 @@ from typing import cast
 import torch
 import torch.nn as nn
 
-from . import page
 from .card import HF_CONFIG, HF_README, HF_WEIGHTS, ModelCard
 from .checkpoints import weights_bytes
 from .errors import MnistlabError
 from .fileio import atomic_write, write_folder
 from .inference import Classifier, load_model
 from .onnx_backend import METADATA_KEY
+from .serve import page
 from .torch_backend import PT2_CARD, ProgramBackend, TorchBackend, quiet_loggers
 
 # pt2 is the one to use from PyTorch; torchscript stands on torch.jit, deprecated, and goes when torch drops it
@@ -293,8 +293,8 @@ def quantize_int8(model_bytes: bytes, card: ModelCard, data_dir=None, n_calibrat
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .data import normalize
-    from .owndata import load_split
+    from .data.mnist import normalize
+    from .data.own import load_split
 
     images, _ = load_split(card.dataset, "train", data_dir, val_size=card.val_size)
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n_calibration]

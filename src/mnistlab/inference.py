@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Protocol, cast
 import numpy as np
 
 from .card import ModelCard, is_hf_folder
+from .data.preprocess import NoDigitError, preprocess
 from .errors import MnistlabError
 from .ood import head_log_probabilities, head_outputs, ood_score
-from .preprocessing import NoDigitError, preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -232,8 +232,8 @@ class Classifier:
         images = as_pixels(images)
         if tta == "none":
             return self._probabilities(images)
-        from .augment import tta_views  # torch, only when views are asked for
-        from .data import refuse_mirrors
+        from .data.augment import tta_views  # torch, only when views are asked for
+        from .data.mnist import refuse_mirrors
 
         if tta == "flip":
             refuse_mirrors(self.card.dataset, "--tta flip")
@@ -270,7 +270,7 @@ class Classifier:
                                                                                                torch.Tensor]:
         """uint8 images and labels of a split of the model's dataset (validation: the one it held out), or of
         another `dataset` (a registry name or a path), its labels turned into this model's classes by name."""
-        from .owndata import get_dataset_spec, load_split
+        from .data.own import get_dataset_spec, load_split
 
         if dataset is not None and dataset != self.card.dataset:
             if split == "validation":

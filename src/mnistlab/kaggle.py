@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.own import light_on_dark, read_csv_images
 from .fileio import atomic_write
 from .inference import Classifier
-from .owndata import light_on_dark, read_csv_images
 
 
 def dishonesty(model: Classifier) -> str | None:

@@ -2,7 +2,7 @@
 
 Each process is `python -m mnistlab` with the same arguments and the environment torchrun
 would give it (RANK, WORLD_SIZE, MASTER_ADDR, ...), so the training runs on mnistlab's torchrun
-path (mnistlab.distributed): gloo on a CPU, each rank a share of every batch, the gradients
+path (mnistlab.training.distributed): gloo on a CPU, each rank a share of every batch, the gradients
 averaged. On a CPU each process runs one thread (or --threads): small convolutions split badly
 across threads, and two single-threaded processes may beat one process with two threads.
 

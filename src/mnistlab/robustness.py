@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import corruptions as C
+from .data import corruptions as C
 from .errors import DataError, MnistlabError
 from .evaluation import Evaluation, evaluation_from_probs, format_accuracy
 from .fileio import atomic_write, write_json
@@ -231,7 +231,7 @@ def _mnist_c_split(root, name: str, split: str, val_size: int) -> tuple[np.ndarr
     train_*.npy as from MNIST's training file (the same images, if it holds all 60,000 in order)."""
     if split == "test":
         return C.load_mnist_c(root, name, "test")
-    from .data import holdout
+    from .data.mnist import holdout
 
     x, y = C.load_mnist_c(root, name, "train")
     if not val_size:

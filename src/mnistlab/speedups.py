@@ -2,7 +2,7 @@
 
 Each changes how fast a command runs, never what it computes (tests hold each to that):
 
-    foreach-sgd        SGD in torch._foreach_* ops (mnistlab.sgd): no torch._dynamo import
+    foreach-sgd        SGD in torch._foreach_* ops (mnistlab.training.optim): no torch._dynamo import
     inference-mode     test passes under torch.inference_mode instead of torch.no_grad
     background-report  the report drawn in a thread while the last checkpoints are written
     fused-conv         the tutorial CNN's conv+pool+ReLU as one autograd function (unfold, one GEMM);

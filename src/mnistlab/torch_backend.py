@@ -17,7 +17,7 @@ import torch
 
 from .card import ModelCard
 from .checkpoints import check_weights, load_weights
-from .data import normalize
+from .data.mnist import normalize
 from .errors import CheckpointError, MnistlabError
 from .models import build_model
 

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MnistlabError
-from .fileio import atomic_write
-from .launch import PARENT_ENV
-from .preprocessing import IMAGE_SUFFIXES
+from ..data.preprocess import IMAGE_SUFFIXES
+from ..errors import MnistlabError
+from ..fileio import atomic_write
+from ..launch import PARENT_ENV
 
 MODELS = ".models"  # under DIR; hidden, so that the folder reader does not take it for a class
 

@@ -8,8 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .card import HEADS, RENAMED_MODELS
-from .errors import MnistlabError
+from ..card import HEADS, RENAMED_MODELS
+from ..errors import MnistlabError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 MAX_THREADS = 256  # torch.set_num_threads(10000) crashed the process
@@ -22,7 +22,7 @@ COMPILE_MODES = ("default", "max-autotune")
 # what the temperature is fitted on: the validation split, or it and its copies under each of
 # the held-out corruptions (corruptions.HELD_OUT), so that probabilities stay honest under shift
 CALIBRATIONS = ("clean", "held-out")
-# The families of made-up non-digits that outlier exposure draws (mnistlab.outliers), in drawing order.
+# The families of made-up non-digits that outlier exposure draws (mnistlab.data.outliers), in drawing order.
 FAMILIES = ("characters", "scribbles", "noise", "fashion")
 FAMILIES_NEED_EXPOSURE = "--outlier-families chooses what --outlier-exposure draws: give a weight above 0 too."
 # What a resumed run may change: how long it runs, and how it runs and reports; not what it learns.
@@ -49,11 +49,11 @@ class RunConfig:
     label_smoothing: float = 0.0
     head: str = "softmax"  # softmax (cross-entropy), or sigmoid: ten yes/no outputs, binary cross-entropy
     # outlier exposure (Hendrycks et al. 2019): each batch gains half as many made-up non-digits
-    # (mnistlab.outliers), whose loss, weighted by this, pulls the outputs to "none of these" (0: off)
+    # (mnistlab.data.outliers), whose loss, weighted by this, pulls the outputs to "none of these" (0: off)
     outlier_exposure: float = 0.0
     # which of the outliers' families it draws (FAMILIES), comma-separated
     outlier_families: str = "characters,scribbles,noise,fashion"
-    # the share of each training batch replaced by digits rendered from fonts (mnistlab.synthetic), mnist only
+    # the share of each training batch replaced by digits rendered from fonts (mnistlab.data.synthetic), mnist only
     synthetic_digits: float = 0.0
     # the share of the clean validation digits that the "not a digit" threshold keeps (needs val_size)
     reject_keep: float = 0.99
@@ -129,7 +129,7 @@ class RunConfig:
             raise MnistlabError(FAMILIES_NEED_EXPOSURE)
         if self.compile and self.cuda_graph:
             raise MnistlabError("--compile and --cuda-graph are two ways of running the step; choose one.")
-        from .augment import Augment
+        from ..data.augment import Augment
 
         try:
             Augment(**self.augment)
@@ -198,7 +198,7 @@ PRESETS: dict[str, dict] = {
                       val_size=5000, eval_every=5, outlier_exposure=0.5,
                       augment={**ROBUST_AUGMENT, "pixel_share": 0.35}),
     # What the default pretrained model is made with: robust-oe that has also seen how people write and
-    # photograph digits beyond MNIST: 30% of each batch digits rendered from fonts (mnistlab.synthetic), the pixel
+    # photograph digits beyond MNIST: 30% of each batch digits rendered from fonts (mnistlab.data.synthetic), the pixel
     # kinds of real pictures (specks, hollow strokes, an inverted region, scratches), and a threshold placed to
     # reject 2% of real digits rather than 1% of MNIST's (keeping 98.9% of the validation digits). Chosen on
     # validation and the project's own real-input suite (benchmarks/real_choose.py, BENCHMARKS.md).

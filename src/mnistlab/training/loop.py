@@ -18,16 +18,17 @@ from typing import Any, cast
 
 import torch
 
-from . import distributed as dist
-from .augment import Augment
-from .card import ModelCard
-from .checkpoints import check_weights, load_checkpoint, save_checkpoint, save_weights
-from .config import RunConfig, resumed
-from .corruptions import HELD_OUT, corrupt
-from .data import Loader, epoch_permutation, refuse_mirrors
-from .device import CoreShare, amp_dtype, keep_freed_memory, resolve_device
-from .errors import CheckpointError, MnistlabError, first_line
-from .evaluation import (
+from ..card import ModelCard
+from ..checkpoints import check_weights, load_checkpoint, save_checkpoint, save_weights
+from ..data.augment import Augment
+from ..data.corruptions import HELD_OUT, corrupt
+from ..data.mnist import Loader, epoch_permutation, refuse_mirrors
+from ..data.outliers import OutlierBatches, outlier_set
+from ..data.own import carve, get_dataset_spec, load_split  # registry names and paths (--dataset PATH) alike
+from ..data.synthetic import SyntheticBatches, digit_set, missing_packages
+from ..device import CoreShare, amp_dtype, keep_freed_memory, resolve_device
+from ..errors import CheckpointError, MnistlabError, first_line
+from ..evaluation import (
     evaluation_from_logits,
     fit_temperature,
     format_accuracy,
@@ -35,15 +36,14 @@ from .evaluation import (
     predict_logits,
     shard_logits,
 )
-from .models import build_model
-from .ood import REJECT_SCORE_FOR, ood_score, reject_threshold
-from .outliers import OutlierBatches, outlier_set
-from .owndata import carve, get_dataset_spec, load_split  # registry names and paths (--dataset PATH) alike
+from ..models import build_model
+from ..ood import REJECT_SCORE_FOR, ood_score, reject_threshold
+from ..speedups import enabled
+from . import distributed as dist
+from .config import RunConfig, resumed
+from .optim import ForeachSGD
 from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
-from .sgd import ForeachSGD
-from .speedups import enabled
 from .steps import EagerStep, GraphedStep
-from .synthetic import SyntheticBatches, digit_set, missing_packages
 from .tensorboard_log import require_tensorboard, tensorboard_logged
 
 OUTLIER_POOL = 12_000  # outlier exposure's made-up non-digits, rendered once per run (about 30 s on 2 cores)

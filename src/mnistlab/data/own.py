@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DATASETS, VALIDATION_SEED, DatasetSpec, holdout, read_idx
-from .data import get_dataset_spec as registry_spec
-from .data import load_split as registry_split
-from .errors import DataError, MnistlabError
-from .fileio import atomic_write
-from .preprocessing import COMMON_SUFFIXES, IMAGE_SUFFIXES, preprocess_many
+from ..errors import DataError, MnistlabError
+from ..fileio import atomic_write
+from .mnist import DATASETS, VALIDATION_SEED, DatasetSpec, holdout, read_idx
+from .mnist import get_dataset_spec as registry_spec
+from .mnist import load_split as registry_split
+from .preprocess import COMMON_SUFFIXES, IMAGE_SUFFIXES, preprocess_many
 
 FORMATS = {"folder": "class-per-folder images", "kaggle-csv": "Kaggle CSV", "npz": "NumPy .npz (Keras's layout)",
            "idx": "IDX files"}

@@ -29,11 +29,11 @@ import signal
 import socket
 from pathlib import Path
 
+from ..data.preprocess import NoDigitError
+from ..errors import MnistlabError
+from ..inference import ModelOutputError
 from . import collect as collecting
 from . import page
-from .errors import MnistlabError
-from .inference import ModelOutputError
-from .preprocessing import NoDigitError
 
 try:
     import anyio
@@ -51,7 +51,7 @@ try:
 except ImportError:  # httptools is not installed: h11 it is
     HttpToolsProtocol = object  # type: ignore[assignment,misc]
 
-log = logging.getLogger("mnistlab.serving")
+log = logging.getLogger("mnistlab.serve.server")
 REQUEST_TIMEOUT = 10.0  # seconds a client has to send a request's headers, and then its body
 BACKLOG = 1024
 BODY, UPLOAD = "request body", "uploaded file"  # the names a request's image goes by: its prediction's "source"
@@ -487,8 +487,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _load(checkpoint: str):
-    from .inference import load_model
-    from .preprocessing import quiet_decoder_warnings
+    from ..data.preprocess import quiet_decoder_warnings
+    from ..inference import load_model
 
     quiet_decoder_warnings()
     model = load_model(checkpoint)

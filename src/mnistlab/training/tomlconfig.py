@@ -23,8 +23,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from ..errors import MnistlabError
 from .config import PRESETS, RunConfig
-from .errors import MnistlabError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,8 +78,8 @@ def _is(value: Any, types: tuple[type, ...]) -> bool:
 
 def _check_values(path: str | os.PathLike, settings: dict[str, Any]) -> None:
     """The file's values on their own: each within its range, and names that exist."""
-    from .data import DATASETS
-    from .models import MODELS
+    from ..data.mnist import DATASETS
+    from ..models import MODELS
 
     for key, known in (("preset", PRESETS), ("model", MODELS), ("dataset", DATASETS)):
         if key in settings and settings[key] not in known:

@@ -54,21 +54,21 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import pretrained
-from .augment import Augment
-from .card import ModelCard
-from .checkpoints import check_weights, load_weights, save_checkpoint
+from .. import pretrained
+from ..card import ModelCard
+from ..checkpoints import check_weights, load_weights, save_checkpoint
+from ..data.augment import Augment
+from ..data.mnist import Loader, normalize
+from ..data.outliers import OutlierBatches, outlier_set
+from ..data.own import carve, get_dataset_spec, load_split
+from ..device import amp_dtype, autocast, keep_freed_memory
+from ..errors import DataError, MnistlabError
+from ..evaluation import format_accuracy
+from ..fileio import write_json
+from ..inference import labels_by_name
+from ..models import build_model
+from ..ood import KEEP, REJECT_SCORE_FOR, ood_score, reject_threshold, rejected_share
 from .config import FAMILIES, PRESETS
-from .data import Loader, normalize
-from .device import amp_dtype, autocast, keep_freed_memory
-from .errors import DataError, MnistlabError
-from .evaluation import format_accuracy
-from .fileio import write_json
-from .inference import labels_by_name
-from .models import build_model
-from .ood import KEEP, REJECT_SCORE_FOR, ood_score, reject_threshold, rejected_share
-from .outliers import OutlierBatches, outlier_set
-from .owndata import carve, get_dataset_spec, load_split
 from .steps import head_loss
 
 PROGRESS_EVERY = 50  # steps between progress lines

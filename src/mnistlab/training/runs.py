@@ -19,10 +19,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..errors import MnistlabError
+from ..fileio import append_line, atomic_write, write_json
 from . import distributed as dist
 from .config import RunConfig
-from .errors import MnistlabError
-from .fileio import append_line, atomic_write, write_json
 
 
 def new_run_dir(cfg: RunConfig, root: str = "runs") -> Path:

@@ -24,12 +24,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .card import ModelCard  # noqa: E402
-from .checkpoints import load_checkpoint  # noqa: E402
-from .errors import MnistlabError  # noqa: E402
-from .evaluation import ECE_BINS, evaluation_from_probs, format_accuracy  # noqa: E402
-from .fileio import atomic_write  # noqa: E402
-from .inference import load_model  # noqa: E402
+from ..card import ModelCard  # noqa: E402
+from ..checkpoints import load_checkpoint  # noqa: E402
+from ..errors import MnistlabError  # noqa: E402
+from ..evaluation import ECE_BINS, evaluation_from_probs, format_accuracy  # noqa: E402
+from ..fileio import atomic_write  # noqa: E402
+from ..inference import load_model  # noqa: E402
 from .runs import read_run_events  # noqa: E402
 
 

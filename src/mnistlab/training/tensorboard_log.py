@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import MnistlabError
+from ..errors import MnistlabError
 
 if TYPE_CHECKING:
     from .runs import RunLog

@@ -12,8 +12,8 @@ import threading
 import torch
 import torch.distributed as td
 
-from .errors import first_line
-from .launch import launched
+from ..errors import first_line
+from ..launch import launched
 
 SYNC_EVERY = 20  # steps between the ranks' checks for a stop request (one all-reduce each)
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from .config import FAMILIES, check_families, family_names
-from .errors import MnistlabError
-from .preprocessing import NoDigitError, preprocess
+from ..errors import MnistlabError
+from ..training.config import FAMILIES, check_families, family_names
+from .preprocess import NoDigitError, preprocess
 
 FONT_DIR = Path("/usr/share/fonts/truetype")
 RESERVED_FONTS = ("dejavu", "liberation", "urw", "nimbus", "base35")  # for judging mnistlab: never read
@@ -72,7 +72,7 @@ def _fashion_part(part: str, n: int, rng: np.random.Generator, data_dir) -> np.n
 
 def evaluation_sets(seed: int = 0, n: int = 2000, data_dir=None) -> dict[str, np.ndarray]:
     """The sets that judge a reject score, none of them used by `outlier_set`: name -> uint8 [N, 28, 28]."""
-    from .data import load_split
+    from .mnist import load_split
 
     rng = np.random.default_rng([seed, 2])
     fashion_test, _ = load_split("fashion-mnist", "test", data_dir)
@@ -166,7 +166,7 @@ def _fonts(names) -> list[Path]:
 
 @functools.lru_cache(maxsize=2)
 def _fashion_cached(data_dir) -> np.ndarray:
-    from .data import load_split
+    from .mnist import load_split
 
     images, _ = load_split("fashion-mnist", "train", data_dir)
     return images.numpy()

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError, MnistlabError
-from .fileio import atomic_write
+from ..errors import DataError, MnistlabError
+from ..fileio import atomic_write
 
 # IDX type codes (third magic byte) -> numpy big-endian dtype.
 _IDX_DTYPES: dict[int, np.dtype] = {

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MnistlabError
+from ..errors import MnistlabError
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from . import preprocessing
-from .errors import MnistlabError
-from .fileio import atomic_write
-from .preprocessing import NoDigitError, preprocess
+from ..errors import MnistlabError
+from ..fileio import atomic_write
+from . import preprocess as preprocessing
+from .preprocess import NoDigitError, preprocess
 
 FONT_ROOT = Path("/usr/share/fonts")
 # The fonts the synthetic digits are drawn in, by family (globs under FONT_ROOT; a package not
@@ -73,7 +73,7 @@ CACHE_VERSION = "1"  # part of the cache key, with this module's and preprocessi
 def digit_set(n: int, seed: int = 0, part: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """`n` font digits, uint8 [n, 28, 28] (ink high, as MNIST) and int64 labels 0-9 in equal shares;
     the same (n, seed, part) gives the same set, read from the cache after the first time."""
-    from .owndata import cache_dir
+    from .own import cache_dir
 
     fonts = part_fonts(part)
     path = cache_dir() / f"synthetic-{_key(n, seed, part, fonts)}.npz"

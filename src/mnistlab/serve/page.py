@@ -1,4 +1,4 @@
-"""The drawing page's files (mnistlab/static/), put together for `mnistlab serve` or a static site.
+"""The drawing page's files (mnistlab/serve/static/), put together for `mnistlab serve` or a static site.
 
 One page and one app.js for both; what differs is the engine that answers: server.js posts the
 drawing to `mnistlab serve`, browser.js runs the model in the browser with onnxruntime-web.
@@ -15,7 +15,7 @@ BROWSER_SCRIPTS = ("preprocess.js", "zip.js", "browser.js")
 
 def asset(name: str) -> str:
     """The text of one of the page's files."""
-    return resources.files("mnistlab").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("mnistlab.serve").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def page(scripts: list[str]) -> str:

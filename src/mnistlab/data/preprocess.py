@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import MnistlabError, first_line
+from ..errors import MnistlabError, first_line
 
 MAX_PIXELS = 4096 * 4096  # a digit needs far fewer; larger images are refused before they are decoded
 MAX_ASPECT = 20  # longer side over shorter: a strip this thin holds no digit, only decoding cost

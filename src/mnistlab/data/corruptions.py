@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import DataError, MnistlabError
+from ..errors import DataError, MnistlabError
 
 SIZE = 28
 CENTRE = (SIZE - 1) / 2  # 13.5: the benchmark turns, shears and scales about the image's centre

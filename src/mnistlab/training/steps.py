@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .device import autocast
+from ..device import autocast
 
 
 def head_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float, head: str = "softmax",
