@@ -18,8 +18,8 @@ from pathlib import Path
 
 from common import machine
 from mnistlab import from_preset, train
-from mnistlab.evaluation import evaluation_from_probs, format_accuracy
-from mnistlab.inference import evaluate_files, load_model
+from mnistlab.evaluation import evaluate_files, evaluation_from_probs, format_accuracy, split_probabilities
+from mnistlab.inference import load_model
 from mnistlab.training.runs import read_run_events
 
 
@@ -44,7 +44,7 @@ def validation_probabilities(runs: list[Path], data_dir, device: str = "cpu", tt
     probs = []
     for run in runs:
         model = load_model(run / "model.pt", device)
-        _, p, labels = model.split_probabilities(data_dir, "validation", tta)
+        _, p, labels = split_probabilities(model, data_dir, "validation", tta)
         probs.append(p)
     return probs, labels, model.classes
 

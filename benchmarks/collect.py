@@ -19,11 +19,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from common import machine  # noqa: E402
-from handwriting import make_handwriting  # noqa: E402
-from mnistlab_testkit.browsing import free_port  # noqa: E402
+from common import machine
+from mnistlab_testkit.browsing import free_port
+from mnistlab_testkit.handwriting import make_handwriting
 
 
 def get(url: str, data: bytes | None = None) -> dict:
@@ -53,7 +51,7 @@ def shown(times: list[float]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--init", default="fast")
+    p.add_argument("--init", default="robust-real")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}")

@@ -1,7 +1,7 @@
 """`mnistlab eval --corruptions` timed: MNIST-C's 15 corruptions made on the 10,000 test images,
 and each model judged on them and on the clean images; the table for BENCHMARKS.md.
 
-    python benchmarks/corruptions.py fast classic-cnn [--data-dir DIR] [--seed 0]
+    python benchmarks/corruptions.py robust-real classic-cnn [--data-dir DIR] [--seed 0]
 
 Each model is timed from loading to the last corruption's figures, as the command runs it
 (the corrupted images are made again for each model, as `eval --corruptions` would).

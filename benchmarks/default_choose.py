@@ -36,7 +36,7 @@ from common import machine, trained_candidate
 from mnistlab import load_model
 from mnistlab.data.corruptions import HELD_OUT, corrupt
 from mnistlab.data.outliers import outlier_set
-from mnistlab.evaluation import evaluation_from_logits
+from mnistlab.evaluation import evaluation_from_logits, model_split
 from mnistlab.ood import auroc, rejected_share
 from mnistlab.training.config import ROBUST_AUGMENT, recipe
 from ood import logits
@@ -66,7 +66,7 @@ def trained(name: str, data_dir) -> tuple[Path, float | None]:
 def score(path: Path, outliers: np.ndarray, data_dir) -> dict:
     model = load_model(path)
     card = model.card
-    images, labels = (t.numpy() for t in model.load_split("validation", data_dir))
+    images, labels = (t.numpy() for t in model_split(model, "validation", data_dir))
 
     def judged(z):
         ev = evaluation_from_logits(torch.from_numpy(z), torch.from_numpy(labels), card.classes, card.temperature,

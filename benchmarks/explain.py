@@ -1,6 +1,6 @@
 """The "why" views: the cost of ?explain=1, and the deletion test of its saliency maps.
 
-    python benchmarks/explain.py [--data-dir DIR] [--models classic-cnn fast] [--images 200]
+    python benchmarks/explain.py [--data-dir DIR] [--models classic-cnn robust-real] [--images 200]
 
 Cost: Classifier.predict(280x280 PNG) with and without explain=True, one thread, median of 500
 calls after 50 warm-up ones. Deletion test: over the first --images test digits, the mean fall
@@ -35,7 +35,7 @@ def cost(model, png: bytes, explain: bool, n: int = 500) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir")
-    p.add_argument("--models", nargs="+", default=["classic-cnn", "fast"])
+    p.add_argument("--models", nargs="+", default=["classic-cnn", "robust-real"])
     p.add_argument("--images", type=int, default=200)
     args = p.parse_args()
     torch.set_num_threads(1)  # as each server worker runs

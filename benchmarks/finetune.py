@@ -1,6 +1,6 @@
 """Few-shot fine-tuning on synthetic handwriting (issue 22): held-out and MNIST test accuracy, before and after.
 
-    python benchmarks/finetune.py [--init fast] [--writers 0 1 2 3 4 5] [--data-dir ../shared/data]
+    python benchmarks/finetune.py [--init robust-real] [--writers 0 1 2 3 4 5] [--data-dir ../shared/data]
 
 Each writer (tests/handwriting.py: pen-stroke digits in one writer's consistent style) gives 10
 drawings of each digit to fine-tune on and 50 other drawings of each to judge on, never seen in
@@ -9,20 +9,17 @@ training; the recipe was fixed beforehand on writers 100 and 101 (BENCHMARKS.md)
 
 import argparse
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from common import machine  # noqa: E402
-from handwriting import make_handwriting  # noqa: E402
-from mnistlab.training.finetune import finetune  # noqa: E402
+from common import machine
+from mnistlab.training.finetune import finetune
+from mnistlab_testkit.handwriting import make_handwriting
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--init", default="fast")
+    p.add_argument("--init", default="robust-real")
     p.add_argument("--writers", type=int, nargs="+", default=list(range(6)))
     p.add_argument("--train", type=int, default=10, help="drawings of each digit to fine-tune on")
     p.add_argument("--held-out", type=int, default=50, help="drawings of each digit to judge on")

@@ -2,24 +2,21 @@
 
     python benchmarks/finetune_choose.py [--writers 100 101 102 103] [--data-dir ../shared/data] [--only NAME ...]
 
-For each candidate and writer: fine-tune `fast` on 10 drawings of each digit, with replay drawn
+For each candidate and writer: fine-tune `robust-real` on 10 drawings of each digit, with replay drawn
 from MNIST's first 50,000 training images only; judge on 50 other drawings of each digit, and
 probe what the model kept on MNIST training images 50,000-59,999, which the replay never drew.
 """
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from common import machine  # noqa: E402
-from handwriting import make_handwriting  # noqa: E402
-from mnistlab.data.own import load_split  # noqa: E402
-from mnistlab.training import finetune as ft  # noqa: E402
+from common import machine
+from mnistlab.data.own import load_split
+from mnistlab.training import finetune as ft
+from mnistlab_testkit.handwriting import make_handwriting
 
 # the few-shot recipe as first chosen (for the fast preset's model), before its lr became 3e-3 for the robust-oe default
 BASE = ft.RECIPES["few-shot"] | {"lr": 1e-3, "blend": 1.0}
@@ -45,7 +42,7 @@ def main() -> None:
     p.add_argument("--only", nargs="+", choices=list(CANDIDATES), help="these candidates (default: all)")
     args = p.parse_args()
     print(f"machine: {machine()}\n")
-    card, state = ft._load_init("fast")
+    card, state = ft._load_init("robust-real")
     x, y = load_split("mnist", "train", args.data_dir)
     replay, probe = (x[:50_000], y[:50_000]), (x[50_000:], y[50_000:])
     start = ft._module(card, state, 10, False)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from common import write_kaggle_csv
-from mnistlab.data.mnist import load_split
+from mnistlab.data.own import load_split
 from mnistlab.evaluation import format_accuracy
 
 

@@ -1,6 +1,6 @@
 """Load time of a model: its .safetensors file against the same weights in a .pt checkpoint.
 
-    python benchmarks/load.py [--models fast classic-cnn] [--reps 50]
+    python benchmarks/load.py [--models robust-real classic-cnn] [--reps 50]
 
 For each pretrained model, the shipped .safetensors file and a model.pt holding the same card
 and tensors (written as `mnistlab train` writes one) lie in a temporary folder; both are

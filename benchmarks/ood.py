@@ -4,7 +4,7 @@ choice made on validation only, then judged.
 
     python benchmarks/ood.py [--data-dir DIR] [--out runs/ood] [--epochs 1.25] [--mnist-c-images 2000]
     python benchmarks/ood.py --recipe robust --out runs/ood-robust --variants softmax "softmax + outlier exposure" ...
-    python benchmarks/ood.py --model fast                 # judge a model as it is (a name or a file), untrained
+    python benchmarks/ood.py --model robust-real          # judge a model as it is (a name or a file), untrained
 
 Every model is the `fast` recipe (bn-cnn 16-32, Adam onecycle, label smoothing 0.1), or the one
 --recipe names, seed 1, with a 5,000-image validation split. Trained once into --out; a model.pt
@@ -30,10 +30,11 @@ import torch
 from common import machine
 from mnistlab import RunConfig, load_model, train
 from mnistlab.data.corruptions import HELD_OUT, TEST, corrupt
-from mnistlab.data.mnist import load_split
 from mnistlab.data.outliers import evaluation_sets, outlier_set
-from mnistlab.evaluation import evaluation_from_logits
-from mnistlab.ood import REJECT_SCORES, auroc, fpr_at_tpr, head_outputs, ood_score, reject_threshold, rejected_share
+from mnistlab.data.own import load_split
+from mnistlab.evaluation import evaluation_from_logits, model_split
+from mnistlab.heads import head_of
+from mnistlab.ood import REJECT_SCORES, auroc, fpr_at_tpr, ood_score, reject_threshold, rejected_share
 from mnistlab.training.config import recipe
 
 VARIANTS = {"softmax": dict(head="softmax"), "sigmoid": dict(head="sigmoid"),
@@ -81,19 +82,19 @@ def main() -> None:
         model = load_model(args.model or str(trained(name, changes, Path(args.out), args.data_dir, epochs,
                                                       args.recipe)))
         card = model.card
-        val_x, _ = model.load_split("validation", args.data_dir)
+        val_x, _ = model_split(model, "validation", args.data_dir)
         val_x = val_x.numpy()
         held_out = {k: corrupt(val_x[:args.mnist_c_images], k, seed=0) for k in HELD_OUT}
         z_val, z_out, z_test = logits(model, val_x), logits(model, val_out), logits(model, test_x)
         z_held = {k: logits(model, v) for k, v in held_out.items()}
         ev = evaluation_from_logits(torch.from_numpy(z_test), test_y, card.classes, card.temperature, head=card.head)
-        sums = head_outputs(z_test, card.head, card.temperature)[1].sum(1)
+        sums = head_of(card.head).probabilities_and_raw(z_test, card.temperature)[1].sum(1)
         r = {"head": card.head, "outlier_exposure": None if args.model else changes.get("outlier_exposure", 0.0),
              "temperature": card.temperature, "correct": ev.correct, "total": ev.total, "ece": ev.ece,
              "nll": ev.loss, "sum_minus_1_mean_abs": float(np.abs(sums - 1).mean()),
              "sum_range": [float(sums.min()), float(sums.max())], "scores": {}}
         z_judges = {k: logits(model, v) for k, v in judges.items()}
-        r["sum_on_outliers"] = {k: float(head_outputs(v, card.head, card.temperature)[1].sum(1).mean())
+        r["sum_on_outliers"] = {k: float(head_of(card.head).probabilities_and_raw(v, card.temperature)[1].sum(1).mean())
                                 for k, v in z_judges.items()}
         z_c = {k: logits(model, v) for k, v in mnist_c.items()}
         for score in [s for s in REJECT_SCORES if s != "not-none" or card.head == "none-class"]:

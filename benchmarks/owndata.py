@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common import machine, summary, write_kaggle_csv
 from mnistlab.data import own as owndata
-from mnistlab.data.mnist import load_split
+from mnistlab.data.own import load_split
 
 
 def timed_open(path: Path) -> float:

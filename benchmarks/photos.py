@@ -22,7 +22,7 @@ from PIL import Image, ImageFilter
 
 from common import machine, summary
 from mnistlab.data import own as owndata
-from mnistlab.data.mnist import load_split
+from mnistlab.data.own import load_split
 
 
 def photo(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:

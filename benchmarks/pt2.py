@@ -1,6 +1,6 @@
 """Parity of `mnistlab export --format pt2` with the PyTorch model, on the whole test set.
 
-    python benchmarks/pt2.py [--data-dir DIR] [--models fast classic-cnn]
+    python benchmarks/pt2.py [--data-dir DIR] [--models robust-real classic-cnn]
 
 Each pretrained model is exported with torch.export (batch norm folded, dynamic batch), once
 giving logits and once probabilities (--probs), loaded back through load_model, and its

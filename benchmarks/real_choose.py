@@ -7,7 +7,7 @@ the sets held back for judging the project.
     python benchmarks/real_choose.py [NAME ...] [--data-dir DIR] [--train-only]
 
 Each candidate is trained into runs/real/NAME (its log, which ends with the test figure every run
-prints, goes to runs/real/NAME.log, unread). The shipped `fast` is scored beside them as it is.
+prints, goes to runs/real/NAME.log, unread). The shipped `robust-real` is scored beside them as it is.
 
 The rule, fixed before any candidate was scored:
 - the threshold: each candidate's "not a digit" threshold is refitted to reject REJECT_SHARE of real
@@ -33,6 +33,7 @@ from common import machine, trained_candidate
 from mnistlab import load_model
 from mnistlab.data.outliers import outlier_set
 from mnistlab.data.preprocess import NoDigitError, preprocess, quiet_decoder_warnings
+from mnistlab.evaluation import model_split
 from mnistlab.ood import reject_threshold, rejected_share
 from mnistlab.training.config import ROBUST_AUGMENT, recipe
 from realworld import NON_DIGIT_SETS, build_suite
@@ -129,14 +130,14 @@ def main() -> None:
     if set(args.names) - set(CANDIDATES):
         p.error(f"unknown candidates: {', '.join(sorted(set(args.names) - set(CANDIDATES)))}")
     print(f"machine: {machine()}")
-    paths = {"fast (shipped)": "fast"}
+    paths = {"robust-real (shipped)": "robust-real"}
     for name in args.names or CANDIDATES:
         paths[name], seconds = trained(name, args.data_dir)
         print(f"{name}: {paths[name]} ({'-' if seconds is None else f'{seconds:.0f} s'} of training)", flush=True)
     if args.train_only:
         return
     sets = prepared(build_suite(args.n, 0, args.data_dir))
-    validation = tuple(t.numpy() for t in load_model("fast").load_split("validation", args.data_dir))
+    validation = tuple(t.numpy() for t in model_split(load_model("robust-real"), "validation", args.data_dir))
     outliers = outlier_set("validation", 5000, seed=1, data_dir=args.data_dir)
     results = {name: score(path, sets, validation, outliers) for name, path in paths.items()}
     names = list(next(iter(results.values()))["sets"])

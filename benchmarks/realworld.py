@@ -1,6 +1,6 @@
 """Real-world inputs, as a gate: does a model read digits the way people give them?
 
-    python benchmarks/realworld.py [--model fast] [--n 500] [--seed 0] [--sets printed,edge,...]
+    python benchmarks/realworld.py [--model robust-real] [--n 500] [--seed 0] [--sets printed,edge,...]
                                    [--data-dir ../shared/data] [--json PATH] [--save-images DIR]
 
 Nine sets of `--n` images each, made here from a seed, as PNG files. Each file takes the path of
@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
 
-from mnistlab.data.mnist import load_split
+from mnistlab.data.own import load_split
 from mnistlab.data.preprocess import NoDigitError
 from mnistlab.inference import Classifier, load_model
 
@@ -631,7 +631,7 @@ def table(results: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="fast", help="a pretrained name or a model file")
+    p.add_argument("--model", default="robust-real", help="a pretrained name or a model file")
     p.add_argument("--n", type=int, default=500, help="images per set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sets", default=",".join(SETS), help="a comma list of: " + ", ".join(SETS))

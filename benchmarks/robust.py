@@ -29,7 +29,7 @@ import torch
 from common import machine
 from mnistlab import load_model, train
 from mnistlab.data.corruptions import HELD_OUT, corrupt
-from mnistlab.evaluation import evaluation_from_logits, fit_temperature
+from mnistlab.evaluation import evaluation_from_logits, fit_temperature, model_split
 from mnistlab.training.config import from_preset
 
 OUT = Path("runs") / "robust"
@@ -43,7 +43,7 @@ def logits_of(model, images: np.ndarray) -> torch.Tensor:
 
 def score(path: Path, data_dir) -> dict:
     model = load_model(path)
-    images, labels = (t.numpy() for t in model.load_split("validation", data_dir))
+    images, labels = (t.numpy() for t in model_split(model, "validation", data_dir))
     y = torch.from_numpy(labels)
     classes = model.classes
     sets = {"clean": logits_of(model, images)}

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from common import machine
-from mnistlab import format_accuracy, load_model, load_split
+from mnistlab import evaluate, format_accuracy, load_model, load_split
 from mnistlab.data.preprocess import NoDigitError, preprocess
 
 KINDS = ("grayscale PNG", "RGB JPEG q75", "light noisy background")
@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    clean = load_model(args.checkpoint).evaluate(args.data_dir)
+    clean = evaluate(load_model(args.checkpoint), args.data_dir)
     images, labels = load_split("mnist", "test", data_dir=args.data_dir)
     images, labels = images[:args.limit].numpy(), labels[:args.limit].numpy()
     predictor = load_model(args.checkpoint)

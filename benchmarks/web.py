@@ -1,6 +1,6 @@
 """The static page (`mnistlab export --format web`): its size, its agreement with Python, its speed.
 
-    python benchmarks/web.py [--model fast] [--data-dir DIR] [--digits 1000] [--runs 200]
+    python benchmarks/web.py [--model robust-real] [--data-dir DIR] [--digits 1000] [--runs 200]
 
 Size: the folder with the runtime from the CDN, and with --runtime node_modules/onnxruntime-web/dist.
 Agreement: --digits test digits drawn on the page's 280x280 pad (dark on white, 100-280 px, anywhere),
@@ -32,7 +32,7 @@ def folder_size(path: Path) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="fast")
+    p.add_argument("--model", default="robust-real")
     p.add_argument("--data-dir")
     p.add_argument("--digits", type=int, default=1000)
     p.add_argument("--runs", type=int, default=200)

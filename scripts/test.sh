@@ -23,6 +23,11 @@ export MNISTLAB_DATA
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/lint-imports  # the layering and no import cycles (pyproject.toml, [tool.importlinter])
 .venv/bin/mypy  # the types, over src/ ([tool.mypy] in pyproject.toml)
+# the docs site (mkdocs.yml), strict: a broken link or anchor, or a docstring the API pages
+# cannot render, fails; built into a temporary folder, never into the checkout
+site="$(mktemp -d)"
+trap 'rm -rf "$site"' EXIT
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site"
 .venv/bin/python -m pytest "$@"
 # the tutorial notebook, top to bottom (its data from $MNISTLAB_DATA); stored without outputs (tests/test_notebook.py)
 .venv/bin/python -m pytest --nbmake notebooks/

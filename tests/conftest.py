@@ -1,12 +1,13 @@
 """Shared fixtures. Real MNIST comes from $MNISTLAB_DATA, else ../shared/data beside the repo."""
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from fakes import make_fake_mnist
 from mnistlab import RunConfig, train
+from mnistlab_testkit.fakes import make_fake_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,3 +46,15 @@ def trained_cnn(data_dir, tmp_path_factory):
     """The seed CNN after one epoch (about 98%): a real model for the prediction tests."""
     out = tmp_path_factory.mktemp("cnn")
     return train(RunConfig(model="cnn", epochs=1), out=out, data_dir=data_dir, progress=False).model_path
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB tmpfs, mounted for the test (root on Linux, as CI runs)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root on Linux)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)

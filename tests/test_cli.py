@@ -8,9 +8,10 @@ import time
 import pytest
 import torch
 
-from fakes import run_cli as run
 from mnistlab.checkpoints import load_checkpoint
 from mnistlab.training.runs import read_run_events
+from mnistlab_testkit.fakes import assert_one_sentence
+from mnistlab_testkit.fakes import run_cli as run
 
 
 def assert_clean_error(proc, pattern, code=1):
@@ -36,19 +37,6 @@ def test_train_dry_run_then_eval_json(data_dir, tmp_path):
     assert sum(map(sum, report["confusion"])) == 10000
     text = run("eval", tmp_path / "run" / "model.pt", "--data-dir", data_dir).stdout
     assert f"{correct}/10000 = " in text and "most confused" in text
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--epochs", "0"], "--epochs: must be a positive finite number"),
-    (["--batch-size", "0"], "--batch-size: must be a positive whole number"),
-    (["--augment", "[1]"], "--augment: must be a JSON object"),
-    (["--lr", "-1"], "--lr: must be a positive finite number"),
-    (["--batch-size", "abc"], "--batch-size: invalid"),
-    (["--model", "resnet"], "invalid choice: 'resnet'"),
-    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
-])
-def test_absurd_flags(flags, message):
-    assert_clean_error(run("train", *flags), message, code=2)
 
 
 def test_missing_dataset_names_files_and_folder(tmp_path):
@@ -175,32 +163,47 @@ def test_help_and_onnx_predictions_import_no_torch(tmp_path):
     assert _imports_torch("eval", "--help")[0]  # the check can fail: evaluation does need torch
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--seed", "1208925819614629174706176"], "--seed must be a whole number from 0 to"),
-    (["--model-config", '{"widths": "abc"}', "--model", "mlp"], "model 'mlp' does not take the settings"),
-    (["--model-config", '{"nosuch": 1}'], "model 'cnn' does not take the settings {\"nosuch\": 1}"),
-    (["--model-config", '{"widths": [-3]}', "--model", "mlp"], "does not take the settings"),
-    (["--augment", '{"degrees": "x"}'], "--augment degrees must be a number, not \"x\""),
-    (["--augment", '{"elastic": 1, "elastic_sigma": 0}'], "--augment elastic_sigma must lie between 0.5"),
-    (["--augment", '{"rotate": 3}'], "--augment takes degrees"),
-    (["--threads", "10000"], "--threads 10000 is more than"),
-    (["--device", "bogus"], "unknown device 'bogus'"),
-    (["--device", "cuda"], "sees no CUDA GPU"),
-    (["--compile", "--cuda-graph"], "choose one"),
-    (["--resume", "x.pt", "--dry-run"], "cannot be combined with --resume"),
+@pytest.mark.parametrize("flags, message, code", [
+    # argparse's refusals (exit 2, after the usage)
+    (["--epochs", "0"], "--epochs: must be a positive finite number", 2),
+    (["--batch-size", "0"], "--batch-size: must be a positive whole number", 2),
+    (["--augment", "[1]"], "--augment: must be a JSON object", 2),
+    (["--lr", "-1"], "--lr: must be a positive finite number", 2),
+    (["--batch-size", "abc"], "--batch-size: invalid", 2),
+    (["--model", "resnet"], "invalid choice: 'resnet'", 2),
+    (["--dataset", "cifar"], "invalid choice: 'cifar'", 2),
+    # mnistlab's own (exit 1, one sentence)
+    (["--seed", "1208925819614629174706176"], "--seed must be a whole number from 0 to", 1),
+    (["--model-config", '{"widths": "abc"}', "--model", "mlp"], "model 'mlp' does not take the settings", 1),
+    (["--model-config", '{"nosuch": 1}'], "model 'cnn' does not take the settings {\"nosuch\": 1}", 1),
+    (["--model-config", '{"widths": [-3]}', "--model", "mlp"], "does not take the settings", 1),
+    (["--augment", '{"degrees": "x"}'], "--augment degrees must be a number, not \"x\"", 1),
+    (["--augment", '{"elastic": 1, "elastic_sigma": 0}'], "--augment elastic_sigma must lie between 0.5", 1),
+    (["--augment", '{"rotate": 3}'], "--augment takes degrees", 1),
+    (["--resume", "x.pt", "--dry-run"], "cannot be combined with --resume", 1),
+    (["--threads", "10000"], "--threads 10000 is more than", 1),
+    (["--device", "bogus"], "unknown device 'bogus'", 1),
+    (["--device", "cuda"], "sees no CUDA GPU", 1),
+    (["--compile", "--cuda-graph"], "choose one", 1),
+    *[([flag, value], f"{flag} must be a finite number", 1) for flag in ("--momentum", "--weight-decay")
+      for value in ("nan", "inf")],
+    (["--epochs", "1e300"], "--epochs 1e+300 is more than", 1),
 ])
-def test_contradictory_and_absurd_values_are_one_sentence(fake_data, tmp_path, flags, message):
+def test_absurd_and_contradictory_train_flags_are_refused_before_anything_is_written(fake_data, tmp_path, flags,
+                                                                                     message, code):
     proc = run("train", *flags, "--data-dir", fake_data, "--out", tmp_path / "run", "--no-report")
-    assert_clean_error(proc, message)
-    assert len(proc.stderr.strip().splitlines()) == 1
+    assert_one_sentence(proc, message, code)
+    assert not (tmp_path / "run").exists()
 
 
 def test_predict_refuses_a_missing_device_and_an_empty_folder(trained_cnn, tmp_path):
     from PIL import Image
 
-    Image.new("L", (40, 40), 255).save(tmp_path / "white.png")
+    bar = Image.new("L", (40, 40), 255)
+    bar.paste(0, (17, 5, 23, 35))  # a digit to read: the images are checked before the device
+    bar.save(tmp_path / "bar.png")
     for device, message in (("cuda", "sees no CUDA GPU"), ("bogus", "unknown device 'bogus'")):
-        assert_clean_error(run("predict", trained_cnn, tmp_path / "white.png", "--device", device), message)
+        assert_clean_error(run("predict", trained_cnn, tmp_path / "bar.png", "--device", device), message)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     assert_clean_error(run("predict", trained_cnn, tmp_path / "empty"), "no images found in")
@@ -217,3 +220,91 @@ def test_resume_flags_on_the_command_line(fake_data, tmp_path):
     proc = run("train", "--resume", ckpt, "--epochs", "2", "--data-dir", fake_data, "--no-report")
     assert proc.returncode == 0, proc.stderr
     assert [e["epoch"] for e in read_run_events(tmp_path / "run") if e["event"] == "epoch"] == [1, 2]
+
+
+def test_the_library_refuses_what_the_cli_refuses(tmp_path):
+    """A rule of the train command lives in the library, so that a Python user meets it too."""
+    from mnistlab.errors import MnistlabError
+    from mnistlab.training.config import FAMILIES, from_preset
+    from mnistlab.training.finetune import finetune
+
+    with pytest.raises(MnistlabError, match="--outlier-families chooses"):  # even all four, never ignored
+        from_preset(None, outlier_families=",".join(FAMILIES))
+    assert from_preset(None, outlier_families=",".join(FAMILIES), outlier_exposure=0.5).outlier_exposure == 0.5
+    with pytest.raises(MnistlabError, match="give --dataset PATH too"):
+        finetune("classic-cnn", "", out=tmp_path / "a")
+    with pytest.raises(MnistlabError, match="--lr does not apply to --init"):
+        finetune("classic-cnn", "mnist", out=tmp_path / "b", settings={"lr": 0.1})
+    with pytest.raises(MnistlabError, match="--dry-run does not apply to --init"):
+        finetune("classic-cnn", "mnist", out=tmp_path / "c", settings={"dry_run": True})
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_the_cli_leaves_its_parsed_arguments_alone(monkeypatch, tmp_path):
+    """Commands read the parsed namespace and never write to it (a config file's options included)."""
+    import argparse
+
+    from mnistlab import cli
+
+    seen = []
+
+    class Frozen(argparse.Namespace):
+        def __setattr__(self, name, value):
+            if seen:  # once parsing is over
+                raise AssertionError(f"the command set args.{name}")
+            super().__setattr__(name, value)
+
+    def parse(self, args=None, namespace=None):
+        ns = real(self, args, Frozen())
+        seen.append(ns)
+        return ns
+
+    real = argparse.ArgumentParser.parse_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse)
+    config = tmp_path / "c.toml"
+    config.write_text('preset = "fast"\nout = "elsewhere"\nepochs = 2\n')
+    assert cli.main(["train", "--config", str(config), "--print-config"]) == 0
+    assert seen and seen[0].preset is None and seen[0].out is None
+
+
+def test_ctrl_c_while_starting_is_one_line(fake_data, tmp_path):
+    for delay in (0.3, 0.8, 1.5):
+        proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "--model", "mlp", "--data-dir",
+                                 str(fake_data), "--out", str(tmp_path / f"run{delay}")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, (delay, err)
+        assert proc.returncode in (0, 130), (delay, err)
+
+
+def test_the_first_line_helper_survives_empty_messages():
+    from mnistlab.errors import first_line
+
+    assert first_line(RuntimeError("")) == "RuntimeError"
+    assert first_line(ValueError("one\ntwo")) == "one"
+
+
+def test_models_lists_a_registered_model_without_a_docstring(monkeypatch, capsys):
+    from mnistlab import cli
+    from mnistlab.models import MODELS
+
+    monkeypatch.setitem(MODELS, "bare", type("Bare", (torch.nn.Module,), {}))
+    assert cli.main(["models"]) == 0
+    assert "bare     (no description)" in capsys.readouterr().out
+
+
+def test_predict_checks_its_images_before_it_loads_the_model(tmp_path):
+    """A missing file, or one that is not an image, is said in one sentence, before the model is loaded:
+    a model file that would fail (or take long) to load is never touched."""
+    (tmp_path / "bad.pt").write_bytes(b"garbage")  # loading it would fail with a sentence of its own
+    (tmp_path / "words.png").write_text("not a picture")
+    for image, said in (("missing.png", "missing.png: no such file."),
+                        ("words.png", "words.png: not an image (or a format Pillow cannot read).")):
+        proc = run("predict", tmp_path / "bad.pt", tmp_path / image)
+        assert proc.returncode == 1 and proc.stdout == ""
+        assert proc.stderr.strip().splitlines() == [f"mnistlab: {tmp_path}/{said}"]
+    proc = run("predict", tmp_path / "bad.pt", tmp_path / "missing.png", "--json")
+    assert json.loads(proc.stdout) == {"source": str(tmp_path / "missing.png"), "error": str(tmp_path / "missing.png")
+                                       + ": no such file."}

@@ -12,12 +12,12 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from fakes import run_cli  # noqa: E402
 from mnistlab.data import own as owndata  # noqa: E402
 from mnistlab.errors import MnistlabError  # noqa: E402
 from mnistlab.inference import load_model  # noqa: E402
 from mnistlab.serve.server import create_app  # noqa: E402
-from owndatasets import drawing  # noqa: E402
+from mnistlab_testkit.fakes import run_cli  # noqa: E402
+from mnistlab_testkit.owndatasets import drawing  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -27,15 +27,15 @@ def cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def fast():
-    return load_model("fast")
+def shipped():
+    return load_model("robust-real")
 
 
 @pytest.fixture
-def collecting(fast, tmp_path, data_dir, monkeypatch):
+def collecting(shipped, tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("MNISTLAB_DATA", str(data_dir))  # the fine-tune's child process replays MNIST from there
     folder = tmp_path / "mine"
-    with TestClient(create_app(fast, collect=folder, checkpoint="fast")) as c:
+    with TestClient(create_app(shipped, collect=folder, checkpoint="robust-real")) as c:
         yield c, folder
 
 
@@ -94,14 +94,14 @@ def test_bad_corrections_get_a_sentence_and_write_nothing(collecting, query, bod
     assert files(folder) == []
 
 
-def test_an_unwritable_collect_folder_is_refused(fast, tmp_path):
+def test_an_unwritable_collect_folder_is_refused(shipped, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")  # a folder cannot be made under a file, even by root
     with pytest.raises(MnistlabError, match=r"^--collect .*a-file/mine: cannot write there \(.*\); choose a folder"):
-        create_app(fast, collect=blocker / "mine", checkpoint="fast")
-    r = run_cli("serve", "fast", "--port", "1", "--collect", blocker / "mine")
+        create_app(shipped, collect=blocker / "mine", checkpoint="robust-real")
+    r = run_cli("serve", "robust-real", "--port", "1", "--collect", blocker / "mine")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--collect" in r.stderr and "cannot write" in r.stderr
-    r = run_cli("serve", "fast", "--workers", "2", "--collect", tmp_path / "ok")
+    r = run_cli("serve", "robust-real", "--workers", "2", "--collect", tmp_path / "ok")
     assert r.returncode == 1 and "--collect works with one server process" in r.stderr and r.stdout == ""
 
 
@@ -125,7 +125,7 @@ def wait(client, timeout=240):
     raise AssertionError("the fine-tune did not finish")
 
 
-def test_one_fine_tune_at_a_time_a_killed_one_changes_nothing_and_a_finished_one_is_swapped_in(collecting, fast):
+def test_one_fine_tune_at_a_time_a_killed_one_changes_nothing_and_a_finished_one_is_swapped_in(collecting, shipped):
     client, folder = collecting
     # rings called 6, bars called 7: shapes the shipped model reads otherwise
     for i in range(4):
@@ -146,7 +146,7 @@ def test_one_fine_tune_at_a_time_a_killed_one_changes_nothing_and_a_finished_one
     os.kill(_child(client), signal.SIGKILL)
     s = wait(client)
     assert s["state"] == "failed" and "exit code -9" in s["error"]
-    assert answers() == before and client.get("/healthz").json()["model"] == fast.name
+    assert answers() == before and client.get("/healthz").json()["model"] == shipped.name
 
     assert client.post("/api/finetune").status_code == 202
     s = wait(client)
@@ -158,7 +158,7 @@ def test_one_fine_tune_at_a_time_a_killed_one_changes_nothing_and_a_finished_one
 
 
 def _child(client) -> int:
-    from fakes import children
+    from mnistlab_testkit.fakes import children
 
     for _ in range(100):
         kids = [k for k in children(os.getpid()) if b"mnistlab" in open(f"/proc/{k}/cmdline", "rb").read()]
@@ -178,14 +178,14 @@ def said(answer: dict) -> str:
     return "not a digit" if answer["rejected"] else answer["prediction"]
 
 
-def test_the_page_walks_the_loop_draw_correct_fine_tune_new_answer(fast, tmp_path, data_dir, monkeypatch):
+def test_the_page_walks_the_loop_draw_correct_fine_tune_new_answer(shipped, tmp_path, data_dir, monkeypatch):
     """Whatever the served model first makes of the flagged 1s: taught them, the server swaps in a model that
     reads them as 1s, and still reads a 7 as a 7. The 1 asked about afterwards is one the model first read
     wrong where there is one; where it read them all right, the swap shows in its answer to the same pixels."""
     from mnistlab_testkit.browsing import app_server, browser_page, draw
 
     monkeypatch.setenv("MNISTLAB_DATA", str(data_dir))
-    with app_server(create_app(fast, collect=tmp_path / "mine", checkpoint="fast")) as url:
+    with app_server(create_app(shipped, collect=tmp_path / "mine", checkpoint="robust-real")) as url:
         with browser_page(url) as page:
             def ask(png: str) -> dict:
                 """The served model's answer to a drawing, asked as the page asks."""
@@ -235,8 +235,8 @@ def test_the_page_walks_the_loop_draw_correct_fine_tune_new_answer(fast, tmp_pat
                                        timeout=20_000)
 
 
-def test_without_collect_there_is_nothing_to_correct(fast):
-    with TestClient(create_app(fast)) as client:
+def test_without_collect_there_is_nothing_to_correct(shipped):
+    with TestClient(create_app(shipped)) as client:
         assert client.get("/healthz").json()["collect"] is False
         r = correct(client, png("ring", 0), "6")
         assert r.status_code == 404 and "error" in r.json()

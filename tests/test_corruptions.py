@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakes import run_cli
 from mnistlab.data import corruptions as C
-from mnistlab.data.mnist import load_split
+from mnistlab.data.own import load_split
 from mnistlab.errors import DataError, MnistlabError
+from mnistlab_testkit.fakes import run_cli
 
 BENCHMARK_15 = ["shot_noise", "impulse_noise", "glass_blur", "motion_blur", "shear", "scale", "rotate", "brightness",
                 "translate", "stripe", "fog", "spatter", "dotted_line", "zigzag", "canny_edges"]
@@ -146,7 +146,7 @@ def test_the_mnist_c_loader_reads_the_published_layout_and_names_bad_files(tmp_p
 
 def test_eval_corruptions_json_report_and_picture(fake_data, tmp_path):
     out = tmp_path / "report"
-    proc = run_cli("eval", "fast", "--corruptions", "stripe", "translate", "--data-dir", fake_data,
+    proc = run_cli("eval", "robust-real", "--corruptions", "stripe", "translate", "--data-dir", fake_data,
                    "--out", out, "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -164,7 +164,7 @@ def test_eval_corruptions_json_report_and_picture(fake_data, tmp_path):
 
 
 def test_eval_corruptions_unknown_name_and_mnist_c_files(fake_data, tmp_path):
-    proc = run_cli("eval", "fast", "--corruptions", "foggy", "--data-dir", fake_data, "--out", tmp_path / "x")
+    proc = run_cli("eval", "robust-real", "--corruptions", "foggy", "--data-dir", fake_data, "--out", tmp_path / "x")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "unknown corruption 'foggy'" in proc.stderr and "canny_edges" in proc.stderr
     assert not (tmp_path / "x").exists()
@@ -172,7 +172,7 @@ def test_eval_corruptions_unknown_name_and_mnist_c_files(fake_data, tmp_path):
     images, labels = digits[0].numpy(), digits[1].numpy()
     _write_mnist_c(tmp_path / "mnist_c", "fog", images[:30], labels[:30])
     _write_mnist_c(tmp_path / "mnist_c", "stripe", 255 - images[:20], labels[:20])
-    proc = run_cli("eval", "fast", "--mnist-c", tmp_path / "mnist_c", "--data-dir", fake_data, "--out",
+    proc = run_cli("eval", "robust-real", "--mnist-c", tmp_path / "mnist_c", "--data-dir", fake_data, "--out",
                    tmp_path / "files", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -182,7 +182,8 @@ def test_eval_corruptions_unknown_name_and_mnist_c_files(fake_data, tmp_path):
     for extra, said in ((["--corruptions", "held-out"], "mnistlab makes the held-out ones"),
                         ([], "no such folder")):
         root = tmp_path / ("mnist_c" if extra else "missing")
-        proc = run_cli("eval", "fast", "--mnist-c", root, *extra, "--data-dir", fake_data, "--out", tmp_path / "y")
+        proc = run_cli("eval", "robust-real", "--mnist-c", root, *extra, "--data-dir", fake_data,
+                       "--out", tmp_path / "y")
         assert proc.returncode == 1 and said in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -191,8 +192,8 @@ def test_an_ensemble_of_models_with_different_validation_splits_is_judged_on_the
     from mnistlab.robustness import evaluate_corruptions
 
     v1 = str(Path(__file__).parent / "data" / "v1" / "model.pt")
-    assert load_model("fast").card.val_size == 5000 != load_model(v1).card.val_size
-    report = evaluate_corruptions(["fast", v1], ["stripe"], data_dir)
+    assert load_model("robust-real").card.val_size == 5000 != load_model(v1).card.val_size
+    report = evaluate_corruptions(["robust-real", v1], ["stripe"], data_dir)
     assert report.results["stripe"].total == 10000
     with pytest.raises(MnistlabError, match="a different validation split"):
-        evaluate_corruptions(["fast", v1], ["stripe"], data_dir, split="validation")
+        evaluate_corruptions(["robust-real", v1], ["stripe"], data_dir, split="validation")

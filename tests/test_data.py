@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fakes import make_fake_mnist, write_idx
 from mnistlab import DataError
 from mnistlab.data import mnist as data
-from mnistlab.data.mnist import Loader, epoch_permutation, load_split, read_idx
+from mnistlab.data.mnist import Loader, epoch_permutation, read_idx
+from mnistlab.data.own import get_dataset_spec, load_split
+from mnistlab_testkit.fakes import make_fake_mnist, write_idx
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -125,7 +126,7 @@ def test_download_checks_md5_and_renames_into_place(tmp_path, file_server):
     name = "t10k-labels-idx1-ubyte.gz"
     (served / name).write_bytes((src / name).read_bytes())
     dest = tmp_path / "dl" / name
-    data.download_file([url + "missing.gz", url + name], dest, data.md5sum(src / name))
+    data.download_file([url + "missing.gz", url + name], dest, data.file_digest(src / name))
     assert dest.read_bytes() == (src / name).read_bytes()
     with pytest.raises(DataError, match="md5"):
         data.download_file([url + name], tmp_path / "dl2" / name, "0" * 32)
@@ -192,7 +193,7 @@ def test_emnist_is_turned_upright_and_labelled_from_zero(tmp_path, split, n_clas
     x, y = load_split(f"emnist-{split}", "train", data_dir=tmp_path, download=False)
     assert torch.equal(x, torch.from_numpy(upright))  # the bar stands on the left, not across the top
     assert torch.equal(y, torch.from_numpy(labels.astype(np.int64) - offset)) and int(y.min()) == 0
-    spec = data.get_dataset_spec(f"emnist-{split}")
+    spec = get_dataset_spec(f"emnist-{split}")
     assert len(spec.classes) == n_classes and (spec.classes[0], spec.classes[-1]) == (first, last)
 
 
@@ -237,4 +238,4 @@ def test_kmnist_reads_files_in_its_layout(tmp_path):
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(20) % 10)
     x, y = load_split("kmnist", "test", data_dir=tmp_path, download=False)
     assert torch.equal(x, torch.from_numpy(images)) and y.tolist() == [i % 10 for i in range(20)]
-    assert data.get_dataset_spec("kmnist").classes[:3] == ("o", "ki", "su")
+    assert get_dataset_spec("kmnist").classes[:3] == ("o", "ki", "su")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fakes import children
 from mnistlab import RunConfig, train
 from mnistlab.checkpoints import load_checkpoint
 from mnistlab.training.runs import read_run_events
+from mnistlab_testkit.fakes import children
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 FLAGS = ["--preset", "fast", "--train-limit", "12000", "--no-progress", "--checkpoint-every", "1"]

@@ -2,6 +2,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,10 +14,10 @@ import torch.nn as nn
 pytest.importorskip("onnxruntime")
 import onnxruntime as ort  # noqa: E402
 
-from fakes import run_cli
 from mnistlab import MODELS, CheckpointError, MnistlabError, RunConfig, load_model, load_split, train  # noqa: E402
 from mnistlab.export import export, fold_batchnorm  # noqa: E402
 from mnistlab.pretrained import catalogue  # noqa: E402
+from mnistlab_testkit.fakes import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +252,50 @@ def test_the_cli_exports_pt2_and_hf_and_takes_them_as_models(tmp_path):
 
 def test_export_probs_says_the_default_will_not_reject(tmp_path):
     note = []
-    export("fast", "onnx", tmp_path / "p.onnx", probs=True, note=note.append)
+    export("robust-real", "onnx", tmp_path / "p.onnx", probs=True, note=note.append)
     assert len(note) == 1 and "will not reject non-digits" in note[0] and "energy" in note[0]
-    export("fast", "onnx", tmp_path / "l.onnx", note=note.append)  # logits keep the score: nothing to say
+    export("robust-real", "onnx", tmp_path / "l.onnx", note=note.append)  # logits keep the score: nothing to say
     assert len(note) == 1
+
+
+def test_export_itself_says_what_the_cli_said(tmp_path, monkeypatch):
+    """The deprecation note and the missing-onnx sentence come from export(), for Python users too."""
+    note = []
+    export("classic-cnn", "torchscript", tmp_path / "m.ts.pt", note=note.append)
+    assert any("--format pt2 (torch.export) is its successor" in n for n in note)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if onnx were not installed
+    for fmt in ("onnx", "web"):
+        with pytest.raises(MnistlabError, match="ONNX export needs onnx"):
+            export("classic-cnn", fmt, tmp_path / f"x-{fmt}")
+    assert not (tmp_path / "x-onnx").exists()
+
+
+@pytest.mark.parametrize("order", [["robust-real", "--format", "onnx", "{out}"],
+                                   ["--format", "onnx", "robust-real", "{out}"],
+                                   ["robust-real", "{out}", "--format", "onnx"]])
+def test_export_takes_its_options_before_between_or_after_the_paths(tmp_path, order):
+    out = tmp_path / "x.onnx"
+    result = run_cli("export", *[a.format(out=out) for a in order])
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and f"wrote {out}" in result.stdout
+
+
+def test_export_without_a_path_says_where_it_wrote(tmp_path):
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "mnistlab", "export", "robust-real"], cwd=tmp_path, text=True,
+                            capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "robust-real.onnx").is_file()
+    assert str(tmp_path / "robust-real.onnx") in result.stdout and "no OUT was given" in result.stdout
+
+
+def test_onnx_errors_without_a_message_are_one_sentence(tmp_path, monkeypatch):
+    from mnistlab.onnx_backend import OnnxBackend
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("")
+
+    monkeypatch.setattr(ort, "InferenceSession", fail)
+    with pytest.raises(MnistlabError, match=r"not a readable ONNX model \(RuntimeError\)"):
+        OnnxBackend(tmp_path / "x.onnx")

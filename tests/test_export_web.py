@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnx")
-from fakes import run_cli  # noqa: E402
 from mnistlab import MnistlabError, load_model, load_split  # noqa: E402
 from mnistlab.data.preprocess import NoDigitError, preprocess  # noqa: E402
 from mnistlab.export import ORT_WEB_CDN, ORT_WEB_FILES, ORT_WEB_VERSION, export  # noqa: E402
@@ -23,8 +22,9 @@ from mnistlab_testkit.browsing import (  # noqa: E402
     need,
     static_server,
 )
+from mnistlab_testkit.fakes import run_cli  # noqa: E402
 
-MODEL = "fast"
+MODEL = "robust-real"
 
 
 @pytest.fixture(scope="module")

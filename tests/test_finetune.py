@@ -8,18 +8,19 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import mnistlab.training.finetune
-from fakes import run_cli as run
-from handwriting import make_handwriting
 from mnistlab import load_model
 from mnistlab.card import ModelCard
 from mnistlab.checkpoints import load_checkpoint, save_checkpoint
 from mnistlab.data import own as owndata
 from mnistlab.data.outliers import EVAL_FONTS, FONT_DIR, evaluation_sets
 from mnistlab.errors import MnistlabError
+from mnistlab.heads import head_of
 from mnistlab.models import build_model
 from mnistlab.ood import reject_threshold, rejected_share
 from mnistlab.training.finetune import RECIPES, finetune, head_keys, pooled_threshold
-from owndatasets import make_folder
+from mnistlab_testkit.fakes import run_cli as run
+from mnistlab_testkit.handwriting import make_handwriting
+from mnistlab_testkit.owndatasets import make_folder
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +31,8 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def handwriting_finetune(data_dir, tmp_path_factory):
-    """(result, folder, lines said) of `fast` fine-tuned on 100 drawings of writer 0, who draws in forms the shipped
-    model misreads most, 150 more held out; a shorter run than the recipe's."""
+    """(result, folder, lines said) of `robust-real` fine-tuned on 100 drawings of writer 0, who draws in forms the
+    shipped model misreads most, 150 more held out; a shorter run than the recipe's."""
     root = tmp_path_factory.mktemp("handwriting")
     make_handwriting(root / "mine" / "train", 10, writer=0, seed=0)
     make_handwriting(root / "mine" / "test", 15, writer=0, seed=1)
@@ -40,13 +41,13 @@ def handwriting_finetune(data_dir, tmp_path_factory):
         mp.setenv("MNISTLAB_CACHE", str(root / "cache"))
         mp.setitem(RECIPES, "few-shot", {**RECIPES["few-shot"], "steps": 80})
         owndata._open.cache_clear()
-        r = finetune("fast", str(root / "mine"), out=root / "ft", data_dir=data_dir, say=lines.append)
+        r = finetune("robust-real", str(root / "mine"), out=root / "ft", data_dir=data_dir, say=lines.append)
     return r, root, lines
 
 
 def test_few_shot_handwriting_raises_held_out_accuracy_and_keeps_mnist(handwriting_finetune):
     r, root, lines = handwriting_finetune
-    assert r.recipe == "few-shot" and r.head == "kept"
+    assert r.recipe == "few-shot" and r.init_head == "kept"
     before, after = r.held_out_before[0], r.held_out_after[0]
     assert r.held_out_after[1] == 150 and before < 140 and after >= 145 and after > before
     assert r.base_after[0] >= r.base_before[0] - 50  # MNIST's test set: what it knew is kept
@@ -75,7 +76,7 @@ def test_a_fine_tuned_model_still_says_not_a_digit(handwriting_finetune, data_di
     assert kept["threshold"] == card.reject_threshold and kept["validation_digits"] == 5000
     assert kept["held_out_rejected"] <= 0.02 and kept["outliers_rejected"] >= 0.9
     assert any(line.startswith("'not a digit' below energy") and "validation outliers" in line for line in lines)
-    model, shipped = load_model(root / "ft" / "model.pt"), load_model("fast")
+    model, shipped = load_model(root / "ft" / "model.pt"), load_model("robust-real")
     h = model.predict(letter_png("H", tmp_path / "H.png"))
     assert h.rejected and h.why.startswith("not a digit"), h.ood_score
     # 576 letters in FreeFont's 12 fonts: the fine-tuned model rejects them as the shipped one does, or more
@@ -104,11 +105,11 @@ def test_a_new_head_has_no_threshold_from_before(tmp_path, monkeypatch):
     monkeypatch.setitem(RECIPES, "many", {**RECIPES["many"], "min_steps": 20})
     root = make_folder(tmp_path / "shapes", {"ring": 12, "bar": 12, "seven": 12})
     lines: list[str] = []
-    r = finetune("fast", str(root), out=tmp_path / "ft", say=lines.append)
+    r = finetune("robust-real", str(root), out=tmp_path / "ft", say=lines.append)
     card, _ = load_checkpoint(tmp_path / "ft" / "model.pt")
-    assert r.head == "new" and r.reject is None
+    assert r.init_head == "new" and r.reject is None
     assert (card.head, card.reject_score, card.reject_threshold) == ("softmax", "", None)
-    assert any(line.startswith("note: a new head has no 'not a digit' threshold from fast") for line in lines)
+    assert any(line.startswith("note: a new head has no 'not a digit' threshold from robust-real") for line in lines)
 
 
 # without a validation split, the threshold is fitted on your held-out images alone: it may fall, not rise
@@ -123,18 +124,22 @@ def test_the_head_and_its_outlier_exposure_are_kept(head, score, val_size, data_
     monkeypatch.setitem(RECIPES, "few-shot", {**RECIPES["few-shot"], "steps": 20})
     monkeypatch.setattr(mnistlab.training.finetune, "OUTLIERS", 200)
     monkeypatch.setattr(mnistlab.training.finetune, "VALIDATION_OUTLIERS", 100)
-    losses, head_loss = [], mnistlab.training.finetune.head_loss
+    kind = type(head_of(head))
+    losses, loss = [], kind.loss
 
-    def spy(logits, y, label_smoothing, head="softmax", outlier_weight=0.0):
-        losses.append((head, outlier_weight, int((y < 0).sum()), len(y)))
-        return head_loss(logits, y, label_smoothing, head, outlier_weight)
+    def spy(self, logits, y, label_smoothing=0.0, outlier_weight=0.0):
+        losses.append((self.name, outlier_weight, int((y < 0).sum()), len(y), logits.shape[1]))
+        return loss(self, logits, y, label_smoothing, outlier_weight)
 
-    monkeypatch.setattr(mnistlab.training.finetune, "head_loss", spy)
+    monkeypatch.setattr(kind, "loss", spy)
     r = finetune(str(tmp_path / "init.pt"), str(tmp_path / "mine"), out=tmp_path / "ft", data_dir=data_dir,
                  say=lambda s: None)
-    assert losses == [(head, 0.5, 47, 141)] * 20  # your 30 drawings, 64 replayed, and half as many outliers
-    saved, _ = load_checkpoint(tmp_path / "ft" / "model.pt")
+    # your 30 drawings, 64 replayed, and half as many outliers; a none-class head's 11th output kept
+    assert losses == [(head, 0.5, 47, 141, 10 + (head == "none-class"))] * 20
+    assert r.init_head == "kept" and r.model_path == tmp_path / "ft" / "model.pt"
+    saved, state = load_checkpoint(tmp_path / "ft" / "model.pt")
     assert (saved.head, saved.reject_score) == (head, score) and saved.reject_threshold == r.reject.threshold
+    assert saved.outputs == card.outputs and state["finetune"]["init_head"] == "kept"
     assert r.reject.validation_digits == val_size and r.reject.outliers_rejected is not None
     assert val_size or r.reject.threshold <= card.reject_threshold
     assert load_model(tmp_path / "ft" / "model.pt").predict_proba(np.zeros((2, 28, 28), np.uint8)).shape == (2, 10)
@@ -143,7 +148,7 @@ def test_the_head_and_its_outlier_exposure_are_kept(head, score, val_size, data_
 def test_new_classes_get_a_new_head(tmp_path):
     root = make_folder(tmp_path / "shapes", {"ring": 12, "bar": 12, "seven": 12})
     r = finetune("classic-cnn", str(root), out=tmp_path / "ft", say=lambda s: None)
-    assert r.head == "new" and r.held_out_before is None and r.base_after is None
+    assert r.init_head == "new" and r.held_out_before is None and r.base_after is None
     assert r.held_out_after[0] >= r.held_out_after[1] - 1
     card, _ = load_checkpoint(tmp_path / "ft" / "model.pt")
     assert card.classes == ("bar", "ring", "seven") and card.model == "cnn"
@@ -151,8 +156,8 @@ def test_new_classes_get_a_new_head(tmp_path):
 
 def test_a_kept_head_needs_the_same_classes(tmp_path):
     root = make_folder(tmp_path / "shapes", {"ring": 3, "bar": 3})
-    with pytest.raises(MnistlabError, match=r"--init-head keep: .*\(bar, ring\) are not among fast.s \(0, 1, 2"):
-        finetune("fast", str(root), out=tmp_path / "ft", head="keep", say=lambda s: None)
+    with pytest.raises(MnistlabError, match=r"--init-head keep: .*\(bar, ring\) are not among robust-real.s \(0, 1, 2"):
+        finetune("robust-real", str(root), out=tmp_path / "ft", init_head="keep", say=lambda s: None)
     assert not (tmp_path / "ft").exists()
 
 
@@ -173,9 +178,9 @@ def test_cli_fine_tune_and_its_refusals(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "a new head for 3 classes" in proc.stdout and "before - (new head), after" in proc.stdout
     assert (tmp_path / "ft" / "model.pt").is_file()
-    proc = run("train", "--init", "fast", "--dataset", root, "--lr", "0.1", "--out", tmp_path / "x", env=env)
+    proc = run("train", "--init", "robust-real", "--dataset", root, "--lr", "0.1", "--out", tmp_path / "x", env=env)
     assert proc.returncode == 1 and "--lr does not apply to --init" in proc.stderr
-    proc = run("train", "--init", "fast", "--out", tmp_path / "x")
+    proc = run("train", "--init", "robust-real", "--out", tmp_path / "x")
     assert proc.returncode == 1 and "give --dataset PATH too" in proc.stderr
     proc = run("train", "--init-head", "new", "--dataset", root, "--out", tmp_path / "x")
     assert proc.returncode == 1 and "give --init MODEL too" in proc.stderr

@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fakes import run_cli
 from mnistlab import CheckpointError, MnistlabError, load_model, load_split
 from mnistlab.data.augment import tta_views
-from mnistlab.inference import Classifier, as_pixels, evaluate_files
+from mnistlab.evaluation import evaluate, evaluate_files, split_probabilities
+from mnistlab.inference import Classifier, as_pixels
+from mnistlab_testkit.fakes import run_cli
 
 V1 = Path(__file__).parent / "data" / "v1"  # written by mnistlab 0.1 (format 1; the model was then called "fast")
 
@@ -56,20 +57,20 @@ def test_tta_averages_the_probabilities_of_the_views(trained_cnn, data_dir):
 
 def test_tta_evaluation_on_the_whole_test_set(trained_cnn, data_dir):
     clf = load_model(trained_cnn)
-    plain, shifted = clf.evaluate(data_dir), clf.evaluate(data_dir, tta="shift")
+    plain, shifted = evaluate(clf, data_dir), evaluate(clf, data_dir, tta="shift")
     assert shifted.total == 10000 and shifted.loss != plain.loss
     # a one-pixel shift barely changes a digit: accuracy stays within half a point
     assert abs(shifted.correct - plain.correct) < 50, (plain.correct, shifted.correct)
     _, _, ensemble_of_one = evaluate_files([trained_cnn], data_dir, tta="shift")
     assert torch.equal(ensemble_of_one.confusion, shifted.confusion)
     with pytest.raises(MnistlabError, match="unknown test-time augmentation"):
-        clf.evaluate(data_dir, tta="mirror")
+        evaluate(clf, data_dir, tta="mirror")
 
 
 def test_eval_command_takes_tta(trained_cnn, data_dir):
     report = json.loads(run_cli("eval", trained_cnn, "--tta", "rotate", "--json", "--data-dir", data_dir).stdout)
     assert report["tta"] == "rotate" and report["total"] == 10000
-    expected = load_model(trained_cnn).evaluate(data_dir, tta="rotate")
+    expected = evaluate(load_model(trained_cnn), data_dir, tta="rotate")
     assert report["correct"] == expected.correct
     proc = run_cli("eval", trained_cnn, "--tta", "mirror", "--data-dir", data_dir)
     assert proc.returncode == 2 and "invalid choice: 'mirror'" in proc.stderr
@@ -94,10 +95,10 @@ def test_an_onnx_file_is_the_same_classifier(trained_cnn, data_dir, tmp_path):
     torch_model = load_model(trained_cnn)
     assert isinstance(onnx_model, Classifier) and onnx_model.card == torch_model.card
     assert "ONNX Runtime" in onnx_model.name and "PyTorch" in torch_model.name
-    _, ref, labels = torch_model.split_probabilities(data_dir, "test", tta="shift")
-    _, got, _ = onnx_model.split_probabilities(data_dir, "test", tta="shift")
+    _, ref, labels = split_probabilities(torch_model, data_dir, "test", tta="shift")
+    _, got, _ = split_probabilities(onnx_model, data_dir, "test", tta="shift")
     assert (ref - got).abs().max() < 1e-5
-    _, plain, _ = onnx_model.split_probabilities(data_dir, "test")
+    _, plain, _ = split_probabilities(onnx_model, data_dir, "test")
     assert (plain - got).abs().max() > 1e-3  # the views were applied, not just the image
 
 
@@ -112,7 +113,7 @@ def test_files_of_the_first_format_still_load_and_give_the_same_numbers(data_dir
         if name != "ckpt-epoch001.pt":  # the checkpoint was taken before the temperature was fitted
             assert model.card.temperature == pytest.approx(0.849, abs=1e-3)
             np.testing.assert_allclose(model.predict_proba(images), expected["probabilities"], atol=1e-6)
-    assert load_model(V1 / "model.pt").evaluate(data_dir).correct == expected["test_correct"]
+    assert evaluate(load_model(V1 / "model.pt"), data_dir).correct == expected["test_correct"]
     # an old run resumes under the new model name (the run was 1 epoch: extend it by one)
     shutil.copy(V1 / "ckpt-epoch001.pt", tmp_path / "old.pt")
     proc = run_cli("train", "--resume", tmp_path / "old.pt", "--epochs", "2", "--data-dir", data_dir,
@@ -226,7 +227,7 @@ def test_saliency_is_faithful_by_the_deletion_test(data_dir):
 def test_explain_gives_logits_that_make_the_probabilities(data_dir):
     from mnistlab.lesson import softmax
 
-    model = load_model("fast")
+    model = load_model("robust-real")
     img = load_split("mnist", "test", data_dir)[0][0].numpy()
     plain, why = model.predict_pixels(img), model.predict_pixels(img, explain=True)
     assert plain.logits is None and "saliency" not in plain.to_dict()

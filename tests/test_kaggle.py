@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from fakes import run_cli as run
-from mnistlab.data.mnist import load_split
-from owndatasets import write_kaggle
+from mnistlab.data.own import load_split
+from mnistlab_testkit.fakes import run_cli as run
+from mnistlab_testkit.owndatasets import write_kaggle
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def read_submission(path):
 def test_pretrained_submission_is_written_with_a_warning(kaggle, tmp_path):
     folder, truth = kaggle
     env = {"MNISTLAB_CACHE": str(tmp_path / "c")}
-    proc = run("predict", "fast", folder / "test.csv", "--submission", tmp_path / "sub.csv", env=env)
+    proc = run("predict", "robust-real", folder / "test.csv", "--submission", tmp_path / "sub.csv", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "not an honest Kaggle score" in proc.stderr and "wrote" in proc.stdout
     ids, labels = read_submission(tmp_path / "sub.csv")
@@ -50,9 +50,9 @@ def test_documented_kaggle_run_trains_on_train_csv_alone(kaggle, tmp_path):
 
 def test_submission_refuses_a_labelled_csv_and_other_files(kaggle, tmp_path):
     folder, _ = kaggle
-    proc = run("predict", "fast", folder / "train.csv", "--submission", tmp_path / "s.csv",
+    proc = run("predict", "robust-real", folder / "train.csv", "--submission", tmp_path / "s.csv",
                env={"MNISTLAB_CACHE": str(tmp_path / "c")})
     assert proc.returncode == 1 and "test.csv (pixel0..pixel783) has 784" in proc.stderr
     assert not (tmp_path / "s.csv").exists()
-    proc = run("predict", "fast", "digit.png", "--submission", tmp_path / "s.csv")
+    proc = run("predict", "robust-real", "digit.png", "--submission", tmp_path / "s.csv")
     assert proc.returncode == 1 and "give one .csv file" in proc.stderr

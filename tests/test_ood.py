@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from mnistlab import RunConfig, load_split, train
@@ -21,10 +20,11 @@ from mnistlab.card import ModelCard
 from mnistlab.checkpoints import load_checkpoint, save_checkpoint
 from mnistlab.data.outliers import EVAL_FONTS, FONT_DIR, outlier_set
 from mnistlab.errors import CheckpointError, MnistlabError
+from mnistlab.evaluation import model_split
+from mnistlab.heads import head_of
 from mnistlab.inference import load_model
-from mnistlab.ood import auroc, fpr_at_tpr, head_outputs, ood_score, reject_threshold
+from mnistlab.ood import auroc, fpr_at_tpr, ood_score, reject_threshold
 from mnistlab.training.config import recipe
-from mnistlab.training.steps import head_loss
 
 REPO = Path(__file__).resolve().parents[1]
 LETTERS = "MH#"  # letters and a symbol a briefly trained model already rejects
@@ -89,33 +89,17 @@ def test_scores_and_heads_match_torch():
     assert np.allclose(ood_score(z.numpy(), "energy", t), t * torch.logsumexp(z / t, 1).numpy())
     assert np.allclose(ood_score(z.numpy(), "msp", t), torch.softmax(z / t, 1).max(1).values.numpy())
     assert np.allclose(ood_score(z.numpy(), "max-sigmoid", t), torch.sigmoid(z / t).max(1).values.numpy())
-    probs, raw = head_outputs(z.numpy(), "sigmoid", t)
+    probs, raw = head_of("sigmoid").probabilities_and_raw(z.numpy(), t)
     assert np.allclose(raw, torch.sigmoid(z / t).numpy()) and np.allclose(probs.sum(1), 1)
     assert not np.allclose(raw.sum(1), 1)  # ten sigmoids are no distribution
-    probs, raw = head_outputs(z.numpy(), "softmax", t)
+    probs, raw = head_of("softmax").probabilities_and_raw(z.numpy(), t)
     assert np.allclose(probs, torch.softmax(z / t, 1).numpy()) and raw is probs
     z11 = torch.randn(50, 11, dtype=torch.float64) * 8
-    probs, raw = head_outputs(z11.numpy(), "none-class", t)  # an 11th output, "none"
+    probs, raw = head_of("none-class").probabilities_and_raw(z11.numpy(), t)  # an 11th output, "none"
     assert np.allclose(probs, torch.softmax(z11[:, :10] / t, 1).numpy()) and raw.shape == (50, 11)
     assert np.allclose(ood_score(z11.numpy(), "not-none", t), 1 - torch.softmax(z11 / t, 1)[:, 10].numpy())
-    huge = head_outputs(np.array([[-1e4, 1e4] + [0.0] * 8]), "sigmoid")[0]
+    huge = head_of("sigmoid").probabilities_and_raw(np.array([[-1e4, 1e4] + [0.0] * 8]))[0]
     assert np.isfinite(huge).all() and huge[0, 1] == pytest.approx(1 / (1 + 8 * 0.5))  # eight sigmoids of 0: 0.5
-
-
-def test_head_losses():
-    z, y = torch.randn(6, 10), torch.tensor([3, 1, 4, 1, -1, -1])
-    inside = y >= 0
-    want = F.binary_cross_entropy_with_logits(z[inside], F.one_hot(y[inside], 10).float(), reduction="none").sum(1)
-    assert torch.allclose(head_loss(z, y, 0.0, "sigmoid"), want.mean())
-    none = F.cross_entropy(z, torch.where(inside, y, 9), reduction="none")  # the last output is "none"
-    assert torch.allclose(head_loss(z, y, 0.0, "none-class", 0.5), none[inside].mean() + 0.5 * none[~inside].mean())
-    uniform = -F.log_softmax(z[~inside], 1).mean(1).mean()  # cross-entropy against the uniform distribution
-    ce = F.cross_entropy(z[inside], y[inside])
-    assert torch.allclose(head_loss(z, y, 0.0, "softmax", 0.5), ce + 0.5 * uniform)
-    away = F.binary_cross_entropy_with_logits(z[~inside], torch.zeros(2, 10), reduction="none").sum(1).mean()
-    assert torch.allclose(head_loss(z, y, 0.0, "sigmoid", 0.5), want.mean() + 0.5 * away)
-    plain = torch.tensor([3, 1, 4, 1, 5, 9])
-    assert torch.equal(head_loss(z, plain, 0.1), F.cross_entropy(z, plain, label_smoothing=0.1))
 
 
 # ---- the card ----
@@ -189,11 +173,11 @@ def test_the_threshold_comes_from_validation(rejecting, data_dir):
     model = load_model(path)
     card = model.card
     assert (card.reject_score, card.val_size, card.outputs) == ("not-none", 2000, 11)
-    val, _ = model.load_split("validation", data_dir)
+    val, _ = model_split(model, "validation", data_dir)
     scores = model.ood_scores(val.numpy())
     assert card.reject_threshold == pytest.approx(reject_threshold(scores), rel=1e-6)
     assert 0.99 <= (scores >= card.reject_threshold).mean() < 0.995
-    test = model.ood_scores(model.load_split("test", data_dir)[0].numpy())
+    test = model.ood_scores(model_split(model, "test", data_dir)[0].numpy())
     assert card.reject_threshold != pytest.approx(reject_threshold(test), rel=1e-6)  # not the test set's
     events = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()]
     assert any(e["event"] == "reject_threshold" and e["split"] == "validation" for e in events)
@@ -246,7 +230,7 @@ def test_the_http_api_says_not_a_digit(rejecting):
 def test_a_model_without_a_threshold_never_rejects(tmp_path):
     import dataclasses
 
-    model = load_model("fast")
+    model = load_model("robust-real")
     model.card = dataclasses.replace(model.card, reject_score="", reject_threshold=None)
     pred = model.predict(letter_png("M", tmp_path / "m.png"))
     assert not pred.rejected and pred.ood_score is None and pred.to_dict()["reject"] is None
@@ -286,11 +270,12 @@ def test_outlier_families_draw_only_what_they_name(data_dir):
 
 
 def test_training_draws_its_outliers_from_the_families_given(data_dir):
+    from mnistlab.data.mnist import Loader
     from mnistlab.training.loop import outlier_batches
 
     fashion = {x.tobytes() for x in load_split("fashion-mnist", "train", data_dir=data_dir)[0].numpy()}
-    data = type("Data", (), {"train": type("Loader", (), {"images": torch.zeros(2000, 28, 28, dtype=torch.uint8),
-                                                           "batch_size": 64})()})()
+    train = Loader(torch.zeros(2000, 28, 28, dtype=torch.uint8), torch.zeros(2000, dtype=torch.long), 64, 0.1, 0.3)
+    data = type("Data", (), {"train": train})()
     for families, from_fashion in (("fashion", True), ("characters,scribbles,noise", False)):
         cfg = RunConfig(outlier_exposure=0.5, outlier_families=families).validate()
         pool = outlier_batches(cfg, data, data_dir).images.numpy()
@@ -321,7 +306,7 @@ def test_eval_corruptions_counts_the_rejected(rejecting, data_dir):
     path, _ = rejecting
     report = evaluate_corruptions([str(path)], ["stripe", "fog"], data_dir)
     model = load_model(path)
-    images = model.load_split("test", data_dir)[0].numpy()
+    images = model_split(model, "test", data_dir)[0].numpy()
     for name in ("stripe", "fog"):
         expected = (model.ood_scores(corrupt(images, name, seed=0)) < model.card.reject_threshold).mean()
         assert report.rejected[name] == pytest.approx(expected)
@@ -330,7 +315,7 @@ def test_eval_corruptions_counts_the_rejected(rejecting, data_dir):
         (report.rejected["stripe"] + report.rejected["fog"]) / 2)
     plain = evaluate_corruptions(["classic-cnn"], ["stripe"], data_dir)  # no threshold: no column
     assert not plain.rejected and "rejected" not in plain.report()
-    pair = evaluate_corruptions(["fast", "fast"], ["stripe"], data_dir)  # thresholds, but an ensemble: said why
+    pair = evaluate_corruptions(["robust-real"] * 2, ["stripe"], data_dir)  # thresholds, but an ensemble: said why
     assert not pair.rejected and "no 'rejected' column: an ensemble" in pair.report()
 
 

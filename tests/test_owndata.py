@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakes import make_fake_mnist
-from fakes import run_cli as run
 from mnistlab import DataError
 from mnistlab.checkpoints import load_checkpoint
 from mnistlab.data import own as owndata
-from owndatasets import drawing, make_folder, square_images, write_kaggle
+from mnistlab_testkit.fakes import make_fake_mnist
+from mnistlab_testkit.fakes import run_cli as run
+from mnistlab_testkit.owndatasets import drawing, make_folder, square_images, write_kaggle
 
 
 @pytest.fixture(autouse=True)
@@ -161,6 +161,23 @@ def test_registry_names_still_work_and_unknown_names_say_paths():
         owndata.get_dataset_spec("cifar")
 
 
+def test_the_public_lookup_takes_a_folder_and_a_registry_name_alike(tmp_path, fake_data):
+    import mnistlab
+
+    root = make_folder(tmp_path / "shapes", {"ring": 10, "bar": 10, "seven": 10})
+    train, test, _ = owndata.open_dataset(root).splits()
+    for split, (images, labels) in (("train", train), ("test", test)):
+        got_images, got_labels = mnistlab.load_split(str(root), split)
+        assert got_images.shape[1:] == (28, 28) and len(got_images) == len(images) > 0
+        assert np.array_equal(got_images.numpy(), images) and np.array_equal(got_labels.numpy(), labels)
+    assert owndata.get_dataset_spec(str(root)).classes == ("bar", "ring", "seven")  # the folders, sorted
+    registry_images, registry_labels = mnistlab.load_split("mnist", "test", fake_data, download=False)
+    stored = owndata.read_idx(fake_data / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz")
+    assert registry_images.shape == (len(stored), 28, 28) and np.array_equal(registry_labels.numpy(), stored)
+    with pytest.raises(DataError, match="unknown split 'tset'"):
+        mnistlab.load_split(str(root), "tset")
+
+
 def test_cli_datasets_describes_and_draws(tmp_path):
     root = make_folder(tmp_path / "shapes", {"ring": 5, "bar": 5, "seven": 5})
     (root / "bar" / "x.txt").write_text("x")
@@ -203,7 +220,7 @@ def test_labels_are_matched_to_a_models_classes_by_name():
     import torch
 
     from mnistlab.errors import MnistlabError
-    from mnistlab.inference import labels_by_name
+    from mnistlab.evaluation import labels_by_name
 
     digits = tuple("0123456789")
     assert labels_by_name(torch.tensor([0, 1, 1]), ("3", "8"), digits, "d").tolist() == [3, 8, 8]

@@ -148,6 +148,24 @@ def test_a_large_photo_is_reduced_before_the_work():
         assert 19 <= np.ptp(np.flatnonzero(out.max(1) > 30)) + 1 <= 21, fmt
 
 
+def test_a_jpeg_over_the_pixel_limit_is_decoded_at_reduced_scale_and_read(tmp_path):
+    a = np.full((6000, 6000), 235, np.uint8)  # 36 megapixels: more than twice MAX_PIXELS
+    a[1500:4500, 2900:3150] = 25  # a "1": a tall dark stroke
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(a).save(path, "JPEG", quality=85)
+    for source in (path, path.read_bytes()):
+        out = preprocess(source)
+        assert out.max() > 200 and 19 <= np.ptp(np.flatnonzero(out.max(1) > 30)) + 1 <= 21
+
+
+def test_a_png_over_the_pixel_limit_is_refused_in_one_sentence_naming_the_file(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("L", (6000, 6000), 255).save(path, "PNG")
+    with pytest.raises(MnistlabError, match="too large") as refused:
+        preprocess(path)
+    assert str(refused.value).startswith(f"{path}: ") and "\n" not in str(refused.value)
+
+
 def test_mutated_files_of_every_format_raise_only_our_error():
     """A seeded mutation fuzzer, bounded to about 15 s: whatever the bytes, preprocess raises
     MnistlabError or succeeds. The decoders behind it raise other types: counted, so this
@@ -252,3 +270,30 @@ def test_specks_of_dust_on_blank_paper_are_no_digit():
     paper = np.where(rng.random((400, 400)) < 0.001, 120, 210) + rng.normal(0, 2, (400, 400))
     with pytest.raises(NoDigitError, match="no digit found"):
         preprocess(png_bytes(Image.fromarray(paper.clip(0, 255).astype(np.uint8))))
+
+
+@pytest.mark.parametrize("mode, fmt, options", [("1", "TIFF", {"compression": "group4"}), ("P", "PNG", {}),
+                                                ("I;16", "PNG", {}), ("PA", "TIFF", {})])
+def test_large_images_of_every_mode_are_classified(tmp_path, mode, fmt, options):
+    from mnistlab import load_model
+    from mnistlab_testkit.hard_inputs import scanned_page
+
+    path = tmp_path / f"page.{fmt.lower()}"
+    scanned_page(mode).save(path, format=fmt, **options)
+    pred = load_model("robust-real").predict(path)
+    assert pred.label == "7", (mode, pred.top(3))
+
+
+def test_a_folder_scan_finds_every_format_predict_reads(tmp_path):
+    from mnistlab.data.preprocess import IMAGE_SUFFIXES, image_files
+    from mnistlab_testkit.fakes import run_cli
+    from mnistlab_testkit.hard_inputs import scanned_page
+
+    assert {".avif", ".png", ".jpg", ".tif", ".qoi", ".pgm"} <= IMAGE_SUFFIXES
+    digit = scanned_page("L", (200, 260))
+    digit.save(tmp_path / "a.avif")
+    digit.save(tmp_path / "b.pgm")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [p.name for p in image_files([tmp_path])] == ["a.avif", "b.pgm"]
+    result = run_cli("predict", tmp_path)
+    assert result.returncode == 0 and result.stdout.count(": 7 (") == 2, result.stdout + result.stderr

@@ -1,14 +1,18 @@
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
-from fakes import run_cli
 from mnistlab import CheckpointError, MnistlabError, load_model
 from mnistlab.card import ModelCard
-from mnistlab.inference import Classifier, Predictor
+from mnistlab.evaluation import evaluate
+from mnistlab.inference import Classifier
 from mnistlab.pretrained import DEFAULT, catalogue, is_name
+from mnistlab_testkit.fakes import run_cli
 
 
 @pytest.mark.parametrize("name", list(catalogue()))
@@ -17,7 +21,7 @@ def test_each_pretrained_model_matches_its_sha256_and_its_recorded_accuracy(name
     assert hashlib.sha256(entry.path.read_bytes()).hexdigest() == entry.sha256
     model = load_model(name)
     assert model.card.dataset == entry.dataset and model.card.temperature != 1.0  # calibrated on validation
-    ev = model.evaluate(data_dir)
+    ev = evaluate(model, data_dir)
     assert (ev.correct, ev.total) == (entry.test_correct, entry.test_total)  # exactly, not about
 
 
@@ -46,24 +50,34 @@ def test_the_shipped_weights_are_safetensors_with_their_card_in_the_metadata():
 
 def test_the_shipped_models_are_small_and_strong():
     models = catalogue()
-    assert {"fast", "classic-cnn"} <= set(models) and DEFAULT in models
+    assert {"robust-real", "classic-cnn"} <= set(models) and DEFAULT == "robust-real"
     assert models["classic-cnn"].path.stat().st_size < 60_000 and models["classic-cnn"].accuracy >= 0.985
-    # the default is the robust-oe recipe's wider bn-cnn (issue 21): 1.7 MB, and at least 99.3% clean
-    assert models["fast"].path.stat().st_size < 2_000_000 and models["fast"].accuracy >= 0.993
+    # the default is the robust-real recipe's wider bn-cnn: 1.7 MB, and at least 99.3% clean
+    assert models["robust-real"].path.stat().st_size < 2_000_000 and models["robust-real"].accuracy >= 0.993
 
 
 def test_names_and_paths_are_never_confused(tmp_path, monkeypatch):
-    assert is_name("fast") and is_name("classic-cnn")
-    assert not any(is_name(p) for p in ("./fast", "fast.pt", "runs/fast", "model.onnx", ""))
+    assert is_name("robust-real") and is_name("classic-cnn")
+    assert not any(is_name(p) for p in ("./robust-real", "robust-real.pt", "runs/robust-real", "model.onnx", ""))
     monkeypatch.chdir(tmp_path)
-    shutil.copy(catalogue()["classic-cnn"].path, tmp_path / "fast")  # a file that happens to be called "fast"
-    assert load_model("fast").card.model == "bn-cnn"  # the name wins...
-    assert load_model("./fast").card.model == "cnn"  # ...and the path says it is a path
+    shutil.copy(catalogue()["classic-cnn"].path, tmp_path / "robust-real")  # a file that happens to share the name
+    assert load_model("robust-real").card.model == "bn-cnn"  # the name wins...
+    assert load_model("./robust-real").card.model == "cnn"  # ...and the path says it is a path
     with pytest.raises(MnistlabError, match="no pretrained model is called 'fastest'"):
         load_model("fastest")
-    assert isinstance(Predictor.from_pretrained("classic-cnn"), Classifier)
+    assert isinstance(Classifier.from_pretrained("classic-cnn"), Classifier)
     with pytest.raises(MnistlabError, match="is a path"):
-        Classifier.from_pretrained("./fast")
+        Classifier.from_pretrained("./robust-real")
+
+
+def test_the_default_is_named_after_its_preset_and_its_old_name_is_no_model():
+    assert Classifier.from_pretrained().card == load_model("robust-real").card
+    assert "robust-real" in catalogue()["robust-real"].command  # the preset that made it
+    with pytest.raises(MnistlabError, match="no pretrained model is called 'fast'; choose one of: .*robust-real"):
+        load_model("fast")  # the preset keeps the name; no alias
+    proc = run_cli("eval", "fast")
+    assert proc.returncode != 0 and "no pretrained model is called 'fast'" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_a_damaged_pretrained_file_is_refused(tmp_path, monkeypatch):
@@ -88,7 +102,7 @@ def test_commands_without_a_model_use_the_default_and_say_so(tmp_path, data_dir)
     img.save(tmp_path / "one.png")
     proc = run_cli("predict", tmp_path / "one.png")
     assert proc.returncode == 0 and "one.png: 1 " in proc.stdout
-    assert "using the pretrained 'fast'" in proc.stderr
+    assert "using the pretrained 'robust-real'" in proc.stderr
     proc = run_cli("predict", "classic-cnn", tmp_path / "one.png", "--json")
     assert json.loads(proc.stdout)["prediction"] == "1" and "using the pretrained" not in proc.stderr
     proc = run_cli("eval", "--json", "--data-dir", data_dir)
@@ -96,3 +110,63 @@ def test_commands_without_a_model_use_the_default_and_say_so(tmp_path, data_dir)
     listing = run_cli("models").stdout
     for name, entry in catalogue().items():
         assert name in listing and f"{entry.test_correct}/{entry.test_total}" in listing
+
+
+@pytest.mark.parametrize("name", list(catalogue()))
+def test_the_onnx_copy_answers_as_the_pytorch_model_does(name, data_dir):
+    """The shipped ONNX copy, which `mnistlab predict` runs to start without torch, says what the shipped
+    weights say: the same label, the same confidence to the printed digit, the same "not a digit"."""
+    pytest.importorskip("onnxruntime")
+    from mnistlab import load_split
+    from mnistlab.data.outliers import outlier_set
+
+    shipped, copy = load_model(name), load_model(name, torch_free=True)
+    assert shipped.backend.runtime.startswith("PyTorch") and copy.backend.runtime == "ONNX Runtime"
+    assert copy.card == shipped.card
+    digits = load_split("mnist", "test", data_dir)[0][:1000].numpy()
+    images = np.concatenate([digits, outlier_set("validation", 400, data_dir=data_dir)])
+    answers = []
+    for model in (shipped, copy):
+        predictions = [model.predict_pixels(image) for image in images if image.max() >= 26]
+        answers.append([(p.label, f"{100 * p.confidence:.1f}", p.rejected) for p in predictions])
+    assert answers[0] == answers[1]
+    if shipped.card.reject_score:  # both kinds of answer are compared: digits and "not a digit"
+        assert 0 < sum(rejected for _, _, rejected in answers[0]) < len(answers[0])
+
+
+def test_predict_runs_the_onnx_copy_without_torch_and_prints_what_pytorch_prints(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", (120, 120), 255)
+    ImageDraw.Draw(img).line([(60, 15), (60, 105)], fill=0, width=10)
+    img.save(tmp_path / "one.png")
+    img = Image.new("L", (120, 120), 255)
+    for line in (((40, 10), (40, 110)), ((80, 10), (80, 110)), ((10, 40), (110, 40)), ((10, 80), (110, 80))):
+        ImageDraw.Draw(img).line(line, fill=0, width=8)
+    img.save(tmp_path / "hash.png")  # a '#': not a digit
+    code = ("import sys; from mnistlab.cli import main; rc = main(sys.argv[1:]); "
+            "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(rc)")
+    fast = subprocess.run([sys.executable, "-c", code, "predict", str(tmp_path / "one.png"),
+                           str(tmp_path / "hash.png")], capture_output=True, text=True, timeout=300)
+    assert fast.returncode == 0, fast.stderr
+    assert fast.stdout.splitlines()[-1] == "no torch"
+    weights = catalogue()[DEFAULT].path  # the same model by its file: the PyTorch backend
+    slow = run_cli("predict", weights, tmp_path / "one.png", tmp_path / "hash.png")
+    assert slow.returncode == 0 and fast.stdout.splitlines()[:-1] == slow.stdout.splitlines()
+    assert "one.png: 1 " in slow.stdout and "hash.png: not a digit" in slow.stdout
+
+
+def test_a_damaged_onnx_copy_is_refused(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import mnistlab.pretrained as pretrained
+
+    entry = catalogue()["classic-cnn"]
+    raw = bytearray((entry.path.parent / entry.onnx["file"]).read_bytes())
+    raw[-100] ^= 1
+    (tmp_path / entry.onnx["file"]).write_bytes(bytes(raw))
+    shutil.copy(entry.path, tmp_path / entry.file)
+    monkeypatch.setattr(pretrained, "_shipped", lambda file: tmp_path / file)
+    assert load_model("classic-cnn").backend.runtime == "PyTorch"  # the weights themselves are whole
+    with pytest.raises(CheckpointError, match="fails its sha256 check"):
+        load_model("classic-cnn", torch_free=True)

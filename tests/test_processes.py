@@ -15,10 +15,11 @@ import torch.distributed as td
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from fakes import children, run_cli
+from mnistlab import distributed as dist
 from mnistlab.launch import free_port, rank_environments
-from mnistlab.training import distributed as dist
+from mnistlab.training.report import wait_for_report
 from mnistlab.training.runs import read_run_events
+from mnistlab_testkit.fakes import children, run_cli
 
 FLAGS = ["--model", "cnn", "--train-limit", "640", "--epochs", "1", "--no-progress", "--no-report"]  # 10 steps
 
@@ -54,7 +55,8 @@ def test_the_report_of_two_ranks_is_drawn_from_their_test_pass(data_dir, tmp_pat
     proc = run_cli("train", *FLAGS[:-1], "--data-dir", data_dir, "--out", tmp_path / "run", "--processes", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     final = re.search(r"test accuracy: (\d+/10000 = [\d.]+%)", proc.stdout).group(1)
-    assert f"<th>test accuracy</th><td>{final}</td>" in (tmp_path / "run" / "report.html").read_text()
+    page = wait_for_report(tmp_path / "run", timeout=240)  # drawn in the background, after the command
+    assert f"<th>test accuracy</th><td>{final}</td>" in page.read_text()
 
 
 def _gather(rank: int, port: int, out) -> None:
@@ -101,3 +103,20 @@ def _alive(pid: int) -> bool:
 def test_processes_must_be_a_positive_number(flags, tmp_path):
     proc = run_cli("train", *flags, "--out", tmp_path / "run")
     assert proc.returncode == 2 and "--processes" in proc.stderr
+
+
+def test_trainings_share_the_cores_and_a_dead_ones_share_comes_back(tmp_path):
+    from mnistlab.device import CoreShare
+
+    a = CoreShare(tmp_path)
+    assert a.sharers() == 1 and a.threads == a.cores
+    b = CoreShare(tmp_path)
+    a._next = 0
+    a.adjust()
+    assert b.sharers() == a.sharers() == 2 and a.threads == b.threads == max(1, a.cores // 2)
+    b.close()
+    (tmp_path / "99999999").write_text("")  # a training killed with -9: its file is left, unlocked
+    a._next = 0
+    a.adjust()
+    assert a.threads == a.cores and not (tmp_path / "99999999").exists()
+    a.close()

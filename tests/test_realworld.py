@@ -107,7 +107,7 @@ def test_scoring_the_shipped_model_accounts_for_every_image(freefont_only):
     from mnistlab import load_model
 
     suite = realworld.build_suite(12, seed=0, sets=["printed", "non-digits"])
-    results = realworld.score(load_model("fast"), suite)
+    results = realworld.score(load_model("robust-real"), suite)
     for name, r in results.items():
         assert r["right"] + r["wrong"] + r["rejected"] + r["unreadable"] == r["n"] == 12, name
         assert sum(r["shares"].values()) == pytest.approx(1)

@@ -11,11 +11,11 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from fakes import children  # noqa: E402
 from mnistlab import load_split  # noqa: E402
 from mnistlab.inference import load_model  # noqa: E402
 from mnistlab.serve.server import create_app  # noqa: E402
 from mnistlab_testkit.browsing import browser_page, draw  # noqa: E402
+from mnistlab_testkit.fakes import children  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -488,14 +488,14 @@ def either_page(request, tmp_path_factory):
     from mnistlab_testkit.browsing import ORT_DIST, app_server, need, static_server
 
     if request.param == "served":
-        with app_server(create_app(load_model("fast"))) as url:
+        with app_server(create_app(load_model("robust-real"))) as url:
             yield url
         return
     pytest.importorskip("onnx")
     from mnistlab.export import export
 
     need(ORT_DIST, "onnxruntime-web from npm (node_modules)")
-    with static_server(export("fast", "web", tmp_path_factory.mktemp("web") / "site", runtime=ORT_DIST)) as url:
+    with static_server(export("robust-real", "web", tmp_path_factory.mktemp("web") / "site", runtime=ORT_DIST)) as url:
         yield url
 
 
@@ -565,3 +565,64 @@ def test_nothing_moves_when_a_drawing_is_rejected_or_fails(either_page):
         message(page)
         boxes["failed"] = [page.locator(part).bounding_box() for part in parts]
     assert boxes[True] == boxes[False] and boxes["failed"] == boxes[False], boxes
+
+
+def test_a_model_that_answers_nan_gets_422_not_500():
+    from mnistlab.card import ModelCard
+    from mnistlab.inference import Classifier
+
+    class NanBackend:  # finite on the load-time probe, NaN on a real drawing
+        card = ModelCard("cnn", "mnist", tuple("0123456789"), 0.1307, 0.3081)
+        runtime, outputs = "PyTorch", "logits"
+
+        def __call__(self, images):
+            return np.full((len(images), 10), np.nan if images.sum() > 30000 else 0.0, dtype=np.float32)
+
+    model = Classifier(NanBackend(), "nan.pt")._check_outputs()
+    with TestClient(create_app(model)) as client:
+        pixels = np.zeros((28, 28))
+        pixels[4:24, 10:18] = 255
+        r = client.post("/api/predict", json={"pixels": pixels.tolist()})
+        assert r.status_code == 422 and "NaN or infinite" in r.json()["error"]
+
+
+def test_every_error_has_one_format():
+    with TestClient(create_app(load_model("classic-cnn"))) as client:
+        for response in (client.get("/nothing/here"), client.get("/api/predict"), client.delete("/")):
+            assert response.status_code in (404, 405)
+            assert set(response.json()) == {"error"}, response.json()
+
+
+def test_ipv6_addresses_are_bracketed_in_urls():
+    from mnistlab.serve.server import url
+
+    assert url("::1", 8783) == "http://[::1]:8783/"
+    assert url("127.0.0.1", 80) == "http://127.0.0.1:80/"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigint_stops_a_server_started_with_sigint_ignored(workers):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mnistlab_testkit.browsing import free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", "classic-cnn", "--port", str(free_port()),
+                             "--workers", str(workers)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as `cmd &` does
+    try:
+        assert "serving" in proc.stdout.readline()
+        deadline = time.time() + 60
+        while len(children(proc.pid)) < (workers if workers > 1 else 0) and time.time() < deadline:
+            time.sleep(0.1)
+        kids = children(proc.pid)
+        time.sleep(1)  # let the workers start their servers
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        for kid in kids:
+            assert not Path(f"/proc/{kid}").exists() or "Z" in Path(f"/proc/{kid}/stat").read_text().split()[2]
+    finally:
+        if proc.poll() is None:
+            proc.kill()

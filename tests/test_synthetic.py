@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import ImageFont
 
-from fakes import run_cli
 from mnistlab import MnistlabError, RunConfig
 from mnistlab.data import synthetic
 from mnistlab.data.synthetic import SyntheticBatches, digit_set, part_fonts, render_digits
+from mnistlab_testkit.fakes import run_cli
 
 # Held for judging mnistlab: written out here, not taken from the module, so that a slip there shows.
 HELD_OUT = ("dejavu", "liberation", "urw", "nimbus", "texgyre", "freefont", "dkg-handwriting", "breip", "bwht",

@@ -2,9 +2,9 @@ import sys
 
 import pytest
 
-from fakes import run_cli
 from mnistlab import MnistlabError, RunConfig, train
 from mnistlab.training.runs import read_run_events
+from mnistlab_testkit.fakes import run_cli
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from fakes import run_cli
 from mnistlab import MnistlabError, RunConfig, from_preset
 from mnistlab.training.config import DATASET_PRESETS, PRESETS
 from mnistlab.training.tomlconfig import config_toml, read_config
+from mnistlab_testkit.fakes import run_cli
 
 
 def _write(tmp_path, text, name="run.toml"):

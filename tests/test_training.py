@@ -1,8 +1,19 @@
+import json
+import os
+import signal
+import time
+
 import pytest
 import torch
+from PIL import Image
 
 from mnistlab import MnistlabError, RunConfig, from_preset, load_model, train
 from mnistlab.checkpoints import load_checkpoint
+from mnistlab.evaluation import evaluate, model_split
+from mnistlab.training.loop import TIMED_PARTS
+from mnistlab.training.report import COMPLETE, LOG, PICTURES, SCORED, launch_report, wait_for_report
+from mnistlab.training.runs import read_run_events
+from mnistlab_testkit.fakes import run_cli
 
 
 def _weights(path):
@@ -17,7 +28,7 @@ def test_one_epoch_of_the_seed_cnn_reaches_97_percent(data_dir, tmp_path):
     # the run folder holds what it promises, and model.pt evaluates to the same count
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"model.pt", "ckpt-epoch001.pt", "metrics.jsonl", "config.json"} <= names
-    assert load_model(result.model_path).evaluate(data_dir).correct == result.test_correct
+    assert evaluate(load_model(result.model_path), data_dir).correct == result.test_correct
 
 
 def test_same_seed_same_weights_and_resume_matches_unbroken_run(data_dir, tmp_path):
@@ -96,7 +107,8 @@ def test_unknown_augmentation_is_refused():
 def test_ema_temperature_and_report(fake_data, tmp_path):
     cfg = RunConfig(model="mlp", epochs=2, batch_size=20, optimizer="adam", lr=0.003, ema=0.9, val_size=40,
                     checkpoint_every=1)
-    result = train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False, report=True)
+    result = train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False, report=True, wait_for_report=True)
+    assert (tmp_path / "run" / COMPLETE).exists()  # drawn before train() returned
     calib = [e for e in result.history if e["event"] == "calibration"]
     assert len(calib) == 1 and calib[0]["temperature"] > 0
     card, _ = load_checkpoint(result.model_path)
@@ -170,7 +182,7 @@ def test_resume_refuses_changes_to_what_the_run_learns(fake_data, tmp_path, chan
         train(resume=tmp_path / "run" / "ckpt-epoch001.pt", changes=changes, out=tmp_path / "other",
               data_dir=fake_data, progress=False)
     # what may change on resume changes: a different --eval-every is taken, not ignored
-    done = train(resume=tmp_path / "run" / "ckpt-epoch001.pt", changes={"eval_every": 3, "lr": 0.1},
+    done = train(resume=tmp_path / "run" / "ckpt-epoch001.pt", changes={"eval_every": 3, "lr": 0.1, "epochs": 2},
                  out=tmp_path / "ok", data_dir=fake_data, progress=False)
     assert RunConfig.from_dict(load_checkpoint(done.model_path)[1]["config"]).eval_every == 3
 
@@ -183,10 +195,11 @@ def test_flips_are_refused_for_digits_before_anything_is_written(fake_data, tmp_
 
 
 def test_resume_refuses_a_onecycle_run_longer_and_a_folder_of_another_run(fake_data, tmp_path):
-    cfg = RunConfig(model="mlp", batch_size=20, epochs=1, optimizer="adam", lr=0.01, schedule="onecycle")
+    cfg = RunConfig(model="mlp", batch_size=20, epochs=2, optimizer="adam", lr=0.01, schedule="onecycle",
+                    checkpoint_every=1)
     train(cfg, out=tmp_path / "a", data_dir=fake_data, progress=False)
     with pytest.raises(MnistlabError, match="--epochs cannot change when resuming a onecycle run"):
-        train(resume=tmp_path / "a" / "ckpt-epoch001.pt", changes={"epochs": 2}, data_dir=fake_data,
+        train(resume=tmp_path / "a" / "ckpt-epoch001.pt", changes={"epochs": 3}, data_dir=fake_data,
               progress=False)
     train(RunConfig(model="mlp", epochs=1), out=tmp_path / "b", data_dir=fake_data, progress=False)
     before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
@@ -214,7 +227,7 @@ def test_metrics_restart_from_the_checkpoint_history(fake_data, tmp_path):
 @pytest.mark.parametrize("checkpoints, message", [
     ([], "no checkpoint had been written yet"),
     (["ckpt-epoch001.pt", "ckpt-epoch002.pt"], "its last checkpoint is intact: continue with mnistlab train "
-                                                "--resume .*ckpt-epoch002.pt"),
+                                                "--resume .*ckpt-epoch002.pt --data-dir 'my data'"),
 ])
 def test_a_broken_distributed_job_names_the_checkpoint_to_resume_only_if_there_is_one(
         tmp_path, monkeypatch, checkpoints, message):
@@ -228,7 +241,7 @@ def test_a_broken_distributed_job_names_the_checkpoint_to_resume_only_if_there_i
     monkeypatch.setattr(training.dist, "rank", lambda: 0)
     broke = "rank 0: the distributed job broke \\(Connection reset by peer\\); "
     with pytest.raises(MnistlabError, match=broke + message):
-        with training.peers_watched(SimpleNamespace(run_dir=tmp_path)):
+        with training.peers_watched(SimpleNamespace(run_dir=tmp_path), "my data"):
             raise RuntimeError("Connection reset by peer\n(gloo's details)")
     monkeypatch.setattr(training.dist, "is_initialized", lambda: False)
     with pytest.raises(RuntimeError):  # alone, a RuntimeError is not a broken job
@@ -282,7 +295,7 @@ def test_the_reject_threshold_keeps_reject_keep_of_the_validation_digits(fake_da
     cfg = RunConfig(model="mlp", epochs=1, batch_size=20, optimizer="adam", lr=0.003, val_size=100, reject_keep=keep)
     result = train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False)
     model = load_model(result.model_path)
-    scores = model.ood_scores(model.load_split("validation", fake_data)[0].numpy())
+    scores = model.ood_scores(model_split(model, "validation", fake_data)[0].numpy())
     # at least keep, ties and all; training scored the digits through its own forward pass, which may round a
     # near-tie the other way
     assert keep - 0.01 <= (scores >= model.card.reject_threshold).mean() <= keep + 0.02  # ties kept too
@@ -290,3 +303,171 @@ def test_the_reject_threshold_keeps_reject_keep_of_the_validation_digits(fake_da
         RunConfig(model="mlp", reject_keep=0.995).validate()
     with pytest.raises(MnistlabError, match="0.5 to 1"):
         RunConfig(model="mlp", val_size=100, reject_keep=1.5).validate()
+
+
+def test_training_onto_a_full_disk_is_one_sentence(tiny_disk, fake_data):
+    from mnistlab.training.runs import read_run_events
+    from mnistlab_testkit.fakes import assert_one_sentence, run_cli
+
+    result = run_cli("train", "--model", "cnn", "--data-dir", fake_data, "--out", tiny_disk / "run", "--epochs", "3",
+                     "--checkpoint-every", "1", "--no-report")
+    assert_one_sentence(result, "no space left on the device")
+    events = read_run_events(tiny_disk / "run")  # whatever was written reads back whole
+    assert events and events[0]["event"] == "train"
+
+
+def test_a_half_written_last_line_is_dropped_on_read(tmp_path):
+    from mnistlab.training.runs import read_run_events
+
+    (tmp_path / "metrics.jsonl").write_text('{"event": "train", "loss": 1}\n{"eve')
+    assert read_run_events(tmp_path) == [{"event": "train", "loss": 1}]
+    (tmp_path / "metrics.jsonl").write_text('"x"\n')
+    with pytest.raises(MnistlabError, match="not an event"):
+        read_run_events(tmp_path)
+
+
+def test_the_ctrl_c_hint_resumes_as_printed_without_mnistlab_data(fake_data, tmp_path):
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # run where ./data does not exist and $MNISTLAB_DATA is not set: only the hint can say where the data is
+    env = {k: v for k, v in os.environ.items() if k != "MNISTLAB_DATA"} | {"MNISTLAB_OFFLINE": "1",
+                                                                            "PYTHONUNBUFFERED": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the mnistlab command
+    job = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "--model", "mlp", "--epochs", "3",
+                            "--batch-size", "2", "--lr", "0.01", "--log-interval", "1", "--no-progress", "--no-report",
+                            "--data-dir", str(fake_data), "--out", "run"],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in job.stdout:  # training is under way: 300 steps
+        if "loss" in line:
+            break
+    job.send_signal(signal.SIGINT)
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err
+    hint = out.split("continue with: ", 1)[1].splitlines()[0]
+    assert shlex.split(hint)[:4] == ["mnistlab", "train", "--resume", "run/ckpt-interrupt.pt"]
+    resumed = subprocess.run(hint, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming run/ckpt-interrupt.pt" in resumed.stdout and (tmp_path / "run" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("schedule, further", [("constant", "resume with --epochs above 1"),
+                                               ("onecycle", "start a new run with more --epochs")])
+def test_a_finished_run_is_not_trained_again(fake_data, tmp_path, schedule, further):
+    from mnistlab_testkit.fakes import assert_one_sentence, run_cli
+
+    cfg = RunConfig(model="mlp", epochs=1, batch_size=20, optimizer="adam", lr=0.01, schedule=schedule)
+    train(cfg, out=tmp_path / "run", data_dir=fake_data, progress=False)
+    files = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "run").iterdir()}
+    for given in (tmp_path / "run", tmp_path / "run" / "ckpt-epoch001.pt"):
+        with pytest.raises(MnistlabError, match=f"this run is finished .*model.pt\\); .*{further}"):
+            train(resume=given, data_dir=fake_data, progress=False)
+    result = run_cli("train", "--resume", tmp_path / "run", "--data-dir", fake_data)
+    assert_one_sentence(result, "this run is finished")
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "run").iterdir()} == files
+    if schedule == "constant":  # the way on that the sentence names
+        longer = train(resume=tmp_path / "run", changes={"epochs": 2}, data_dir=fake_data, progress=False)
+        assert [e["epoch"] for e in longer.history if e["event"] == "epoch"] == [1, 2]
+
+
+def test_a_run_killed_before_its_model_pt_finishes_on_resume(fake_data, tmp_path):
+    train(RunConfig(model="mlp", epochs=1, batch_size=20), out=tmp_path / "run", data_dir=fake_data, progress=False)
+    (tmp_path / "run" / "model.pt").unlink()
+    done = train(resume=tmp_path / "run", data_dir=fake_data, progress=False)
+    assert done.model_path.is_file() and [e["event"] for e in done.history].count("epoch") == 1
+
+
+def test_the_fast_preset_trains_a_folder_of_120_images(tmp_path):
+    from mnistlab_testkit.owndatasets import make_folder
+
+    folder = make_folder(tmp_path / "digits", {"ring": 40, "bar": 40, "seven": 40})
+    cfg = from_preset("fast", dataset=str(folder))
+    result = train(cfg, out=tmp_path / "run", progress=False)
+    saved = RunConfig.from_dict(load_checkpoint(result.model_path)[1]["config"])
+    steps = [e for e in result.history if e["event"] == "train"]
+    assert saved.batch_size < cfg.batch_size and steps[-1]["global_step"] >= 3  # one-cycle's least
+    assert result.test_total == 12 and set(load_model(result.model_path).card.classes) == {"ring", "bar", "seven"}
+
+
+TINY = ["--model", "mlp", "--epochs", "1", "--train-limit", "200", "--batch-size", "20", "--threads", "1",
+        "--no-progress"]
+
+
+def _whole(run_dir) -> list[str]:
+    """The report's final-named files that are there, each checked whole (a PNG decodes, the page ends)."""
+    there = []
+    for name in PICTURES:
+        if (run_dir / name).exists():
+            with Image.open(run_dir / name) as image:
+                image.load()  # a cut-off PNG raises here
+            there.append(name)
+    if (run_dir / "report.html").exists():
+        assert (run_dir / "report.html").read_text().endswith("</html>")
+        there.append("report.html")
+    return there
+
+
+def test_train_does_not_wait_for_the_report_and_its_marker_comes_last(fake_data, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", *TINY, "--data-dir", fake_data, "--out", run_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the command has exited; the report, in a session of its own, carries on (importing matplotlib alone
+    # takes it longer than the command's last lines)
+    assert not (run_dir / COMPLETE).exists()
+    assert f"report: {run_dir / 'report.html'}, being drawn in the background" in proc.stdout
+    assert wait_for_report(run_dir, timeout=240) == run_dir / "report.html"
+    assert json.loads((run_dir / COMPLETE).read_text())["files"] == _whole(run_dir) == [*PICTURES, "report.html"]
+    assert (run_dir / "report.html").read_text().count("data:image/png;base64,") == 4
+    assert not (run_dir / SCORED).exists()  # the test pass handed over, then deleted
+    assert (run_dir / LOG).read_text().strip() == f"report: {run_dir / 'report.html'}"
+
+
+def test_no_report_launches_none(fake_data, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", *TINY, "--no-report", "--data-dir", fake_data, "--out", run_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "report:" not in proc.stdout and not (run_dir / LOG).exists() and not (run_dir / SCORED).exists()
+
+
+def test_a_report_killed_midway_leaves_no_marker_and_no_half_file(fake_data, tmp_path):
+    run_dir = tmp_path / "run"
+    train(RunConfig(model="mlp", epochs=1, train_limit=200, batch_size=20), out=run_dir, data_dir=fake_data,
+          progress=False, report=True, wait_for_report=True)  # an earlier report, whole
+    assert (run_dir / COMPLETE).exists()
+    for name in (*PICTURES, "report.html"):
+        (run_dir / name).unlink()
+    child = launch_report(run_dir, fake_data)
+    assert not (run_dir / COMPLETE).exists()  # the earlier report's marker goes before anything is drawn
+    deadline = time.monotonic() + 240
+    while not (run_dir / PICTURES[0]).exists():  # the first picture written: the child is part-way
+        assert child.poll() is None and time.monotonic() < deadline, (run_dir / LOG).read_text()
+        time.sleep(0.002)
+    os.killpg(child.pid, signal.SIGKILL)  # its own session: its group is itself alone
+    child.wait(timeout=30)
+    assert not (run_dir / COMPLETE).exists()
+    assert PICTURES[0] in _whole(run_dir) and "report.html" not in _whole(run_dir)
+    with pytest.raises(MnistlabError, match="not complete after 0.1 s"):
+        wait_for_report(run_dir, timeout=0.1)
+
+
+def test_timings_add_up_and_are_recorded(fake_data, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", *TINY, "--timings", "--no-report", "--data-dir", fake_data, "--out", run_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    timings = [e for e in read_run_events(run_dir) if e["event"] == "timings"]
+    assert len(timings) == 1
+    event = timings[0]
+    assert set(event) == {"event", "total", *TIMED_PARTS}
+    parts = [event[k] for k in TIMED_PARTS]
+    assert all(v >= 0 for v in parts) and sum(parts) <= event["total"]
+    assert event["steps"] > 0 and event["data"] > 0 and event["startup"] > 0 and event["saving"] > 0
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("timings: start-up ") and line.endswith(f"total {event['total']:.2f} s")
+    quiet = run_cli("train", *TINY, "--no-report", "--data-dir", fake_data, "--out", tmp_path / "quiet")
+    assert "timings:" not in quiet.stdout
+    assert [e["event"] for e in read_run_events(tmp_path / "quiet")][-1] == "timings"  # recorded all the same

@@ -12,11 +12,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from fakes import run_cli
 from mnistlab import CheckpointError, MnistlabError, RunConfig, load_model, train
 from mnistlab.checkpoints import load_weights, save_weights, weights_bytes
 from mnistlab.export import export
 from mnistlab.pretrained import catalogue
+from mnistlab_testkit.fakes import run_cli
 
 PIXELS = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
 
@@ -68,17 +68,20 @@ def _damaged(tmp_path, kind: str):
     return path
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("truncated", "m.safetensors: not a readable safetensors file"),
-    ("junk", "m.safetensors: not a readable safetensors file"),
-    ("no card", "without mnistlab's model card in its metadata"),
-    ("card not JSON", "the model card in its metadata is not valid JSON"),
-    ("NaN std", "its normalisation is not two numbers"),
-    ("infinite temperature", "its temperature is inf, outside"),
-    ("another model", "its weights do not fit the model 'mlp'"),
-])
-def test_damaged_safetensors_files_are_one_sentence(tmp_path, kind, message):
-    path = _damaged(tmp_path, kind)
+DAMAGE_SAID = {  # each kind of damage _damaged makes -> what loading the file says
+    "truncated": "m.safetensors: not a readable safetensors file",
+    "junk": "m.safetensors: not a readable safetensors file",
+    "no card": "without mnistlab's model card in its metadata",
+    "card not JSON": "the model card in its metadata is not valid JSON",
+    "NaN std": "its normalisation is not two numbers",
+    "infinite temperature": "its temperature is inf, outside",
+    "another model": "its weights do not fit the model 'mlp'",
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGE_SAID)
+def test_damaged_safetensors_files_are_one_sentence(tmp_path, kind):
+    path, message = _damaged(tmp_path, kind), DAMAGE_SAID[kind]
     with pytest.raises(CheckpointError, match=message):
         load_model(path)
     proc = run_cli("eval", path)

@@ -3,7 +3,7 @@
     import mnistlab
     result = mnistlab.train(mnistlab.RunConfig(model="cnn"))
     model = mnistlab.load_model(result.model_path)     # or an .onnx file from mnistlab export
-    print(model.evaluate().accuracy)
+    print(mnistlab.evaluate(model).accuracy)
     print(model.predict("digit.png").label)
 
 Names are imported on first use, so `mnistlab.data.preprocess` and the ONNX Runtime path
@@ -19,10 +19,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "PRESETS": "training.config", "RunConfig": "training.config", "from_preset": "training.config",
     "ModelCard": "card",
-    "DATASETS": "data.mnist", "load_split": "data.mnist", "read_idx": "data.mnist",
-    "Evaluation": "evaluation", "format_accuracy": "evaluation",
+    "DATASETS": "data.mnist", "load_split": "data.own", "read_idx": "data.mnist",
+    "Evaluation": "evaluation", "evaluate": "evaluation", "format_accuracy": "evaluation",
     "MODELS": "models", "build_model": "models",
-    "Classifier": "inference", "load_model": "inference", "Prediction": "inference", "Predictor": "inference",
+    "Classifier": "inference", "load_model": "inference", "Prediction": "inference",
     "TrainResult": "training.loop", "train": "training.loop",
 }
 

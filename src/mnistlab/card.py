@@ -3,17 +3,19 @@
 Checkpoints, the metadata of .safetensors files and of exported ONNX, .pt2 and TorchScript
 files, a Hugging Face folder's config.json, and every loader write and read it through
 `ModelCard.to_dict` and `ModelCard.from_dict`, as whisper rebuilds a model from its
-`ModelDimensions`. Plain Python: the ONNX path, which never imports torch, reads it too.
+`ModelDimensions`. Plain Python and NumPy: the ONNX path, which never imports torch, reads it too.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CheckpointError
+from .heads import HEADS, head_of
 
 # A model folder in the Hugging Face layout: the card as the model's config, the weights, a README model card.
 HF_CONFIG, HF_WEIGHTS, HF_README = "config.json", "model.safetensors", "README.md"
@@ -25,10 +27,9 @@ RENAMED_MODELS = {"fast": "bn-cnn"}
 MEAN_RANGE, STD_RANGE, TEMPERATURE_RANGE = (-1.0, 2.0), (1e-3, 1e3), (1e-3, 1e3)
 MAX_CLASSES, MAX_CLASS_NAME = 1000, 100
 MAX_THRESHOLD = 1e6  # a reject score is a probability or a log-sum-exp of logits
-# What turns logits into outputs, and the "not a digit" scores (defined in ood.py): msp, the largest
-# probability; energy, T * logsumexp(z / T); max-sigmoid, the largest of the sigmoids.
-# none-class: softmax over the classes and one more output, "none", trained on outliers; not-none: 1 - p(none).
-HEADS, REJECT_SCORES = ("softmax", "sigmoid", "none-class"), ("msp", "energy", "max-sigmoid", "not-none")
+# The "not a digit" scores (defined in ood.py): msp, the largest probability; energy, T * logsumexp(z / T);
+# max-sigmoid, the largest of the sigmoids; not-none, a none-class head's 1 - p(none). The heads are heads.py's.
+REJECT_SCORES = ("msp", "energy", "max-sigmoid", "not-none")
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class ModelCard:
     temperature: float = 1.0  # probabilities are softmax(logits / temperature)
     val_size: int = 0  # training images the run held out for validation (0: none)
     model_config: dict = field(default_factory=dict)  # the model's keyword arguments
-    head: str = "softmax"  # what turns logits into outputs: softmax, or ten sigmoids (see ood.py)
+    head: str = "softmax"  # what turns logits into outputs: one of heads.HEADS
     # "not a digit": an image whose reject_score (ood.REJECT_SCORES) falls below the threshold,
     # chosen on the validation split to keep nearly all of its digits (RunConfig.reject_keep); "" and None:
     # the model never rejects
@@ -51,7 +52,7 @@ class ModelCard:
     @property
     def outputs(self) -> int:
         """The model's outputs: one per class, and one more for a none-class head."""
-        return len(self.classes) + (self.head == "none-class")
+        return head_of(self.head).outputs(len(self.classes))
 
     def to_dict(self) -> dict:
         return {"model": self.model, "model_config": dict(self.model_config), "dataset": self.dataset,
@@ -113,3 +114,14 @@ def _finite(v) -> bool:
 def is_hf_folder(path: str | os.PathLike) -> bool:
     """A folder that holds a model in the Hugging Face layout (its config.json and model.safetensors)."""
     return Path(path).is_dir() and (Path(path) / HF_CONFIG).is_file() and (Path(path) / HF_WEIGHTS).is_file()
+
+
+def embedded_card(text: str | bytes, what: str, source: str) -> tuple[ModelCard, str]:
+    """The card that a model file holds as JSON text (`what`: where, for the sentence if it is not JSON), and
+    what the file outputs: "probabilities" for a file exported with --probs, else "logits"."""
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise CheckpointError(f"{what} is not valid JSON.") from None
+    outputs = "probabilities" if isinstance(info, dict) and info.get("output") == "probabilities" else "logits"
+    return ModelCard.from_dict(info, source), outputs

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .card import HF_CONFIG, HF_WEIGHTS, ModelCard, is_hf_folder
+from .card import HF_CONFIG, HF_WEIGHTS, ModelCard, embedded_card, is_hf_folder
 from .errors import CheckpointError, MnistlabError
 from .fileio import atomic_write
 from .models import build_skeleton
@@ -124,7 +124,7 @@ def load_weights(path: str | os.PathLike) -> tuple[ModelCard, dict[str, torch.Te
     if CARD_KEY not in metadata:
         raise CheckpointError(f"{path}: a safetensors file, but without mnistlab's model card in its metadata "
                               "(not written by mnistlab).")
-    return ModelCard.from_dict(_json(metadata[CARD_KEY], f"{path}: the model card in its metadata"), str(path)), weights
+    return embedded_card(metadata[CARD_KEY], f"{path}: the model card in its metadata", str(path))[0], weights
 
 
 def is_safetensors(path: Path) -> bool:
@@ -162,12 +162,5 @@ def _load_hf_folder(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
         text = (path / HF_CONFIG).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         raise CheckpointError(f"{path / HF_CONFIG}: not readable as text.") from None
-    card = ModelCard.from_dict(_json(text, str(path / HF_CONFIG)), str(path / HF_CONFIG))
+    card = embedded_card(text, str(path / HF_CONFIG), str(path / HF_CONFIG))[0]
     return card, _read_safetensors(path / HF_WEIGHTS)[1]
-
-
-def _json(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise CheckpointError(f"{what} is not valid JSON.") from None

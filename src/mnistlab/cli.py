@@ -14,7 +14,7 @@ from .launch import exit_with_parent
 
 class _Parser(argparse.ArgumentParser):
     """Options may come before, between or after the positional arguments, in any order:
-    `export fast --format web site/` as well as `export fast site/ --format web`. Plain argparse
+    `export robust-real --format web site/` as well as `export robust-real site/ --format web`. Plain argparse
     stops filling optional positionals at the first option (Python 3.11)."""
 
     _inside = False
@@ -72,8 +72,8 @@ def _dataset(s: str) -> str:
 
 
 MODEL_HELP = ("a pretrained model's name (mnistlab models lists them), or a model.pt, checkpoint, .safetensors, "
-              ".pt2 or .onnx file, or a Hugging Face folder (a path has a dot or a slash: ./fast is a file, fast "
-              "the pretrained model)")
+              ".pt2 or .onnx file, or a Hugging Face folder (a path has a dot or a slash: ./robust-real is a "
+              "file, robust-real the pretrained model)")
 
 
 DATA_DIR_HELP = "dataset folder (default: $MNISTLAB_DATA, else ./data)"
@@ -152,7 +152,7 @@ def _add_train(sub, name: str, help: str) -> None:
     p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", choices=PRECISIONS, help="auto (default), bf16 autocast or fp32")
     p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
-                   help="torch.compile the model, in this mode (measured slower on a 2-core CPU)")
+                   help="torch.compile the model, in this mode (slower on a small CPU: see BENCHMARKS.md)")
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the whole training step as a CUDA graph (one GPU, Adam/AdamW; on in the fast "
                         "preset, and the faster alternative to --compile there)")
@@ -185,7 +185,12 @@ def _add_train(sub, name: str, help: str) -> None:
                    help="with --init: few-shot (at most 10 images a class), many, or auto (default) by the counts")
     p.add_argument("--dry-run", action="store_true", help="a quick smoke run: 1 epoch on 640 images")
     p.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
-    p.add_argument("--no-report", action="store_true", help="skip the PNG plots and HTML report at the end")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the PNG plots and HTML report that are otherwise drawn in the background at the end "
+                        "(the run folder's report.complete appears once they are whole)")
+    p.add_argument("--timings", action="store_true",
+                   help="print where the command's time went: start-up, data, steps, evaluation, saving, report "
+                        "(always recorded in metrics.jsonl as a 'timings' event)")
     p.add_argument("--tensorboard", nargs="?", const=True, metavar="DIR",
                    help="also log the loss, learning rate, accuracies and epoch times for TensorBoard: in the run "
                         "folder's tensorboard/, or in DIR/<run folder name> (needs mnistlab[tensorboard])")
@@ -232,12 +237,13 @@ def cmd_train(args) -> int:
     # every RunConfig field with a flag of the same name; None means "not given"
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
              if getattr(args, f.name, None) is not None}
+    options = {name: getattr(args, name) for name in ("preset", "data_dir", "out", "tensorboard")}
     if args.config:
-        given = _with_config_file(args, given)
-    common = dict(out=args.out, data_dir=args.data_dir, report=not args.no_report,
-                  progress=False if args.no_progress else None, tensorboard=args.tensorboard)
+        given, options = _with_config_file(args.config, given, options)
+    common = dict(out=options["out"], data_dir=options["data_dir"], report=not args.no_report,
+                  progress=False if args.no_progress else None, tensorboard=options["tensorboard"])
     if args.init:
-        return _finetune(args, given)
+        return _finetune(args, given, options)
     if args.init_head or args.recipe:
         given_flag = "--init-head" if args.init_head else "--recipe"
         raise MnistlabError(f"{given_flag} is for fine-tuning: give --init MODEL too.")
@@ -245,71 +251,73 @@ def cmd_train(args) -> int:
         if args.print_config:
             raise MnistlabError("--print-config shows a new run's settings; a resumed run's are in its "
                                 "folder's config.json.")
-        if args.dry_run or args.preset:
+        if args.dry_run or options["preset"]:
             raise MnistlabError(f"{'--dry-run' if args.dry_run else '--preset'} starts a new run; it cannot be "
                                 "combined with --resume (a resumed run keeps its recipe).")
-        train(resume=args.resume, changes=given, **common)
+        _print_timings(args, train(resume=args.resume, changes=given, **common))
         return 0
     if args.dry_run:
-        given.update(epochs=1, train_limit=640, log_interval=5)
+        given |= dict(epochs=1, train_limit=640, log_interval=5)
+    cfg = _new_config(options["preset"], given)
     if args.print_config:
         from .training.tomlconfig import config_toml
 
-        options = dict(data_dir=args.data_dir, out=args.out, tensorboard=args.tensorboard)
-        print(config_toml(_new_config(args, given), options, comment=_config_comment(args)), end="")
+        shown = {k: options[k] for k in ("data_dir", "out", "tensorboard")}
+        print(config_toml(cfg, shown, comment=_config_comment(options["preset"], args.config)), end="")
         return 0
-    _say_dataset(args.dataset)
-    train(_new_config(args, given), **common)
+    _say_dataset(cfg.dataset)
+    _print_timings(args, train(cfg, **common))
     return 0
 
 
-def _new_config(args, given: dict):
-    from .training.config import FAMILIES_NEED_EXPOSURE, from_preset
+def _print_timings(args, result) -> None:
+    from . import distributed as dist
+    from .training.loop import format_timings
 
-    cfg = from_preset(args.preset, **given)
-    if args.outlier_families is not None and not cfg.outlier_exposure:  # even all four: never silently ignored
-        raise MnistlabError(FAMILIES_NEED_EXPOSURE)
+    if args.timings and dist.is_main():
+        print(format_timings(result.history[-1]))
+
+
+def _new_config(preset: str | None, given: dict):
+    from .training.config import from_preset
+
+    cfg = from_preset(preset, **given)
     if cfg.outlier_exposure and not cfg.val_size:
         print("mnistlab: note: without --val-size there is no split to choose a 'not a digit' threshold on, so "
               "this model will learn from outliers but never reject.", file=sys.stderr)
     return cfg
 
 
-def _with_config_file(args, given: dict) -> dict:
-    """The settings in args.config under those given as flags; the file's preset, data_dir, out and
-    tensorboard go into args where no flag set them."""
+def _with_config_file(path: str, given: dict, options: dict) -> tuple[dict, dict]:
+    """(the settings in the config file under those given as flags, the run options with the file's
+    preset, data_dir, out and tensorboard where no flag set them)."""
     from .training.tomlconfig import RUN_OPTIONS, read_config
 
-    settings = read_config(args.config)
-    for name in RUN_OPTIONS:
-        value = settings.pop(name, None)
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    return settings | given
+    settings = read_config(path)
+    from_file = {name: settings.pop(name, None) for name in RUN_OPTIONS}
+    return settings | given, {name: value if value is not None else from_file.get(name)
+                              for name, value in options.items()}
 
 
-def _config_comment(args) -> str:
-    what = f"the '{args.preset}' preset" if args.preset else "the defaults (the tutorial's recipe)"
-    source = f", {args.config}" if args.config else ""
+def _config_comment(preset: str | None, config: str | None) -> str:
+    what = f"the '{preset}' preset" if preset else "the defaults (the tutorial's recipe)"
+    source = f", {config}" if config else ""
     return (f"mnistlab train, resolved from {what}{source} and the flags given.\n"
             "Run it with: mnistlab train --config THIS_FILE")
 
 
-def _finetune(args, given: dict) -> int:
-    from .training.config import flag
+def _finetune(args, given: dict, options: dict) -> int:
     from .training.finetune import finetune
 
-    if not args.dataset:
-        raise MnistlabError("--init fine-tunes a model on a dataset of your own: give --dataset PATH too.")
-    foreign = [flag(k) for k in given if k not in ("dataset", "seed")]
-    foreign += [name for name, on in (("--resume", args.resume), ("--preset", args.preset),
-                                      ("--dry-run", args.dry_run)) if on]
-    if foreign:
-        raise MnistlabError(f"{foreign[0]} does not apply to --init: fine-tuning has its own recipes (--recipe "
-                            "few-shot or many; --seed may be given).")
-    _say_dataset(args.dataset)
-    finetune(args.init, args.dataset, out=args.out, recipe=args.recipe or "auto", head=args.init_head or "auto",
-             data_dir=args.data_dir, seed=given.get("seed", 1))
+    dataset = given.get("dataset", "")
+    # the training settings given with --init, which finetune() refuses
+    settings = {k: v for k, v in given.items() if k not in ("dataset", "seed")}
+    settings |= {name: True for name, on in (("resume", args.resume), ("preset", options["preset"]),
+                                             ("dry_run", args.dry_run)) if on}
+    if dataset and not settings:
+        _say_dataset(dataset)
+    finetune(args.init, dataset, out=options["out"], recipe=args.recipe or "auto", init_head=args.init_head or "auto",
+             data_dir=options["data_dir"], seed=given.get("seed", 1), settings=settings)
     return 0
 
 
@@ -330,7 +338,7 @@ def _add_eval(sub, name: str, help: str) -> None:
 
     p = sub.add_parser(name, help=help)
     p.add_argument("checkpoints", nargs="*", metavar="MODEL",
-                   help=MODEL_HELP + "; several are averaged as an ensemble (default: the pretrained 'fast')")
+                   help=MODEL_HELP + "; several are averaged as an ensemble (default: the pretrained 'robust-real')")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--split", choices=SPLITS, default="test",
                    help="which split (default: test); validation: the images the run held out of training "
@@ -360,45 +368,44 @@ def _add_eval(sub, name: str, help: str) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import format_accuracy
-    from .inference import evaluate_files
+    from .evaluation import evaluate_files, format_accuracy
 
-    args.checkpoints = _default_model(args.checkpoints)
+    models = _default_model(args.checkpoints)
     if args.corruptions is not None or args.mnist_c:
-        return _eval_corruptions(args)
+        return _eval_corruptions(args, models)
     if args.seed is not None or args.out:
         raise MnistlabError(f"{'--seed' if args.seed is not None else '--out'} goes with --corruptions.")
     _say_dataset(args.dataset, sys.stderr if args.json else sys.stdout)  # --json: one JSON object on stdout
-    cards, members, ev = evaluate_files(args.checkpoints, args.data_dir, args.split, args.device, args.tta,
+    cards, members, ev = evaluate_files(models, args.data_dir, args.split, args.device, args.tta,
                                         args.dataset)
     if args.json:
-        print(json.dumps({"checkpoints": args.checkpoints, "models": [c.model for c in cards],
+        print(json.dumps({"checkpoints": models, "models": [c.model for c in cards],
                           "dataset": args.dataset or cards[0].dataset, "split": args.split, "tta": args.tta,
                           "members": [{"checkpoint": c, "correct": m.correct, "total": m.total, "ece": m.ece}
-                                      for c, m in zip(args.checkpoints, members)] if len(members) > 1 else [],
+                                      for c, m in zip(models, members)] if len(members) > 1 else [],
                           **ev.to_dict()}))
         return 0
     views = "" if args.tta == "none" else f", test-time augmentation '{args.tta}'"
     if len(members) > 1:
         print(f"ensemble of {len(members)} models (mean of their probabilities), {args.split} split{views}:")
-        for path, card, m in zip(args.checkpoints, cards, members):
+        for path, card, m in zip(models, cards, members):
             print(f"  {path} ({card.model}): {format_accuracy(m.correct, m.total)}")
     else:
-        print(f"{args.checkpoints[0]}: {cards[0].model} on {args.dataset or cards[0].dataset} ({args.split} "
+        print(f"{models[0]}: {cards[0].model} on {args.dataset or cards[0].dataset} ({args.split} "
               f"split{views})")
     print(ev.report())
     return 0
 
 
-def _eval_corruptions(args) -> int:
+def _eval_corruptions(args, models: list[str]) -> int:
     from .robustness import default_out, evaluate_corruptions, write_outputs
 
     seed = 0 if args.seed is None else args.seed
     if args.mnist_c and args.seed is not None:
         raise MnistlabError("--seed is for corruptions made by mnistlab; MNIST-C's files are made already.")
-    report = evaluate_corruptions(args.checkpoints, args.corruptions, args.data_dir, args.split, args.device,
+    report = evaluate_corruptions(models, args.corruptions, args.data_dir, args.split, args.device,
                                   seed, args.mnist_c, args.tta)
-    out = args.out or default_out(args.checkpoints)
+    out = args.out or default_out(models)
     data = write_outputs(report, out)
     if args.json:
         print(json.dumps(data))
@@ -412,7 +419,7 @@ def _add_predict(sub, name: str, help: str) -> None:
     p = sub.add_parser(name, help=help, usage="mnistlab predict [-h] [MODEL] IMAGE [IMAGE ...] [options]")
     p.add_argument("inputs", nargs="+", metavar="[MODEL] IMAGE",
                    help="image files, or folders of them, after an optional model: " + MODEL_HELP +
-                        " (default: the pretrained 'fast')")
+                        " (default: the pretrained 'robust-real')")
     p.add_argument("--top", type=_positive_int, default=3, help="how many classes to show (default: 3)")
     p.add_argument("--json", action="store_true", help="one JSON object per line, with all probabilities")
     p.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, as PNG")
@@ -439,17 +446,7 @@ def cmd_submission(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from pathlib import Path
-
-    from .data.preprocess import (
-        COMMON_SUFFIXES,
-        IMAGE_SUFFIXES,
-        image_files,
-        native_stderr_silenced,
-        quiet_decoder_warnings,
-    )
-    from .fileio import atomic_write
-    from .inference import load_model
+    from .data.preprocess import COMMON_SUFFIXES, IMAGE_SUFFIXES, image_files, quiet_decoder_warnings
 
     if args.submission:
         return cmd_submission(args)
@@ -460,35 +457,65 @@ def cmd_predict(args) -> int:
         raise MnistlabError(f"no images found in {', '.join(images)} "
                             f"(looked for {', '.join(COMMON_SUFFIXES)} and the {len(IMAGE_SUFFIXES)} suffixes in all "
                             "that Pillow reads).")
-    predictor = load_model(_default_model(model)[0], args.device)
-    failed = 0
-    for path in files:
-        try:
-            with native_stderr_silenced():
-                pred = predictor.predict(path)
-        except MnistlabError as e:
-            failed += 1
-            if args.json:
-                print(json.dumps({"source": str(path), "error": str(e)}))
-            print(f"mnistlab: {e}", file=sys.stderr)
-            continue
-        if args.save_preprocessed:
-            from PIL import Image
+    # every image is read before the model is loaded: a missing file or one that is not an image is said at once
+    read = [(path, pixels) for path in files if (pixels := _preprocessed(path, args.json)) is not None]
+    classified = 0
+    if read:
+        from .inference import load_model
 
-            out = Path(args.save_preprocessed) / f"{path.stem}.png"
-            atomic_write(out, lambda tmp, px=pred.preprocessed: Image.fromarray(px).save(tmp, format="PNG"))
-        if args.json:
-            print(json.dumps(pred.to_dict(args.top)))
-        else:
-            top = ", ".join(f"{c} {100 * p:.1f}%" for c, p in pred.top(args.top))
-            answer = f"{pred.label} ({100 * pred.confidence:.1f}%)"
-            if pred.rejected:  # the nearest digit is still said, after what matters
-                answer = f"not a digit ({pred.reject_score} {pred.ood_score:.4g} < {pred.reject_threshold:.4g}; " \
-                         f"nearest: {answer})"
-            print(f"{path}: {answer}   top: {top}")
-    if failed:
+        # torch_free: a pretrained model runs on its ONNX copy where onnxruntime is installed, the same answers
+        predictor = load_model(_default_model(model)[0], args.device, torch_free=True)
+        classified = sum(_predicted(predictor, path, pixels, args) for path, pixels in read)
+    failed = len(files) - classified
+    if failed and len(files) > 1:  # one image: its own sentence says it all
         print(f"mnistlab: {failed} of {len(files)} images could not be classified.", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _preprocessed(path, as_json: bool):
+    """The 28x28 image the model will see, or None after saying why there is none."""
+    from .data.preprocess import native_stderr_silenced, preprocess
+
+    try:
+        with native_stderr_silenced():
+            return preprocess(path)
+    except MnistlabError as e:
+        _failed(path, e, as_json)
+        return None
+
+
+def _predicted(predictor, path, pixels, args) -> bool:
+    """Print one image's prediction (or why there is none); whether there was one."""
+    try:
+        pred = predictor.predict_pixels(pixels, str(path))
+    except MnistlabError as e:  # a model that gives no finite answer for this image
+        _failed(path, e, args.json)
+        return False
+    if args.save_preprocessed:
+        from pathlib import Path
+
+        from PIL import Image
+
+        from .fileio import atomic_write
+
+        out = Path(args.save_preprocessed) / f"{path.stem}.png"
+        atomic_write(out, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+    if args.json:
+        print(json.dumps(pred.to_dict(args.top)))
+        return True
+    top = ", ".join(f"{c} {100 * p:.1f}%" for c, p in pred.top(args.top))
+    answer = f"{pred.label} ({100 * pred.confidence:.1f}%)"
+    if pred.rejected:  # the nearest digit is still said, after what matters
+        answer = f"not a digit ({pred.reject_score} {pred.ood_score:.4g} < {pred.reject_threshold:.4g}; " \
+                 f"nearest: {answer})"
+    print(f"{path}: {answer}   top: {top}")
+    return True
+
+
+def _failed(path, e: MnistlabError, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"source": str(path), "error": str(e)}))
+    print(f"mnistlab: {e}", file=sys.stderr)
 
 
 def _model_and_images(inputs: list[str]) -> tuple[list[str], list[str]]:
@@ -507,7 +534,8 @@ def _model_and_images(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 def _add_serve(sub, name: str, help: str) -> None:
     p = sub.add_parser(name, help=help)
-    p.add_argument("checkpoint", nargs="?", metavar="MODEL", help=MODEL_HELP + " (default: the pretrained 'fast')")
+    p.add_argument("checkpoint", nargs="?", metavar="MODEL",
+                   help=MODEL_HELP + " (default: the pretrained 'robust-real')")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--max-upload", type=_positive_int, default=2_000_000, help="largest request body, bytes (2 MB)")
@@ -557,16 +585,8 @@ def _add_export(sub, name: str, help: str) -> None:
 def cmd_export(args) -> int:
     from .export import export
 
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        if args.format in ("onnx", "web"):
-            raise MnistlabError("ONNX export needs onnx and onnxruntime: pip install 'mnistlab[onnx]'.") from None
     if args.destination and args.out and args.destination != args.out:
         raise MnistlabError(f"two destinations given: {args.destination} and --out {args.out}.")
-    if args.format == "torchscript":
-        print("mnistlab: --format torchscript stands on torch.jit, which PyTorch deprecates; --format pt2 "
-              "(torch.export) is its successor.", file=sys.stderr)
     path = export(args.checkpoint, args.format, args.destination or args.out, probs=args.probs, int8=args.int8,
                   data_dir=args.data_dir, runtime=args.runtime,
                   note=lambda s: print(f"mnistlab: note: {s}", file=sys.stderr))
@@ -689,15 +709,16 @@ def main(argv: list[str] | None = None) -> int:
     exit_with_parent()
     command = next((a for a in argv if not a.startswith("-")), None)  # the top level has no option with a value
     try:
-        args = build_parser(command).parse_args(argv)  # imports torch for some commands: a second or more
-        args.argv = argv
+        parser = build_parser(command)  # imports torch for some commands: a second or more
+        parser.set_defaults(argv=argv)  # for a command that runs itself again (train --processes)
+        args = parser.parse_args(argv)
         return _run(args)
     except KeyboardInterrupt:  # Ctrl-C before the command started, or a second one during it
         print("mnistlab: interrupted.", file=sys.stderr)
         return 130
     finally:
-        if "mnistlab.training.distributed" in sys.modules:  # a process group can exist only if it was imported
-            sys.modules["mnistlab.training.distributed"].shutdown()
+        if "mnistlab.distributed" in sys.modules:  # a process group can exist only if it was imported
+            sys.modules["mnistlab.distributed"].shutdown()
 
 
 def _run(args) -> int:
@@ -713,7 +734,7 @@ def _run(args) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except RuntimeError as e:
-        dist = sys.modules.get("mnistlab.training.distributed")
+        dist = sys.modules.get("mnistlab.distributed")
         if dist is None or not dist.is_initialized():
             raise
         print(f"mnistlab: error: {dist.broke(e)}.", file=sys.stderr)  # a peer process died or failed

@@ -61,7 +61,7 @@ def keep_freed_memory() -> None:
     """Ask glibc to keep freed memory instead of returning it to the OS.
 
     By default each large activation is a fresh mmap whose pages fault in on first touch,
-    every step; measured here, that was a third of a batch-256 CNN step on the CPU.
+    every step, a large share of a CNN step on the CPU.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -5,15 +5,22 @@ Everything is built from sums, so shares evaluated by several processes add up e
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from . import distributed as dist
 from .data.mnist import Loader
 from .device import autocast
-from .speedups import enabled
-from .training import distributed as dist
+from .errors import MnistlabError
+from .heads import head_of
+
+if TYPE_CHECKING:
+    from .card import ModelCard
+    from .inference import Classifier
 
 
 def format_accuracy(correct: int, total: int) -> str:
@@ -103,9 +110,7 @@ def predict_logits(model: torch.nn.Module, loader: Loader,
     model.eval()
     device = loader.images.device
     logits, labels = [], []
-    # inference mode also skips the version counters and view tracking that no_grad keeps
-    no_grad = torch.inference_mode() if enabled("inference-mode") else torch.no_grad()
-    with no_grad, autocast(device, amp_dtype):
+    with torch.no_grad(), autocast(device, amp_dtype):
         for x, y in loader.batches():
             logits.append(model(x).float())
             labels.append(y)
@@ -144,38 +149,99 @@ def evaluation_from_probs(probs: torch.Tensor, labels: torch.Tensor, classes: tu
                       brier=sums[k * k + 1].item() / total, bins=sums[k * k + 2:].view(ECE_BINS, 3))
 
 
-def head_log_probabilities(logits: torch.Tensor, temperature: float = 1.0, head: str = "softmax") -> torch.Tensor:
-    """log of the class probabilities [N, K], float64: log-softmax of logits / T, or for a sigmoid head
-    the log of the sigmoids normalised to sum to 1, or for a none-class head the softmax of all outputs
-    but "none" (as ood.head_outputs, in NumPy)."""
-    z = logits.double() / temperature
-    if head == "sigmoid":
-        return F.log_softmax(F.logsigmoid(z), 1)  # log(s_i / sum s) = log s_i - logsumexp(log s)
-    if head == "none-class":  # the classes' own distribution: given that it is one of them
-        return F.log_softmax(z[:, :-1], 1)
-    return F.log_softmax(z, 1)
-
-
 def evaluation_from_logits(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...],
                            temperature: float = 1.0, across_ranks: bool = False, head: str = "softmax") -> Evaluation:
-    """All the metrics from logits, softened by `temperature` (softmax in float64; see head_log_probabilities)."""
-    probs = (torch.softmax(logits.double() / temperature, 1) if head == "softmax"
-             else head_log_probabilities(logits, temperature, head).exp())
+    """All the metrics from logits, softened by `temperature`: the probabilities of the named head (heads.py),
+    in float64."""
+    probs = head_of(head).probabilities_torch(logits, temperature)
     return evaluation_from_probs(probs, labels, classes, across_ranks)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, head: str = "softmax") -> float:
     """The temperature T minimising the NLL of the head's probabilities at logits / T: a 1-D search on log T."""
-    logits, labels = logits.double(), labels
+    logits, kind = logits.double(), head_of(head)
 
     def nll(log_t: float) -> float:
         t = torch.exp(torch.tensor(log_t))
-        if head == "softmax":
-            return F.cross_entropy(logits / t, labels).item()
-        return F.nll_loss(head_log_probabilities(logits, float(t), head), labels).item()
+        return F.nll_loss(kind.log_probabilities_torch(logits, float(t)), labels).item()
 
     lo, hi = -3.0, 3.0  # T from 0.05 to 20; NLL is unimodal in log T
     for _ in range(60):  # golden-section search
         a, b = hi - 0.618 * (hi - lo), lo + 0.618 * (hi - lo)
         lo, hi = (lo, b) if nll(a) < nll(b) else (a, hi)
     return float(torch.exp(torch.tensor((lo + hi) / 2)))
+
+
+# ---- a loaded model (inference.Classifier) over a whole split ----
+
+def model_split(model: Classifier, split: str = "test", data_dir: str | os.PathLike | None = None,
+                dataset: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and labels of a split of the model's dataset (validation: the one it held out), or of
+    another `dataset` (a registry name or a path), its labels turned into the model's classes by name."""
+    from .data.own import get_dataset_spec, load_split
+
+    if dataset is not None and dataset != model.card.dataset:
+        if split == "validation":
+            raise MnistlabError("the validation split is the one a model held out of its own dataset; "
+                                "give --split test or train with --dataset.")
+        images, labels = load_split(dataset, split, data_dir)
+        return images, labels_by_name(labels, get_dataset_spec(dataset).classes, model.classes, dataset)
+    if split == "validation" and not model.card.val_size:
+        raise MnistlabError(f"{model.source or 'this model'} was trained on the whole training set: it has "
+                            "no validation split (train with --val-size N to hold one out).")
+    return load_split(model.card.dataset, split, data_dir, val_size=model.card.val_size)
+
+
+def labels_by_name(labels: torch.Tensor, names: tuple[str, ...], classes: tuple[str, ...],
+                   dataset: str) -> torch.Tensor:
+    """A dataset's labels (indices into `names`) as indices into a model's `classes`, matched by name."""
+    if tuple(names) == tuple(classes):
+        return labels
+    missing = [n for n in names if n not in classes]
+    if missing:
+        raise MnistlabError(f"{dataset}: class '{missing[0]}' is not among the model's classes ({', '.join(classes)}).")
+    return torch.tensor([classes.index(n) for n in names], dtype=torch.int64)[labels]
+
+
+def split_probabilities(model: Classifier, data_dir: str | os.PathLike | None = None, split: str = "test",
+                        tta: str = "none", dataset: str | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(uint8 images, the model's probabilities [N, K] in float64, labels) over a whole split."""
+    images, labels = model_split(model, split, data_dir, dataset)
+    return images, torch.from_numpy(model.predict_proba(images.numpy(), tta)), labels
+
+
+def evaluate(model: Classifier, data_dir: str | os.PathLike | None = None, split: str = "test",
+             tta: str = "none", dataset: str | None = None) -> Evaluation:
+    """Exact accuracy, confusion and calibration of a model on a whole split of its own dataset, or of `dataset`."""
+    _, probs, labels = split_probabilities(model, data_dir, split, tta, dataset)
+    return evaluation_from_probs(probs, labels, model.classes)
+
+
+def evaluate_files(paths: list, data_dir: str | os.PathLike | None = None, split: str = "test",
+                   device: str = "cpu", tta: str = "none", dataset: str | None = None
+                   ) -> tuple[list[ModelCard], list[Evaluation], Evaluation]:
+    """Evaluate one model, or an ensemble that averages the models' (calibrated) probabilities,
+    each optionally averaged over the views of test-time augmentation `tta` first.
+
+    Returns (the models' cards, the evaluation of each, the evaluation of their average)."""
+    from .inference import load_model
+
+    cards: list[ModelCard] = []
+    members: list[Evaluation] = []
+    total: torch.Tensor | None = None
+    for path in paths:
+        model = load_model(path, device)
+        card = model.card
+        if cards and (card.dataset, card.classes) != (cards[0].dataset, cards[0].classes):
+            raise MnistlabError(f"{path}: trained on {card.dataset}, unlike {paths[0]}; "
+                                "an ensemble needs one dataset.")
+        _, probs, labels = split_probabilities(model, data_dir, split, tta, dataset)
+        if total is not None and probs.shape != total.shape:
+            raise MnistlabError(f"{path}: held out a different validation split from {paths[0]}; "
+                                "an ensemble is judged on one split.")
+        cards.append(card)
+        members.append(evaluation_from_probs(probs, labels, card.classes))
+        total = probs if total is None else total + probs
+    assert total is not None, "evaluate_files needs at least one model"
+    return cards, members, evaluation_from_probs(total / len(paths), labels, cards[0].classes)

@@ -2,7 +2,7 @@
 without mnistlab, a static site, or a folder in the Hugging Face layout.
 
 The exported graph takes normalised [N, 1, 28, 28] float images with any batch size and
-returns logits, or probabilities with `probs=True` (softmax, with the checkpoint's
+returns logits, or probabilities with `probs=True` (the head's, with the checkpoint's
 temperature, inside the graph). Batch norm is folded into the convolutions first (the
 `simple` model's BatchNorm1d over its 10 outputs stays, as one cheap node). The file
 says, in its metadata, the model, the class names, the normalisation and what it outputs.
@@ -29,6 +29,7 @@ from .card import HF_CONFIG, HF_README, HF_WEIGHTS, ModelCard
 from .checkpoints import weights_bytes
 from .errors import MnistlabError
 from .fileio import atomic_write, write_folder
+from .heads import Head, head_of
 from .inference import Classifier, load_model
 from .onnx_backend import METADATA_KEY
 from .serve import page
@@ -52,20 +53,13 @@ ORT_WEB_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_WEB_VERSION}/d
 class _Exported(nn.Module):
     """The classifier as it is shipped: logits, or temperature-scaled probabilities."""
 
-    def __init__(self, module: nn.Module, probs: bool, temperature: float, head: str = "softmax"):
+    def __init__(self, module: nn.Module, probs: bool, temperature: float, head: Head):
         super().__init__()
         self.module, self.probs, self.temperature, self.head = module, probs, temperature, head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.module(images)
-        if not self.probs:
-            return logits
-        if self.head == "sigmoid":  # the sigmoids normalised, as mnistlab reports them (ood.head_outputs)
-            s = torch.sigmoid(logits / self.temperature)
-            return s / s.sum(dim=1, keepdim=True)
-        if self.head == "none-class":  # the classes' own distribution, without "none"
-            return torch.softmax(logits[:, :-1] / self.temperature, dim=1)
-        return torch.softmax(logits / self.temperature, dim=1)
+        return self.head.exported_probabilities(logits, self.temperature) if self.probs else logits
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +109,13 @@ def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise MnistlabError("ONNX export needs onnx and onnxruntime: pip install 'mnistlab[onnx]'.") from None
+
+
 def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
            probs: bool = False, int8: bool = False, data_dir: str | os.PathLike | None = None,
            runtime: str | os.PathLike | None = None, note: Callable[[str], None] | None = None) -> Path:
@@ -131,6 +132,11 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
     if (probs and fmt in ("web", "hf")) or (runtime and fmt != "web"):
         raise MnistlabError("--runtime applies to --format web only, and the web page and the Hugging Face folder "
                             "take logits, not --probs.")
+    if fmt in ("onnx", "web"):
+        _require_onnx()
+    if fmt == "torchscript":
+        (note or _warn)("--format torchscript stands on torch.jit, which PyTorch deprecates; --format pt2 "
+                        "(torch.export) is its successor.")
     model = load_model(checkpoint)
     card = model.card
     if probs and card.reject_score not in ("", "msp"):  # msp reads from probabilities; the other scores need logits
@@ -168,7 +174,7 @@ def _graph(model: Classifier, source, fmt: str, probs: bool) -> nn.Module | torc
     backend = model.backend
     if isinstance(backend, TorchBackend):
         module = fold_batchnorm(backend.module.to(memory_format=torch.contiguous_format))  # type: ignore[call-overload]
-        return _Exported(module, probs, model.card.temperature, model.card.head).eval()
+        return _Exported(module, probs, model.card.temperature, head_of(model.card.head)).eval()
     if isinstance(backend, ProgramBackend):
         if fmt in ("onnx", "web") and probs == (backend.outputs == "probabilities"):
             return backend.program

@@ -1,5 +1,5 @@
 """A trained model ready to use, whatever file it came from: `load_model(path)`, then
-`.predict(image)`, `.predict_proba(images)` or `.evaluate()`.
+`.predict(image)`, `.predict_proba(images)` or `.explain(pixels)` (whole splits: mnistlab.evaluation).
 
 One interface: uint8 images [N, 28, 28] in (0 = background, 255 = ink), temperature-scaled
 probabilities [N, K] out. `load_model` picks the backend once: PyTorch for checkpoints,
@@ -14,19 +14,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 import numpy as np
 
 from .card import ModelCard, is_hf_folder
 from .data.preprocess import NoDigitError, preprocess
 from .errors import MnistlabError
-from .ood import head_log_probabilities, head_outputs, ood_score
-
-if TYPE_CHECKING:
-    import torch
-
-    from .evaluation import Evaluation
+from .heads import head_of
+from .ood import ood_score
+from .pretrained import DEFAULT
 
 BATCH = 1000  # images per backend call: bounds memory on whole splits, one call for a single image
 NO_INK = 26  # a 28x28 array whose brightest pixel is below a tenth of full scale holds no digit
@@ -126,11 +123,7 @@ class Classifier:
         self.name = f"{backend.card.model} ({where}{backend.runtime})"
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu") -> Classifier:
-        return load_model(path, device)
-
-    @classmethod
-    def from_pretrained(cls, name: str = "fast", device: str = "cpu") -> Classifier:
+    def from_pretrained(cls, name: str = DEFAULT, device: str = "cpu") -> Classifier:
         """A model that ships with mnistlab, by name (`mnistlab models` lists them)."""
         from . import pretrained
 
@@ -167,7 +160,7 @@ class Classifier:
         """(probabilities, the head's raw outputs) of a backend's scores, float64."""
         if self.backend.outputs == "probabilities":  # an .onnx file that holds its own softmax
             return scores.astype(np.float64), scores.astype(np.float64)
-        return head_outputs(scores, self.card.head, self.card.temperature)
+        return head_of(self.card.head).probabilities_and_raw(scores, self.card.temperature)
 
     def _rejection(self, scores: np.ndarray, raw: np.ndarray) -> dict:
         """Prediction's "not a digit" fields (and a sigmoid head's raw outputs) for one image's scores."""
@@ -216,7 +209,8 @@ class Classifier:
         if self.backend.outputs == "probabilities":  # an exported file that holds its own softmax
             t, log_probs = 1.0, np.log(np.maximum(scores, 1e-300))
         else:
-            t, log_probs = self.card.temperature, head_log_probabilities(scores, self.card.head, self.card.temperature)
+            t = self.card.temperature
+            log_probs = head_of(self.card.head).log_probabilities(scores, t)
         target = int(log_probs[0].argmax())
         heat, count = np.zeros((28, 28)), np.zeros((28, 28))
         for k, (r, c) in enumerate(corners, start=1):
@@ -266,53 +260,23 @@ class Classifier:
                                    "(damaged or crafted weights).") from None
         return self
 
-    def load_split(self, split: str = "test", data_dir=None, dataset: str | None = None) -> tuple[torch.Tensor,
-                                                                                               torch.Tensor]:
-        """uint8 images and labels of a split of the model's dataset (validation: the one it held out), or of
-        another `dataset` (a registry name or a path), its labels turned into this model's classes by name."""
-        from .data.own import get_dataset_spec, load_split
 
-        if dataset is not None and dataset != self.card.dataset:
-            if split == "validation":
-                raise MnistlabError("the validation split is the one a model held out of its own dataset; "
-                                    "give --split test or train with --dataset.")
-            images, labels = load_split(dataset, split, data_dir)
-            return images, labels_by_name(labels, get_dataset_spec(dataset).classes, self.classes, dataset)
-        if split == "validation" and not self.card.val_size:
-            raise MnistlabError(f"{self.source or 'this model'} was trained on the whole training set: it has "
-                                "no validation split (train with --val-size N to hold one out).")
-        return load_split(self.card.dataset, split, data_dir, val_size=self.card.val_size)
-
-    def split_probabilities(self, data_dir=None, split: str = "test", tta: str = "none", dataset: str | None = None):
-        """(uint8 images, probabilities [N, K] in float64, labels) over a whole split, as torch tensors."""
-        import torch
-
-        images, labels = self.load_split(split, data_dir, dataset)
-        return images, torch.from_numpy(self.predict_proba(images.numpy(), tta)), labels
-
-    def evaluate(self, data_dir: str | os.PathLike | None = None, split: str = "test",
-                 tta: str = "none", dataset: str | None = None) -> Evaluation:
-        """Exact accuracy, confusion and calibration on the whole split of the model's own dataset, or of `dataset`."""
-        from .evaluation import evaluation_from_probs
-
-        _, probs, labels = self.split_probabilities(data_dir, split, tta, dataset)
-        return evaluation_from_probs(probs, labels, self.classes)
-
-
-Predictor = Classifier  # the name of earlier versions, kept so that their code still runs
-
-
-def load_model(path: str | os.PathLike, device: str = "cpu") -> Classifier:
-    """A pretrained model's name ("fast", "classic-cnn": see `mnistlab models`); a checkpoint,
+def load_model(path: str | os.PathLike, device: str = "cpu", torch_free: bool = False) -> Classifier:
+    """A pretrained model's name ("robust-real", "classic-cnn": see `mnistlab models`); a checkpoint,
     model.pt or model.safetensors from `mnistlab train`, a folder in the Hugging Face layout or a
     .pt2 program from `mnistlab export` (PyTorch, on `device`); or an .onnx file from `mnistlab
     export` (ONNX Runtime, CPU). A name is a word with no dot or slash; anything else is a path.
-    Nothing is fetched from a network."""
+    Nothing is fetched from a network.
+
+    With `torch_free`, a pretrained model on the CPU runs on its shipped ONNX copy where onnxruntime
+    is installed: the same answers, without importing torch, for a caller that only predicts (the
+    PyTorch backend is what export and fine-tuning need)."""
     from . import pretrained
 
     if isinstance(path, str) and pretrained.is_name(path):
         source = path
-        path = pretrained.resolve(path)
+        onnx = pretrained.resolve_onnx(path) if torch_free and str(device) == "cpu" and _has_onnxruntime() else None
+        path = onnx or pretrained.resolve(path)
     else:
         source = str(path)
     if Path(path).suffix.lower() == ".onnx":
@@ -325,6 +289,12 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Classifier:
     from .device import resolve_device
 
     return Classifier(torch_backend.load(path, resolve_device(str(device))), source)._check_outputs()
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def is_model_path(path: str | os.PathLike) -> bool:
@@ -351,43 +321,3 @@ def as_pixels(images) -> np.ndarray:
     if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > 255):
         raise MnistlabError("pixel values must lie between 0 and 255.")
     return np.round(a).astype(np.uint8)
-
-
-def labels_by_name(labels, names: tuple[str, ...], classes: tuple[str, ...], dataset: str):
-    """A dataset's labels (indices into `names`) as indices into a model's `classes`, matched by name."""
-    import torch
-
-    if tuple(names) == tuple(classes):
-        return labels
-    missing = [n for n in names if n not in classes]
-    if missing:
-        raise MnistlabError(f"{dataset}: class '{missing[0]}' is not among the model's classes ({', '.join(classes)}).")
-    return torch.tensor([classes.index(n) for n in names], dtype=torch.int64)[labels]
-
-
-def evaluate_files(paths: list, data_dir=None, split: str = "test", device: str = "cpu", tta: str = "none",
-                   dataset: str | None = None):
-    """Evaluate one model, or an ensemble that averages the models' (calibrated) probabilities,
-    each optionally averaged over the views of test-time augmentation `tta` first.
-
-    Returns (the models' cards, the evaluation of each, the evaluation of their average)."""
-    from .evaluation import evaluation_from_probs
-
-    cards: list[ModelCard] = []
-    members: list[Evaluation] = []
-    total: torch.Tensor | None = None
-    for path in paths:
-        model = load_model(path, device)
-        card = model.card
-        if cards and (card.dataset, card.classes) != (cards[0].dataset, cards[0].classes):
-            raise MnistlabError(f"{path}: trained on {card.dataset}, unlike {paths[0]}; "
-                                "an ensemble needs one dataset.")
-        _, probs, labels = model.split_probabilities(data_dir, split, tta, dataset)
-        if total is not None and probs.shape != total.shape:
-            raise MnistlabError(f"{path}: held out a different validation split from {paths[0]}; "
-                                "an ensemble is judged on one split.")
-        cards.append(card)
-        members.append(evaluation_from_probs(probs, labels, card.classes))
-        total = probs if total is None else total + probs
-    assert total is not None, "evaluate_files needs at least one model"
-    return cards, members, evaluation_from_probs(total / len(paths), labels, cards[0].classes)

@@ -2,7 +2,7 @@
 
 Each process is `python -m mnistlab` with the same arguments and the environment torchrun
 would give it (RANK, WORLD_SIZE, MASTER_ADDR, ...), so the training runs on mnistlab's torchrun
-path (mnistlab.training.distributed): gloo on a CPU, each rank a share of every batch, the gradients
+path (mnistlab.distributed): gloo on a CPU, each rank a share of every batch, the gradients
 averaged. On a CPU each process runs one thread (or --threads): small convolutions split badly
 across threads, and two single-threaded processes may beat one process with two threads.
 
@@ -23,16 +23,21 @@ GRACE_S = 5.0  # after one rank failed, how long the others get to say so before
 PARENT_ENV = "MNISTLAB_EXIT_WITH_PARENT"  # a parent's pid: its child `mnistlab` ends when that parent is gone
 
 
-def exit_with_parent() -> None:
-    """In a child started with PARENT_ENV (serve's fine-tune): end this process once the parent is gone, even by
-    kill -9, which no handler of the parent's sees. Polled, not PR_SET_PDEATHSIG: that fires when the *thread*
-    that started the child ends, and a server starts it from a pool thread that may retire."""
-    parent = os.environ.pop(PARENT_ENV, "")
-    if not parent.isdigit():
-        return
+def exit_with_parent(parent: int | None = None) -> None:
+    """End this process once its parent is gone, even by kill -9, which no handler of the parent's sees: the
+    parent `parent`, or by default the one named by PARENT_ENV (a child `mnistlab` started by serve's fine-tune).
+    Polled, not PR_SET_PDEATHSIG: that fires when the *thread* that started the child ends, and a server starts
+    its children from a pool thread that may retire; and it is Linux only."""
+    if parent is None:
+        given = os.environ.pop(PARENT_ENV, "")
+        if not given.isdigit():
+            return
+        parent = int(given)
+    if os.getppid() != parent:  # gone already
+        os._exit(1)
 
     def watch() -> None:
-        while os.getppid() == int(parent):
+        while os.getppid() == parent:
             time.sleep(0.5)
         os._exit(1)  # what the child writes goes through temp files and renames: nothing is left half-written
 

@@ -1,30 +1,17 @@
 """The softmax lesson in NumPy: softmax, log-softmax, negative log-likelihood, cross-entropy.
 
 Written to be read next to torch's own functions, which the tests check them against. Not only
-a lesson: inference.py turns every model's logits into probabilities with this softmax and
-log_softmax, so the functions taught here are the ones that answer `predict` and `serve`.
+a lesson: sigmoid, softmax and log_softmax are heads.py's, with which every model's logits become
+probabilities, so the functions taught here are the ones that answer `predict` and `serve`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .heads import log_softmax, sigmoid, softmax
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    """1 / (1 + exp(-z)), without overflow for very negative z."""
-    return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))
-
-
-def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    """log(softmax(z)), stable for huge logits: subtract the max before exponentiating."""
-    z = np.asarray(z, dtype=np.float64)
-    shifted = z - z.max(axis=axis, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
-
-
-def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Positive outputs that sum to 1: a distribution over the classes."""
-    return np.exp(log_softmax(z, axis))
+__all__ = ["cross_entropy", "lesson", "log_softmax", "measured", "nll_loss", "sigmoid", "softmax"]
 
 
 def nll_loss(log_probs: np.ndarray, targets: np.ndarray) -> float:

@@ -12,9 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .convpool import conv_pool_relu
 from .errors import MnistlabError, first_line
-from .speedups import enabled
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -88,19 +86,15 @@ class MLP(nn.Module):
 class CNN(nn.Module):
     """The tutorial's small CNN: conv 1->10 k5, pool 2, ReLU, conv 10->20 k5, pool 2, ReLU, 320->10."""
 
-    channels_last = True  # measured: channels-last convolutions are ~1.8x faster on CPU
+    channels_last = True  # channels-last convolutions are faster on CPU (BENCHMARKS.md)
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
         self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
         self.fc = nn.Linear(320, num_classes)
-        # speed-up under measurement (issue 24): conv, pool and ReLU as one function, in training on a CPU
-        self.fused = enabled("fused-conv")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and self.training and x.device.type == "cpu":
-            return self.fc(conv_pool_relu(conv_pool_relu(x, self.conv1), self.conv2).flatten(1))
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
         x = F.relu(F.max_pool2d(self.conv2(x), 2))
         return self.fc(x.flatten(1))

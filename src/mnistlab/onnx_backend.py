@@ -6,12 +6,11 @@ Imports onnxruntime and numpy only, never torch: `mnistlab predict model.onnx` a
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
-from .card import ModelCard
+from .card import embedded_card
 from .errors import MnistlabError, first_line
 
 METADATA_KEY = "mnistlab"  # the ONNX metadata property that holds the model card, as JSON
@@ -32,19 +31,14 @@ class OnnxBackend:
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise MnistlabError(f"{path}: an ONNX model, but not one exported by mnistlab export.")
-        try:
-            info = json.loads(meta[METADATA_KEY])
-        except ValueError:
-            raise MnistlabError(f"{path}: its mnistlab metadata is not valid JSON.") from None
-        self.card = ModelCard.from_dict(info, str(path))
+        self.card, self.outputs = embedded_card(meta[METADATA_KEY], f"{path}: its mnistlab metadata", str(path))
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         if list(inp.shape[1:]) != [1, 28, 28]:
             raise MnistlabError(f"{path}: its input has shape {inp.shape}, not [N, 1, 28, 28].")
-        width = len(self.card.classes) if info.get("output") == "probabilities" else self.card.outputs
+        width = len(self.card.classes) if self.outputs == "probabilities" else self.card.outputs
         if len(out.shape) != 2 or isinstance(out.shape[1], int) and out.shape[1] != width:
             raise MnistlabError(f"{path}: its output has shape {out.shape}, not [N, {width}].")
         self.input_name = inp.name
-        self.outputs = "probabilities" if info.get("output") == "probabilities" else "logits"
         self._scale, self._shift = 1 / (255 * self.card.std), -self.card.mean / self.card.std
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 
 from .data import corruptions as C
 from .errors import DataError, MnistlabError
-from .evaluation import Evaluation, evaluation_from_probs, format_accuracy
+from .evaluation import Evaluation, evaluation_from_probs, format_accuracy, model_split
 from .fileio import atomic_write, write_json
 from .inference import Classifier, load_model
 from .ood import rejected_share
@@ -124,7 +124,7 @@ def evaluate_corruptions(paths: list[str], names: list[str] | None = None, data_
         names = C.resolve_names(names)  # an unknown name is refused before any work
     models = _load_models(paths, device, split)
     card = models[0].card
-    images, labels = (t.numpy() for t in models[0].load_split(split, data_dir))
+    images, labels = (t.numpy() for t in model_split(models[0], split, data_dir))
     rejected: dict[str, float] = {}
 
     def judged(name: str, x: np.ndarray, y: np.ndarray) -> Evaluation:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .card import ModelCard
+from .card import ModelCard, embedded_card
 from .checkpoints import check_weights, load_weights
 from .data.mnist import normalize
 from .errors import CheckpointError, MnistlabError
@@ -92,17 +92,12 @@ def load_program(path: str | os.PathLike, device: torch.device) -> ProgramBacken
         raise CheckpointError(_UNREADABLE_PT2.format(path=path)) from None
     if not extra[PT2_CARD]:
         raise CheckpointError(f"{path}: a .pt2 program, but not one exported by mnistlab export (no model card).")
-    try:
-        info = json.loads(extra[PT2_CARD])
-    except ValueError:
-        raise CheckpointError(f"{path}: its model card ({PT2_CARD}) is not valid JSON.") from None
-    card = ModelCard.from_dict(info, str(path))
+    card, outputs = embedded_card(extra[PT2_CARD], f"{path}: its model card ({PT2_CARD})", str(path))
     if device.type != "cpu":
         from torch.export.passes import move_to_device_pass
 
         program = move_to_device_pass(program, device)
-    backend = ProgramBackend(program, card, "probabilities" if info.get("output") == "probabilities" else "logits",
-                             device)
+    backend = ProgramBackend(program, card, outputs, device)
     try:
         shape = tuple(backend(np.zeros((2, 28, 28), np.uint8)).shape)
     except Exception:  # a program for other inputs fails in its own way (a guard, a shape mismatch)

@@ -94,3 +94,21 @@ def alike(a: np.ndarray, b: np.ndarray) -> float:
     """The best correlation of two 28x28 images within a pixel's shift (the centre of mass rounds to whole pixels)."""
     return max(np.corrcoef(np.roll(a, (dy, dx), (0, 1)).ravel().astype(float), b.ravel().astype(float))[0, 1]
                for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def scanned_page(mode: str, size: tuple[int, int] = (2550, 3300)) -> Image.Image:
+    """A big white page (a letter-size scan at 300 dpi by default) with one dark 7 in the middle, in PIL's `mode`."""
+    img = Image.new("L", size, 255)
+    draw = ImageDraw.Draw(img)
+    w, h = size
+    u = min(w, h) / 8  # a 7 about a third of the page's shorter side
+    corners = [(-1.2, -1.6), (1.2, -1.6), (-0.4, 1.8)]
+    draw.line([(w / 2 + a * u, h / 2 + b * u) for a, b in corners], fill=0, width=max(3, int(u / 3)))
+    if mode == "1":
+        return img.convert("1")
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(img, dtype=np.uint16) * 257).convert("I;16")
+    if mode in ("P", "PA"):
+        pal = img.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+        return pal if mode == "P" else pal.convert("PA")
+    return img.convert(mode)

@@ -5,7 +5,7 @@ Randomness comes from a generator seeded per step, so a resumed run draws the sa
 distortions as an unbroken one. The same warp gives the fixed views of test-time
 augmentation (`TTA_VIEWS`, `tta_views`): a model's probabilities averaged over them.
 
-The pixel-level augmentations (issue 21: what people's pictures do) work in ink units, 0 for
+The pixel-level augmentations (what people's pictures do) work in ink units, 0 for
 the background and 1 for full ink, on the whole batch: lines and occluding blocks, stroke
 thickness, blur, background level, gradient and contrast, noise, inverted polarity. They are
 written here, not taken from `corruptions.py`, and each differs in kind from MNIST-C's 15 test

@@ -1,5 +1,6 @@
 """Datasets of the MNIST family: the IDX reader, the registry, finding or fetching files,
-and a loader that keeps the whole set as one uint8 tensor and yields index slices."""
+and a loader that keeps the whole set as one uint8 tensor and yields index slices.
+A split is read by name or path through data.own's `load_split`."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import tempfile
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,7 +132,7 @@ DATASETS: dict[str, DatasetSpec] = {
 
 # EMNIST (Cohen et al. 2017): NIST's handwritten characters in MNIST's format, one zip for every
 # split. Its images are stored transposed, and its letters labelled 1-26. Class names as torchvision
-# gives them; the normalisation is MNIST's (EMNIST's own was not measured here: the files are not).
+# gives them; the normalisation is MNIST's (EMNIST's own could not be computed here: its files are not available).
 _EMNIST_ZIP = ("https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip", "58c8d27c78d21e728a6bc7b3cc06412e")
 _DIGITS = tuple(string.digits)
 _EMNIST_CLASSES = {
@@ -157,13 +159,6 @@ def refuse_mirrors(dataset: str, what: str) -> None:
                             f"datasets whose classes survive a mirror ({fits}).")
 
 
-def get_dataset_spec(name: str) -> DatasetSpec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}.") from None
-
-
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """--data-dir, else $MNISTLAB_DATA, else ./data."""
     return Path(data_dir or os.environ.get("MNISTLAB_DATA") or "data")
@@ -182,10 +177,12 @@ def _find(spec: DatasetSpec, root: Path, filename: str) -> Path | None:
     return None
 
 
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
+def file_digest(path: str | os.PathLike, hasher: Callable[[], Any] = hashlib.md5) -> str:
+    """The hex digest of a file's content by `hasher` (md5 by default: what the mirrors publish), read 4 MiB at
+    a time."""
+    h = hasher()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
 
@@ -200,7 +197,7 @@ def download_file(urls: list[str], dest: Path, md5: str, timeout: float = 15.0) 
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 while block := resp.read(1 << 20):
                     out.write(block)
-            got = md5sum(Path(tmp))
+            got = file_digest(Path(tmp))
             if got != md5:
                 errors.append(f"{url}: md5 {got} is not the official {md5}")
                 continue
@@ -250,7 +247,7 @@ def _from_archive(spec: DatasetSpec, target: Path, parts: list[str]) -> dict[str
     assert spec.archive is not None, f"{spec.name} comes as separate files, not in an archive"
     url, md5 = spec.archive
     archive = target / Path(url).name
-    if not archive.is_file() or md5sum(archive) != md5:
+    if not archive.is_file() or file_digest(archive) != md5:
         download_file([url], archive, md5, timeout=60)
     out = {}
     with zipfile.ZipFile(archive) as z:
@@ -273,25 +270,6 @@ SPLITS = ("test", "train", "validation")
 VALIDATION_SEED = 20240601  # the held-out images are the same for every run with the same val_size
 
 
-def load_split(name: str, split: str = "test", data_dir: str | os.PathLike | None = None, val_size: int = 0,
-               download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode a split once: images as uint8 [N, 28, 28], labels as int64 [N].
-
-    "test" is the test file. With `val_size`, "validation" is that many images held out of
-    the training file (the same for every seed) and "train" is the rest; without, "train"
-    is the whole training file.
-    """
-    if split not in SPLITS:
-        raise DataError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}.")
-    if split == "validation" and not val_size:
-        raise DataError("a validation split needs val_size, the number of training images held out.")
-    images, labels = _read_pair(get_dataset_spec(name), "test" if split == "test" else "train", data_dir, download)
-    if split == "test" or not val_size:
-        return images, labels
-    train, val = holdout(images, labels, val_size)
-    return val if split == "validation" else train
-
-
 def holdout(images: torch.Tensor, labels: torch.Tensor, val_size: int):
     """((train images, labels), (validation images, labels)): a fixed validation split carved from training."""
     if val_size >= len(images):
@@ -301,7 +279,10 @@ def holdout(images: torch.Tensor, labels: torch.Tensor, val_size: int):
     return (images[train], labels[train]), (images[val], labels[val])
 
 
-def _read_pair(spec: DatasetSpec, split: str, data_dir, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_registry_split(spec: DatasetSpec, split: str, data_dir: str | os.PathLike | None, download: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A registry dataset's whole "train" or "test" file pair, decoded and checked: images as uint8
+    [N, 28, 28], labels as int64 [N]. Read through data.own.load_split, which also takes paths."""
     files = locate(spec, data_dir, download)
     img_path, lbl_path = files[f"{split}_images"], files[f"{split}_labels"]
     images, labels = read_idx(img_path), read_idx(lbl_path)

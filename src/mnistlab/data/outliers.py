@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..errors import MnistlabError
-from ..training.config import FAMILIES, check_families, family_names
 from .preprocess import NoDigitError, preprocess
 
 FONT_DIR = Path("/usr/share/fonts/truetype")
@@ -42,6 +41,21 @@ SYMBOLS = "@#$%&*+=?!<>{}[]()~^\\;:\"'§¶€£¥©®µß"
 CJK = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可"
 FASHION_TRAIN = 55_000  # Fashion-MNIST's training images before this are training outliers, after it validation
 CANVAS = 112
+# The families of made-up non-digits that outlier exposure draws, in drawing order.
+FAMILIES = ("characters", "scribbles", "noise", "fashion")
+
+
+def family_names(text: str) -> tuple[str, ...]:
+    """The outlier families of a comma-separated list."""
+    return tuple(f.strip() for f in text.split(",") if f.strip())
+
+
+def check_families(families: tuple[str, ...] | list[str]) -> None:
+    """One sentence for an outlier family that does not exist, or none at all."""
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise MnistlabError(f"--outlier-families takes some of {', '.join(FAMILIES)}, "
+                            f"not {', '.join(unknown) if unknown else 'none'}.")
 
 
 def outlier_set(part: str, n: int, seed: int = 0, data_dir=None, families: str | tuple[str, ...] = FAMILIES
@@ -72,7 +86,7 @@ def _fashion_part(part: str, n: int, rng: np.random.Generator, data_dir) -> np.n
 
 def evaluation_sets(seed: int = 0, n: int = 2000, data_dir=None) -> dict[str, np.ndarray]:
     """The sets that judge a reject score, none of them used by `outlier_set`: name -> uint8 [N, 28, 28]."""
-    from .mnist import load_split
+    from .own import load_split
 
     rng = np.random.default_rng([seed, 2])
     fashion_test, _ = load_split("fashion-mnist", "test", data_dir)
@@ -166,7 +180,7 @@ def _fonts(names) -> list[Path]:
 
 @functools.lru_cache(maxsize=2)
 def _fashion_cached(data_dir) -> np.ndarray:
-    from .mnist import load_split
+    from .own import load_split
 
     images, _ = load_split("fashion-mnist", "train", data_dir)
     return images.numpy()
@@ -191,17 +205,18 @@ class OutlierBatches:
     """Outlier exposure's share of each training batch: `per_batch` outliers drawn from a pool held on
     the device, the draw a pure function of (seed, step), as the epoch order is: resuming is exact."""
 
-    def __init__(self, images: np.ndarray, per_batch: int, loader, seed: int):
+    def __init__(self, images: np.ndarray, per_batch: int, normalize, seed: int, device="cpu"):
+        """`normalize`: uint8 images [N, 28, 28] -> the model's input, as its digits are normalised."""
         import torch
 
-        self.images = torch.from_numpy(images).to(loader.images.device)
-        self.per_batch, self.loader, self.seed = per_batch, loader, seed
+        self.images = torch.from_numpy(images).to(device)
+        self.per_batch, self.normalize, self.seed = per_batch, normalize, seed
 
     def mix(self, x, y, step: int):
-        """(x, y) with the outliers appended, labelled -1 (steps.head_loss reads -1 as 'not a digit')."""
+        """(x, y) with the outliers appended, labelled -1 (heads.Head.loss reads -1 as 'not a digit')."""
         import torch
 
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step + 1)
         pick = torch.randint(len(self.images), (self.per_batch,), generator=g).to(self.images.device)
-        return (torch.cat([x, self.loader.normalize(self.images[pick])]),
+        return (torch.cat([x, self.normalize(self.images[pick])]),
                 torch.cat([y, torch.full((self.per_batch,), -1, dtype=y.dtype, device=y.device)]))

@@ -1,8 +1,8 @@
 """Datasets from a path: your own images in class folders, Kaggle's CSVs, Keras's mnist.npz, IDX files.
 
 `--dataset PATH` (a value with a slash or a dot, or an existing path) is read here; a registry
-name (mnist, fashion-mnist, ...) goes to data.py as before. `get_dataset_spec` and `load_split`
-take either, so training, evaluation and export need not tell them apart.
+name (mnist, fashion-mnist, ...) is read by data.mnist. `get_dataset_spec` and `load_split` are
+the one lookup for both, so training, evaluation and export need not tell them apart.
 
     digits/0/*.png, digits/1/*.png, ...          class-per-folder (ImageFolder's layout)
     digits/train/<class>/..., digits/test/...    the same, with its own test split
@@ -31,11 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError, MnistlabError
+from ..errors import DataError, MnistlabError, first_line
 from ..fileio import atomic_write
-from .mnist import DATASETS, VALIDATION_SEED, DatasetSpec, holdout, read_idx
-from .mnist import get_dataset_spec as registry_spec
-from .mnist import load_split as registry_split
+from .mnist import (
+    DATASETS,
+    SPLITS,
+    VALIDATION_SEED,
+    DatasetSpec,
+    _read_registry_split,
+    file_digest,
+    holdout,
+    read_idx,
+)
 from .preprocess import COMMON_SUFFIXES, IMAGE_SUFFIXES, preprocess_many
 
 FORMATS = {"folder": "class-per-folder images", "kaggle-csv": "Kaggle CSV", "npz": "NumPy .npz (Keras's layout)",
@@ -96,16 +103,16 @@ class OwnDataset:
         return np.bincount(labels, minlength=len(self.classes)).tolist()
 
 
-# ---- the registry's functions, for names and paths alike ----
+# ---- one lookup, for registry names and paths alike ----
 
 def get_dataset_spec(name: str) -> DatasetSpec:
-    """data.get_dataset_spec for a registry name; for a path, a spec with the set's classes and
-    MNIST's normalisation (what the images were made to look like)."""
+    """The registry's spec of a dataset name; for a path, a spec with the set's classes and MNIST's
+    normalisation (what the images were made to look like)."""
     if not is_path(name):
         if name not in DATASETS:
             raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}; or give a path (class "
                             "folders, a Kaggle CSV, a .npz or IDX files: a path has a slash or a dot).")
-        return registry_spec(name)
+        return DATASETS[name]
     ds, mnist = open_dataset(name), DATASETS["mnist"]
     ds.splits()  # duplicates across the splits are refused here, before a run writes anything
     return DatasetSpec(name=name, folder="", files={}, mirrors=(), classes=ds.classes, mean=mnist.mean, std=mnist.std)
@@ -113,8 +120,15 @@ def get_dataset_spec(name: str) -> DatasetSpec:
 
 def load_split(name: str, split: str = "test", data_dir: str | os.PathLike | None = None, val_size: int = 0,
                download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """data.load_split for a registry name or a path. For a path, "test" is the set's test split (or
-    the one carved from it), and "train" and "validation" share the rest as they share MNIST's."""
+    """A split of a registry dataset or of the dataset at a path, read once: images as uint8 [N, 28, 28],
+    labels as int64 [N].
+
+    "test" is the set's test split (for a path without one, the one carved from it). With `val_size`,
+    "validation" is that many images held out of the training split (the same every run) and "train"
+    is the rest; without, "train" is the whole training split.
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}.")
     if split == "validation" and not val_size:
         raise DataError("a validation split needs val_size, the number of training images held out.")
     if split == "test" or not val_size:
@@ -138,7 +152,8 @@ def carve(name: str, val_size: int, data_dir: str | os.PathLike | None = None, d
 
 def _whole(name: str, split: str, data_dir, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if not is_path(name):
-        return registry_split(name, split, data_dir, 0, download)
+        return _read_registry_split(get_dataset_spec(name), "test" if split == "test" else "train", data_dir,
+                                    download)
     train, test, _ = open_dataset(name).splits()
     images, labels = test if split == "test" else train
     return torch.from_numpy(images), torch.from_numpy(labels)
@@ -289,8 +304,8 @@ def read_csv_images(path: Path, labelled: bool) -> tuple[np.ndarray, np.ndarray 
 
 
 def _parse_csv(path: Path, labelled: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Parsed with the pixels' type given (uint8): measured 2.5 times faster than letting pyarrow infer int64,
-    and the columns then copy in a fifth of the time. A file that does not parse so is read again, slowly, for
+    """Parsed with the pixels' type given (uint8): faster than letting pyarrow infer int64,
+    and the columns then copy faster. A file that does not parse so is read again, slowly, for
     the sentence that says what is wrong with it."""
     try:
         import pyarrow as pa
@@ -305,7 +320,7 @@ def _parse_csv(path: Path, labelled: bool) -> tuple[np.ndarray, np.ndarray | Non
     except pa.ArrowInvalid as e:
         if "conversion error" in str(e):  # a cell that is not a number, or not 0-255: find which
             _explain_cells(path, pacsv, pa)
-        raise DataError(f"{path}: not a CSV in Kaggle's layout ({_first_line(e)}).") from None
+        raise DataError(f"{path}: not a CSV in Kaggle's layout ({first_line(e)}).") from None
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e}).") from None
     if not table.num_rows:
@@ -382,7 +397,7 @@ def read_npz(path: Path) -> OwnDataset:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({_first_line(e)}).") from None
+        raise DataError(f"{path}: not a readable .npz file ({first_line(e)}).") from None
     missing = [k for k in ("x_train", "y_train") if k not in arrays]
     if missing or (("x_test" in arrays) != ("y_test" in arrays)):
         raise DataError(f"{path}: holds {', '.join(arrays) or 'nothing'}; Keras's layout is x_train, y_train and "
@@ -514,7 +529,7 @@ def preprocess_files(files: list[Path], notes: list[str], key: str) -> dict[Path
 
 def _digests(files: list[Path]) -> list[str | OSError]:
     """Each file's content key (or why it cannot be read), the files split between threads in whole runs:
-    hashlib lets go of the GIL (a thread a file measured slower than one thread; two runs of files, 1.7x faster)."""
+    hashlib lets go of the GIL (a thread a file is slower than one thread; two runs of files are faster)."""
     def run(part: list[Path]) -> list[str | OSError]:
         out: list[str | OSError] = []
         for f in part:
@@ -589,16 +604,7 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16, person=f"mnistlab{CACHE_VERSION}".encode())
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    return file_digest(path, lambda: hashlib.blake2b(digest_size=16, person=f"mnistlab{CACHE_VERSION}".encode()))
 
 
 # ---- describing a set ----

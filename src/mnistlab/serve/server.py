@@ -17,7 +17,6 @@ says how it goes; its model then replaces the served one, for every request that
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import gc
 import json
@@ -32,6 +31,7 @@ from pathlib import Path
 from ..data.preprocess import NoDigitError
 from ..errors import MnistlabError
 from ..inference import ModelOutputError
+from ..launch import exit_with_parent
 from . import collect as collecting
 from . import page
 
@@ -159,25 +159,15 @@ def create_app(model, max_bytes: int = 2_000_000, threads: int = 2, collect: str
     @app.post("/api/predict")
     async def predict(request: Request):
         model = served.model  # once: a swap during this request does not mix two models
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        try:
-            with anyio.fail_after(REQUEST_TIMEOUT):
-                work = await _read(request, ctype, model)
-            if work is None:
-                return _error(415, "send an image (multipart field 'file', or raw bytes with an image content "
-                                   "type) or JSON {\"pixels\": 28x28 array}")
-            pred = await anyio.to_thread.run_sync(work, limiter=limiter)
-        except TimeoutError:
-            return _error(408, f"the request body took over {REQUEST_TIMEOUT:.0f} s to arrive")
-        except ClientDisconnect:
-            log.warning("a client went away before sending its whole request")
-            return Response(status_code=400)
-        except (NoDigitError, ModelOutputError) as e:  # the request was fine; there is no answer to give
-            return _error(422, _said(e))
-        except MnistlabError as e:
-            return _error(400, _said(e))
+
+        async def read():
+            work = await _read(request, _content_type(request), model)
+            return work or _error(415, "send an image (multipart field 'file', or raw bytes with an image "
+                                       "content type) or JSON {\"pixels\": 28x28 array}")
+
         # a plain JSONResponse: FastAPI's generic encoder costs more than the model on a 28x28 list
-        return JSONResponse({**pred.to_dict(len(model.classes)), "preprocessed": pred.preprocessed.tolist()})
+        return await _answered(read, limiter, lambda pred: JSONResponse(
+            {**pred.to_dict(len(model.classes)), "preprocessed": pred.preprocessed.tolist()}))
 
     if folder is not None and tuner is not None:
         _collect_routes(app, served, folder, tuner, limiter)
@@ -202,14 +192,13 @@ def _collect_routes(app, served: Served, folder: Path, tuner: collecting.FineTun
     async def correct(request: Request):
         model = served.model
         label = request.query_params.get("label")
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if label is None:
             return _error(400, "say which class the drawing is: /api/correct?label=NAME")
-        if not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+        if not _is_image(_content_type(request)):
             return _error(415, "send the drawing as an image (raw bytes with an image content type)")
-        try:
-            with anyio.fail_after(REQUEST_TIMEOUT):
-                body = await request.body()
+
+        async def read():
+            body = await request.body()
 
             def save():
                 if label not in model.classes:  # before any decoding: nothing is written for a bad label
@@ -217,16 +206,10 @@ def _collect_routes(app, served: Served, folder: Path, tuner: collecting.FineTun
                                         f"({', '.join(model.classes)}).")
                 seen = model.predict(body, name=BODY).preprocessed
                 return collecting.save_correction(folder, label, tuple(model.classes), body, seen)
-            path = await anyio.to_thread.run_sync(save, limiter=limiter)
-        except TimeoutError:
-            return _error(408, f"the request body took over {REQUEST_TIMEOUT:.0f} s to arrive")
-        except ClientDisconnect:
-            return Response(status_code=400)
-        except (NoDigitError, ModelOutputError) as e:
-            return _error(422, _said(e))
-        except MnistlabError as e:
-            return _error(400, _said(e))
-        return {"saved": str(path), "counts": collecting.counts(folder)}
+            return save
+
+        return await _answered(read, limiter, lambda path: JSONResponse(
+            {"saved": str(path), "counts": collecting.counts(folder)}))
 
     @app.post("/api/finetune")
     async def finetune():
@@ -250,6 +233,36 @@ def _shown(status: dict) -> dict:
     return {**status, "lines": list(status.get("lines", []))}
 
 
+def _content_type(request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _is_image(ctype: str) -> bool:
+    return ctype.startswith("image/") or ctype == "application/octet-stream"
+
+
+async def _answered(read, limiter, answer):
+    """The API's one way through a request that sends an image: `read()` reads the body (within
+    REQUEST_TIMEOUT) and gives the work to do on it in a worker thread, or a response that refuses it;
+    `answer` makes the response of the work's result. Every error is the API's one sentence."""
+    try:
+        with anyio.fail_after(REQUEST_TIMEOUT):
+            work = await read()
+        if isinstance(work, Response):
+            return work
+        result = await anyio.to_thread.run_sync(work, limiter=limiter)
+    except TimeoutError:
+        return _error(408, f"the request body took over {REQUEST_TIMEOUT:.0f} s to arrive")
+    except ClientDisconnect:
+        log.warning("a client went away before sending its whole request")
+        return Response(status_code=400)
+    except (NoDigitError, ModelOutputError) as e:  # the request was fine; there is no answer to give
+        return _error(422, _said(e))
+    except MnistlabError as e:
+        return _error(400, _said(e))
+    return answer(result)
+
+
 async def _read(request, ctype: str, model):
     """Read the request's body: the work to do on it in a worker thread (None for a content type
     the API does not take). With ?explain=1, the answer also says why (logits, saliency)."""
@@ -260,7 +273,7 @@ async def _read(request, ctype: str, model):
     if ctype == "multipart/form-data":
         upload = await _uploaded_file(request)
         return lambda: model.predict(upload, name=UPLOAD, explain=explain)
-    if ctype.startswith("image/") or ctype == "application/octet-stream":
+    if _is_image(ctype):
         body = await request.body()
         return lambda: model.predict(body, name=BODY, explain=explain)
     return None
@@ -379,8 +392,8 @@ def url(host: str, port: int) -> str:
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
     """`count` listening sockets on host:port. With several, each has SO_REUSEPORT, so that the
-    kernel spreads new connections evenly over the worker processes (one shared socket
-    measured one process taking most of 16 connections). A port that anyone holds, another
+    kernel spreads new connections evenly over the worker processes (with one shared socket,
+    one process takes most of them). A port that anyone holds, another
     mnistlab server included, is refused: it is first bound alone, without SO_REUSEPORT."""
     try:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -464,7 +477,7 @@ def _interrupt(signum, frame):
 
 def _worker(checkpoint: str, sock: socket.socket, sockets: list[socket.socket], max_bytes: int, threads: int,
             parent: int) -> None:
-    _die_with_parent(parent)
+    exit_with_parent(parent)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # uvicorn installs its own for both, once it runs
     signal.signal(signal.SIGINT, signal.default_int_handler)  # not the parent's, nor an inherited SIG_IGN
     for other in sockets:
@@ -474,16 +487,6 @@ def _worker(checkpoint: str, sock: socket.socket, sockets: list[socket.socket], 
         _run(_load(checkpoint), sock, max_bytes, threads)
     except KeyboardInterrupt:
         pass
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to send this process SIGTERM when its parent dies (even by SIGKILL)."""
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux with glibc: the parent's SIGTERM handling remains
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(0)
 
 
 def _load(checkpoint: str):

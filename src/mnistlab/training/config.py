@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..card import HEADS, RENAMED_MODELS
+from ..data.outliers import FAMILIES, check_families, family_names
 from ..errors import MnistlabError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -17,13 +18,11 @@ MAX_EPOCHS = 10_000  # weeks on a CPU, hours on a GPU; --epochs 1e300 ran withou
 SCHEDULES = ("constant", "onecycle")
 PRECISIONS = ("auto", "bf16", "fp32")
 # torch.compile modes; its "reduce-overhead" (CUDA graphs) is left out: --cuda-graph captures the
-# whole step, optimiser included, and measured 0.29 s against 1.40 s for the fast preset on an H100
+# whole step, optimiser included, and is the faster of the two (BENCHMARKS.md)
 COMPILE_MODES = ("default", "max-autotune")
 # what the temperature is fitted on: the validation split, or it and its copies under each of
 # the held-out corruptions (corruptions.HELD_OUT), so that probabilities stay honest under shift
 CALIBRATIONS = ("clean", "held-out")
-# The families of made-up non-digits that outlier exposure draws (mnistlab.data.outliers), in drawing order.
-FAMILIES = ("characters", "scribbles", "noise", "fashion")
 FAMILIES_NEED_EXPOSURE = "--outlier-families chooses what --outlier-exposure draws: give a weight above 0 too."
 # What a resumed run may change: how long it runs, and how it runs and reports; not what it learns.
 RESUME_MAY_CHANGE = ("epochs", "device", "precision", "threads", "compile", "cuda_graph", "test_batch_size",
@@ -63,7 +62,7 @@ class RunConfig:
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast where the hardware has it, else fp32
     threads: int = 0  # 0: leave torch's default
-    compile: str = ""  # a torch.compile mode ("": eager); measured slower on a 2-core CPU
+    compile: str = ""  # a torch.compile mode ("": eager); slower on a small CPU (BENCHMARKS.md)
     cuda_graph: bool = False  # capture the whole step as a CUDA graph (CUDA devices, one process, Adam/AdamW)
     val_size: int = 0  # images carved from the training set for validation
     calibrate: str = "clean"  # the temperature's data (CALIBRATIONS); needs val_size
@@ -154,7 +153,7 @@ class RunConfig:
         return cfg
 
 
-# Issue 21: what people's pictures do, as training augmentation (augment.py says how each step
+# What people's pictures do, as training augmentation (augment.py says how each step
 # differs from MNIST-C's test corruptions and from the held-out family). Chosen on validation
 # under the held-out family only: see BENCHMARKS.md.
 ROBUST_AUGMENT = {"degrees": 15, "scale": 0.15, "translate": 0.12, "lines": 0.2, "occlude": 0.15, "stroke": 0.7,
@@ -164,35 +163,35 @@ ROBUST_AUGMENT = {"degrees": 15, "scale": 0.15, "translate": 0.12, "lines": 0.2,
 # The tutorial's recipe is the default for its two models; presets change only what they name.
 PRESETS: dict[str, dict] = {
     "classic": {},
-    # Time-to-99% on a CPU (issue 4). Chosen on a 5,000-image validation split, never the
+    # Time-to-99% on a CPU. Chosen on a 5,000-image validation split, never the
     # test set: see BENCHMARKS.md for the search and benchmarks/speed.py for the figures.
     "fast": dict(model="bn-cnn", model_config={"channels": [16, 32], "hidden": 256}, optimizer="adam",
                  lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=1.25,
                  label_smoothing=0.1, eval_every=1, cuda_graph=True),
-    # 99.5% within a minute on a CPU (issue 4): wider, with batch augmentation, 10 epochs.
+    # 99.5% within a minute on a CPU: wider, with batch augmentation, 10 epochs.
     "accurate": dict(model="bn-cnn", model_config={"channels": [32, 64], "hidden": 256}, optimizer="adam",
                      lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=10,
                      label_smoothing=0.1, augment={"degrees": 10, "scale": 0.1, "translate": 0.1}),
-    # The strongest single model (issue 5): the VGG-style deep model, weight EMA, a validation
+    # The strongest single model: the VGG-style deep model, weight EMA, a validation
     # split for choices and the temperature; the test set only at the end. About 10 minutes on
     # the 2-core CPU. Chosen on validation: see BENCHMARKS.md.
     "best": dict(model="deep", model_config={"channels": [48, 96, 192]}, optimizer="adam",
                  lr=0.01, schedule="onecycle", warmup=0.2, batch_size=128, epochs=20, label_smoothing=0.1,
                  ema=0.999, val_size=5000, eval_every=20,
                  augment={"degrees": 12, "scale": 0.12, "translate": 0.12}),
-    # Issue 21: right and honest on worse pictures. The fast preset's model, trained 6 epochs on
+    # Right and honest on worse pictures. The fast preset's model, trained 6 epochs on
     # ROBUST_AUGMENT, its temperature fitted on the clean validation split: on validation, a
     # temperature fitted with the held-out corruptions mixed in (calibrate "held-out") carried
     # over to a held-out corruption left out of its fit no better (BENCHMARKS.md). The base of the
-    # robust-oe recipe below; `fast` stays the time-to-99% recipe of issue 4.
+    # robust-oe recipe below; `fast` stays the time-to-99% recipe.
     "robust": dict(model="bn-cnn", model_config={"channels": [16, 32], "hidden": 256}, optimizer="adam",
                    lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=6, label_smoothing=0.1,
                    val_size=5000, eval_every=6, augment=ROBUST_AUGMENT),
-    # What the default pretrained model is made with (issue 21): robust, wider (bn-cnn 32/64), 15 epochs,
+    # What the default pretrained model was made with before robust-real: robust, wider (bn-cnn 32/64), 15 epochs,
     # the pixel steps on 35% of the images, and outlier exposure, so that it says "not a digit". Chosen on
     # validation only (benchmarks/default_choose.py): of five candidates scored by a rule fixed beforehand,
-    # and two added to reach its clean gate, the only one at 99.30% or more on clean validation digits
-    # (4973/5000); it rejects the most held-out-corrupted digits of the seven. See BENCHMARKS.md.
+    # and two added to reach its clean gate, the only one at 99.30% or more on clean validation digits;
+    # it rejects the most held-out-corrupted digits of the seven. See BENCHMARKS.md.
     "robust-oe": dict(model="bn-cnn", model_config={"channels": [32, 64], "hidden": 256}, optimizer="adam",
                       lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=15, label_smoothing=0.1,
                       val_size=5000, eval_every=5, outlier_exposure=0.5,
@@ -207,8 +206,7 @@ PRESETS: dict[str, dict] = {
                         val_size=5000, eval_every=5, outlier_exposure=0.5, synthetic_digits=0.3, reject_keep=0.989,
                         augment={**ROBUST_AUGMENT, "pixel_share": 0.35, "specks": 0.1, "outline": 0.1,
                                  "invert_region": 0.1, "scratch": 0.15}),
-    # best's deep model and schedule on the same augmentation: 15 minutes on the 2-core CPU, clean
-    # 99.68%, MNIST-C mean 90.84% (BENCHMARKS.md).
+    # best's deep model and schedule on the same augmentation (its figures: BENCHMARKS.md).
     "robust-best": dict(model="deep", model_config={"channels": [48, 96, 192]}, optimizer="adam",
                         lr=0.01, schedule="onecycle", warmup=0.2, batch_size=128, epochs=20, label_smoothing=0.1,
                         ema=0.999, val_size=5000, eval_every=20, augment=ROBUST_AUGMENT),
@@ -219,7 +217,7 @@ PRESETS: dict[str, dict] = {
 # own yet, take it too). A dataset that needs another has it here, whole: clothes take
 # horizontal flips, pad-and-crop shifts and random erasing, which digits and kana must not
 # (a mirrored 2 or 7, or a mirrored kana, is no longer the same symbol). Chosen on a
-# 5,000-image validation split of Fashion-MNIST's training set (BENCHMARKS.md, issue 16).
+# 5,000-image validation split of Fashion-MNIST's training set (BENCHMARKS.md).
 DATASET_PRESETS: dict[str, dict[str, dict]] = {
     "fashion-mnist": {
         "fast": dict(model="bn-cnn", model_config={"channels": [32, 64], "hidden": 256}, optimizer="adam",
@@ -279,19 +277,6 @@ def _check_type(name: str, value, annotation: str) -> None:
         raise MnistlabError(f"{flag(name)} must be {kind}, not {shown}.")
 
 
-def family_names(text: str) -> tuple[str, ...]:
-    """The outlier families of a comma-separated list."""
-    return tuple(f.strip() for f in text.split(",") if f.strip())
-
-
-def check_families(families) -> None:
-    """One sentence for an outlier family that does not exist, or none at all."""
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown or not families:
-        raise MnistlabError(f"--outlier-families takes some of {', '.join(FAMILIES)}, "
-                            f"not {', '.join(unknown) if unknown else 'none'}.")
-
-
 def flag(name: str) -> str:
     """The command-line flag of a RunConfig field."""
     return f"--{name.replace('_', '-')}"
@@ -308,4 +293,9 @@ def from_preset(preset: str | None, **overrides) -> RunConfig:
     if given.get("compile") and "cuda_graph" not in given:
         values["cuda_graph"] = False  # an explicit --compile replaces a preset's CUDA-graph step
     values.update(given)
-    return RunConfig(**values).validate()
+    cfg = RunConfig(**values).validate()
+    # families asked for, but no weight: refused even for all four, never silently ignored (a config file that
+    # states both, the exposure 0, states the defaults)
+    if "outlier_families" in given and "outlier_exposure" not in given and not cfg.outlier_exposure:
+        raise MnistlabError(FAMILIES_NEED_EXPOSURE)
+    return cfg

@@ -1,6 +1,6 @@
 """Fine-tuning: start from a trained model (a pretrained name or a .pt file) and teach it a dataset of one's own.
 
-    mnistlab train --init fast --dataset my_digits/
+    mnistlab train --init robust-real --dataset my_digits/
 
 The classes are matched by name: where the dataset's are the model's (your handwriting of the
 ten digits), the model keeps its head and learns the new images beside replayed images of its
@@ -16,7 +16,7 @@ chosen), never on the held-out images they are judged on:
               (not tuned yet)
 
 The model keeps its head's kind (softmax, sigmoid or none-class) and learns with the loss training
-uses for it (steps.head_loss). Where it learnt to say "not a digit" from made-up non-digits (outlier
+uses for it (heads.Head.loss). Where it learnt to say "not a digit" from made-up non-digits (outlier
 exposure: its card's reject score is energy or not-none), both recipes replay those too: OUTLIERS of
 outliers.outlier_set("train"), made once for the run, half as many in each batch as its digits, as
 training mixes them, with the same objective.
@@ -58,24 +58,24 @@ from .. import pretrained
 from ..card import ModelCard
 from ..checkpoints import check_weights, load_weights, save_checkpoint
 from ..data.augment import Augment
-from ..data.mnist import Loader, normalize
+from ..data.mnist import normalize
 from ..data.outliers import OutlierBatches, outlier_set
 from ..data.own import carve, get_dataset_spec, load_split
 from ..device import amp_dtype, autocast, keep_freed_memory
 from ..errors import DataError, MnistlabError
-from ..evaluation import format_accuracy
+from ..evaluation import format_accuracy, labels_by_name
 from ..fileio import write_json
-from ..inference import labels_by_name
+from ..heads import head_of
 from ..models import build_model
-from ..ood import KEEP, REJECT_SCORE_FOR, ood_score, reject_threshold, rejected_share
-from .config import FAMILIES, PRESETS
-from .steps import head_loss
+from ..ood import KEEP, ood_score, reject_threshold, rejected_share
+from .config import FAMILIES, PRESETS, flag
+from .optim import ForeachAdam, ForeachSGD
 
 PROGRESS_EVERY = 50  # steps between progress lines
 FEW_SHOT = 10  # images a class at most for the few-shot recipe
-HEADS = ("auto", "keep", "new")
+INIT_HEADS = ("auto", "keep", "new")  # --init-head: where the head's weights start
 # Label smoothing as the shipped models were trained: without it, MNIST accuracy fell 0.3-0.5 points per fine-tune.
-# few-shot's lr, 3e-3 since the default became robust-oe (issue 21), chosen on validation writers as before
+# few-shot's lr is 3e-3 for the wider robust default, chosen on validation writers
 # (benchmarks/finetune_choose.py, BENCHMARKS.md): the wider, robust model moves less at 1e-3.
 RECIPES = {
     "few-shot": dict(steps=200, lr=3e-3, batch=64, replay=64, freeze_norm=True, label_smoothing=0.1, blend=0.7),
@@ -89,9 +89,6 @@ OUTLIERS, VALIDATION_OUTLIERS = 2_000, 1_000
 FULL_WEIGHT = 100
 # A card does not say how strongly its model learnt from outliers: the weight the shipped default was trained with.
 OUTLIER_WEIGHT = PRESETS["robust-real"]["outlier_exposure"]
-# The reject scores that training gives only with outlier exposure (energy, not-none; without it, msp).
-EXPOSED_SCORES = ({score for (_, oe), score in REJECT_SCORE_FOR.items() if oe}
-                  - {score for (_, oe), score in REJECT_SCORE_FOR.items() if not oe})
 
 
 @dataclass
@@ -109,7 +106,7 @@ class Reject:
 class FinetuneResult:
     model_path: Path
     recipe: str
-    head: str  # "kept" or "new"
+    init_head: str  # "kept" or "new"
     held_out_before: tuple[int, int] | None  # (correct, total) on your held-out images; None with a new head
     held_out_after: tuple[int, int]
     base_before: tuple[int, int] | None  # on the model's own test set (None: a new head, or its data missing)
@@ -126,12 +123,18 @@ class Base(NamedTuple):
 
 
 def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, recipe: str = "auto",
-             head: str = "auto", data_dir: str | os.PathLike | None = None, seed: int = 1,
-             say=print) -> FinetuneResult:
+             init_head: str = "auto", data_dir: str | os.PathLike | None = None, seed: int = 1,
+             say=print, settings: dict | None = None) -> FinetuneResult:
     """Fine-tune the model `init` on `dataset` (a path or a registry name), on the CPU (a few seconds for the
-    few-shot recipe); model.pt and finetune.json in `out`."""
-    if head not in HEADS:
-        raise MnistlabError(f"--init-head must be one of {', '.join(HEADS)}, not '{head}'.")
+    few-shot recipe); model.pt and finetune.json in `out`. `settings` (name -> value, as the flags given) are
+    training settings asked for with it: fine-tuning has its own recipes, so any is refused."""
+    if not dataset:
+        raise MnistlabError("--init fine-tunes a model on a dataset of your own: give --dataset PATH too.")
+    if settings:
+        raise MnistlabError(f"{flag(next(iter(settings)))} does not apply to --init: fine-tuning has its own "
+                            "recipes (--recipe few-shot or many; --seed may be given).")
+    if init_head not in INIT_HEADS:
+        raise MnistlabError(f"--init-head must be one of {', '.join(INIT_HEADS)}, not '{init_head}'.")
     if recipe not in ("auto", *RECIPES):
         raise MnistlabError(f"--recipe must be one of auto, {', '.join(RECIPES)}, not '{recipe}'.")
     out = Path(out) if out else _new_dir(init, dataset)
@@ -139,9 +142,9 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
         raise MnistlabError(f"{out} already holds a model.pt; choose another folder.")
     card, state = _load_init(init)
     classes = get_dataset_spec(dataset).classes
-    new_head = head == "new" or (head == "auto" and set(classes) != set(card.classes))
+    new_head = init_head == "new" or (init_head == "auto" and set(classes) != set(card.classes))
     # a kept head has an output for each of the model's classes: the dataset may have fewer (the digits you corrected)
-    if head == "keep" and not set(classes) <= set(card.classes):
+    if init_head == "keep" and not set(classes) <= set(card.classes):
         raise MnistlabError(f"--init-head keep: {dataset}'s classes ({', '.join(classes)}) are not among {init}'s "
                             f"({', '.join(card.classes)}); a kept head has no output for some of them: use "
                             "--init-head new.")
@@ -150,7 +153,7 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
     if not new_head:
         y, yt = labels_by_name(y, classes, card.classes, dataset), labels_by_name(yt, classes, card.classes, dataset)
     torch.manual_seed(seed)
-    outputs = len(out_classes) + (card.head == "none-class")  # the kind of head is kept, new or not
+    outputs = head_of(card.head).outputs(len(out_classes))  # the kind of head is kept, new or not
     module = _module(card, state, outputs, new_head)
     base = None if new_head else _base_data(card, data_dir, say)
     counts = torch.bincount(y, minlength=len(out_classes))
@@ -161,7 +164,7 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
     if new_head and card.reject_score:
         say(f"note: a new head has no 'not a digit' threshold from {init}: the fine-tuned model never rejects.")
     # the outliers are digits' non-digits (letters among them): for the model's own classes only
-    exposed = not new_head and card.reject_score in EXPOSED_SCORES
+    exposed = not new_head and head_of(card.head).learnt_outliers(card.reject_score)
     outliers = _outlier_sets(seed, data_dir, say) if exposed else None
 
     def score(images, labels):
@@ -177,7 +180,7 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
     held_out = _logits(module, card, xt)
     reject = None if new_head or not card.reject_score else _refit(
         module, card, held_out, base.validation if base else None, outliers[1] if outliers else None, keep)
-    result = FinetuneResult(Path(), chosen, "new" if new_head else "kept", before,
+    result = FinetuneResult(out / "model.pt", chosen, "new" if new_head else "kept", before,
                             _correct(held_out, yt, len(out_classes)), base_before,
                             score(*base.test) if base else None, seconds, reject)
     _report(result, dataset, card.dataset, say)
@@ -185,7 +188,6 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
                          mean=card.mean, std=card.std, temperature=1.0 if new_head else card.temperature,
                          head=card.head, reject_score=reject.score if reject else "",
                          reject_threshold=reject.threshold if reject else None)
-    result.model_path = out / "model.pt"
     summary = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(result).items()} | {
         "model_path": str(result.model_path), "init": init, "dataset": dataset}
     save_checkpoint(new_card, {"model_state": {k: v.detach().cpu() for k, v in module.state_dict().items()},
@@ -214,7 +216,7 @@ def head_keys(model: str, config: dict, num_classes: int) -> set[str]:
 
 def _module(card: ModelCard, state: dict, outputs: int, new_head: bool) -> torch.nn.Module:
     module = build_model(card.model, outputs, **card.model_config)
-    if getattr(module, "channels_last", False):  # as training runs it: measured faster on CPU
+    if getattr(module, "channels_last", False):  # as training runs it: faster on CPU
         module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch's stubs)
     weights = state["model_state"]
     if new_head:  # everything but the head, which starts afresh
@@ -312,17 +314,15 @@ def _train(module, card: ModelCard, user, replay, outliers: np.ndarray | None, r
     steps = recipe.get("steps") or max(recipe["min_steps"], round(recipe["epochs"] * len(x) / recipe["batch"]))
     opt: torch.optim.Optimizer
     if recipe.get("optimizer") == "sgd":
-        opt = torch.optim.SGD(module.parameters(), lr=recipe["lr"], momentum=0.9)
+        opt = ForeachSGD(module.parameters(), lr=recipe["lr"], momentum=0.9)
     else:
-        opt = torch.optim.Adam(module.parameters(), lr=recipe["lr"])
+        opt = ForeachAdam(module.parameters(), lr=recipe["lr"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.1)
     background = -card.mean / card.std
     mixer = None
     if outliers is not None:  # half as many outliers as digits in each batch, as training mixes them
         digits = min(recipe["batch"], len(x)) + (recipe["replay"] if replay is not None else 0)
-        channels_last = getattr(module, "channels_last", False)
-        loader = Loader(x, y, recipe["batch"], card.mean, card.std, channels_last=channels_last)  # its normalisation
-        mixer = OutlierBatches(outliers, digits // 2, loader, seed)
+        mixer = OutlierBatches(outliers, digits // 2, lambda images: _normalize(module, card, images), seed)
     keep_freed_memory()
     amp = amp_dtype("auto", torch.device("cpu"))  # bf16 where the CPU has it natively, as training does
     module.train()
@@ -341,7 +341,7 @@ def _train(module, card: ModelCard, user, replay, outliers: np.ndarray | None, r
         if mixer is not None:
             xb, yb = mixer.mix(xb, yb, step)
         with autocast(torch.device("cpu"), amp):
-            loss = head_loss(module(xb), yb, recipe.get("label_smoothing", 0.0), card.head,
+            loss = head_of(card.head).loss(module(xb), yb, recipe.get("label_smoothing", 0.0),
                              OUTLIER_WEIGHT if mixer is not None else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()

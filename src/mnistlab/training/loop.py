@@ -8,45 +8,46 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import math
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 
+from .. import distributed as dist
 from ..card import ModelCard
-from ..checkpoints import check_weights, load_checkpoint, save_checkpoint, save_weights
+from ..checkpoints import save_checkpoint, save_weights
 from ..data.augment import Augment
 from ..data.corruptions import HELD_OUT, corrupt
 from ..data.mnist import Loader, epoch_permutation, refuse_mirrors
 from ..data.outliers import OutlierBatches, outlier_set
-from ..data.own import carve, get_dataset_spec, load_split  # registry names and paths (--dataset PATH) alike
+from ..data.own import carve, get_dataset_spec, load_split
 from ..data.synthetic import SyntheticBatches, digit_set, missing_packages
 from ..device import CoreShare, amp_dtype, keep_freed_memory, resolve_device
-from ..errors import CheckpointError, MnistlabError, first_line
+from ..errors import CheckpointError, MnistlabError
 from ..evaluation import (
     evaluation_from_logits,
     fit_temperature,
     format_accuracy,
-    head_log_probabilities,
     predict_logits,
     shard_logits,
 )
+from ..heads import head_of
 from ..models import build_model
-from ..ood import REJECT_SCORE_FOR, ood_score, reject_threshold
-from ..speedups import enabled
-from . import distributed as dist
+from ..ood import ood_score, reject_threshold
 from .config import RunConfig, resumed
-from .optim import ForeachSGD
+from .optim import ForeachAdam, ForeachSGD, adamw
+from .resume import check_steps_left, read_resume_state, restore, resume_command, saved_config
 from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
 from .steps import EagerStep, GraphedStep
 from .tensorboard_log import require_tensorboard, tensorboard_logged
 
 OUTLIER_POOL = 12_000  # outlier exposure's made-up non-digits, rendered once per run (about 30 s on 2 cores)
+ONECYCLE_MIN_STEPS = 3  # its rise and its fall each at least a step long
 SYNTHETIC_POOL = 20_000  # --synthetic-digits' font digits, rendered once per seed and cached
 
 
@@ -86,7 +87,7 @@ class Run:
     data: Data
     log: RunLog
     run_dir: Path
-    epoch: int = 1
+    epoch: int = 1  # the epoch under way or next to start: last_epoch + 1 once every epoch is trained
     step_in_epoch: int = 0
     global_step: int = 0
     train_seconds: float = 0.0
@@ -95,7 +96,7 @@ class Run:
     test_logits: tuple | None = None  # (epoch, logits, labels) of the last test pass, to re-score, not re-run
     outliers: OutlierBatches | None = None  # outlier exposure's share of each batch (--outlier-exposure)
     synthetic: SyntheticBatches | None = None  # font digits in place of part of each batch (--synthetic-digits)
-    report: BackgroundReport | None = None  # drawn beside the last checkpoints (speed-up background-report)
+    clock: Stopwatch = field(default_factory=lambda: Stopwatch())  # seconds spent in each part, for --timings
     stats: EpochStats = field(init=False)  # the current epoch's running figures
 
     def __post_init__(self):
@@ -126,31 +127,84 @@ def run_steps(epochs: float, steps_per_epoch: int) -> int:
 def train(cfg: RunConfig | None = None, out: str | os.PathLike | None = None,
           resume: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
           progress: bool | None = None, report: bool = False, changes: dict | None = None,
-          tensorboard: str | os.PathLike | bool | None = None) -> TrainResult:
+          tensorboard: str | os.PathLike | bool | None = None, wait_for_report: bool = False) -> TrainResult:
     """Train `cfg.model` on `cfg.dataset`, evaluate on the test set, save into a run folder.
 
     With `resume` (a checkpoint), the run continues under its own config, with `changes` (field ->
     value, as the flags given) applied where config.RESUME_MAY_CHANGE allows. With `tensorboard`
-    (True for the run folder's tensorboard/, or a folder) the events also go to TensorBoard."""
+    (True for the run folder's tensorboard/, or a folder) the events also go to TensorBoard.
+
+    With `report`, the report (training.report) is drawn once model.pt is saved: in a process of its
+    own that this one does not wait for (report.complete says when it is whole), or here with
+    `wait_for_report`. The seconds spent in each part are recorded as a "timings" event."""
     if tensorboard is not None and tensorboard is not False:
         require_tensorboard()
     run = start(cfg, out, resume, data_dir, progress, changes or {})
-    if report and dist.world_size() == 1 and enabled("background-report"):
-        run.report = BackgroundReport(run, data_dir)
     shared = contextlib.closing(run.cores) if run.cores else contextlib.nullcontext()
-    with StopRequest() as stop, peers_watched(run), shared, tensorboard_logged(run.log, run.run_dir, tensorboard):
+    logged = tensorboard_logged(run.log, run.run_dir, tensorboard)
+    with StopRequest() as stop, peers_watched(run, data_dir), shared, logged:
         while run.epoch <= run.last_epoch:
-            stats = train_epoch(run, stop)
+            with run.clock.part("steps"):
+                stats = train_epoch(run, stop)
             if stats is not None:
                 finish_epoch(run, stats)
             if stop.requested:
                 path = save(run, "ckpt-interrupt.pt")
-                run.log.line(f"interrupted: saved {path}; continue with: mnistlab train --resume {path}")
+                run.log.line(f"interrupted: saved {path}; continue with: {resume_command(path, data_dir)}")
                 raise KeyboardInterrupt
-        run.epoch = run.last_epoch
         if run.data.val is not None and not any(e["event"] == "calibration" for e in run.log.history):
-            calibrate(run)
-        return finish(run, report, data_dir)
+            with run.clock.part("evaluation"):
+                calibrate(run)
+        return finish(run, report, data_dir, wait_for_report)
+
+
+TIMED_PARTS = {"startup": "start-up", "data": "data", "steps": "steps", "evaluation": "evaluation",
+               "saving": "saving", "report": "report"}  # the "timings" event's keys, as --timings names them
+_IMPORTED = time.perf_counter()
+
+
+def process_age() -> float:
+    """Seconds since this process started: from Linux's /proc (in 10 ms ticks), elsewhere since
+    the training code was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22
+        with open("/proc/uptime") as f:
+            return max(float(f.read().split()[0]) - started, 0.0)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter() - _IMPORTED
+
+
+class Stopwatch:
+    """The seconds a run spends in each of TIMED_PARTS, from the process's start on. A part timed
+    within another counts once, in the outer one, so the parts never add up to more than the whole."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.parts = dict.fromkeys(TIMED_PARTS, 0.0) | {"startup": process_age()}
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        outer, t0 = self._depth == 0, time.perf_counter()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if outer:
+                self.parts[name] += time.perf_counter() - t0
+
+    def seconds(self) -> dict[str, float]:
+        """Each part and the total so far, the process's start up to now."""
+        return self.parts | {"total": self.parts["startup"] + time.perf_counter() - self.t0}
+
+
+def format_timings(event: dict) -> str:
+    """A "timings" event as one line: each part, what the parts leave out, and the whole."""
+    shown = ", ".join(f"{label} {event[key]:.2f} s" for key, label in TIMED_PARTS.items())
+    other = event["total"] - sum(event[key] for key in TIMED_PARTS)
+    return f"timings: {shown}, other {other:.2f} s; total {event['total']:.2f} s"
 
 
 class EpochStats:
@@ -228,16 +282,16 @@ def train_epoch(run: Run, stop: StopRequest) -> EpochStats | None:
 
 
 @contextlib.contextmanager
-def peers_watched(run: Run):
+def peers_watched(run: Run, data_dir=None):
     """Under torchrun, a rank that died or failed breaks the others' collectives: say so once,
-    with the checkpoint to resume from, if one was written."""
+    with the command that resumes from the last checkpoint, if one was written."""
     try:
         yield
     except RuntimeError as e:
         if not dist.is_initialized():
             raise
         saved = latest_checkpoint(run.run_dir)
-        hint = (f"its last checkpoint is intact: continue with mnistlab train --resume {saved}" if saved
+        hint = (f"its last checkpoint is intact: continue with {resume_command(saved, data_dir)}" if saved
                 else "no checkpoint had been written yet: start the run again")
         raise MnistlabError(f"{dist.broke(e)}; {hint}.") from None
 
@@ -262,36 +316,35 @@ def finish_epoch(run: Run, stats: EpochStats) -> None:
                    samples=int(count), index_sum=int(index_sum), index_sq_sum=int(index_sq_sum),
                    train_loss=stats.loss_sum / max(stats.steps, 1),
                    train_accuracy=correct / max(dist.world_size() * stats.images, 1))
-    if run.data.val is not None:
-        evaluate(run, "validation")
-    if run.epoch % run.cfg.eval_every == 0 or run.epoch == run.last_epoch:
-        evaluate(run, "test")
+    with run.clock.part("evaluation"):
+        if run.data.val is not None:
+            evaluate(run, "validation", run.epoch)
+        if run.epoch % run.cfg.eval_every == 0 or run.epoch == run.last_epoch:
+            evaluate(run, "test", run.epoch)
     run.epoch, run.step_in_epoch = run.epoch + 1, 0
     run.stats = EpochStats(run.data.train.images.device)
-    if run.report is not None and run.epoch > run.last_epoch and run.data.val is None:
-        run.report.start()  # the final test figures are in: draw them while the checkpoints are written
     if (run.epoch - 1) % run.cfg.checkpoint_every == 0 or run.epoch > run.last_epoch:
         save(run, f"ckpt-epoch{run.epoch - 1:03d}.pt")
 
 
-def evaluate(run: Run, split: str) -> None:
-    """Score the shipped model on the validation or test split, exactly, and log it.
+def evaluate(run: Run, split: str, epoch: int) -> None:
+    """Score the shipped model on the validation or test split, exactly, and log it as `epoch`'s.
 
     Under torchrun each rank scores a share and the sums are added up. The test logits are
     kept: after the temperature is fitted they are re-scored, not recomputed."""
-    if split == "test" and run.test_logits is not None and run.test_logits[0] == run.epoch:
+    if split == "test" and run.test_logits is not None and run.test_logits[0] == epoch:
         logits, labels = run.test_logits[1:]
     else:
         loader = run.data.test if split == "test" else run.data.val
         assert loader is not None, "evaluated on a validation split that the run does not hold"
         logits, labels = shard_logits(run.shipped, loader)
     if split == "test":
-        run.test_logits = (run.epoch, logits, labels)
+        run.test_logits = (epoch, logits, labels)
     t = run.card.temperature
     ev = evaluation_from_logits(logits, labels, run.card.classes, t, across_ranks=True, head=run.cfg.head)
-    run.log.record(event=split, epoch=run.epoch, correct=ev.correct, total=ev.total, accuracy=ev.accuracy,
+    run.log.record(event=split, epoch=epoch, correct=ev.correct, total=ev.total, accuracy=ev.accuracy,
                    loss=ev.loss, ece=ev.ece, brier=ev.brier, temperature=t)
-    run.log.line(f"epoch {run.epoch:>3} {split}: {format_accuracy(ev.correct, ev.total)}  loss {ev.loss:.4f}")
+    run.log.line(f"epoch {epoch:>3} {split}: {format_accuracy(ev.correct, ev.total)}  loss {ev.loss:.4f}")
 
 
 def calibrate(run: Run) -> None:
@@ -302,7 +355,7 @@ def calibrate(run: Run) -> None:
     assert run.data.val is not None, "calibrated without a validation split"
     logits, labels = predict_logits(run.shipped, run.data.val)
     head = run.cfg.head
-    score = REJECT_SCORE_FOR[head, bool(run.cfg.outlier_exposure)]  # "not a digit": keeps reject_keep of them
+    score = head_of(head).reject_score(bool(run.cfg.outlier_exposure))  # "not a digit": keeps reject_keep of them
     clean = logits  # the threshold is the clean validation digits' own, whatever the temperature is fitted on
     if run.cfg.calibrate == "held-out":
         logits, labels = held_out_logits(run, logits, labels)
@@ -320,7 +373,7 @@ def calibrate(run: Run) -> None:
                    images=len(clean))
     run.log.line(f"'not a digit' below {score} {threshold:.4g}: the threshold that keeps "
                  f"{100 * run.cfg.reject_keep:g}% of the {len(clean)} validation digits")
-    evaluate(run, "test")
+    evaluate(run, "test", run.epoch - 1)  # the last epoch's test figures (the run stands before the next one)
 
 
 def held_out_logits(run: Run, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,7 +392,11 @@ def held_out_logits(run: Run, logits: torch.Tensor, labels: torch.Tensor) -> tup
 def save(run: Run, name: str, final: bool = False) -> Path:
     """Write a checkpoint into the run folder (rank 0 only): the whole training state, or with
     `final` the shipped weights alone (model.pt, and the same as model.safetensors)."""
-    path = run.run_dir / name
+    with run.clock.part("saving"):
+        return _save(run, run.run_dir / name, final)
+
+
+def _save(run: Run, path: Path, final: bool) -> Path:
     # Ctrl-C part-way through an epoch: its running figures too (summed over the ranks, so every rank asks)
     stats = run.stats.state_dict() if run.step_in_epoch and not final else None
     if not dist.is_main():
@@ -361,78 +418,50 @@ def save(run: Run, name: str, final: bool = False) -> Path:
     return path
 
 
-def finish(run: Run, report: bool, data_dir) -> TrainResult:
-    """Save model.pt, print the final test figure, and write the report."""
+def finish(run: Run, report: bool, data_dir, wait_for_report: bool) -> TrainResult:
+    """Save model.pt, print the final test figure, start the report, and record the timings."""
     final = next(e for e in reversed(run.log.history) if e["event"] == "test")
-    if run.report is not None:
-        run.report.start()  # if the last epoch did not (a validation split: the temperature came after it)
     model_path = save(run, "model.pt", final=True)
     run.log.line(f"test accuracy: {format_accuracy(final['correct'], final['total'])}; "
                  f"{run.train_seconds:.2f} s of training; saved {model_path}")
-    if report and dist.world_size() > 1 and run.test_logits is not None:  # every rank: rank 0 draws all of them
-        run.test_logits = (run.test_logits[0], *map(dist.gather_shards, run.test_logits[1:]))
-    if run.report is not None:
-        run.log.line(run.report.join())
-    elif report and dist.is_main():
-        write_report(run, data_dir)
+    if report:
+        with run.clock.part("report"):
+            write_report(run, data_dir, wait_for_report)
+    run.log.record(event="timings", **run.clock.seconds())
     return TrainResult(run.run_dir, model_path, final["correct"], final["total"], run.train_seconds,
                        run.log.history)
 
 
-def write_report(run: Run, data_dir) -> None:
+def write_report(run: Run, data_dir, wait: bool) -> None:
     """The run's pictures and HTML page, where matplotlib is installed (mnistlab[report]), from the
-    final test logits (one process holds all of them) or else from model.pt."""
-    try:
-        from .report import build_report
-    except ImportError:
+    final test logits or else from model.pt: drawn here with `wait`, else in a process of their own
+    that this one does not wait for. Every rank calls it: rank 0 draws the logits of all."""
+    scored = _scored(run)
+    if not dist.is_main():
+        return
+    if importlib.util.find_spec("matplotlib") is None:
         run.log.line("(no report: matplotlib is not installed; pip install 'mnistlab[report]')")
         return
-    run.log.line(f"report: {build_report(run.run_dir, data_dir=data_dir, scored=_scored(run))}")
+    from . import report
+
+    if wait:
+        run.log.line(f"report: {report.build_report(run.run_dir, data_dir=data_dir, scored=scored)}")
+        return
+    report.launch_report(run.run_dir, data_dir, scored)
+    run.log.line(f"report: {run.run_dir / 'report.html'}, being drawn in the background: it is complete when "
+                 f"{run.run_dir / report.COMPLETE} exists")
 
 
 def _scored(run: Run) -> tuple | None:
-    """(test images, calibrated probabilities, labels) from the last test pass, when it holds the whole test set."""
-    if run.test_logits is None or len(run.test_logits[1]) != len(run.data.test.images):
+    """(test images, calibrated probabilities, labels) from the last test pass, when it holds the whole test set;
+    under torchrun, the ranks' shares gathered (a collective: every rank calls it)."""
+    if run.test_logits is None:
         return None
-    _, logits, labels = run.test_logits
-    probs = head_log_probabilities(logits.cpu(), run.card.temperature, run.card.head).exp()
+    logits, labels = (dist.gather_shards(t) for t in run.test_logits[1:])
+    if len(logits) != len(run.data.test.images):
+        return None
+    probs = head_of(run.card.head).log_probabilities_torch(logits.cpu(), run.card.temperature).exp()
     return run.data.test.images.cpu(), probs, labels.cpu()
-
-
-class BackgroundReport:
-    """The report drawn in a thread while the last checkpoints are written (speed-up background-report):
-    started once the final test figures are in, joined for the line that write_report would print."""
-
-    def __init__(self, run: Run, data_dir):
-        self.run, self.data_dir = run, data_dir
-        self.thread: threading.Thread | None = None
-        self.result: str | BaseException = ""
-
-    def start(self) -> None:
-        if self.thread is None:  # the figures and card as they are now: the main thread moves on
-            args = (self.run.run_dir, _scored(self.run), self.run.card)
-            self.thread = threading.Thread(target=self._draw, args=args, name="mnistlab-report", daemon=True)
-            self.thread.start()
-
-    def _draw(self, run_dir: Path, scored: tuple | None, card: ModelCard) -> None:
-        try:
-            from .report import build_report
-        except ImportError:
-            self.result = "(no report: matplotlib is not installed; pip install 'mnistlab[report]')"
-            return
-        try:
-            self.result = f"report: {build_report(run_dir, data_dir=self.data_dir, scored=scored, card=card)}"
-        except BaseException as e:  # raised again in the main thread, by join
-            self.result = e
-
-    def join(self) -> str:
-        """The line to print, once the report is drawn; its error, raised here."""
-        self.start()
-        assert self.thread is not None
-        self.thread.join()
-        if isinstance(self.result, BaseException):
-            raise self.result
-        return self.result
 
 
 # ---- setting a run up ----
@@ -440,12 +469,13 @@ class BackgroundReport:
 def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict) -> Run:
     """A run ready for its first step: a fresh one, or one restored from a checkpoint. Everything
     is built and checked before the run folder is touched: a damaged checkpoint writes nothing."""
+    clock = Stopwatch()
     state = None
     if resume:
         if cfg is not None:
             raise MnistlabError("a resumed run keeps its own config: give train() changes, not a config.")
         resume, state = read_resume_state(resume)
-        cfg = resumed(_saved_config(state["config"], resume), changes)
+        cfg = resumed(saved_config(state["config"], resume), changes)
         out = out or resume.parent
     elif cfg is None:
         raise MnistlabError("train() needs a RunConfig, or a checkpoint to resume.")
@@ -467,7 +497,10 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     channels_last = getattr(model, "channels_last", False)
     model = model.to(device, memory_format=torch.channels_last if channels_last  # type: ignore[call-overload]
                      else torch.contiguous_format)  # (torch's stubs lack Module.to's memory_format)
-    data = load_data(cfg, device, channels_last, data_dir)
+    splits = read_splits(cfg, data_dir)
+    asked, cfg = cfg.batch_size, fit_batch(cfg, len(splits[0][1]))
+    with clock.part("data"):
+        data = load_data(cfg, splits, device, channels_last, data_dir)
     total_steps = run_steps(cfg.epochs, len(data.train))  # the Run's own, needed before it is built
     graphed = (cfg.cuda_graph and device.type == "cuda" and dist.world_size() == 1 and cfg.optimizer != "sgd")
     opt = make_optimizer(cfg, model, capturable=graphed)
@@ -480,9 +513,7 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     counters = {}
     if state is not None:
         counters = restore(state, resume, card, model, ema, opt, sched, len(data.train))
-        if counters["global_step"] > total_steps:
-            raise MnistlabError(f"--epochs {cfg.epochs} ends before {resume}, which has trained "
-                                f"{counters['global_step']} of the run's steps.")
+        check_steps_left(resume, cfg, counters["global_step"], total_steps)
 
     run_dir = prepare_run_dir(out, cfg, resuming_from=resume.parent if resume else None)
     log = RunLog(run_dir / "metrics.jsonl", progress, state["history"] if state else None)
@@ -492,11 +523,14 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     step = (GraphedStep if graphed else EagerStep)(ddp_model, opt, amp_dtype(cfg.precision, device),
-                                                   cfg.label_smoothing, cfg.head, cfg.outlier_exposure)
+                                                   cfg.label_smoothing, head_of(cfg.head), cfg.outlier_exposure)
     run = Run(cfg=cfg, card=card, model=model, ema=ema, opt=opt, sched=sched, step=step,
               augment=Augment(**cfg.augment) if cfg.augment else None, data=data, log=log, run_dir=run_dir,
               cores=cores, outliers=outlier_batches(cfg, data, data_dir), synthetic=synthetic_batches(cfg, data, log),
-              **counters)
+              clock=clock, **counters)
+    if cfg.batch_size != asked:
+        log.line(f"note: {len(data.train.images)} training images are too few steps for one-cycle at --batch-size "
+                 f"{asked}: this run takes batch {cfg.batch_size}")
     if state is not None:
         log.line(f"resuming {resume} at epoch {run.epoch}, step {run.step_in_epoch}/{len(data.train)}")
     log.line(f"training {cfg.model} on {cfg.dataset} ({len(data.train.images)} images, {len(data.train)} "
@@ -505,106 +539,11 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     return run
 
 
-def read_resume_state(resume: str | os.PathLike) -> tuple[Path, dict]:
-    """The checkpoint to resume (a run folder means its latest) and its whole state."""
-    if Path(resume).is_dir():
-        found = latest_checkpoint(resume)
-        if found is None:
-            raise MnistlabError(f"{resume}: no checkpoint here to resume from (ckpt-epochNNN.pt or "
-                                "ckpt-interrupt.pt); is it a folder written by mnistlab train?")
-        resume = found
-    _, state = load_checkpoint(resume)
-    if "optimizer_state" not in state:
-        raise CheckpointError(f"{resume}: holds only final weights, not a resumable training state.")
-    return Path(resume), state
+Split = tuple[torch.Tensor, torch.Tensor]  # images (uint8) and labels
 
 
-def _saved_config(saved, path: Path) -> RunConfig:
-    if not isinstance(saved, dict):
-        raise damaged(path, "config", "is not a dictionary")
-    try:
-        return RunConfig.from_dict(saved).validate()
-    except (MnistlabError, TypeError) as e:
-        raise damaged(path, "config", f"does not hold a valid run ({str(e).rstrip('.')})") from None
-
-
-def damaged(path: Path, key: str, what: str) -> CheckpointError:
-    return CheckpointError(f"{path}: its training state is damaged: '{key}' {what}.")
-
-
-def restore(state: dict, path: Path, card: ModelCard, model, ema, opt, sched, steps_per_epoch: int) -> dict:
-    """Load a checkpoint's training state into the freshly built parts, each key checked first
-    (one sentence naming the key); returns the Run's counters (epoch, step_in_epoch, ...)."""
-    counters = _counters(state, path, steps_per_epoch)
-    history = state.get("history")
-    if not isinstance(history, list) or not all(isinstance(e, dict) and isinstance(e.get("event"), str)
-                                                for e in history):
-        raise damaged(path, "history", "is not a list of events")
-    rng = state.get("rng_state")
-    if not (torch.is_tensor(rng) and rng.dtype == torch.uint8 and rng.dim() == 1):
-        raise damaged(path, "rng_state", "is missing or not a random generator's state")
-    parts = [("model_state" if ema is None else "train_model_state", model.load_state_dict),
-             ("optimizer_state", opt.load_state_dict)]
-    if ema is not None:
-        parts.append(("ema_state", ema.load_state_dict))
-    if sched is not None:
-        parts.append(("scheduler_state", sched.load_state_dict))
-    check_weights(card, state["model_state"], path)
-    for key, load in parts:
-        _load_part(state, key, load, path)
-    _check_param_groups(opt, path)
-    torch.set_rng_state(rng)
-    stats = state.get("epoch_stats")  # an interrupted epoch's running figures, so its event matches an unbroken one
-    if stats is not None and not (isinstance(stats, dict) and counters["step_in_epoch"]):
-        raise damaged(path, "epoch_stats", "does not belong to an epoch under way")
-    return counters | {"stats_state": stats}
-
-
-def _counters(state: dict, path: Path, steps_per_epoch: int) -> dict:
-    """epoch, step_in_epoch, global_step and train_seconds, checked against each other: a checkpoint
-    with epoch -5 or step_in_epoch 1e9 would train silently wrong, or loop without end."""
-    out = {}
-    for key in ("epoch", "step_in_epoch", "global_step", "train_seconds"):
-        value: Any = state.get(key)
-        ok = (isinstance(value, (int, float)) if key == "train_seconds" else isinstance(value, int))
-        if not ok or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-            raise damaged(path, key, f"is {value!r}, not a number of zero or more")
-        out[key] = value
-    epoch, step, done = out["epoch"], out["step_in_epoch"], out["global_step"]
-    # where an epoch is under way, the steps so far are exact; the checkpoint after a fractional last
-    # epoch (--epochs 1.5) has moved to the next epoch having done only part of the one before
-    agree = (done == (epoch - 1) * steps_per_epoch + step if step else
-             (epoch - 2) * steps_per_epoch < done <= (epoch - 1) * steps_per_epoch)
-    if epoch < 1 or step >= steps_per_epoch or not agree:
-        raise damaged(path, "epoch", f"{epoch}, step {step} and global_step {done} do not agree "
-                      f"with the run's {steps_per_epoch} steps an epoch")
-    return out
-
-
-def _load_part(state: dict, key: str, load, path: Path) -> None:
-    value = state.get(key)
-    if not isinstance(value, dict):
-        raise damaged(path, key, "is missing")
-    try:
-        load(value)
-    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
-        raise damaged(path, key, f"does not fit this run ({first_line(e, 120)})") from None
-
-
-def _check_param_groups(opt: torch.optim.Optimizer, path: Path) -> None:
-    """The optimiser's settings as loaded: finite numbers (a string lr failed at the first step)."""
-    for group in opt.param_groups:
-        for key in ("lr", "momentum", "weight_decay", "betas", "eps"):
-            values = group.get(key, 0.0)
-            for v in values if isinstance(values, (tuple, list)) else [values]:
-                v = v.item() if torch.is_tensor(v) and v.numel() == 1 else v
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                    raise damaged(path, f"optimizer_state.param_groups.{key}", f"is {v!r}, not a finite number")
-
-
-def load_data(cfg: RunConfig, device: torch.device, channels_last: bool, data_dir) -> Data:
-    """Decode each split once, keep it on the device; the training order is (seed, epoch)-derived."""
-    spec = get_dataset_spec(cfg.dataset)
+def read_splits(cfg: RunConfig, data_dir) -> tuple[Split, Split | None]:
+    """The training images and labels (the first --train-limit of them), and the validation split if any."""
     # the same validation split as `eval --split validation` reads: stratified for a dataset from a path
     if cfg.val_size:
         (images, labels), val = carve(cfg.dataset, cfg.val_size, data_dir)
@@ -612,11 +551,19 @@ def load_data(cfg: RunConfig, device: torch.device, channels_last: bool, data_di
         (images, labels), val = load_split(cfg.dataset, "train", data_dir), None
     if cfg.train_limit:
         images, labels = images[:cfg.train_limit], labels[:cfg.train_limit]
+    return (images, labels), val
+
+
+def load_data(cfg: RunConfig, splits: tuple[Split, Split | None], device: torch.device, channels_last: bool,
+              data_dir) -> Data:
+    """Keep each split on the device, the test split decoded here; the training order is (seed, epoch)-derived."""
+    spec = get_dataset_spec(cfg.dataset)
+    (images, labels), val = splits
     if cfg.batch_size % dist.world_size():
         raise MnistlabError(f"--batch-size {cfg.batch_size} must be a multiple of the {dist.world_size()} processes.")
     order = dist.shard(lambda epoch: epoch_permutation(len(images), cfg.seed, epoch))
 
-    def loader(split: tuple[torch.Tensor, torch.Tensor], batch_size: int, order=None) -> Loader:
+    def loader(split: Split, batch_size: int, order=None) -> Loader:
         return Loader(*split, batch_size, spec.mean, spec.std, device, channels_last, order=order)
 
     return Data(train=loader((images, labels), cfg.batch_size // dist.world_size(), order),
@@ -631,7 +578,8 @@ def outlier_batches(cfg: RunConfig, data: Data, data_dir) -> OutlierBatches | No
         return None
     pool = outlier_set("train", min(OUTLIER_POOL, max(256, len(data.train.images) // 4)), cfg.seed, data_dir,
                        cfg.outlier_family_names)
-    return OutlierBatches(pool, max(1, data.train.batch_size // 2), data.train, cfg.seed)
+    return OutlierBatches(pool, max(1, data.train.batch_size // 2), data.train.normalize, cfg.seed,
+                          data.train.images.device)
 
 
 def synthetic_batches(cfg: RunConfig, data: Data, log) -> SyntheticBatches | None:
@@ -649,27 +597,34 @@ def synthetic_batches(cfg: RunConfig, data: Data, log) -> SyntheticBatches | Non
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
     params = model.parameters()
-    if cfg.optimizer == "sgd" and cfg.schedule == "constant" and enabled("foreach-sgd"):
-        # the same arithmetic bit for bit, without torch.optim's import of torch._dynamo (a scheduler needs torch.optim)
-        return cast(torch.optim.Optimizer, ForeachSGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                                      weight_decay=cfg.weight_decay))
-    # fused kernels: one pass over the parameters instead of several small ops per tensor
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, fused=True)
-    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    if capturable:  # for a CUDA graph: foreach kernels read lr and betas from device tensors (fused ones sync)
+    if capturable:  # for a CUDA graph: torch's foreach kernels read lr and betas from device tensors
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
         return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True, capturable=True)
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    # torch.optim's arithmetic bit for bit, without its import of torch._dynamo (mnistlab.training.optim)
+    if cfg.optimizer == "sgd":
+        return ForeachSGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return ForeachAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def fit_batch(cfg: RunConfig, images: int) -> RunConfig:
+    """`cfg`, or for a one-cycle run too short for its schedule at its batch (a small dataset of one's own with
+    a preset), `cfg` with the largest smaller batch (a multiple of the processes) that gives it enough steps."""
+    w, batch = dist.world_size(), cfg.batch_size
+    while (cfg.schedule == "onecycle" and batch > w
+           and run_steps(cfg.epochs, -(-images // batch)) < ONECYCLE_MIN_STEPS):
+        batch -= w
+    return dataclasses.replace(cfg, batch_size=batch) if batch != cfg.batch_size else cfg
 
 
 def make_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, total_steps: int, cycle_momentum: bool = True):
     if cfg.schedule != "onecycle":
         return None
-    if total_steps < 3:
-        raise MnistlabError(f"the one-cycle schedule needs at least 3 steps, and this run has {total_steps} "
-                            f"(--epochs {cfg.epochs:g} at batch {cfg.batch_size}): give more --epochs or a smaller "
-                            "--batch-size.")
+    if total_steps < ONECYCLE_MIN_STEPS:
+        raise MnistlabError(f"the one-cycle schedule needs at least {ONECYCLE_MIN_STEPS} steps, and this run has "
+                            f"{total_steps} (--epochs {cfg.epochs:g} at batch {cfg.batch_size}): give more --epochs "
+                            "or a smaller --batch-size.")
     # each of its two phases at least a step long: a short run (a small dataset of one's own) would divide by zero
     warmup = min(max(cfg.warmup, 2 / total_steps), (total_steps - 1) / total_steps)
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=warmup,

@@ -1,45 +1,70 @@
 """Run reports: PNG plots next to the checkpoint and one self-contained HTML page.
 
-    build_report(run_dir)   # what `mnistlab report RUN_DIR` and the end of training call
+    build_report(run_dir)   # what `mnistlab report RUN_DIR` calls, and the end of training with wait_for_report
+    launch_report(run_dir)  # what the end of `mnistlab train` calls: the same, in a process it does not wait for
 
 curves.png (loss and error rate per epoch on log scales, training and validation/test), confusion.png (the
 test confusion matrix as a heat-map), errors.png (test digits the model got wrong, with the
 true label, the prediction and its probability), reliability.png (confidence against
 accuracy, 15 bins) and report.html holding them all. matplotlib's Agg backend: no display.
+
+Each file is written to a temp name and renamed, and report.complete last: the report is whole
+exactly when report.complete exists (a report drawn in the background that failed, or was
+killed, leaves none; its report.log says why).
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import functools
 import html
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import cast
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from ..card import ModelCard
+from ..checkpoints import load_checkpoint
+from ..errors import MnistlabError
+from ..evaluation import ECE_BINS, evaluation_from_probs, format_accuracy, split_probabilities
+from ..fileio import atomic_write
+from .runs import read_run_events
 
-from ..card import ModelCard  # noqa: E402
-from ..checkpoints import load_checkpoint  # noqa: E402
-from ..errors import MnistlabError  # noqa: E402
-from ..evaluation import ECE_BINS, evaluation_from_probs, format_accuracy  # noqa: E402
-from ..fileio import atomic_write  # noqa: E402
-from ..inference import load_model  # noqa: E402
-from .runs import read_run_events  # noqa: E402
+PICTURES = ("curves.png", "confusion.png", "errors.png", "reliability.png")
+COMPLETE = "report.complete"  # written after every other file of the report
+LOG = "report.log"  # a background report's output: why it failed, if it did
+SCORED = ".report-scored.pt"  # the final test pass, handed to the background report (deleted by it)
+
+
+@functools.cache
+def _pyplot():
+    # imported on first use: the training command that only launches the report never pays for it
+    try:
+        import matplotlib
+    except ImportError:
+        raise MnistlabError("reports need matplotlib: pip install 'mnistlab[report]'.") from None
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save(fig, path: Path) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
 def plot_curves(events: list[dict], path: Path) -> Path:
+    plt = _pyplot()
     # log scales: near 99.7% accuracy a linear axis shows a flat line; the error rate shows the race
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
 
@@ -65,6 +90,7 @@ def plot_curves(events: list[dict], path: Path) -> Path:
 
 
 def plot_confusion(confusion: torch.Tensor, classes, path: Path) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5.2), layout="constrained")
     off = confusion.clone().float()
     off.fill_diagonal_(0)
@@ -82,6 +108,7 @@ def plot_confusion(confusion: torch.Tensor, classes, path: Path) -> Path:
 
 
 def plot_errors(images, labels, probs, classes, path: Path, limit: int = 40) -> Path:
+    plt = _pyplot()
     wrong = (probs.argmax(1) != labels).nonzero().flatten()
     wrong = wrong[probs[wrong].max(1).values.argsort(descending=True)][:limit].tolist()  # most confident first
     cols, tile = 10, 40  # one image of 28x28 digits on 40x40 tiles: one axes draws far faster than 40
@@ -101,6 +128,7 @@ def plot_errors(images, labels, probs, classes, path: Path, limit: int = 40) -> 
 
 
 def plot_reliability(bins: torch.Tensor, ece: float, path: Path) -> Path:
+    plt = _pyplot()
     count, conf, correct = bins.T
     keep = count > 0
     centers = (torch.arange(ECE_BINS) + 0.5) / ECE_BINS
@@ -123,12 +151,17 @@ def build_report(run_dir: str | os.PathLike, data_dir=None, scored=None, card: M
     the report be drawn while model.pt is still being written."""
     run_dir = Path(run_dir)
     events = read_run_events(run_dir)
+    (run_dir / COMPLETE).unlink(missing_ok=True)  # an earlier report's: this one is not whole yet
     model_path = run_dir / "model.pt"
     if card is None or scored is None:
         if not model_path.is_file():
             raise MnistlabError(f"{run_dir}: no model.pt here (the run did not finish).")
         card, _ = load_checkpoint(model_path)
-    images, probs, labels = scored if scored is not None else load_model(model_path).split_probabilities(data_dir)
+    if scored is None:
+        from ..inference import load_model
+
+        scored = split_probabilities(load_model(model_path), data_dir)
+    images, probs, labels = scored
     ev = evaluation_from_probs(probs, labels, card.classes)
     pictures = [
         ("Loss and error rate per epoch", plot_curves(events, run_dir / "curves.png")),
@@ -150,7 +183,61 @@ def build_report(run_dir: str | os.PathLike, data_dir=None, scored=None, card: M
         rows.append(("training time", f"{epochs[-1]['train_seconds']:.1f} s"))
     page = _html(run_dir.name, rows, config, pictures)
     atomic_write(run_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    files = [*PICTURES, "report.html"]
+    atomic_write(run_dir / COMPLETE, lambda tmp: Path(tmp).write_text(json.dumps({"files": files}) + "\n"))
     return run_dir / "report.html"
+
+
+def launch_report(run_dir: str | os.PathLike, data_dir=None, scored=None) -> subprocess.Popen:
+    """Draw the report (build_report) in a process of its own, in a session of its own: the caller
+    does not wait for it, and it outlives the caller (and a Ctrl-C in its terminal).
+
+    `scored` goes to it in a file it deletes; its output goes to report.log."""
+    run_dir = Path(run_dir)
+    (run_dir / COMPLETE).unlink(missing_ok=True)
+    args = [sys.executable, "-m", "mnistlab.training.report", str(run_dir)]
+    if data_dir is not None:
+        args += ["--data-dir", str(data_dir)]
+    if scored is not None:
+        atomic_write(run_dir / SCORED, lambda tmp: torch.save(tuple(scored), tmp))
+        args += ["--scored", str(run_dir / SCORED)]
+    with open(run_dir / LOG, "wb") as log:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_for_report(run_dir: str | os.PathLike, timeout: float) -> Path:
+    """report.html once report.complete exists; one sentence if it does not within `timeout` seconds."""
+    run_dir = Path(run_dir)
+    deadline = time.monotonic() + timeout
+    while not (run_dir / COMPLETE).exists():
+        if time.monotonic() > deadline:
+            log = run_dir / LOG
+            lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+            said = lines[-1][:300] if lines else ""
+            raise MnistlabError(f"{run_dir}: the report was not complete after {timeout:g} s"
+                                + (f" ({LOG}: {said})." if said else "."))
+        time.sleep(0.05)
+    return run_dir / "report.html"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The background report of launch_report: one line on success, one sentence on failure."""
+    p = argparse.ArgumentParser(prog="python -m mnistlab.training.report")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--data-dir")
+    p.add_argument("--scored", type=Path, help="the final test pass (images, probabilities, labels), then deleted")
+    args = p.parse_args(argv)
+    try:
+        scored = None
+        if args.scored is not None:
+            scored = torch.load(args.scored, weights_only=True)
+            args.scored.unlink()
+        print(f"report: {build_report(args.run_dir, data_dir=args.data_dir, scored=scored)}")
+        return 0
+    except MnistlabError as e:
+        print(f"mnistlab report: {e}", file=sys.stderr)
+        return 1
 
 
 def _html(title: str, rows, config: dict, pictures) -> str:
@@ -164,3 +251,7 @@ def _html(title: str, rows, config: dict, pictures) -> str:
             "th{text-align:left;padding-right:1rem}img{max-width:100%}pre{background:#f6f6f6;padding:.6rem}</style>"
             f"</head><body><h1>Run {esc(title)}</h1><table>{table}</table>{figs}"
             f"<h2>Configuration</h2><pre>{esc(json.dumps(config, indent=2))}</pre></body></html>")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

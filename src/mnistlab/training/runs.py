@@ -19,9 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .. import distributed as dist
 from ..errors import MnistlabError
 from ..fileio import append_line, atomic_write, write_json
-from . import distributed as dist
 from .config import RunConfig
 
 

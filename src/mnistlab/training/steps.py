@@ -1,58 +1,28 @@
 """One optimiser step: eager, or captured once as a CUDA graph and replayed.
 
-A small model on a big GPU spends most of each step launching kernels from Python: measured
-on an H100, 0.4 ms of GPU work took 3.1 ms of wall time. A CUDA graph of the whole step
+A small model on a big GPU spends most of each step launching kernels from Python, far longer
+than the GPU's own work (BENCHMARKS.md). A CUDA graph of the whole step
 (forward, backward, optimiser) replays all of it with one launch.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..device import autocast
-
-
-def head_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float, head: str = "softmax",
-              outlier_weight: float = 0.0) -> torch.Tensor:
-    """The training loss of a batch. softmax: cross-entropy. sigmoid: binary cross-entropy of each
-    output against "is it this class?" (one against the rest), summed over the classes.
-
-    Labels of -1 mark outliers (outlier exposure): their loss, times `outlier_weight`, pulls a softmax
-    towards the uniform distribution (cross-entropy to it), every sigmoid towards 0, and a none-class
-    head to its last output. Masks, not
-    indexing: shapes stay fixed for a CUDA graph."""
-    if head == "softmax" and not outlier_weight:
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-    logits = logits.float()
-    k, inside = logits.shape[1], (y >= 0).float()
-    if head == "softmax":
-        per = F.cross_entropy(logits, y.clamp(min=0), label_smoothing=label_smoothing, reduction="none")
-        away = -F.log_softmax(logits, 1).mean(1)
-    elif head == "none-class":  # the last output is "none": the outliers' class
-        per = F.cross_entropy(logits, torch.where(y < 0, k - 1, y), label_smoothing=label_smoothing, reduction="none")
-        away = per
-    else:
-        target = F.one_hot(y.clamp(min=0), k).float() * inside[:, None]
-        target = target * (1 - label_smoothing) + label_smoothing / k
-        per = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(1)
-        away = per  # an outlier's target is every class at "no" (smoothed alike)
-    loss = (per * inside).sum() / inside.sum().clamp(min=1)
-    if outlier_weight:
-        outside = 1 - inside
-        loss = loss + outlier_weight * (away * outside).sum() / outside.sum().clamp(min=1)
-    return loss
+from ..heads import Head
 
 
 class EagerStep:
     """forward, backward, optimiser step; returns (loss, number correct) as device tensors."""
 
-    def __init__(self, model, opt, amp, label_smoothing: float, head: str = "softmax", outlier_weight: float = 0.0):
+    def __init__(self, model, opt, amp, label_smoothing: float, head: Head, outlier_weight: float = 0.0):
         self.model, self.opt, self.amp, self.label_smoothing = model, opt, amp, label_smoothing
         self.head, self.outlier_weight = head, outlier_weight
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return head_loss(logits, y, self.label_smoothing, self.head, self.outlier_weight)
+        """The head's training loss (heads.Head.loss); labels of -1 are outliers."""
+        return self.head.loss(logits, y, self.label_smoothing, self.outlier_weight)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         with autocast(x.device, self.amp):
@@ -77,7 +47,7 @@ class GraphedStep(EagerStep):
 
     WARMUP = 3
 
-    def __init__(self, model, opt, amp, label_smoothing: float, head: str = "softmax", outlier_weight: float = 0.0):
+    def __init__(self, model, opt, amp, label_smoothing: float, head: Head, outlier_weight: float = 0.0):
         super().__init__(model, opt, amp, label_smoothing, head, outlier_weight)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.shape: torch.Size | None = None  # of the batches the graph was captured for

@@ -20,25 +20,28 @@ function logSoftmax(z) {
 }
 const crossEntropy = (z, target) => -logSoftmax(z)[target];
 
+// A model's head, as mnistlab/heads.py defines it; the one place the page reads card.head's kind.
+// outputs: the model's outputs for n classes; logProbs: the logs of the class probabilities at temperature t,
+// softmax(z / T), the sigmoids normalised, or a none-class head's softmax without its last output, "none"
+function headOf(kind) {
+  const scaled = (z, t) => z.map((v) => v / t);
+  const logSigmoid = (v) => -(Math.max(-v, 0) + Math.log1p(Math.exp(-Math.abs(v))));
+  if (kind === "sigmoid") return {outputs: (n) => n, logProbs: (z, t) => logSoftmax(scaled(z, t).map(logSigmoid))};
+  if (kind === "none-class") return {outputs: (n) => n + 1, logProbs: (z, t) => logSoftmax(scaled(z, t).slice(0, -1))};
+  return {outputs: (n) => n, logProbs: (z, t) => logSoftmax(scaled(z, t))};  // softmax, and cards from before heads
+}
+
 // "Not a digit", as mnistlab/ood.py computes it from the logits: higher scores look more like a digit
 // (msp: the largest of the head's probabilities)
 function oodScore(z, name, t, head) {
   const s = z.map((v) => v / t), top = Math.max(...s);
-  if (name === "msp") return Math.exp(Math.max(...headLogProbs(z, head, t)));
+  if (name === "msp") return Math.exp(Math.max(...headOf(head).logProbs(z, t)));
   if (name === "energy") return t * (top + Math.log(s.reduce((sum, v) => sum + Math.exp(v - top), 0)));
   if (name === "max-sigmoid") return 1 / (1 + Math.exp(-top));
   if (name === "not-none") return 1 - Math.exp(logSoftmax(s)[s.length - 1]);  // a none-class head: 1 - p(none)
   throw new Error(`unknown reject score ${name}`);
 }
-// The class probabilities of a head (ood.head_log_probabilities): softmax(z / T), the sigmoids normalised,
-// or a none-class head's softmax without its last output
-function headLogProbs(z, head, t) {
-  const s = z.map((v) => v / t);
-  if (head === "none-class") return logSoftmax(s.slice(0, -1));  // the classes' own, without "none"
-  if (head !== "sigmoid") return logSoftmax(s);
-  return logSoftmax(s.map((v) => -(Math.max(-v, 0) + Math.log1p(Math.exp(-Math.abs(v))))));  // log sigmoid
-}
-window.mnistlabLesson = {logSoftmax, crossEntropy, oodScore, headLogProbs};
+window.mnistlabLesson = {logSoftmax, crossEntropy, oodScore, headOf};
 
 function reset() {
   generation += 1; pending = false; truth = null; source = null;

@@ -45,8 +45,8 @@ window.mnistlabEngine = (() => {
       for (let y = r; y < r + 4; y++) for (let x = c; x < c + 4; x++) batch[(k + 1) * 784 + y * 28 + x] = 0;
     });
     const out = await logits(batch, corners.length + 1), K = width(), t = card.temperature;
-    const lesson = window.mnistlabLesson, head = card.head || "softmax";
-    const logProbs = (k) => lesson.headLogProbs(Array.from(out.slice(k * K, k * K + K)), head, t);
+    const head = window.mnistlabLesson.headOf(card.head);
+    const logProbs = (k) => head.logProbs(Array.from(out.slice(k * K, k * K + K)), t);
     const first = logProbs(0), target = first.indexOf(Math.max(...first));
     const heat = new Float64Array(784), count = new Float64Array(784);
     corners.forEach(([r, c], k) => {
@@ -66,12 +66,12 @@ window.mnistlabEngine = (() => {
   }
 
   // the model's outputs per image: one per class, and "none" for a none-class head (card.outputs)
-  const width = () => card.classes.length + (card.head === "none-class" ? 1 : 0);
+  const width = () => window.mnistlabLesson.headOf(card.head).outputs(card.classes.length);
 
   // "not a digit": the card's score and threshold, as inference.Prediction says it
   function rejection(z) {
     if (!card.reject_score) return {rejected: false, why: "", reject: null};
-    const value = window.mnistlabLesson.oodScore(z, card.reject_score, card.temperature, card.head || "softmax");
+    const value = window.mnistlabLesson.oodScore(z, card.reject_score, card.temperature, card.head);
     const rejected = value < card.reject_threshold;
     return {rejected, reject: {score: card.reject_score, value, threshold: card.reject_threshold},
             why: rejected ? `not a digit: its ${card.reject_score} score is below the threshold` : ""};

@@ -12,8 +12,8 @@ import threading
 import torch
 import torch.distributed as td
 
-from ..errors import first_line
-from ..launch import launched
+from .errors import first_line
+from .launch import launched
 
 SYNC_EVERY = 20  # steps between the ranks' checks for a stop request (one all-reduce each)
 
@@ -38,14 +38,10 @@ def is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def launched_by_torchrun() -> bool:
-    return launched()
-
-
 def join_process_group(device: torch.device) -> torch.device:
     """When torchrun launched us, start the process group (NCCL on GPUs, gloo on CPU) and return
     this rank's device; alone, return `device` unchanged."""
-    if not launched_by_torchrun():
+    if not launched():
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))

@@ -1,4 +1,4 @@
-"""Test helpers: tiny IDX files, fake datasets in MNIST's layout, and running the CLI."""
+"""Test helpers: tiny IDX files, fake datasets in MNIST's layout, running the CLI and judging its refusals."""
 
 import gzip
 import os
@@ -41,6 +41,15 @@ def run_cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
     env = {**os.environ, "MNISTLAB_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "mnistlab", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout)
+
+
+def assert_one_sentence(proc: subprocess.CompletedProcess, message: str, code: int = 1) -> None:
+    """The command failed with `code` and said `message` on stderr, without a traceback; a refusal of mnistlab's
+    own (code 1) is one line, where argparse's (code 2) comes after the usage."""
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr
+    if code == 1:
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def children(pid: int) -> list[int]:
