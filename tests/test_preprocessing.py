@@ -285,11 +285,11 @@ def test_large_images_of_every_mode_are_classified(tmp_path, mode, fmt, options)
 
 
 def test_a_folder_scan_finds_every_format_predict_reads(tmp_path):
-    from mnistlab.data.preprocess import IMAGE_SUFFIXES, image_files
+    from mnistlab.data.preprocess import image_files, image_suffixes
     from mnistlab_testkit.fakes import run_cli
     from mnistlab_testkit.hard_inputs import scanned_page
 
-    assert {".avif", ".png", ".jpg", ".tif", ".qoi", ".pgm"} <= IMAGE_SUFFIXES
+    assert {".avif", ".png", ".jpg", ".tif", ".qoi", ".pgm"} <= image_suffixes()
     digit = scanned_page("L", (200, 260))
     digit.save(tmp_path / "a.avif")
     digit.save(tmp_path / "b.pgm")

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+from typing import NoReturn
 
 from .errors import MnistlabError
 from .launch import exit_with_parent
@@ -446,7 +447,7 @@ def cmd_submission(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .data.preprocess import COMMON_SUFFIXES, IMAGE_SUFFIXES, image_files, quiet_decoder_warnings
+    from .data.preprocess import COMMON_SUFFIXES, image_files, image_suffixes, quiet_decoder_warnings
 
     if args.submission:
         return cmd_submission(args)
@@ -455,7 +456,7 @@ def cmd_predict(args) -> int:
     files = image_files(images)
     if not files:
         raise MnistlabError(f"no images found in {', '.join(images)} "
-                            f"(looked for {', '.join(COMMON_SUFFIXES)} and the {len(IMAGE_SUFFIXES)} suffixes in all "
+                            f"(looked for {', '.join(COMMON_SUFFIXES)} and the {len(image_suffixes())} suffixes in all "
                             "that Pillow reads).")
     # every image is read before the model is loaded: a missing file or one that is not an image is said at once
     read = [(path, pixels) for path in files if (pixels := _preprocessed(path, args.json)) is not None]
@@ -702,6 +703,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         else:
             sub.add_parser(name, help=help)
     return parser
+
+
+def entry() -> NoReturn:
+    """The console script: main(), then out at once. Everything a command writes is closed before
+    main() returns; what the interpreter's teardown would still do (freeing torch's memory and
+    modules one by one) takes a large share of a short command, and a Ctrl-C during it killed the
+    process without a word."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away, or a stream already closed
+            pass
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

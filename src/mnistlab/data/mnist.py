@@ -11,7 +11,6 @@ import shutil
 import string
 import struct
 import tempfile
-import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -189,6 +188,8 @@ def file_digest(path: str | os.PathLike, hasher: Callable[[], Any] = hashlib.md5
 
 def download_file(urls: list[str], dest: Path, md5: str, timeout: float = 15.0) -> None:
     """Fetch the first mirror that answers into a temp file, check md5, rename into place."""
+    import urllib.request  # here: most runs never download, and the import is not free
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for url in urls:

@@ -43,7 +43,7 @@ from .mnist import (
     holdout,
     read_idx,
 )
-from .preprocess import COMMON_SUFFIXES, IMAGE_SUFFIXES, preprocess_many
+from .preprocess import COMMON_SUFFIXES, image_suffixes, preprocess_many
 
 FORMATS = {"folder": "class-per-folder images", "kaggle-csv": "Kaggle CSV", "npz": "NumPy .npz (Keras's layout)",
            "idx": "IDX files"}
@@ -500,9 +500,9 @@ def preprocess_files(files: list[Path], notes: list[str], key: str) -> dict[Path
     holds no digit, is skipped with a line in `notes` (and the verdict cached too: not decoded again)."""
     if not files:
         return {}
-    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    images = [f for f in files if f.suffix.lower() in image_suffixes()]
     notes += [f"{f}: skipped: not an image file (looked for {LOOKED_FOR})." for f in files
-              if f.suffix.lower() not in IMAGE_SUFFIXES]
+              if f.suffix.lower() not in image_suffixes()]
     keys = {}
     for f, digest in zip(images, _digests(images)):
         if isinstance(digest, OSError):

@@ -9,6 +9,7 @@ no torch, so the ONNX Runtime path can use it too.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import struct
@@ -58,17 +59,18 @@ def native_stderr_silenced():
         os.close(devnull)
 
 
-def _readable_suffixes() -> frozenset[str]:
+@functools.cache
+def image_suffixes() -> frozenset[str]:
     """The file suffixes of every format this Pillow decodes (AVIF, QOI, PNM... where built in):
     a folder scan finds exactly what `predict FILE` reads. Stubs that only identify a format
-    (they need a handler installed by another library) are left out."""
+    (they need a handler installed by another library) are left out. Asked only when a folder is
+    read: loading every Pillow plugin is a large share of a one-image predict's start."""
     Image.init()
     stubs = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF"}
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
                      and fmt not in stubs)
 
 
-IMAGE_SUFFIXES = _readable_suffixes()
 COMMON_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tiff", ".avif")  # named in messages
 
 
@@ -382,7 +384,7 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            found += sorted(f for f in p.iterdir() if f.suffix.lower() in image_suffixes() and f.is_file())
         else:
             found.append(p)
     return found

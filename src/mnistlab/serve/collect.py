@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.preprocess import IMAGE_SUFFIXES
+from ..data.preprocess import image_suffixes
 from ..errors import MnistlabError
 from ..fileio import atomic_write
 from ..launch import PARENT_ENV
@@ -63,7 +63,7 @@ def save_correction(folder: Path, label: str, classes: tuple[str, ...], body: by
         raise MnistlabError(f"label '{label[:40]}' is not one of the model's classes ({', '.join(classes)}).")
     fmt = (Image.open(io.BytesIO(body)).format or "").lower()  # decoded already: predict's preprocessing read it
     suffix = {"jpeg": ".jpg", "tiff": ".tif"}.get(fmt, f".{fmt}")
-    if suffix not in IMAGE_SUFFIXES:  # a format the folder reader would skip: kept as PNG instead
+    if suffix not in image_suffixes():  # a format the folder reader would skip: kept as PNG instead
         buf = io.BytesIO()
         Image.open(io.BytesIO(body)).save(buf, format="PNG")
         body, suffix = buf.getvalue(), ".png"
@@ -88,7 +88,7 @@ def counts(folder: Path) -> dict[str, int]:
     found = {}
     for d in sorted(folder.iterdir()):
         if d.is_dir() and not d.name.startswith("."):
-            found[d.name] = sum(1 for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found[d.name] = sum(1 for f in d.iterdir() if f.is_file() and f.suffix.lower() in image_suffixes())
     return {k: n for k, n in found.items() if n}
 
 

@@ -167,7 +167,7 @@ PRESETS: dict[str, dict] = {
     # test set: see BENCHMARKS.md for the search and benchmarks/speed.py for the figures.
     "fast": dict(model="bn-cnn", model_config={"channels": [16, 32], "hidden": 256}, optimizer="adam",
                  lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=1.25,
-                 label_smoothing=0.1, eval_every=1, cuda_graph=True),
+                 label_smoothing=0.1, eval_every=2, cuda_graph=True),
     # 99.5% within a minute on a CPU: wider, with batch augmentation, 10 epochs.
     "accurate": dict(model="bn-cnn", model_config={"channels": [32, 64], "hidden": 256}, optimizer="adam",
                      lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=10,
