@@ -2,8 +2,8 @@
 
     python benchmarks/photos.py make DIR [--count 10000] [--data-dir ../shared/data]
     python benchmarks/photos.py time DIR [--runs 3]    # in process: the folder read, each first run in a fresh cache
-    farm-bench -n 5 -- sh -c 'MNISTLAB_CACHE=$(mktemp -d) exec mnistlab datasets DIR'   # first run: every photo
-    farm-bench -n 5 -- mnistlab datasets DIR                                             # from the cache
+    sh -c 'MNISTLAB_CACHE=$(mktemp -d) exec mnistlab datasets DIR'  (whole process, 5 runs)   # first run: every photo
+    mnistlab datasets DIR  (whole process, 5 runs)                                             # from the cache
 
 No folder of real photos can be downloaded here, so each "photo" is one of MNIST's training
 digits as a phone would see it once cropped: RGB, 128 to 320 pixels a side (not square), dark

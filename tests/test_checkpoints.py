@@ -90,6 +90,32 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.pt"]
 
 
+def _torch_failure(tmp):
+    """What torch's zip writer raises when a write fails: no errno, its own words."""
+    Path(tmp).write_bytes(b"part")
+    raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 7872 vs 7800")
+
+
+def test_a_torch_writer_failing_on_a_full_disk_says_no_space_and_names_the_file(tmp_path, monkeypatch):
+    import shutil
+
+    target = tmp_path / "scored.pt"
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(1 << 30, 1 << 30, 0))
+    with pytest.raises(MnistlabError, match=f"^no space left on the device to write {target}; "):
+        atomic_write(target, _torch_failure)
+    monkeypatch.undo()  # room to spare: then torch's own words, still naming the file
+    with pytest.raises(MnistlabError, match=f"^cannot write {target}: .*unexpected pos"):
+        atomic_write(target, _torch_failure)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torch_save_onto_a_full_disk_says_no_space(tiny_disk):
+    _fill(tiny_disk)
+    with pytest.raises(MnistlabError, match="no space left on the device to write .*big.pt"):
+        atomic_write(tiny_disk / "big.pt", lambda tmp: torch.save(torch.zeros(100_000), tmp))
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler"]
+
+
 def _crafted(tmp_path, name="crafted.pt", weights=None, **card_changes) -> Path:
     """classic-cnn's checkpoint with its card changed, or its weights mapped by `weights`."""
     card, model_state = load_weights(resolve("classic-cnn"))

@@ -120,3 +120,22 @@ def test_trainings_share_the_cores_and_a_dead_ones_share_comes_back(tmp_path):
     a.adjust()
     assert a.threads == a.cores and not (tmp_path / "99999999").exists()
     a.close()
+
+
+def test_ctrl_c_is_said_once_and_its_hint_trains_as_many_processes(fake_data, tmp_path):
+    import shlex
+
+    cmd = [sys.executable, "-m", "mnistlab", "train", "--model", "mlp", "--epochs", "3", "--batch-size", "2",
+           "--log-interval", "1", "--no-progress", "--no-report", "--data-dir", str(fake_data),
+           "--out", str(tmp_path / "run"), "--processes", "2"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           env={**os.environ, "MNISTLAB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    for line in job.stdout:  # both ranks are training: 300 steps
+        if "loss" in line:
+            break
+    os.killpg(job.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the launcher and every rank
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err
+    assert err.count("mnistlab: interrupted.") == 1, err
+    hint = shlex.split(out.split("continue with: ", 1)[1].splitlines()[0])
+    assert hint[hint.index("--processes") + 1] == "2" and (tmp_path / "run" / "ckpt-interrupt.pt").is_file()

@@ -10,7 +10,7 @@ import sys
 from typing import NoReturn
 
 from .errors import MnistlabError
-from .launch import exit_with_parent
+from .launch import exit_with_parent, launched
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,9 +94,7 @@ def _default_model(args_models: list[str]) -> list[str]:
 
 
 def _add_train(sub, name: str, help: str) -> None:
-    from .data.mnist import DATASETS
-    from .models import MODELS
-    from .training.config import COMPILE_MODES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES, RunConfig
+    from .training.config import PRESETS, RunConfig
 
     d = RunConfig()  # the defaults the help states, from the one place that sets them
     p = sub.add_parser(name, help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -105,102 +103,135 @@ def _add_train(sub, name: str, help: str) -> None:
                        f"{d.momentum:g}, batch {d.batch_size}, {d.epochs:g} epochs; precision 'auto' is bf16\n"
                        "autocast where the hardware supports it natively, "
                        "else fp32.\n\npresets:\n" + _presets_help(PRESETS))
-    p.add_argument("--model", choices=list(MODELS), help=f"model to train (default: {d.model})")
-    p.add_argument("--dataset", type=_dataset, metavar="NAME|PATH",
+    _train_what_flags(p.add_argument_group("what", "what to train: the model, the data, a recipe"), d)
+    _train_optimisation_flags(p.add_argument_group("optimisation", "a preset sets these; a flag overrides it"), d)
+    _train_reject_flags(p.add_argument_group("not a digit", "saying 'not a digit'"), d)
+    _train_hardware_flags(p.add_argument_group("hardware", "the hardware, and repeatable runs"), d)
+    _train_run_flags(p.add_argument_group("the run", "the run: its data, folder, resume, fine-tuning"), d)
+    _train_output_flags(p.add_argument_group("output", "what the command prints and writes"), d)
+    p.set_defaults(func=cmd_train)
+
+
+def _train_what_flags(g, d) -> None:
+    from .data.mnist import DATASETS
+    from .models import MODELS
+    from .training.config import PRESETS
+
+    g.add_argument("--model", choices=list(MODELS), help=f"model to train (default: {d.model})")
+    g.add_argument("--dataset", type=_dataset, metavar="NAME|PATH",
                    help=f"a registered dataset ({', '.join(DATASETS)}; default: {d.dataset}), or your own: a folder "
                    "of class folders (with train/ and test/ above them or not), Kaggle's train.csv, a .npz in "
                    "Keras's layout or a folder of IDX files (a path has a slash or a dot)")
-    p.add_argument("--preset", choices=list(PRESETS), help="a named recipe; other flags override it")
-    p.add_argument("--model-config", type=_json_object, help="model settings as JSON, e.g. '{\"hidden\": 128}'")
-    p.add_argument("--augment", type=_json_object,
+    g.add_argument("--preset", choices=list(PRESETS), help="a named recipe; other flags override it")
+    g.add_argument("--model-config", type=_json_object, help="model settings as JSON, e.g. '{\"hidden\": 128}'")
+    g.add_argument("--augment", type=_json_object,
                    help="batch augmentation as JSON: degrees, scale, translate, elastic, elastic_sigma, crop, erase, "
                         "flip (fashion-mnist only), and on the pixels lines, occlude, stroke, blur, level, gradient, "
                         "contrast, noise, invert, specks, outline, invert_region, scratch, pixel_share (see --preset "
                         "robust)")
-    p.add_argument("--epochs", type=_positive_float,
+
+
+def _train_optimisation_flags(g, d) -> None:
+    from .training.config import OPTIMIZERS, SCHEDULES
+
+    g.add_argument("--epochs", type=_positive_float,
                    help=f"number of epochs; a fraction ends the last one early (default: {d.epochs:g})")
-    p.add_argument("--batch-size", type=_positive_int, help=f"training batch size (default: {d.batch_size})")
-    p.add_argument("--test-batch-size", type=_positive_int,
+    g.add_argument("--batch-size", type=_positive_int, help=f"training batch size (default: {d.batch_size})")
+    g.add_argument("--test-batch-size", type=_positive_int,
                    help=f"evaluation batch size (default: {d.test_batch_size})")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"optimiser (default: {d.optimizer})")
-    p.add_argument("--lr", type=_positive_float, help=f"learning rate (default: {d.lr:g})")
-    p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d.momentum:g})")
-    p.add_argument("--weight-decay", type=float, help=f"weight decay (default: {d.weight_decay:g})")
-    p.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default: {d.schedule})")
-    p.add_argument("--warmup", type=float, help=f"onecycle: fraction of steps warming up (default: {d.warmup:g})")
-    p.add_argument("--label-smoothing", type=float,
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help=f"optimiser (default: {d.optimizer})")
+    g.add_argument("--lr", type=_positive_float, help=f"learning rate (default: {d.lr:g})")
+    g.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d.momentum:g})")
+    g.add_argument("--weight-decay", type=float, help=f"weight decay (default: {d.weight_decay:g})")
+    g.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule (default: {d.schedule})")
+    g.add_argument("--warmup", type=float, help=f"onecycle: fraction of steps warming up (default: {d.warmup:g})")
+    g.add_argument("--label-smoothing", type=float,
                    help=f"cross-entropy label smoothing (default: {d.label_smoothing:g})")
-    p.add_argument("--ema", type=float, help="EMA decay of the weights, e.g. 0.999 (default: 0, off)")
-    p.add_argument("--head", choices=("softmax", "sigmoid", "none-class"),
+    g.add_argument("--ema", type=float, help="EMA decay of the weights, e.g. 0.999 (default: 0, off)")
+
+
+def _train_reject_flags(g, d) -> None:
+    g.add_argument("--head", choices=("softmax", "sigmoid", "none-class"),
                    help="softmax with cross-entropy (default); ten sigmoids with binary cross-entropy, one "
                         "against the rest (the tutorial's question; see mnistlab lesson); or none-class: an 11th "
                         "output, 'none', trained on the outliers of --outlier-exposure")
-    p.add_argument("--outlier-exposure", type=float, metavar="WEIGHT",
+    g.add_argument("--outlier-exposure", type=float, metavar="WEIGHT",
                    help="outlier exposure: each batch gains half as many made-up non-digits (letters, symbols, "
                         "scribbles, noise, Fashion-MNIST), whose loss, times WEIGHT, says 'none of these' (default: "
                         "0, off). With --val-size, the card records a 'not a digit' threshold either way")
-    p.add_argument("--outlier-families", metavar="NAMES",
+    g.add_argument("--outlier-families", metavar="NAMES",
                    help="the outlier families that --outlier-exposure draws, comma-separated, from characters, "
                         "scribbles, noise and fashion (default: all four)")
-    p.add_argument("--synthetic-digits", type=float, metavar="SHARE",
+    g.add_argument("--synthetic-digits", type=float, metavar="SHARE",
                    help="replace this share of each training batch by digits rendered from fonts, in many sizes, "
                         "weights and slants (mnist only; default: 0, off)")
-    p.add_argument("--reject-keep", type=float, metavar="SHARE",
+    g.add_argument("--reject-keep", type=float, metavar="SHARE",
                    help=f"the share of the clean validation digits that the 'not a digit' threshold keeps "
                         f"(default: {d.reject_keep})")
-    p.add_argument("--seed", type=int,
+
+
+def _train_hardware_flags(g, d) -> None:
+    from .training.config import COMPILE_MODES, PRECISIONS
+
+    g.add_argument("--seed", type=int,
                    help=f"random seed; the same seed, device and threads give the same weights (default: {d.seed})")
-    p.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", choices=PRECISIONS, help="auto (default), bf16 autocast or fp32")
-    p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
+    g.add_argument("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    g.add_argument("--precision", choices=PRECISIONS, help="auto (default), bf16 autocast or fp32")
+    g.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
                    help="torch.compile the model, in this mode (slower on a small CPU: see BENCHMARKS.md)")
-    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the whole training step as a CUDA graph (one GPU, Adam/AdamW; on in the fast "
                         "preset, and the faster alternative to --compile there)")
-    p.add_argument("--threads", type=_nonneg_int,
+    g.add_argument("--threads", type=_nonneg_int,
                    help="CPU threads for torch (default: a share of the cores that other mnistlab trainings leave "
                         "free, counted again every few seconds; give N for bit-for-bit repeatable runs)")
-    p.add_argument("--processes", type=_positive_int, metavar="N",
+    g.add_argument("--processes", type=_positive_int, metavar="N",
                    help="train as N data-parallel processes on this machine (gloo; on a CPU one thread each, or "
                         "--threads); the same seed and N give the same weights (default: 1)")
-    p.add_argument("--val-size", type=_nonneg_int,
+
+
+def _train_run_flags(g, d) -> None:
+    g.add_argument("--val-size", type=_nonneg_int,
                    help=f"images held out of training for validation (default: {d.val_size})")
-    p.add_argument("--train-limit", type=_nonneg_int, help="train on only the first N images (default: all)")
-    p.add_argument("--log-interval", type=_positive_int,
+    g.add_argument("--train-limit", type=_nonneg_int, help="train on only the first N images (default: all)")
+    g.add_argument("--log-interval", type=_positive_int,
                    help=f"print the running loss every N steps (default: {d.log_interval})")
-    p.add_argument("--eval-every", type=_positive_int,
+    g.add_argument("--eval-every", type=_positive_int,
                    help=f"test every N epochs, and at the end (default: {d.eval_every})")
-    p.add_argument("--checkpoint-every", type=_positive_int,
+    g.add_argument("--checkpoint-every", type=_positive_int,
                    help=f"checkpoint every N epochs, and at the end (default: {d.checkpoint_every})")
-    p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument("--out", help="run folder (default: a new folder under runs/)")
-    p.add_argument("--resume", metavar="CHECKPOINT",
+    g.add_argument("--data-dir", help=DATA_DIR_HELP)
+    g.add_argument("--out", help="run folder (default: a new folder under runs/)")
+    g.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue a run from one of its checkpoints, or from its folder's latest")
-    p.add_argument("--init", metavar="MODEL",
+    g.add_argument("--init", metavar="MODEL",
                    help="fine-tune this model (a pretrained name or a .pt file) on --dataset instead of training "
                         "afresh; it prints your held-out accuracy and its own test accuracy before and after")
-    p.add_argument("--init-head", choices=("auto", "keep", "new"),
+    g.add_argument("--init-head", choices=("auto", "keep", "new"),
                    help="with --init: keep the model's head (the dataset's classes must be its classes, matched by "
                         "name), give it a new one, or auto (default): keep it where the classes match")
-    p.add_argument("--recipe", choices=("auto", "few-shot", "many"),
+    g.add_argument("--recipe", choices=("auto", "few-shot", "many"),
                    help="with --init: few-shot (at most 10 images a class), many, or auto (default) by the counts")
-    p.add_argument("--dry-run", action="store_true", help="a quick smoke run: 1 epoch on 640 images")
-    p.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
-    p.add_argument("--no-report", action="store_true",
+
+
+def _train_output_flags(g, d) -> None:
+    g.add_argument("--dry-run", action="store_true", help="a quick smoke run: 1 epoch on 640 images")
+    g.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
+    g.add_argument("--no-report", action="store_true",
                    help="skip the PNG plots and HTML report that are otherwise drawn in the background at the end "
                         "(the run folder's report.complete appears once they are whole)")
-    p.add_argument("--timings", action="store_true",
-                   help="print where the command's time went: start-up, data, steps, evaluation, saving, report "
-                        "(always recorded in metrics.jsonl as a 'timings' event)")
-    p.add_argument("--tensorboard", nargs="?", const=True, metavar="DIR",
+    g.add_argument("--timings", action="store_true",
+                   help="print where the command's time went, from its start to the printed line: start-up, data, "
+                        "steps, evaluation, saving, report (always recorded in metrics.jsonl as a 'timings' event; "
+                        "not for --init)")
+    g.add_argument("--tensorboard", nargs="?", const=True, metavar="DIR",
                    help="also log the loss, learning rate, accuracies and epoch times for TensorBoard: in the run "
                         "folder's tensorboard/, or in DIR/<run folder name> (needs mnistlab[tensorboard])")
-    p.add_argument("--config", metavar="FILE",
+    g.add_argument("--config", metavar="FILE",
                    help="read settings from a TOML file (keys as the flags, without dashes: batch_size = 128; "
                         "also preset, data_dir, out, tensorboard); flags given here override it")
-    p.add_argument("--print-config", action="store_true",
+    g.add_argument("--print-config", action="store_true",
                    help="print the resolved settings (preset included) as TOML, for --config, and exit")
-    p.set_defaults(func=cmd_train)
 
 
 def _presets_help(presets: dict) -> str:
@@ -228,7 +259,7 @@ def _presets_help(presets: dict) -> str:
 
 
 def cmd_train(args) -> int:
-    from .launch import launched, run_ranks
+    from .launch import run_ranks
 
     if (args.processes or 1) > 1 and not launched() and not args.print_config:
         return run_ranks(args.processes, args.argv, args.threads or 0)  # each rank runs this command again
@@ -244,6 +275,9 @@ def cmd_train(args) -> int:
     common = dict(out=options["out"], data_dir=options["data_dir"], report=not args.no_report,
                   progress=False if args.no_progress else None, tensorboard=options["tensorboard"])
     if args.init:
+        if args.timings:
+            raise MnistlabError("--timings times a training run's parts, which fine-tuning (--init) does not "
+                                "record: leave it out.")
         return _finetune(args, given, options)
     if args.init_head or args.recipe:
         given_flag = "--init-head" if args.init_head else "--recipe"
@@ -729,11 +763,17 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         return _run(args)
     except KeyboardInterrupt:  # Ctrl-C before the command started, or a second one during it
-        print("mnistlab: interrupted.", file=sys.stderr)
-        return 130
+        return _interrupted()
     finally:
         if "mnistlab.distributed" in sys.modules:  # a process group can exist only if it was imported
             sys.modules["mnistlab.distributed"].shutdown()
+
+
+def _interrupted() -> int:
+    """Ctrl-C, said once: a terminal's Ctrl-C reaches every rank of train --processes, and rank 0 speaks."""
+    if not launched() or os.environ.get("RANK") == "0":
+        print("mnistlab: interrupted.", file=sys.stderr)
+    return 130
 
 
 def _run(args) -> int:
@@ -743,8 +783,7 @@ def _run(args) -> int:
         print(f"mnistlab: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("mnistlab: interrupted.", file=sys.stderr)
-        return 130
+        return _interrupted()
     except BrokenPipeError:  # the reader of our output went away (mnistlab models | head): nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

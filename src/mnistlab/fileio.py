@@ -37,11 +37,23 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         os.replace(tmp, path)
     except OSError as e:
         raise write_error(path, e) from None
-    except RuntimeError as e:  # torch's own writers (torch.jit.save) report a full disk so
+    except RuntimeError as e:  # torch's own writers (torch.save, torch.jit.save) fail so, with no errno
+        if _full(path.parent):  # measured while the failed temp file still holds the space it took
+            raise write_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
         raise MnistlabError(f"cannot write {path}: {first_line(e)}.") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+FULL_BELOW = 1 << 20  # bytes free under which a failed write is put down to a full disk
+
+
+def _full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW
+    except OSError:
+        return False
 
 
 def write_error(path: str | os.PathLike, e: OSError) -> MnistlabError:

@@ -41,6 +41,7 @@ from ..models import build_model
 from ..ood import ood_score, reject_threshold
 from .config import RunConfig, resumed
 from .optim import ForeachAdam, ForeachSGD, adamw
+from .report import COMPLETE, build_report, discard_report, launch_report
 from .resume import check_steps_left, read_resume_state, restore, resume_command, saved_config
 from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
 from .steps import EagerStep, GraphedStep
@@ -150,7 +151,8 @@ def train(cfg: RunConfig | None = None, out: str | os.PathLike | None = None,
                 finish_epoch(run, stats)
             if stop.requested:
                 path = save(run, "ckpt-interrupt.pt")
-                run.log.line(f"interrupted: saved {path}; continue with: {resume_command(path, data_dir)}")
+                hint = resume_command(path, data_dir, dist.world_size())
+                run.log.line(f"interrupted: saved {path}; continue with: {hint}")
                 raise KeyboardInterrupt
         if run.data.val is not None and not any(e["event"] == "calibration" for e in run.log.history):
             with run.clock.part("evaluation"):
@@ -201,10 +203,11 @@ class Stopwatch:
 
 
 def format_timings(event: dict) -> str:
-    """A "timings" event as one line: each part, what the parts leave out, and the whole."""
+    """A "timings" event as one line: each part, what the parts leave out, and the whole, which ends
+    where the event was recorded: the line is printed at once after it, as the command's last."""
     shown = ", ".join(f"{label} {event[key]:.2f} s" for key, label in TIMED_PARTS.items())
     other = event["total"] - sum(event[key] for key in TIMED_PARTS)
-    return f"timings: {shown}, other {other:.2f} s; total {event['total']:.2f} s"
+    return f"timings: {shown}, other {other:.2f} s; total {event['total']:.2f} s, from the start to this line"
 
 
 class EpochStats:
@@ -291,7 +294,8 @@ def peers_watched(run: Run, data_dir=None):
         if not dist.is_initialized():
             raise
         saved = latest_checkpoint(run.run_dir)
-        hint = (f"its last checkpoint is intact: continue with {resume_command(saved, data_dir)}" if saved
+        command = resume_command(saved, data_dir, dist.world_size()) if saved else None
+        hint = (f"its last checkpoint is intact: continue with {command}" if command
                 else "no checkpoint had been written yet: start the run again")
         raise MnistlabError(f"{dist.broke(e)}; {hint}.") from None
 
@@ -419,9 +423,17 @@ def _save(run: Run, path: Path, final: bool) -> Path:
 
 
 def finish(run: Run, report: bool, data_dir, wait_for_report: bool) -> TrainResult:
-    """Save model.pt, print the final test figure, start the report, and record the timings."""
+    """Save model.pt, print the final test figure, start the report, and record the timings.
+
+    An earlier report of the folder (a resumed run's) described the earlier weights: it goes, its
+    marker first, before model.pt is written; and a Ctrl-C checkpoint the run has trained past goes
+    after, so that only the epoch checkpoints of a finished run are left to resume from."""
     final = next(e for e in reversed(run.log.history) if e["event"] == "test")
+    if dist.is_main():
+        discard_report(run.run_dir)
     model_path = save(run, "model.pt", final=True)
+    if dist.is_main():
+        (run.run_dir / "ckpt-interrupt.pt").unlink(missing_ok=True)
     run.log.line(f"test accuracy: {format_accuracy(final['correct'], final['total'])}; "
                  f"{run.train_seconds:.2f} s of training; saved {model_path}")
     if report:
@@ -442,14 +454,16 @@ def write_report(run: Run, data_dir, wait: bool) -> None:
     if importlib.util.find_spec("matplotlib") is None:
         run.log.line("(no report: matplotlib is not installed; pip install 'mnistlab[report]')")
         return
-    from . import report
-
     if wait:
-        run.log.line(f"report: {report.build_report(run.run_dir, data_dir=data_dir, scored=scored)}")
+        run.log.line(f"report: {build_report(run.run_dir, data_dir=data_dir, scored=scored)}")
         return
-    report.launch_report(run.run_dir, data_dir, scored)
+    try:
+        launch_report(run.run_dir, data_dir, scored)
+    except MnistlabError as e:  # a full disk, say: model.pt is saved all the same, so the run succeeded
+        run.log.line(f"note: the report could not be started: {e}")
+        return
     run.log.line(f"report: {run.run_dir / 'report.html'}, being drawn in the background: it is complete when "
-                 f"{run.run_dir / report.COMPLETE} exists")
+                 f"{run.run_dir / COMPLETE} exists")
 
 
 def _scored(run: Run) -> tuple | None:
@@ -497,9 +511,9 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     channels_last = getattr(model, "channels_last", False)
     model = model.to(device, memory_format=torch.channels_last if channels_last  # type: ignore[call-overload]
                      else torch.contiguous_format)  # (torch's stubs lack Module.to's memory_format)
-    splits = read_splits(cfg, data_dir)
-    asked, cfg = cfg.batch_size, fit_batch(cfg, len(splits[0][1]))
     with clock.part("data"):
+        splits = read_splits(cfg, data_dir)
+        asked, cfg = cfg.batch_size, fit_batch(cfg, len(splits[0][1]))
         data = load_data(cfg, splits, device, channels_last, data_dir)
     total_steps = run_steps(cfg.epochs, len(data.train))  # the Run's own, needed before it is built
     graphed = (cfg.cuda_graph and device.type == "cuda" and dist.world_size() == 1 and cfg.optimizer != "sgd")
@@ -513,7 +527,7 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     counters = {}
     if state is not None:
         counters = restore(state, resume, card, model, ema, opt, sched, len(data.train))
-        check_steps_left(resume, cfg, counters["global_step"], total_steps)
+        check_steps_left(resume, cfg, counters["global_step"], total_steps, Path(out))
 
     run_dir = prepare_run_dir(out, cfg, resuming_from=resume.parent if resume else None)
     log = RunLog(run_dir / "metrics.jsonl", progress, state["history"] if state else None)

@@ -96,10 +96,15 @@ class ForeachOptimizer(torch.optim.Optimizer):
         if refused:
             raise ValueError(f"{type(self).__name__} does not implement {', '.join(refused)}")
 
-    def _with_grads(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The group's parameters that have a gradient this step, and their gradients."""
+    @torch.no_grad()
+    def step(self, closure=None) -> None:  # type: ignore[override]
+        """One update of the parameters that have a gradient this step (the subclass's _update)."""
         params = [p for p in self.group["params"] if p.grad is not None]
-        return params, [p.grad for p in params]
+        if params:
+            self._update(self.group, params, [p.grad for p in params])
+
+    def _update(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        raise NotImplementedError
 
 
 def _number(value: Any) -> Any:
@@ -120,12 +125,7 @@ class ForeachSGD(ForeachOptimizer):
                                   "weight_decay": weight_decay, "nesterov": False, "maximize": False,
                                   "foreach": True, "differentiable": False, "fused": None})
 
-    @torch.no_grad()
-    def step(self, closure=None) -> None:  # type: ignore[override]
-        group = self.group
-        params, grads = self._with_grads()
-        if not params:
-            return
+    def _update(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         lr, momentum, wd, dampening = group["lr"], group["momentum"], group["weight_decay"], group["dampening"]
         if wd:
             grads = list(torch._foreach_add(grads, params, alpha=wd))
@@ -158,12 +158,7 @@ class ForeachAdam(ForeachOptimizer):
                                   "differentiable": False, "fused": None,
                                   "decoupled_weight_decay": decoupled_weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None) -> None:  # type: ignore[override]
-        group = self.group
-        params, grads = self._with_grads()
-        if not params:
-            return
+    def _update(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         for p in params:
             if not self.state[p]:  # as torch.optim.Adam's: the count on the host, the moments beside the weights
                 self.state[p] = {"step": torch.tensor(0.0, dtype=torch.float32),

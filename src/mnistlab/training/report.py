@@ -10,7 +10,8 @@ accuracy, 15 bins) and report.html holding them all. matplotlib's Agg backend: n
 
 Each file is written to a temp name and renamed, and report.complete last: the report is whole
 exactly when report.complete exists (a report drawn in the background that failed, or was
-killed, leaves none; its report.log says why).
+killed, leaves none; its report.log says why). A report that completes leaves nothing else
+behind: no report.log, no temp file of a report killed before it, no test pass handed to one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import base64
 import functools
 import html
+import io
 import json
 import os
 import subprocess
@@ -34,10 +36,11 @@ from ..card import ModelCard
 from ..checkpoints import load_checkpoint
 from ..errors import MnistlabError
 from ..evaluation import ECE_BINS, evaluation_from_probs, format_accuracy, split_probabilities
-from ..fileio import atomic_write
+from ..fileio import atomic_write, write_error
 from .runs import read_run_events
 
 PICTURES = ("curves.png", "confusion.png", "errors.png", "reliability.png")
+OUTPUTS = (*PICTURES, "report.html")
 COMPLETE = "report.complete"  # written after every other file of the report
 LOG = "report.log"  # a background report's output: why it failed, if it did
 SCORED = ".report-scored.pt"  # the final test pass, handed to the background report (deleted by it)
@@ -183,9 +186,28 @@ def build_report(run_dir: str | os.PathLike, data_dir=None, scored=None, card: M
         rows.append(("training time", f"{epochs[-1]['train_seconds']:.1f} s"))
     page = _html(run_dir.name, rows, config, pictures)
     atomic_write(run_dir / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
-    files = [*PICTURES, "report.html"]
-    atomic_write(run_dir / COMPLETE, lambda tmp: Path(tmp).write_text(json.dumps({"files": files}) + "\n"))
+    atomic_write(run_dir / COMPLETE, lambda tmp: Path(tmp).write_text(json.dumps({"files": list(OUTPUTS)}) + "\n"))
+    _clear_leftovers(run_dir)
+    (run_dir / LOG).unlink(missing_ok=True)  # kept only to say why a report failed
     return run_dir / "report.html"
+
+
+def discard_report(run_dir: str | os.PathLike) -> None:
+    """Remove a run folder's report, its marker first (for a new model.pt, which it does not describe)."""
+    run_dir = Path(run_dir)
+    (run_dir / COMPLETE).unlink(missing_ok=True)
+    for name in (*OUTPUTS, LOG):
+        (run_dir / name).unlink(missing_ok=True)
+    _clear_leftovers(run_dir)
+
+
+def _clear_leftovers(run_dir: Path) -> None:
+    """What a report killed part-way leaves: the temp files of its outputs (atomic_write's
+    .NAME.XXXX.tmp), and the test pass it was handed."""
+    for name in (*OUTPUTS, COMPLETE, SCORED):
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+    (run_dir / SCORED).unlink(missing_ok=True)
 
 
 def launch_report(run_dir: str | os.PathLike, data_dir=None, scored=None) -> subprocess.Popen:
@@ -199,9 +221,16 @@ def launch_report(run_dir: str | os.PathLike, data_dir=None, scored=None) -> sub
     if data_dir is not None:
         args += ["--data-dir", str(data_dir)]
     if scored is not None:
-        atomic_write(run_dir / SCORED, lambda tmp: torch.save(tuple(scored), tmp))
+        buffer = io.BytesIO()  # serialised first: a full disk then fails in a plain write, said as such
+        torch.save(tuple(scored), buffer)
+        atomic_write(run_dir / SCORED, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
         args += ["--scored", str(run_dir / SCORED)]
-    with open(run_dir / LOG, "wb") as log:
+    try:
+        log = open(run_dir / LOG, "wb")
+    except OSError as e:
+        (run_dir / SCORED).unlink(missing_ok=True)
+        raise write_error(run_dir / LOG, e) from None
+    with log:
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 

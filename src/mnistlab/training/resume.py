@@ -19,11 +19,12 @@ from .config import RunConfig
 from .runs import latest_checkpoint
 
 
-def resume_command(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None) -> str:
-    """The command that continues a run from `checkpoint`, as it can be run: with the run's --data-dir,
-    since the checkpoint does not say where its data was."""
+def resume_command(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None, processes: int = 1) -> str:
+    """The command that continues a run from `checkpoint`, as it can be run: with the run's --data-dir and
+    --processes, since the checkpoint says neither where its data was nor how many processes trained it."""
     data = f" --data-dir {shlex.quote(str(data_dir))}" if data_dir else ""
-    return f"mnistlab train --resume {shlex.quote(str(checkpoint))}{data}"
+    ranks = f" --processes {processes}" if processes > 1 else ""
+    return f"mnistlab train --resume {shlex.quote(str(checkpoint))}{data}{ranks}"
 
 
 def read_resume_state(resume: str | os.PathLike) -> tuple[Path, dict]:
@@ -50,17 +51,31 @@ def saved_config(saved, path: Path) -> RunConfig:
         raise damaged(path, "config", f"does not hold a valid run ({str(e).rstrip('.')})") from None
 
 
-def check_steps_left(path: Path, cfg: RunConfig, done: int, total_steps: int) -> None:
+def check_steps_left(path: Path, cfg: RunConfig, done: int, total_steps: int, run_dir: Path) -> None:
     """A resumed run must have steps left to train: --epochs may not end before the checkpoint, and a
-    finished run (its model.pt written) is not trained or saved again."""
+    finished run (the model.pt in `run_dir`, the folder it writes to, records the whole schedule trained)
+    is not trained or saved again, from whichever of its checkpoints: an earlier one would train the
+    same steps again and overwrite model.pt."""
     if done > total_steps:
         raise MnistlabError(f"--epochs {cfg.epochs:g} ends before {path}, which has trained {done} of the run's steps.")
-    model = path.parent / "model.pt"
-    if done == total_steps and model.is_file():
+    model = run_dir / "model.pt"
+    if _steps_saved(model) >= total_steps:
         further = ("a one-cycle run cannot be lengthened, so start a new run with more --epochs"
                    if cfg.schedule == "onecycle" else f"to train it further, resume with --epochs above {cfg.epochs:g}")
         raise MnistlabError(f"{path}: this run is finished (its --epochs {cfg.epochs:g} trained, its weights saved in "
                             f"{model}); {further}.")
+
+
+def _steps_saved(model: Path) -> int:
+    """The steps the run folder's model.pt was trained for: -1 where there is none, or none readable
+    (the run then finishes again and writes it)."""
+    if not model.is_file():
+        return -1
+    try:
+        steps = load_checkpoint(model)[1].get("global_step")
+    except MnistlabError:
+        return -1
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else -1
 
 
 def damaged(path: Path, key: str, what: str) -> CheckpointError:
