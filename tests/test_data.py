@@ -239,3 +239,28 @@ def test_kmnist_reads_files_in_its_layout(tmp_path):
     x, y = load_split("kmnist", "test", data_dir=tmp_path, download=False)
     assert torch.equal(x, torch.from_numpy(images)) and y.tolist() == [i % 10 for i in range(20)]
     assert get_dataset_spec("kmnist").classes[:3] == ("o", "ki", "su")
+
+
+def test_a_gzip_idx_file_is_decompressed_once_and_a_changed_file_again(tmp_path, monkeypatch):
+    import struct
+
+    monkeypatch.setenv("MNISTLAB_CACHE", str(tmp_path / "cache"))
+
+    def write(path, labels):
+        with gzip.open(path, "wb") as f:
+            f.write(struct.pack(">HBBI", 0, 0x08, 1, len(labels)) + bytes(labels))
+
+    f = tmp_path / "labels-idx1-ubyte.gz"
+    write(f, [1, 2, 3])
+    assert data.read_idx(f).tolist() == [1, 2, 3]
+    assert len(list((tmp_path / "cache" / "idx").iterdir())) == 1
+    opened = []
+    real_open = gzip.open
+    monkeypatch.setattr(gzip, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    assert data.read_idx(f).tolist() == [1, 2, 3] and not opened  # from the cache
+    write(f, [4, 5, 6, 7])  # another size and time: read afresh
+    monkeypatch.setattr(gzip, "open", real_open)
+    assert data.read_idx(f).tolist() == [4, 5, 6, 7]
+    monkeypatch.setenv("MNISTLAB_CACHE", str(tmp_path / "cache" / "idx" / next(
+        (tmp_path / "cache" / "idx").iterdir()).name))  # a cache path that is a file: unusable, and harmless
+    assert data.read_idx(f).tolist() == [4, 5, 6, 7]

@@ -119,3 +119,11 @@ def write_folder(path: str | os.PathLike, files: dict[str, bytes], replaceable=l
             if leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
     return path
+
+
+def cache_dir() -> Path:
+    """$MNISTLAB_CACHE, else $XDG_CACHE_HOME/mnistlab, else ~/.cache/mnistlab: never the dataset's own folder,
+    which may be read-only or shared."""
+    if os.environ.get("MNISTLAB_CACHE"):
+        return Path(os.environ["MNISTLAB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnistlab"

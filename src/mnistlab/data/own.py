@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, MnistlabError, first_line
-from ..fileio import atomic_write
+from ..fileio import atomic_write, cache_dir
 from .mnist import (
     DATASETS,
     SPLITS,
@@ -584,14 +584,6 @@ def _write_image_cache(path: Path, cache: dict[str, np.ndarray | str], wanted: s
 
 
 # ---- the cache ----
-
-def cache_dir() -> Path:
-    """$MNISTLAB_CACHE, else $XDG_CACHE_HOME/mnistlab, else ~/.cache/mnistlab: never the dataset's own folder,
-    which may be read-only or shared."""
-    if os.environ.get("MNISTLAB_CACHE"):
-        return Path(os.environ["MNISTLAB_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnistlab"
-
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     def write(tmp):

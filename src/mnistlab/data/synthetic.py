@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..errors import MnistlabError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, cache_dir
 from . import preprocess as preprocessing
 from .preprocess import NoDigitError, preprocess
 
@@ -73,7 +73,6 @@ CACHE_VERSION = "1"  # part of the cache key, with this module's and preprocessi
 def digit_set(n: int, seed: int = 0, part: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """`n` font digits, uint8 [n, 28, 28] (ink high, as MNIST) and int64 labels 0-9 in equal shares;
     the same (n, seed, part) gives the same set, read from the cache after the first time."""
-    from .own import cache_dir
 
     fonts = part_fonts(part)
     path = cache_dir() / f"synthetic-{_key(n, seed, part, fonts)}.npz"
