@@ -308,3 +308,28 @@ def test_predict_checks_its_images_before_it_loads_the_model(tmp_path):
     proc = run("predict", tmp_path / "bad.pt", tmp_path / "missing.png", "--json")
     assert json.loads(proc.stdout) == {"source": str(tmp_path / "missing.png"), "error": str(tmp_path / "missing.png")
                                        + ": no such file."}
+
+
+@pytest.mark.parametrize("command, target", [(["train", "--dry-run"], "mnistlab.training.loop.train"),
+                                             (["serve"], "mnistlab.serve.server.serve")])
+def test_a_command_collects_garbage_once_its_modules_are_imported(monkeypatch, command, target):
+    """The console script collects nothing while a command imports torch (a tenth of a second of
+    start-up); a training run or a server then collects as usual."""
+    import gc
+
+    from mnistlab import cli
+
+    seen = []
+
+    def stand_in(*args, **kwargs):
+        seen.append(gc.isenabled())
+        raise cli.MnistlabError("stop here")
+
+    monkeypatch.setattr(target, stand_in)
+    gc.disable()  # as entry() does
+    try:
+        assert cli.main(command) == 1
+    finally:
+        gc.enable()
+        gc.unfreeze()
+    assert seen == [True]

@@ -83,7 +83,7 @@ def test_training_from_a_config_file(fake_data, tmp_path):
     proc = run_cli("train", "--config", path, "--seed", "3", "--no-report")
     assert proc.returncode == 0, proc.stderr
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert RunConfig.from_dict(saved) == RunConfig(model="mlp", epochs=1, batch_size=20, lr=0.05, seed=3)
+    assert RunConfig.from_dict(saved) == from_preset("classic", model="mlp", epochs=1, batch_size=20, lr=0.05, seed=3)
 
 
 def test_print_config_is_refused_with_resume(tmp_path):

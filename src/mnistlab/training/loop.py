@@ -14,19 +14,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from .. import distributed as dist
 from ..card import ModelCard
 from ..checkpoints import save_checkpoint, save_weights
-from ..data.augment import Augment
-from ..data.corruptions import HELD_OUT, corrupt
 from ..data.mnist import Loader, epoch_permutation, refuse_mirrors
 from ..data.outliers import OutlierBatches, outlier_set
 from ..data.own import carve, get_dataset_spec, load_split
-from ..data.synthetic import SyntheticBatches, digit_set, missing_packages
 from ..device import CoreShare, amp_dtype, keep_freed_memory, resolve_device
 from ..errors import CheckpointError, MnistlabError
 from ..evaluation import (
@@ -46,6 +43,10 @@ from .resume import check_steps_left, read_resume_state, restore, resume_command
 from .runs import RunLog, StopRequest, latest_checkpoint, prepare_run_dir
 from .steps import EagerStep, GraphedStep
 from .tensorboard_log import require_tensorboard, tensorboard_logged
+
+if TYPE_CHECKING:  # imported where a run uses them: a plain run's start-up leaves them out
+    from ..data.augment import Augment
+    from ..data.synthetic import SyntheticBatches
 
 OUTLIER_POOL = 12_000  # outlier exposure's made-up non-digits, rendered once per run (about 30 s on 2 cores)
 ONECYCLE_MIN_STEPS = 3  # its rise and its fall each at least a step long
@@ -370,7 +371,7 @@ def calibrate(run: Run) -> None:
     run.card = dataclasses.replace(run.card, temperature=temperature, reject_score=score, reject_threshold=threshold)
     run.log.record(event="calibration", on=run.cfg.calibrate, temperature=temperature, val_ece_before=before.ece,
                    val_ece_after=after.ece, val_nll_before=before.loss, val_nll_after=after.loss)
-    on = "" if run.cfg.calibrate == "clean" else f" and its {len(HELD_OUT)} held-out corruptions"
+    on = "" if run.cfg.calibrate == "clean" else f" and its {len(held_out())} held-out corruptions"
     run.log.line(f"temperature {temperature:.3f} fitted on the validation split{on}: ECE {100 * before.ece:.2f}% -> "
                  f"{100 * after.ece:.2f}%, NLL {before.loss:.4f} -> {after.loss:.4f}")
     run.log.record(event="reject_threshold", score=score, threshold=threshold, split="validation",
@@ -380,13 +381,21 @@ def calibrate(run: Run) -> None:
     evaluate(run, "test", run.epoch - 1)  # the last epoch's test figures (the run stands before the next one)
 
 
+def held_out() -> tuple[str, ...]:
+    from ..data.corruptions import HELD_OUT
+
+    return HELD_OUT
+
+
 def held_out_logits(run: Run, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The validation logits and labels, followed by those of the validation images under each
     held-out corruption (seeded by the run's seed; never MNIST-C's 15 test corruptions)."""
+    from ..data.corruptions import corrupt
+
     val = run.data.val
     assert val is not None, "calibrated without a validation split"
     images, parts = val.images.cpu().numpy(), [(logits, labels)]
-    for name in HELD_OUT:
+    for name in held_out():
         corrupted = torch.from_numpy(corrupt(images, name, seed=run.cfg.seed))
         parts.append(predict_logits(run.shipped, Loader(corrupted, val.labels, val.batch_size, val.mean, val.std,
                                                         val.images.device, val.channels_last)))
@@ -516,7 +525,7 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
         asked, cfg = cfg.batch_size, fit_batch(cfg, len(splits[0][1]))
         data = load_data(cfg, splits, device, channels_last, data_dir)
     total_steps = run_steps(cfg.epochs, len(data.train))  # the Run's own, needed before it is built
-    graphed = (cfg.cuda_graph and device.type == "cuda" and dist.world_size() == 1 and cfg.optimizer != "sgd")
+    graphed = cfg.cuda_graph and device.type == "cuda" and captures(cfg)
     opt = make_optimizer(cfg, model, capturable=graphed)
     # in a CUDA graph beta1 stays fixed: Adam's foreach kernels read a tensor beta1 on the host (PyTorch 2.11)
     sched = make_scheduler(cfg, opt, total_steps, cycle_momentum=not graphed)
@@ -539,12 +548,16 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     step = (GraphedStep if graphed else EagerStep)(ddp_model, opt, amp_dtype(cfg.precision, device),
                                                    cfg.label_smoothing, head_of(cfg.head), cfg.outlier_exposure)
     run = Run(cfg=cfg, card=card, model=model, ema=ema, opt=opt, sched=sched, step=step,
-              augment=Augment(**cfg.augment) if cfg.augment else None, data=data, log=log, run_dir=run_dir,
+              augment=augmenter(cfg.augment), data=data, log=log, run_dir=run_dir,
               cores=cores, outliers=outlier_batches(cfg, data, data_dir), synthetic=synthetic_batches(cfg, data, log),
               clock=clock, **counters)
     if cfg.batch_size != asked:
         log.line(f"note: {len(data.train.images)} training images are too few steps for one-cycle at --batch-size "
                  f"{asked}: this run takes batch {cfg.batch_size}")
+    if cfg.cuda_graph and device.type == "cuda" and not graphed:
+        why = ("each of torchrun's processes runs it eagerly" if dist.world_size() > 1 else
+               f"SGD's learning rate is fixed in a graph, and --schedule {cfg.schedule} changes it")
+        log.line(f"note: the step is not captured as a CUDA graph: {why}")
     if state is not None:
         log.line(f"resuming {resume} at epoch {run.epoch}, step {run.step_in_epoch}/{len(data.train)}")
     log.line(f"training {cfg.model} on {cfg.dataset} ({len(data.train.images)} images, {len(data.train)} "
@@ -596,11 +609,22 @@ def outlier_batches(cfg: RunConfig, data: Data, data_dir) -> OutlierBatches | No
                           data.train.images.device)
 
 
+def augmenter(fields: dict) -> Augment | None:
+    """The run's batch augmentation (--augment's fields), if it has one."""
+    if not fields:
+        return None
+    from ..data.augment import Augment
+
+    return Augment(**fields)
+
+
 def synthetic_batches(cfg: RunConfig, data: Data, log) -> SyntheticBatches | None:
     """The font digits' pool: a third as many as training images, at most SYNTHETIC_POOL; each
     process draws its own from it. The fonts at hand decide the digits: a missing family is said."""
     if not cfg.synthetic_digits:
         return None
+    from ..data.synthetic import SyntheticBatches, digit_set, missing_packages
+
     missing = missing_packages()
     if missing:
         log.line(f"note: the font digits are drawn without {', '.join(missing)} (not installed): this run's weights "
@@ -609,9 +633,16 @@ def synthetic_batches(cfg: RunConfig, data: Data, log) -> SyntheticBatches | Non
     return SyntheticBatches(images, labels, cfg.synthetic_digits, data.train, cfg.seed, stream=dist.rank())
 
 
+def captures(cfg: RunConfig) -> bool:
+    """Whether a run's step can be one CUDA graph: one process, and a learning rate and momentum
+    that the graph can follow (Adam and AdamW read theirs from device tensors; SGD's are floats,
+    fixed in the graph, so its rate must stay constant)."""
+    return dist.world_size() == 1 and (cfg.optimizer != "sgd" or cfg.schedule == "constant")
+
+
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
     params = model.parameters()
-    if capturable:  # for a CUDA graph: torch's foreach kernels read lr and betas from device tensors
+    if capturable and cfg.optimizer != "sgd":  # torch's foreach kernels read lr and betas from device tensors
         cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
         return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True, capturable=True)
     # torch.optim's arithmetic bit for bit, without its import of torch._dynamo (mnistlab.training.optim)

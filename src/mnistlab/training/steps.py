@@ -7,6 +7,8 @@ than the GPU's own work (BENCHMARKS.md). A CUDA graph of the whole step
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..device import autocast
@@ -40,59 +42,83 @@ class EagerStep:
 class GraphedStep(EagerStep):
     """The same step, captured as a CUDA graph after a few eager warm-up steps.
 
-    The optimiser must be built with capturable=True. Its learning rate lives in a device
-    tensor the graph reads, refreshed after each scheduler step; betas stay fixed. Batches of another
-    size (an epoch's last) run eagerly on the same weights and optimiser state.
+    The learning rate: torch's capturable Adam and AdamW read it from a device tensor, refreshed
+    after each scheduler step (betas stay fixed). mnistlab's SGD (training.optim) reads a float,
+    which the graph holds as it was at capture: a new rate drops the graph, and the next step
+    captures it again (a run that captures SGD keeps its rate constant). Batches of another size
+    (an epoch's last) run eagerly on the same weights and optimiser state.
     """
 
     WARMUP = 3
 
     def __init__(self, model, opt, amp, label_smoothing: float, head: Head, outlier_weight: float = 0.0):
         super().__init__(model, opt, amp, label_smoothing, head, outlier_weight)
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph = None  # a torch.cuda.CUDAGraph once captured
         self.shape: torch.Size | None = None  # of the batches the graph was captured for
         self.calls = 0
+        self.captured_lrs: list[float] = []  # a float rate as the graph holds it
         device = next(model.parameters()).device
-        self.lrs = []  # one device tensor per parameter group, read by the captured optimiser
-        for group in opt.param_groups:
-            group["lr"] = torch.tensor(float(group["lr"]), device=device)
-            self.lrs.append(group["lr"])
+        self.lrs = []  # one device tensor per parameter group, read by a capturable optimiser
+        if opt.defaults.get("capturable"):
+            for group in opt.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=device)
+                self.lrs.append(group["lr"])
 
     def after_schedule(self) -> None:
         for group, lr in zip(self.opt.param_groups, self.lrs):
             if group["lr"] is not lr:  # a scheduler wrote a float: copy it into the tensor
                 lr.fill_(float(group["lr"]))
                 group["lr"] = lr
+        if not self.lrs and self.graph is not None and self._float_lrs() != self.captured_lrs:
+            self.graph = None
+
+    def _float_lrs(self) -> list[float]:
+        return [float(group["lr"]) for group in self.opt.param_groups]
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         self.calls += 1
         if self.graph is None and self.calls <= self.WARMUP:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up on a side stream, as CUDA graph capture requires
+            with self.warm_up():
                 out = super().__call__(x, y)
-            torch.cuda.current_stream().wait_stream(side)
             self.shape = x.shape
             return out
         if x.shape != self.shape:
             return super().__call__(x, y)
         if self.graph is None:
-            self._capture(x, y)
+            self.static_x, self.static_y = x.clone(), y.clone()
+            self.opt.zero_grad(set_to_none=True)  # the graph's backward then writes the gradients afresh
+            self.captured_lrs = self._float_lrs()
+            self.graph = self.capture(self.body)
         self.static_x.copy_(x)
         self.static_y.copy_(y)
-        assert self.graph is not None
         self.graph.replay()
         return self.static_loss, self.static_correct
 
-    def _capture(self, x, y) -> None:
-        self.static_x, self.static_y = x.clone(), y.clone()
-        self.opt.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            with torch.autocast("cuda", dtype=self.amp, enabled=self.amp is not None, cache_enabled=False):
-                logits = self.model(self.static_x)
-                loss = self.loss(logits, self.static_y)
-            loss.backward()
-            self.opt.step()
-            self.static_loss = loss.detach()
-            self.static_correct = (logits.argmax(1) == self.static_y).sum()
+    def body(self) -> None:
+        """The captured step: static_x and static_y in, static_loss and static_correct out."""
+        with torch.autocast(self.static_x.device.type, dtype=self.amp, enabled=self.amp is not None,
+                            cache_enabled=False):
+            logits = self.model(self.static_x)
+            loss = self.loss(logits, self.static_y)
+        loss.backward()
+        self.opt.step()
+        self.static_loss = loss.detach()
+        self.static_correct = (logits.argmax(1) == self.static_y).sum()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def warm_up():
+        """Warm-up steps on a side stream, as CUDA graph capture requires."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream().wait_stream(side)
+
+    @staticmethod
+    def capture(body):
+        """`body`'s kernels recorded, not run, as a graph that runs them at each replay()."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            body()
+        return graph
