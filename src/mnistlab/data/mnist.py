@@ -35,7 +35,17 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 }
 
 
-def _gunzipped(path: Path) -> bytes:
+def _read_all(path: Path) -> bytearray:
+    """A file's bytes, read into a writable buffer: the arrays made over it need no copy of their own."""
+    with open(path, "rb") as f:
+        buf = bytearray(os.fstat(f.fileno()).st_size)
+        got = f.readinto(buf)
+    if got != len(buf):  # the file changed size while being read
+        del buf[got:]
+    return buf
+
+
+def _gunzipped(path: Path) -> bytearray:
     """A gzip file's content, decompressed once and kept in the cache (keyed by the file's path, size and
     time): decompressing MNIST's training images took most of a short run's data time. The cached bytes
     go through the same checks as the file's own."""
@@ -43,11 +53,11 @@ def _gunzipped(path: Path) -> bytes:
     key = hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:16]
     cached = cache_dir() / "idx" / f"{path.name.removesuffix('.gz')}-{key}"
     try:
-        return cached.read_bytes()
+        return _read_all(cached)
     except OSError:
         pass
     with gzip.open(path, "rb") as f:
-        raw = f.read()
+        raw = bytearray(f.read())
     try:
         atomic_write(cached, lambda tmp: Path(tmp).write_bytes(raw))
     except MnistlabError:  # an unwritable cache costs time on the next run, nothing else
@@ -65,11 +75,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             head = f.read(2)
-        if head == b"\x1f\x8b":
-            raw = _gunzipped(path)
-        else:
-            with open(path, "rb") as f:
-                raw = f.read()
+        raw = _gunzipped(path) if head == b"\x1f\x8b" else _read_all(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found.") from None
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
@@ -91,7 +97,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             f"{path}: {what}: header says shape {tuple(shape)} ({expected} bytes), "
             f"file holds {len(raw)} bytes."
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    # a view of the buffer where the bytes are already in this machine's order (uint8, MNIST's), else a copy
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
 @dataclass(frozen=True)
@@ -321,7 +328,7 @@ def _read_registry_split(spec: DatasetSpec, split: str, data_dir: str | os.PathL
         raise DataError(f"{lbl_path}: label {bad} is out of range {low}-{high}.")
     if spec.transposed:
         images = images.transpose(0, 2, 1)
-    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64) - spec.label_offset)
+    return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels.astype(np.int64) - spec.label_offset)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
