@@ -7,6 +7,7 @@
 # PART=3: the `best` preset and the ensemble candidates (benchmarks/members.py).
 # PART=4: Fashion-MNIST (issue 16): each preset over 3 seeds, then the best recipe for longer, on
 #         validation only; $DATA must hold FashionMNIST/raw/ beside MNIST/raw/.
+# PART=5: whole commands as a user types them, --device cuda (issue 31): train fast and classic.
 set -u
 cd "$(dirname "$0")"
 export PYTHONPATH="$PWD/../src" PYTHONUNBUFFERED=1 MNISTLAB_OFFLINE=1
@@ -43,4 +44,8 @@ if [ "$PART" = all ] || [ "$PART" = 4 ]; then
   echo "== Fashion-MNIST: the best recipe for 60 and 100 epochs, validation only"
   timeout 600 python3 datasets.py --dataset fashion-mnist --runs-dir "$FRUNS" --presets best --curve 60 100 \
     --data-dir "$DATA"
+fi
+if [ "$PART" = 5 ]; then  # not in "all": the issue-31 rows alone fit a short session
+  echo "== whole commands, --device cuda (fast with its report; classic cnn)"
+  timeout 500 python3 whole_command.py --only-cuda --runs "${WRUNS:-3}" --data-dir "$DATA"
 fi

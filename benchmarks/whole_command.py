@@ -134,11 +134,16 @@ def row(what: str, r: Runs, extra: str = "") -> str:
             f"{summary(r.after) if r.after else ''} | {extra} |")
 
 
+def cuda_row(name: str) -> str:
+    return f"`mnistlab train --preset {name}{' --model cnn' if name == 'classic' else ''} --device cuda`"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--runs", type=int, default=5, help="counted runs of each command (after one warm-up)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and the table's head; run nothing")
+    p.add_argument("--only-cuda", action="store_true", help="the --device cuda rows alone (a lent GPU's short session)")
     args = p.parse_args()
     gpu = torch.cuda.is_available()
     work = Path(tempfile.mkdtemp(prefix="whole-command-"))
@@ -158,6 +163,12 @@ def main() -> None:
     head = ("| command | wall s | cpu s | peak MiB (largest process) | report complete after s "
             "| against the tutorial |\n|---|---|---|---|---|---|")
     lines = [head]
+    if args.only_cuda:
+        if not gpu:
+            sys.exit("--only-cuda: torch sees no CUDA device here.")
+        lines += [row(cuda_row(name), measure(make, args.runs)) for name, make in cuda.items()]
+        print("\n".join(lines))
+        return
     a, b, ratios = paired(fast, lambda i: tutorial, args.runs, {"MODEL": "cnn"})
     lines.append(row("`mnistlab train --preset fast` (report included)", a,
                      f"{summary(ratios)}x faster (tutorial script {summary(b.wall)} s, paired)"))
@@ -170,7 +181,7 @@ def main() -> None:
                      measure(lambda i: ([*MNISTLAB, "predict", str(png)], None), args.runs)))
     lines.append(row("`mnistlab train --preset classic --model cnn`", measure(classic, args.runs)))
     for name, make in cuda.items():
-        what = f"`mnistlab train --preset {name}{' --model cnn' if name == 'classic' else ''} --device cuda`"
+        what = cuda_row(name)
         lines.append(row(what, measure(make, args.runs)) if gpu else f"| {what} | not measured: no device | | | | |")
     print("\n".join(lines))
     print(f"\n(medians [min-max] of {args.runs} runs; median of the paired ratios: "
