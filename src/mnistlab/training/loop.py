@@ -382,9 +382,10 @@ def calibrate(run: Run) -> None:
 
 
 def held_out() -> tuple[str, ...]:
+    """The names of the held-out corruptions (imported only by a run that calibrates on them)."""
     from ..data.corruptions import HELD_OUT
 
-    return HELD_OUT
+    return tuple(HELD_OUT)
 
 
 def held_out_logits(run: Run, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

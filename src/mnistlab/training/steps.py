@@ -53,7 +53,7 @@ class GraphedStep(EagerStep):
 
     def __init__(self, model, opt, amp, label_smoothing: float, head: Head, outlier_weight: float = 0.0):
         super().__init__(model, opt, amp, label_smoothing, head, outlier_weight)
-        self.graph = None  # a torch.cuda.CUDAGraph once captured
+        self.graph: torch.cuda.CUDAGraph | None = None
         self.shape: torch.Size | None = None  # of the batches the graph was captured for
         self.calls = 0
         self.captured_lrs: list[float] = []  # a float rate as the graph holds it
@@ -84,14 +84,15 @@ class GraphedStep(EagerStep):
             return out
         if x.shape != self.shape:
             return super().__call__(x, y)
-        if self.graph is None:
+        graph = self.graph
+        if graph is None:
             self.static_x, self.static_y = x.clone(), y.clone()
             self.opt.zero_grad(set_to_none=True)  # the graph's backward then writes the gradients afresh
             self.captured_lrs = self._float_lrs()
-            self.graph = self.capture(self.body)
+            graph = self.graph = self.capture(self.body)
         self.static_x.copy_(x)
         self.static_y.copy_(y)
-        self.graph.replay()
+        graph.replay()
         return self.static_loss, self.static_correct
 
     def body(self) -> None:
@@ -116,7 +117,7 @@ class GraphedStep(EagerStep):
         torch.cuda.current_stream().wait_stream(side)
 
     @staticmethod
-    def capture(body):
+    def capture(body) -> torch.cuda.CUDAGraph:
         """`body`'s kernels recorded, not run, as a graph that runs them at each replay()."""
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
