@@ -333,3 +333,13 @@ def test_a_command_collects_garbage_once_its_modules_are_imported(monkeypatch, c
         gc.enable()
         gc.unfreeze()
     assert seen == [True]
+
+
+def test_cuda_graph_asked_for_without_a_gpu_is_said(fake_data, tmp_path):
+    asked = run("train", "--dry-run", "--cuda-graph", "--no-report", "--device", "cpu", "--data-dir", str(fake_data),
+                "--out", str(tmp_path / "a"))
+    assert asked.returncode == 0, asked.stderr
+    assert "--cuda-graph captures the step on a CUDA GPU; on this run's cpu device it runs eagerly" in asked.stderr
+    preset = run("train", "--dry-run", "--preset", "classic", "--no-report", "--device", "cpu", "--data-dir",
+                 str(fake_data), "--out", str(tmp_path / "b"))  # the preset's own capture: nothing to say on a CPU
+    assert preset.returncode == 0 and "cuda-graph" not in preset.stderr, preset.stderr

@@ -304,8 +304,20 @@ def cmd_train(args) -> int:
         print(config_toml(cfg, shown, comment=_config_comment(options["preset"], args.config)), end="")
         return 0
     _say_dataset(cfg.dataset)
+    _say_eager_step(given, cfg.device)
     _print_timings(args, train(cfg, **common))
     return 0
+
+
+def _say_eager_step(given: dict, device: str) -> None:
+    """--cuda-graph given for a run whose step no CUDA GPU runs: said, not silently ignored."""
+    if given.get("cuda_graph"):
+        from .device import resolve_device
+
+        kind = resolve_device(device).type
+        if kind != "cuda":
+            print(f"mnistlab: note: --cuda-graph captures the step on a CUDA GPU; on this run's {kind} device "
+                  "it runs eagerly.", file=sys.stderr)
 
 
 def _print_timings(args, result) -> None:
