@@ -253,10 +253,12 @@ def test_tight_crops_are_read_as_with_a_margin(train_digits):
     assert all(_same_digit(*tight_crop(d)) for d in train_digits)
 
 
-@pytest.mark.parametrize("maker", ["faint_photo", "small_in_a_photo", "vignette_photo"])
-def test_faint_small_and_vignetted_photos_are_read_as_plain_ones(train_digits, maker):
+@pytest.mark.parametrize("maker", ["faint_photo", "small_in_a_photo", "vignette_photo", pytest.param(
+    "shadowed_photo", marks=pytest.mark.xfail(strict=True, reason="a straight-edged shadow is not levelled yet: "
+                                              "no smooth surface follows its edge (BENCHMARKS.md)"))])
+def test_faint_small_vignetted_and_shadowed_photos_are_read_as_plain_ones(train_digits, maker):
     """Pencil 25-40 grey levels darker than the paper; a digit a twentieth of the photo's height; paper 70 levels
-    darker in the corners than in the middle."""
+    darker in the corners than in the middle; a straight-edged shadow over part of the page."""
     from mnistlab_testkit import hard_inputs
 
     make = getattr(hard_inputs, maker)

@@ -90,6 +90,22 @@ def vignette_photo(digit: np.ndarray, rng: np.random.Generator, fall: float = 70
     return _on_paper(digit, rng, side, size, bowl, 50, 3), level
 
 
+def shadowed_photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """(a photo with a shadow over a third to two thirds of the page, 30-45% darker, its edge a straight line
+    2-6 px soft at any angle, as a hand or a phone casts it; the same without the shadow)."""
+    side, size = 300, int(rng.integers(100, 200))
+    state = rng.bit_generator.state
+    level = _on_paper(digit, rng, side, size, 215.0, 50, 3)
+    angle, edge = rng.uniform(0, 2 * np.pi), rng.uniform(0.33, 0.67)
+    soft, depth = rng.uniform(2, 6), rng.uniform(0.3, 0.45)
+    rng.bit_generator.state = state
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float64)
+    d = np.cos(angle) * xx + np.sin(angle) * yy
+    d = (d - d.min()) / np.ptp(d) * side  # pixels along the angle, 0 to side
+    light = 1 - depth / (1 + np.exp(-(d - edge * side) / soft))
+    return _on_paper(digit, rng, side, size, 215.0 * light, 50 * light, 3), level
+
+
 def alike(a: np.ndarray, b: np.ndarray) -> float:
     """The best correlation of two 28x28 images within a pixel's shift (the centre of mass rounds to whole pixels)."""
     return max(np.corrcoef(np.roll(a, (dy, dx), (0, 1)).ravel().astype(float), b.ravel().astype(float))[0, 1]
