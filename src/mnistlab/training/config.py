@@ -174,7 +174,7 @@ PRESETS: dict[str, dict] = {
                      lr=0.01, schedule="onecycle", warmup=0.25, batch_size=128, epochs=10,
                      label_smoothing=0.1, augment={"degrees": 10, "scale": 0.1, "translate": 0.1}),
     # The strongest single model: the VGG-style deep model, weight EMA, a validation
-    # split for choices and the temperature; the test set only at the end. About 10 minutes on
+    # split for choices and the temperature; the test set only at the end. About 10-20 minutes on
     # the 2-core CPU. Chosen on validation: see BENCHMARKS.md.
     "best": dict(model="deep", model_config={"channels": [48, 96, 192]}, optimizer="adam",
                  lr=0.01, schedule="onecycle", warmup=0.2, batch_size=128, epochs=20, label_smoothing=0.1,
