@@ -479,18 +479,19 @@ def test_timings_add_up_and_are_recorded(fake_data, tmp_path):
     assert [e["event"] for e in read_run_events(tmp_path / "quiet")][-1] == "timings"  # recorded all the same
 
 
-def test_timings_count_reading_the_training_split_as_data(fake_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("slow", ["read_splits", "outlier_set"])
+def test_timings_count_reading_and_rendering_data_as_data(fake_data, tmp_path, monkeypatch, slow):
     import mnistlab.training.loop as training
 
-    read = training.read_splits
+    original = getattr(training, slow)
 
-    def slow_read(*args):  # a slow disk: the reading must land in "data", not in "other"
+    def slowly(*args, **kwargs):  # a slow disk, or a slow rendering: it must land in "data", not in "other"
         time.sleep(0.5)
-        return read(*args)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(training, "read_splits", slow_read)
-    result = train(RunConfig(model="mlp", epochs=1, train_limit=100, batch_size=20), out=tmp_path / "run",
-                   data_dir=fake_data, progress=False)
+    monkeypatch.setattr(training, slow, slowly)
+    result = train(RunConfig(model="mlp", epochs=1, train_limit=100, batch_size=20, outlier_exposure=0.5),
+                   out=tmp_path / "run", data_dir=fake_data, progress=False)
     assert result.history[-1]["event"] == "timings" and result.history[-1]["data"] >= 0.5
 
 

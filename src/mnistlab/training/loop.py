@@ -371,7 +371,8 @@ def calibrate(run: Run) -> None:
     run.card = dataclasses.replace(run.card, temperature=temperature, reject_score=score, reject_threshold=threshold)
     run.log.record(event="calibration", on=run.cfg.calibrate, temperature=temperature, val_ece_before=before.ece,
                    val_ece_after=after.ece, val_nll_before=before.loss, val_nll_after=after.loss)
-    on = "" if run.cfg.calibrate == "clean" else f" and its {len(held_out())} held-out corruptions"
+    copies = len(logits) // len(clean) - 1  # the held-out corruptions' copies of the split, if any
+    on = f" and its {copies} held-out corruptions" if copies else ""
     run.log.line(f"temperature {temperature:.3f} fitted on the validation split{on}: ECE {100 * before.ece:.2f}% -> "
                  f"{100 * after.ece:.2f}%, NLL {before.loss:.4f} -> {after.loss:.4f}")
     run.log.record(event="reject_threshold", score=score, threshold=threshold, split="validation",
@@ -381,22 +382,15 @@ def calibrate(run: Run) -> None:
     evaluate(run, "test", run.epoch - 1)  # the last epoch's test figures (the run stands before the next one)
 
 
-def held_out() -> tuple[str, ...]:
-    """The names of the held-out corruptions (imported only by a run that calibrates on them)."""
-    from ..data.corruptions import HELD_OUT
-
-    return tuple(HELD_OUT)
-
-
 def held_out_logits(run: Run, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The validation logits and labels, followed by those of the validation images under each
     held-out corruption (seeded by the run's seed; never MNIST-C's 15 test corruptions)."""
-    from ..data.corruptions import corrupt
+    from ..data.corruptions import HELD_OUT, corrupt  # imported only by a run that calibrates on them
 
     val = run.data.val
     assert val is not None, "calibrated without a validation split"
     images, parts = val.images.cpu().numpy(), [(logits, labels)]
-    for name in held_out():
+    for name in HELD_OUT:
         corrupted = torch.from_numpy(corrupt(images, name, seed=run.cfg.seed))
         parts.append(predict_logits(run.shipped, Loader(corrupted, val.labels, val.batch_size, val.mean, val.std,
                                                         val.images.device, val.channels_last)))
@@ -526,7 +520,8 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
         asked, cfg = cfg.batch_size, fit_batch(cfg, len(splits[0][1]))
         data = load_data(cfg, splits, device, channels_last, data_dir)
     total_steps = run_steps(cfg.epochs, len(data.train))  # the Run's own, needed before it is built
-    graphed = cfg.cuda_graph and device.type == "cuda" and captures(cfg)
+    not_graphed = uncapturable(cfg) if cfg.cuda_graph and device.type == "cuda" else None
+    graphed = cfg.cuda_graph and device.type == "cuda" and not not_graphed
     opt = make_optimizer(cfg, model, capturable=graphed)
     # in a CUDA graph beta1 stays fixed: Adam's foreach kernels read a tensor beta1 on the host (PyTorch 2.11)
     sched = make_scheduler(cfg, opt, total_steps, cycle_momentum=not graphed)
@@ -548,17 +543,16 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     step = (GraphedStep if graphed else EagerStep)(ddp_model, opt, amp_dtype(cfg.precision, device),
                                                    cfg.label_smoothing, head_of(cfg.head), cfg.outlier_exposure)
+    with clock.part("data"):  # the rendered outliers and font digits are data too
+        outliers, synthetic = outlier_batches(cfg, data, data_dir), synthetic_batches(cfg, data, log)
     run = Run(cfg=cfg, card=card, model=model, ema=ema, opt=opt, sched=sched, step=step,
               augment=augmenter(cfg.augment), data=data, log=log, run_dir=run_dir,
-              cores=cores, outliers=outlier_batches(cfg, data, data_dir), synthetic=synthetic_batches(cfg, data, log),
-              clock=clock, **counters)
+              cores=cores, outliers=outliers, synthetic=synthetic, clock=clock, **counters)
     if cfg.batch_size != asked:
         log.line(f"note: {len(data.train.images)} training images are too few steps for one-cycle at --batch-size "
                  f"{asked}: this run takes batch {cfg.batch_size}")
-    if cfg.cuda_graph and device.type == "cuda" and not graphed:
-        why = ("each of torchrun's processes runs it eagerly" if dist.world_size() > 1 else
-               f"SGD's learning rate is fixed in a graph, and --schedule {cfg.schedule} changes it")
-        log.line(f"note: the step is not captured as a CUDA graph: {why}")
+    if not_graphed:
+        log.line(f"note: the step is not captured as a CUDA graph: {not_graphed}")
     if state is not None:
         log.line(f"resuming {resume} at epoch {run.epoch}, step {run.step_in_epoch}/{len(data.train)}")
     log.line(f"training {cfg.model} on {cfg.dataset} ({len(data.train.images)} images, {len(data.train)} "
@@ -634,11 +628,15 @@ def synthetic_batches(cfg: RunConfig, data: Data, log) -> SyntheticBatches | Non
     return SyntheticBatches(images, labels, cfg.synthetic_digits, data.train, cfg.seed, stream=dist.rank())
 
 
-def captures(cfg: RunConfig) -> bool:
-    """Whether a run's step can be one CUDA graph: one process, and a learning rate and momentum
-    that the graph can follow (Adam and AdamW read theirs from device tensors; SGD's are floats,
+def uncapturable(cfg: RunConfig) -> str | None:
+    """Why a run's step cannot be one CUDA graph, or None where it can: one process, and a learning rate and
+    momentum that the graph can follow (Adam and AdamW read theirs from device tensors; SGD's are floats,
     fixed in the graph, so its rate must stay constant)."""
-    return dist.world_size() == 1 and (cfg.optimizer != "sgd" or cfg.schedule == "constant")
+    if dist.world_size() > 1:
+        return "each of torchrun's processes runs it eagerly"
+    if cfg.optimizer == "sgd" and cfg.schedule != "constant":
+        return f"SGD's learning rate is fixed in a graph, and --schedule {cfg.schedule} changes it"
+    return None
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module, capturable: bool = False) -> torch.optim.Optimizer:
