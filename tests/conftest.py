@@ -58,3 +58,16 @@ def tiny_disk(tmp_path):
         pytest.skip("cannot mount a small tmpfs here (needs root on Linux)")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.fixture(scope="session")
+def close_call_png(data_dir, tmp_path_factory):
+    """A blend of two training digits that the default model cannot decide, as a file, and its prediction."""
+    from mnistlab import load_model, load_split
+    from mnistlab_testkit.hard_inputs import close_call
+
+    x, y = load_split("mnist", "train", data_dir=data_dir, download=False)
+    img, pred = close_call(load_model("robust-real"), x[:60].numpy() / 255, y[:60].numpy())
+    path = tmp_path_factory.mktemp("close") / "close.png"
+    img.save(path)
+    return path, pred

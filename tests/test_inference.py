@@ -236,3 +236,29 @@ def test_explain_gives_logits_that_make_the_probabilities(data_dir):
     d = why.to_dict()
     assert d["runner_up"]["class"] == why.top(2)[1][0] != d["prediction"]
     assert np.asarray(d["saliency"]).shape == (28, 28) and len(d["logits"]) == 10
+
+
+def test_a_close_call_names_the_two_digits_and_a_rejection_does_not():
+    from mnistlab.inference import UNSURE_BELOW, Prediction
+
+    def said(probs, score=2.0):
+        return Prediction(np.array(probs), tuple("0123456789"), np.zeros((28, 28), np.uint8), ood_score=score,
+                          reject_score="energy", reject_threshold=1.0)
+
+    def probs(first, seventh):  # the rest on 0
+        return [1 - first - seventh, first, 0, 0, 0, 0, 0, seventh, 0, 0]
+
+    torn = said(probs(UNSURE_BELOW - 0.01, 1 - UNSURE_BELOW))
+    assert torn.unsure and torn.answer == "1 or 7?" and torn.to_dict()["answer"] == "1 or 7?"
+    sure = said(probs(UNSURE_BELOW + 0.01, 1 - UNSURE_BELOW - 0.01))
+    assert not sure.unsure and sure.answer == "1"
+    rejected = said(torn.probabilities, score=0.5)
+    assert not rejected.unsure and rejected.answer == "not a digit"
+
+
+def test_predict_says_a_close_call_as_the_two_digits(close_call_png):
+    path, pred = close_call_png
+    out = run_cli("predict", path).stdout
+    (first, p), (second, q) = pred.top(2)
+    assert f"{path}: {first} or {second}? ({first} {100 * p:.1f}%, {second} {100 * q:.1f}%)" in out
+    assert json.loads(run_cli("predict", path, "--json").stdout)["answer"] == f"{first} or {second}?"

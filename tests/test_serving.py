@@ -626,3 +626,14 @@ def test_sigint_stops_a_server_started_with_sigint_ignored(workers):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_close_call_is_said_as_two_digits_the_same_on_both_pages(either_page, close_call_png):
+    path, pred = close_call_png
+    (first, p), (second, q) = pred.top(2)
+    with browser_page(either_page) as page:
+        page.set_input_files("#upload", str(path))
+        page.wait_for_function("document.getElementById('prediction').textContent !== ''", timeout=20000)
+        assert page.locator("#prediction").text_content() == f"{first} or {second}?"
+        assert page.locator("#nearest").text_content() == (
+            f"The model cannot tell {first} ({100 * p:.1f}%) from {second} ({100 * q:.1f}%).")

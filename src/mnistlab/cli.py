@@ -557,6 +557,9 @@ def _predicted(predictor, path, pixels, args) -> bool:
         return True
     top = ", ".join(f"{c} {100 * p:.1f}%" for c, p in pred.top(args.top))
     answer = f"{pred.label} ({100 * pred.confidence:.1f}%)"
+    if pred.unsure:  # the two it is torn between, each with its probability
+        answer = f"{pred.answer} ({pred.label} {100 * pred.confidence:.1f}%, {pred.runner_up[0]} " \
+                 f"{100 * pred.runner_up[1]:.1f}%)"
     if pred.rejected:  # the nearest digit is still said, after what matters
         answer = f"not a digit ({pred.reject_score} {pred.ood_score:.4g} < {pred.reject_threshold:.4g}; " \
                  f"nearest: {answer})"

@@ -30,7 +30,7 @@ from .checkpoints import weights_bytes
 from .errors import MnistlabError
 from .fileio import atomic_write, write_folder
 from .heads import Head, head_of
-from .inference import Classifier, load_model
+from .inference import UNSURE_BELOW, Classifier, load_model
 from .onnx_backend import METADATA_KEY
 from .serve import page
 from .torch_backend import PT2_CARD, ProgramBackend, TorchBackend, quiet_loggers
@@ -247,7 +247,8 @@ def export_web(model_bytes: bytes, card: ModelCard, name: str, out: Path, runtim
     """A static site in `out`: the drawing page, its JavaScript, the ONNX model and its card. The
     page loads onnxruntime-web from the CDN, pinned and checked by subresource integrity, or with
     `runtime` (a node_modules/onnxruntime-web/dist folder) from copies of its files beside it."""
-    files = {"model.onnx": model_bytes, "model.json": json.dumps({**card.to_dict(), "name": name}).encode(),
+    card_json = {**card.to_dict(), "name": name, "unsure_below": UNSURE_BELOW}  # the page says "1 or 7?" as Python
+    files = {"model.onnx": model_bytes, "model.json": json.dumps(card_json).encode(),
              **{f: page.asset(f).encode() for f in ("app.js", *page.BROWSER_SCRIPTS)}}
     if runtime is None:
         where, tag = ORT_WEB_CDN, page.script(ORT_WEB_CDN + "ort.wasm.min.js", ORT_WEB_FILES["ort.wasm.min.js"])

@@ -28,6 +28,9 @@ from .pretrained import DEFAULT
 BATCH = 1000  # images per backend call: bounds memory on whole splits, one call for a single image
 NO_INK = 26  # a 28x28 array whose brightest pixel is below a tenth of full scale holds no digit
 MODEL_SUFFIXES = (".pt", ".pt2", ".safetensors", ".onnx")  # the files load_model reads (and Hugging Face folders)
+# Below this calibrated top probability an answer names the top two ("1 or 7?") rather than guess: the
+# highest cut that says so of at most 1% of the right answers (benchmarks/unsure.py).
+UNSURE_BELOW = 0.9
 SALIENCY_METHOD = "occlusion: 4x4 patches, stride 2, blanked one at a time; mean fall of the log-probability"
 
 
@@ -76,6 +79,18 @@ class Prediction:
                 f"the nearest digit is {self.label}")
 
     @property
+    def unsure(self) -> bool:
+        """A digit, but the model cannot tell which of its top two: the top probability is below UNSURE_BELOW."""
+        return not self.rejected and self.confidence < UNSURE_BELOW
+
+    @property
+    def answer(self) -> str:
+        """What to tell a person, in a few words: the digit, "1 or 7?" where unsure, or "not a digit"."""
+        if self.rejected:
+            return "not a digit"
+        return f"{self.label} or {self.runner_up[0]}?" if self.unsure else self.label
+
+    @property
     def index(self) -> int:
         return int(self.probabilities.argmax())
 
@@ -100,7 +115,7 @@ class Prediction:
         out = {"source": self.source, "prediction": self.label, "confidence": self.confidence,
                "top": [{"class": c, "probability": p} for c, p in self.top(k)],
                "probabilities": {c: float(p) for c, p in zip(self.classes, self.probabilities)},
-               "rejected": self.rejected, "why": self.why,
+               "rejected": self.rejected, "why": self.why, "unsure": self.unsure, "answer": self.answer,
                "reject": None if self.ood_score is None else {"score": self.reject_score, "value": self.ood_score,
                                                               "threshold": self.reject_threshold}}
         if self.sigmoids is not None:

@@ -128,3 +128,24 @@ def scanned_page(mode: str, size: tuple[int, int] = (2550, 3300)) -> Image.Image
         pal = img.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
         return pal if mode == "P" else pal.convert("PA")
     return img.convert(mode)
+
+
+def close_call(model, digits: np.ndarray, labels: np.ndarray, margin: float = 0.05):
+    """A drawing the model cannot decide: two training digits of different classes laid over each other,
+    the first blend (in a fixed order) whose top probability lies `margin` or more below UNSURE_BELOW,
+    with a clear runner-up and no rejection, as a 140 px dark-on-white PNG image and the model's prediction."""
+    from mnistlab.inference import UNSURE_BELOW
+
+    for i in range(len(digits)):
+        for j in range(i + 1, len(digits)):
+            if labels[i] == labels[j]:
+                continue
+            for w in (0.5, 0.6, 0.4):
+                blend = np.maximum(w * digits[i], (1 - w) * digits[j]).astype(np.float32)
+                img = Image.fromarray(255 - np.round(blend * 255 / blend.max()).astype(np.uint8)).resize((140, 140))
+                pred = model.predict(img)
+                (_, first), (_, second) = pred.top(2)[:2]
+                rest = 1 - first - second
+                if not pred.rejected and first < UNSURE_BELOW - margin and second > rest and first - second > 0.02:
+                    return img, pred
+    raise AssertionError("no blend of these digits is a close call for the model")

@@ -143,11 +143,14 @@ function show(result) {
   answer = window.mnistlabAnswer = result;
   $("message").textContent = "";
   // a rejected drawing is said to be no digit, plainly; the nearest digit is still shown, small
-  $("prediction").textContent = result.rejected ? "not a digit" : result.prediction;
+  const percent = (c) => `${(100 * result.probabilities[c]).toFixed(1)}%`;
+  $("prediction").textContent = result.answer;
   $("prediction").classList.toggle("rejected", Boolean(result.rejected));
   $("nearest").textContent = result.rejected ?
     `This does not look like a digit to the model. The nearest digit is ${result.prediction} ` +
-    `(${(100 * result.probabilities[result.prediction]).toFixed(1)}%).` : "";
+    `(${percent(result.prediction)}).` : result.unsure ?
+    `The model cannot tell ${result.prediction} (${percent(result.prediction)}) from ` +
+    `${result.runner_up.class} (${percent(result.runner_up.class)}).` : "";
   $("runner-up").textContent = `runner-up: ${result.runner_up.class} (${(100 * result.runner_up.probability).toFixed(1)}%)`;
   showSeen(result.preprocessed, result.saliency);
   showBars(result);

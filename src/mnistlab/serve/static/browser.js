@@ -56,8 +56,12 @@ window.mnistlabEngine = (() => {
     const probs = first.map(Math.exp), order = probs.map((p, i) => i).sort((a, b) => probs[b] - probs[a]);
     const rows = (a) => Array.from({length: 28}, (_, y) => Array.from(a.slice(y * 28, y * 28 + 28)));
     const z = Array.from(out.slice(0, K)), reject = rejection(z);
+    // "1 or 7?" below the card's cut, as inference.Prediction says it
+    const unsure = !reject.rejected && probs[target] < card.unsure_below;
+    const answer = reject.rejected ? "not a digit" :
+      unsure ? `${card.classes[target]} or ${card.classes[order[1]]}?` : card.classes[target];
     return {
-      ...reject, prediction: card.classes[target], confidence: probs[target],
+      ...reject, unsure, answer, prediction: card.classes[target], confidence: probs[target],
       probabilities: Object.fromEntries(card.classes.map((c, i) => [c, probs[i]])),
       runner_up: {class: card.classes[order[1]], probability: probs[order[1]]},
       logits: Array.from(out.slice(0, K)), temperature: t,
