@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..card import HEADS, RENAMED_MODELS
-from ..data.outliers import FAMILIES, check_families, family_names
+from ..data.outliers import DEFAULT_FAMILIES, FAMILIES, check_families, family_names
 from ..errors import MnistlabError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -124,7 +124,7 @@ class RunConfig:
             raise MnistlabError(f"--synthetic-digits mixes font digits into mnist's training digits, not into "
                                 f"{self.dataset}.")
         check_families(self.outlier_family_names)
-        if set(self.outlier_family_names) != set(FAMILIES) and not self.outlier_exposure:
+        if set(self.outlier_family_names) != set(DEFAULT_FAMILIES) and not self.outlier_exposure:
             raise MnistlabError(FAMILIES_NEED_EXPOSURE)
         if self.compile and self.cuda_graph:
             raise MnistlabError("--compile and --cuda-graph are two ways of running the step; choose one.")

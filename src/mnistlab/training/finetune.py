@@ -68,7 +68,7 @@ from ..fileio import write_json
 from ..heads import head_of
 from ..models import build_model
 from ..ood import KEEP, ood_score, reject_threshold, rejected_share
-from .config import FAMILIES, PRESETS, flag
+from .config import DEFAULT_FAMILIES, PRESETS, flag
 from .optim import ForeachAdam, ForeachSGD
 
 PROGRESS_EVERY = 50  # steps between progress lines
@@ -245,11 +245,11 @@ def _base_data(card: ModelCard, data_dir, say) -> Base | None:
 def _outlier_sets(seed: int, data_dir, say) -> tuple[np.ndarray, np.ndarray]:
     """(outliers to replay, validation outliers to judge the threshold by); without Fashion-MNIST (no copy, no
     network), the other three families, said."""
-    families: tuple[str, ...] = FAMILIES
+    families: tuple[str, ...] = DEFAULT_FAMILIES
     try:
         train = outlier_set("train", OUTLIERS, seed, data_dir, families)
     except DataError as e:
-        families = tuple(f for f in FAMILIES if f != "fashion")
+        families = tuple(f for f in DEFAULT_FAMILIES if f != "fashion")
         say(f"note: no Fashion-MNIST for the made-up non-digits ({e}); replaying {', '.join(families)} only.")
         train = outlier_set("train", OUTLIERS, seed, data_dir, families)
     return train, outlier_set("validation", VALIDATION_OUTLIERS, seed, data_dir, families)
