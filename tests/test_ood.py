@@ -384,3 +384,22 @@ def test_the_lessons_measured_figures_are_the_benchmarks():
         assert row in section and f"| {fashion} / {letters} |" in section, (head, oe)
         assert f"{correct}/10000 = {correct / 100:.2f}%" in text and fashion in text
     assert all(f"{s} " in section for s in MEASURED["sums_on_letters"])
+
+
+def test_lettering_and_shapes_are_drawn_only_when_named_and_lettering_uses_the_font_digits_fonts(monkeypatch):
+    import mnistlab.data.outliers as outliers
+    from mnistlab.data.synthetic import part_fonts
+
+    default = outlier_set("train", 40, seed=3, families=("characters", "scribbles", "noise"))
+    assert np.array_equal(default, outlier_set("train", 40, seed=3, families="characters,scribbles,noise"))
+    drawn = outlier_set("train", 40, seed=3, families=("lettering", "shapes"))
+    assert drawn.shape == (40, 28, 28) and np.array_equal(drawn, outlier_set("train", 40, seed=3,
+                                                                               families=("lettering", "shapes")))
+    assert not {x.tobytes() for x in drawn} & {x.tobytes() for x in outlier_set("validation", 40, seed=3,
+                                                                                   families=("lettering", "shapes"))}
+    opened = []
+    font = outliers._font.__wrapped__
+    monkeypatch.setattr(outliers, "_font", lambda path, size: opened.append(path) or font(path, size))
+    outliers.lettering(20, np.random.default_rng(0), "validation")
+    held = {p for files in part_fonts("validation").values() for p in files}
+    assert opened and set(opened) <= held  # the validation part's fonts only: never a training file
