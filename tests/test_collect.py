@@ -175,7 +175,7 @@ def flagged_one(x: float, y: float, length: float) -> list[list[tuple[float, flo
 
 def said(answer: dict) -> str:
     """What the page shows for an answer."""
-    return "not a digit" if answer["rejected"] else answer["prediction"]
+    return answer["answer"]
 
 
 def test_the_page_walks_the_loop_draw_correct_fine_tune_new_answer(shipped, tmp_path, data_dir, monkeypatch):
@@ -216,7 +216,7 @@ def test_the_page_walks_the_loop_draw_correct_fine_tune_new_answer(shipped, tmp_
                 drawn(strokes, "7")
             assert len(list((tmp_path / "mine" / "1").glob("*.png"))) == 3
             before = [ask(png) for png in pngs]
-            probe = next((i for i, answer in enumerate(before) if said(answer) != "1"), 0)
+            probe = next((i for i, answer in enumerate(before) if answer["rejected"] or answer["prediction"] != "1"), 0)
             model = page.locator("#model").text_content()
 
             page.click("#finetune")
@@ -227,12 +227,12 @@ def test_the_page_walks_the_loop_draw_correct_fine_tune_new_answer(shipped, tmp_
             after = ask(pngs[probe])
             assert after["logits"] != before[probe]["logits"]  # the same pixels, another model: it was swapped in
             assert page.locator("#model").text_content() != model
-            assert said(after) == "1"
+            assert not after["rejected"] and after["prediction"] == "1"
             for strokes, label in ((ones[probe], "1"), (seven, "7")):  # the page's new answer; a 7 is still a 7
                 page.click("#clear")
                 draw(page, strokes)
-                page.wait_for_function(f"document.getElementById('prediction').textContent === '{label}'",
-                                       timeout=20_000)
+                page.wait_for_function(f"document.getElementById('prediction').textContent.startsWith('{label}')",
+                                       timeout=20_000)  # "7", or "7 or 1?" where the model is less sure
 
 
 def test_without_collect_there_is_nothing_to_correct(shipped):

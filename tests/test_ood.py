@@ -203,7 +203,7 @@ def test_predict_says_not_a_digit_in_text_and_json(rejecting):
     text = subprocess.run(cmd + [str(images)], capture_output=True, text=True, env=env, check=True).stdout
     lines = dict(line.split(": ", 1) for line in text.splitlines())
     assert lines[str(images / "letter-77.png")].startswith("not a digit (not-none ")
-    assert lines[str(images / "digit-7.png")].startswith("7 (")
+    assert lines[str(images / "digit-7.png")].startswith(("7 (", "7 or "))  # "7 or 1?" below 90%
     js = subprocess.run(cmd + [str(images), "--json"], capture_output=True, text=True, env=env, check=True).stdout
     rows = {Path(r["source"]).name: r for r in map(json.loads, js.splitlines())}
     assert rows["letter-77.png"]["rejected"] and rows["letter-77.png"]["why"].startswith("not a digit")
@@ -341,7 +341,9 @@ def test_the_drawing_page_says_not_a_digit(rejecting):
             assert f"nearest digit is {seen['answer']['prediction']}" in seen["nearest"]
             page.evaluate("window.mnistlabAnswer = null")
             seen = _upload_and_read(page, images / "digit-7.png")
-            assert seen["prediction"] == "7" and seen["nearest"] == ""
+            answer = seen["answer"]
+            assert not answer["rejected"] and answer["prediction"] == "7" and seen["prediction"] == answer["answer"]
+            assert seen["nearest"].startswith("The model cannot tell 7") if answer["unsure"] else seen["nearest"] == ""
 
 
 def test_the_static_page_computes_the_same_score(rejecting, tmp_path):

@@ -1,4 +1,5 @@
 import io
+import re
 
 import numpy as np
 import pytest
@@ -298,4 +299,5 @@ def test_a_folder_scan_finds_every_format_predict_reads(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     assert [p.name for p in image_files([tmp_path])] == ["a.avif", "b.pgm"]
     result = run_cli("predict", tmp_path)
-    assert result.returncode == 0 and result.stdout.count(": 7 (") == 2, result.stdout + result.stderr
+    read_as_7 = re.findall(r": 7( \(| or )", result.stdout)  # "7 (98.1%)", or "7 or 1? (...)" below 90%
+    assert result.returncode == 0 and len(read_as_7) == 2, result.stdout + result.stderr

@@ -180,7 +180,7 @@ def test_documented_commands_run_as_written(command, readme_files, tmp_path):
     assert result.returncode == 0, f"`mnistlab {command}`: {result.stderr}"
     assert "Traceback" not in result.stderr
     if command.startswith("predict"):
-        assert ": 7 (" in result.stdout, result.stdout
+        assert re.search(r": 7( \(| or )", result.stdout), result.stdout  # "7 or 1?" where less than 90% sure
     if command.startswith("export"):
         written = re.search(r"wrote (\S+?)/? \(", result.stdout).group(1)
         assert (cwd / written).exists(), result.stdout

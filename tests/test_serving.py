@@ -176,7 +176,8 @@ def live_server(trained_cnn):
 def test_browser_draws_a_digit_and_sees_the_answer(live_server, strokes, digit):
     with browser_page(live_server) as page:
         draw(page, strokes)
-        page.wait_for_function(f"document.getElementById('prediction').textContent === '{digit}'", timeout=10000)
+        page.wait_for_function(f"document.getElementById('prediction').textContent.startsWith('{digit}')",
+                               timeout=10000)  # "7", or "7 or 1?" where the model is less than 90% sure
         best = page.locator("#bars .bar.best span").first.text_content()
         assert best == digit
         page.click("#clear")
@@ -422,7 +423,7 @@ def test_the_page_explains_its_answer_and_teaches_the_lesson(live_server):
 
     with browser_page(live_server) as page:
         draw(page, [[(80, 60), (200, 60), (120, 240)]])
-        page.wait_for_function("document.getElementById('prediction').textContent === '7'", timeout=10000)
+        page.wait_for_function("document.getElementById('prediction').textContent.startsWith('7')", timeout=10000)
         page.wait_for_timeout(500)  # the last answers of the stroke arrive
         answer, runner_up = page.evaluate(
             "() => [window.mnistlabAnswer, document.getElementById('runner-up').textContent]")
@@ -630,10 +631,12 @@ def test_sigint_stops_a_server_started_with_sigint_ignored(workers):
 
 def test_a_close_call_is_said_as_two_digits_the_same_on_both_pages(either_page, close_call_png):
     path, pred = close_call_png
-    (first, p), (second, q) = pred.top(2)
+    (first, _), (second, _) = pred.top(2)
     with browser_page(either_page) as page:
         page.set_input_files("#upload", str(path))
         page.wait_for_function("document.getElementById('prediction').textContent !== ''", timeout=20000)
-        assert page.locator("#prediction").text_content() == f"{first} or {second}?"
+        answer = page.evaluate("window.mnistlabAnswer")  # its own probabilities: onnxruntime-web's on the static page
+        assert answer["unsure"] and page.locator("#prediction").text_content() == f"{first} or {second}?"
+        p, q = (100 * answer["probabilities"][c] for c in (first, second))
         assert page.locator("#nearest").text_content() == (
-            f"The model cannot tell {first} ({100 * p:.1f}%) from {second} ({100 * q:.1f}%).")
+            f"The model cannot tell {first} ({p:.1f}%) from {second} ({q:.1f}%).")

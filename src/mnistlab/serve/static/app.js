@@ -1,6 +1,7 @@
 // The drawing page, whatever answers it: `mnistlab serve` (server.js) or the model running in
 // this browser (browser.js, from `mnistlab export --format web`). Both engines answer
-// {prediction, probabilities, preprocessed, logits, temperature, saliency, runner_up, rejected, why, reject}.
+// {prediction, answer, unsure, probabilities, preprocessed, logits, temperature, saliency, runner_up, rejected, why,
+// reject}.
 "use strict";
 
 const engine = window.mnistlabEngine;
@@ -54,7 +55,7 @@ function reset() {
 // drawing goes, the picture the model saw included, so that none of it passes for this one's
 function noAnswer(message) {
   answer = null;
-  $("prediction").textContent = ""; $("prediction").classList.remove("rejected");
+  $("prediction").textContent = ""; $("prediction").classList.remove("rejected", "unsure");
   $("nearest").textContent = ""; $("runner-up").textContent = ""; $("message").textContent = message;
   $("correct-box").style.visibility = "hidden";  // hidden, not gone: what is below it stays in place
   seen.clearRect(0, 0, 28, 28); why.clearRect(0, 0, 28, 28);
@@ -146,6 +147,7 @@ function show(result) {
   const percent = (c) => `${(100 * result.probabilities[c]).toFixed(1)}%`;
   $("prediction").textContent = result.answer;
   $("prediction").classList.toggle("rejected", Boolean(result.rejected));
+  $("prediction").classList.toggle("unsure", Boolean(result.unsure));
   $("nearest").textContent = result.rejected ?
     `This does not look like a digit to the model. The nearest digit is ${result.prediction} ` +
     `(${percent(result.prediction)}).` : result.unsure ?

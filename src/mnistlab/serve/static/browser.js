@@ -53,7 +53,8 @@ window.mnistlabEngine = (() => {
       const fall = first[target] - logProbs(k + 1)[target];
       for (let y = r; y < r + 4; y++) for (let x = c; x < c + 4; x++) { heat[y * 28 + x] += fall; count[y * 28 + x] += 1; }
     });
-    const probs = first.map(Math.exp), order = probs.map((p, i) => i).sort((a, b) => probs[b] - probs[a]);
+    const probs = first.map(Math.exp);
+    const order = [target, ...probs.map((p, i) => i).filter((i) => i !== target).sort((a, b) => probs[b] - probs[a])];
     const rows = (a) => Array.from({length: 28}, (_, y) => Array.from(a.slice(y * 28, y * 28 + 28)));
     const z = Array.from(out.slice(0, K)), reject = rejection(z);
     // "1 or 7?" below the card's cut, as inference.Prediction says it
