@@ -89,3 +89,12 @@ def test_training_from_a_config_file(fake_data, tmp_path):
 def test_print_config_is_refused_with_resume(tmp_path):
     proc = run_cli("train", "--resume", tmp_path, "--print-config")
     assert proc.returncode == 1 and "--print-config shows a new run's settings" in proc.stderr
+
+
+def test_a_file_naming_outlier_families_may_take_their_weight_from_its_preset(tmp_path):
+    file = _write(tmp_path, 'preset = "robust-real"\noutlier_families = "characters,scribbles,noise,fashion,shapes"\n')
+    cfg = _from_file(file)
+    assert cfg.outlier_exposure == PRESETS["robust-real"]["outlier_exposure"]
+    assert cfg.outlier_family_names[-1] == "shapes"
+    with pytest.raises(MnistlabError, match="give a weight above 0 too"):  # a preset without exposure gives none
+        read_config(_write(tmp_path, 'preset = "fast"\noutlier_families = "shapes"\n', "fast.toml"))

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import MnistlabError
 from .config import PRESETS, RunConfig
+from .config import recipe as preset_recipe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,6 +87,10 @@ def _check_values(path: str | os.PathLike, settings: dict[str, Any]) -> None:
             raise MnistlabError(f"{path}: {key} '{settings[key]}' is not one of: {', '.join(known)}.")
     recipe = {k: v for k, v in settings.items() if k not in RUN_OPTIONS}
     try:
+        if "outlier_families" in recipe and "outlier_exposure" not in recipe and "preset" in settings:
+            # the families' weight may come from the file's preset
+            recipe["outlier_exposure"] = preset_recipe(settings["preset"], settings.get("dataset", "mnist")).get(
+                "outlier_exposure", 0.0)
         RunConfig(**recipe).validate()
     except MnistlabError as e:
         raise MnistlabError(f"{path}: {e}") from None
