@@ -225,12 +225,12 @@ def test_resume_flags_on_the_command_line(fake_data, tmp_path):
 def test_the_library_refuses_what_the_cli_refuses(tmp_path):
     """A rule of the train command lives in the library, so that a Python user meets it too."""
     from mnistlab.errors import MnistlabError
-    from mnistlab.training.config import FAMILIES, from_preset
+    from mnistlab.training.config import DEFAULT_FAMILIES, from_preset
     from mnistlab.training.finetune import finetune
 
     with pytest.raises(MnistlabError, match="--outlier-families chooses"):  # even all four, never ignored
-        from_preset(None, outlier_families=",".join(FAMILIES))
-    assert from_preset(None, outlier_families=",".join(FAMILIES), outlier_exposure=0.5).outlier_exposure == 0.5
+        from_preset(None, outlier_families=",".join(DEFAULT_FAMILIES))
+    assert from_preset(None, outlier_families=",".join(DEFAULT_FAMILIES), outlier_exposure=0.5).outlier_exposure == 0.5
     with pytest.raises(MnistlabError, match="give --dataset PATH too"):
         finetune("classic-cnn", "", out=tmp_path / "a")
     with pytest.raises(MnistlabError, match="--lr does not apply to --init"):

@@ -490,8 +490,9 @@ def test_timings_count_reading_and_rendering_data_as_data(fake_data, tmp_path, m
         return original(*args, **kwargs)
 
     monkeypatch.setattr(training, slow, slowly)
-    result = train(RunConfig(model="mlp", epochs=1, train_limit=100, batch_size=20, outlier_exposure=0.5),
-                   out=tmp_path / "run", data_dir=fake_data, progress=False)
+    result = train(RunConfig(model="mlp", epochs=1, train_limit=100, batch_size=20, outlier_exposure=0.5,
+                             outlier_families="scribbles,noise"), out=tmp_path / "run", data_dir=fake_data,
+                   progress=False)
     assert result.history[-1]["event"] == "timings" and result.history[-1]["data"] >= 0.5
 
 
