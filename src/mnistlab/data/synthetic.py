@@ -168,18 +168,26 @@ def _font(path: Path, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(path), size)
 
 
+def _drawn(path: Path, char: str) -> np.ndarray:
+    img = Image.new("L", (64, 64))
+    ImageDraw.Draw(img).text((8, 8), char, font=_font(path, 40), fill=255)
+    return np.asarray(img)
+
+
+@functools.cache
+def _missing(path: Path) -> np.ndarray:
+    return _drawn(path, "\U0010fffd")  # a private-use code point: no font has a glyph for it
+
+
+@functools.cache
+def draws(path: Path, char: str) -> bool:
+    """Whether the font draws `char` as a glyph of its own, not as its 'missing' box."""
+    return not np.array_equal(_drawn(path, char), _missing(path))
+
+
 @functools.cache
 def _has_digits(path: Path) -> bool:
-    """Whether the font draws each digit as a glyph of its own, not as its 'missing' box."""
-    font = _font(path, 40)
-
-    def drawn(char: str) -> np.ndarray:
-        img = Image.new("L", (64, 64))
-        ImageDraw.Draw(img).text((8, 8), char, font=font, fill=255)
-        return np.asarray(img)
-
-    missing = drawn("\U0010fffd")  # a private-use code point: no font has a glyph for it
-    return not any(np.array_equal(drawn(d), missing) for d in "0123456789")
+    return all(draws(path, d) for d in "0123456789")
 
 
 @functools.cache
