@@ -186,8 +186,8 @@ def _shape(rng: np.random.Generator) -> list[np.ndarray]:
         mouth = np.linspace(0.2 * np.pi, 0.8 * np.pi, 20)
         strokes = [np.stack([np.cos(t), np.sin(t)], 1), np.array([[-0.35, -0.3], [-0.3, -0.3]]),
                    np.array([[0.3, -0.3], [0.35, -0.3]]), 0.55 * np.stack([np.cos(mouth), np.sin(mouth)], 1)]
-    a = rng.uniform(0, 2 * np.pi)
-    turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    angle = rng.uniform(0, 2 * np.pi)
+    turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     scale = rng.uniform(0.25, 0.42, 2) * CANVAS
     centre = CANVAS / 2 + rng.uniform(-6, 6, 2)
     jitter = rng.normal(0, 0.03, 2)

@@ -59,7 +59,7 @@ from ..card import ModelCard
 from ..checkpoints import check_weights, load_weights, save_checkpoint
 from ..data.augment import Augment
 from ..data.mnist import normalize
-from ..data.outliers import OutlierBatches, outlier_set
+from ..data.outliers import OutlierBatches, family_names, outlier_set
 from ..data.own import carve, get_dataset_spec, load_split
 from ..device import amp_dtype, autocast, keep_freed_memory
 from ..errors import DataError, MnistlabError
@@ -68,7 +68,7 @@ from ..fileio import write_json
 from ..heads import head_of
 from ..models import build_model
 from ..ood import KEEP, ood_score, reject_threshold, rejected_share
-from .config import DEFAULT_FAMILIES, PRESETS, flag
+from .config import PRESETS, flag
 from .optim import ForeachAdam, ForeachSGD
 
 PROGRESS_EVERY = 50  # steps between progress lines
@@ -87,8 +87,9 @@ OUTLIERS, VALIDATION_OUTLIERS = 2_000, 1_000
 # Held-out images of yours from which, together, they weigh as much as the validation digits in the threshold's
 # pool; fewer weigh less, each under the 1% of the pool that may be rejected (the module docstring).
 FULL_WEIGHT = 100
-# A card does not say how strongly its model learnt from outliers: the weight the shipped default was trained with.
+# A card does not say how its model learnt from outliers: the weight and families the shipped default was trained with.
 OUTLIER_WEIGHT = PRESETS["robust-real"]["outlier_exposure"]
+OUTLIER_FAMILIES = family_names(PRESETS["robust-real"]["outlier_families"])
 
 
 @dataclass
@@ -243,16 +244,19 @@ def _base_data(card: ModelCard, data_dir, say) -> Base | None:
 
 
 def _outlier_sets(seed: int, data_dir, say) -> tuple[np.ndarray, np.ndarray]:
-    """(outliers to replay, validation outliers to judge the threshold by); without Fashion-MNIST (no copy, no
-    network), the other three families, said."""
-    families: tuple[str, ...] = DEFAULT_FAMILIES
-    try:
-        train = outlier_set("train", OUTLIERS, seed, data_dir, families)
-    except DataError as e:
-        families = tuple(f for f in DEFAULT_FAMILIES if f != "fashion")
-        say(f"note: no Fashion-MNIST for the made-up non-digits ({e}); replaying {', '.join(families)} only.")
-        train = outlier_set("train", OUTLIERS, seed, data_dir, families)
-    return train, outlier_set("validation", VALIDATION_OUTLIERS, seed, data_dir, families)
+    """(outliers to replay, validation outliers to judge the threshold by): the default's families, less those that
+    cannot be made here (no copy of Fashion-MNIST, no fonts for the lettering), said."""
+    families = OUTLIER_FAMILIES
+    while True:
+        try:
+            return (outlier_set("train", OUTLIERS, seed, data_dir, families),
+                    outlier_set("validation", VALIDATION_OUTLIERS, seed, data_dir, families))
+        except MnistlabError as e:
+            missing = "fashion" if isinstance(e, DataError) else "lettering"
+            if missing not in families:
+                raise
+            families = tuple(f for f in families if f != missing)
+            say(f"note: no {missing} among the made-up non-digits ({e}); replaying {', '.join(families)} only.")
 
 
 def _logits(module: torch.nn.Module, card: ModelCard, images: torch.Tensor) -> torch.Tensor:
