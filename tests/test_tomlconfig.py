@@ -92,9 +92,9 @@ def test_print_config_is_refused_with_resume(tmp_path):
 
 
 def test_a_file_naming_outlier_families_may_take_their_weight_from_its_preset(tmp_path):
-    file = _write(tmp_path, 'preset = "robust-real"\noutlier_families = "characters,scribbles,noise,fashion,shapes"\n')
+    file = _write(tmp_path, 'preset = "robust-real"\noutlier_families = "characters,scribbles,noise,lettering"\n')
     cfg = _from_file(file)
     assert cfg.outlier_exposure == PRESETS["robust-real"]["outlier_exposure"]
-    assert cfg.outlier_family_names[-1] == "shapes"
+    assert cfg.outlier_family_names[-1] == "lettering"
     with pytest.raises(MnistlabError, match="give a weight above 0 too"):  # a preset without exposure gives none
-        read_config(_write(tmp_path, 'preset = "fast"\noutlier_families = "shapes"\n', "fast.toml"))
+        read_config(_write(tmp_path, 'preset = "fast"\noutlier_families = "lettering"\n', "fast.toml"))

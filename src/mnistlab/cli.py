@@ -162,7 +162,7 @@ def _train_reject_flags(g, d) -> None:
                         "0, off). With --val-size, the card records a 'not a digit' threshold either way")
     g.add_argument("--outlier-families", metavar="NAMES",
                    help="the outlier families that --outlier-exposure draws, comma-separated, from characters, "
-                        "scribbles, noise, fashion, lettering and shapes (default: the first four)")
+                        "scribbles, noise, fashion and lettering (default: the first four)")
     g.add_argument("--synthetic-digits", type=float, metavar="SHARE",
                    help="replace this share of each training batch by digits rendered from fonts, in many sizes, "
                         "weights and slants (mnist only; default: 0, off)")

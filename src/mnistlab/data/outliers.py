@@ -6,8 +6,8 @@ Training and validation outliers (`outlier_set`), four families in equal shares:
   fonts-droid-fallback (CJK characters), with Pillow's own font where none is installed; random
   scribbles; smooth noise (blurred random fields, sparse dots); Fashion-MNIST's training images
   (Debian's dataset-fashion-mnist), the first 55,000 for training, the last 5,000 for validation.
-  Two more families are drawn when a run names them: `lettering`, letters and symbols in the fonts
-  that the font digits use (handwriting-like ones among them), and `shapes` drawn with a pen.
+  A fifth is drawn when a run names it: `lettering`, letters and symbols in the fonts that the font
+  digits use (handwriting-like ones among them).
 Judging (`evaluation_sets`), nothing of which the outliers use: Fashion-MNIST's test images;
 letters in fonts-freefont-ttf's fonts (held out); uniform and Gaussian noise, pixel by pixel.
 The DejaVu, URW base35 and Liberation fonts are never read: they are kept for judging mnistlab.
@@ -45,7 +45,7 @@ FASHION_TRAIN = 55_000  # Fashion-MNIST's training images before this are traini
 CANVAS = 112
 # The families of made-up non-digits that outlier exposure draws, in drawing order; a run draws the first four
 # unless it names others (--outlier-families).
-FAMILIES = ("characters", "scribbles", "noise", "fashion", "lettering", "shapes")
+FAMILIES = ("characters", "scribbles", "noise", "fashion", "lettering")
 DEFAULT_FAMILIES = FAMILIES[:4]
 
 
@@ -77,7 +77,7 @@ def outlier_set(part: str, n: int, seed: int = 0, data_dir=None,
     shares = dict(zip(chosen, (n // len(chosen) + (i < n % len(chosen)) for i in range(len(chosen)))))
     makers = {"characters": characters, "scribbles": scribbles, "noise": smooth_noise,
               "fashion": lambda k, rng: _fashion_part(part, k, rng, data_dir),
-              "lettering": lambda k, rng: lettering(k, rng, part), "shapes": shapes}
+              "lettering": lambda k, rng: lettering(k, rng, part)}
     out = np.concatenate([makers[f](shares[f], rng) for f in chosen])
     return out[rng.permutation(len(out))]
 
@@ -138,60 +138,6 @@ def lettering(n: int, rng: np.random.Generator, part: str = "train") -> np.ndarr
         if img is not None:
             out.append(img)
     return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
-
-
-def shapes(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Shapes drawn with a pen: polygons and stars, hearts, arrows, crosses and hashes, faces; never a lone
-    ring or bar, which are digits (0 and 1) in any hand. Turned, stretched and of random width."""
-    out: list[np.ndarray] = []
-    while len(out) < n:
-        img = Image.new("L", (CANVAS, CANVAS), 255)
-        draw, width = ImageDraw.Draw(img), int(rng.integers(3, 14))
-        for stroke in _shape(rng):
-            draw.line([tuple(p) for p in stroke], fill=0, width=width, joint="curve")
-        px = _mnist(img)
-        if px is not None:
-            out.append(px)
-    return np.stack(out) if out else np.zeros((0, 28, 28), np.uint8)
-
-
-def _shape(rng: np.random.Generator) -> list[np.ndarray]:
-    """One shape's strokes, as point arrays on the CANVAS page, turned and stretched at random."""
-    kind = rng.integers(6)
-    t = np.linspace(0, 2 * np.pi, 60)
-    if kind == 0:  # a polygon, 3 to 6 corners
-        k = int(rng.integers(3, 7))
-        a = np.linspace(0, 2 * np.pi, k + 1) + rng.uniform(0, np.pi)
-        strokes = [np.stack([np.cos(a), np.sin(a)], 1)]
-    elif kind == 1:  # a star of 5 to 7 points
-        k = int(rng.integers(5, 8))
-        a = np.linspace(0, 2 * np.pi, 2 * k + 1)
-        r = np.where(np.arange(2 * k + 1) % 2 == 0, 1.0, rng.uniform(0.35, 0.55))
-        strokes = [np.stack([r * np.cos(a), r * np.sin(a)], 1)]
-    elif kind == 2:  # a heart
-        x, y = 16 * np.sin(t) ** 3, -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
-        strokes = [np.stack([x, y], 1) / 17]
-    elif kind == 3:  # an arrow
-        head = rng.uniform(0.3, 0.5)
-        strokes = [np.array([[-1, 0], [1, 0]]), np.array([[1 - head, -head], [1, 0], [1 - head, head]])]
-    elif kind == 4:  # a cross, a hash or an asterisk
-        lines = int(rng.integers(2, 5))
-        if lines == 4:
-            strokes = [np.array([[-1, y], [1, y]]) for y in (-0.35, 0.35)] + [np.array([[x, -1], [x, 1]]) for x in
-                                                                               (-0.35, 0.35)]
-        else:
-            a = np.arange(lines) * np.pi / lines
-            strokes = [np.array([[-np.cos(b), -np.sin(b)], [np.cos(b), np.sin(b)]]) for b in a]
-    else:  # a face: a ring with eyes and a mouth
-        mouth = np.linspace(0.2 * np.pi, 0.8 * np.pi, 20)
-        strokes = [np.stack([np.cos(t), np.sin(t)], 1), np.array([[-0.35, -0.3], [-0.3, -0.3]]),
-                   np.array([[0.3, -0.3], [0.35, -0.3]]), 0.55 * np.stack([np.cos(mouth), np.sin(mouth)], 1)]
-    angle = rng.uniform(0, 2 * np.pi)
-    turn = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    scale = rng.uniform(0.25, 0.42, 2) * CANVAS
-    centre = CANVAS / 2 + rng.uniform(-6, 6, 2)
-    jitter = rng.normal(0, 0.03, 2)
-    return [((s + jitter) @ turn.T) * scale + centre for s in strokes]
 
 
 def scribbles(n: int, rng: np.random.Generator) -> np.ndarray:
