@@ -145,7 +145,7 @@ function show(result) {
   $("message").textContent = "";
   // a rejected drawing is said to be no digit, plainly; the nearest digit is still shown, small
   const percent = (c) => `${(100 * result.probabilities[c]).toFixed(1)}%`;
-  $("prediction").textContent = result.answer;
+  $("prediction").textContent = result.rejected ? "not a digit" : result.answer;
   $("prediction").classList.toggle("rejected", Boolean(result.rejected));
   $("prediction").classList.toggle("unsure", Boolean(result.unsure));
   $("nearest").textContent = result.rejected ?
