@@ -46,6 +46,15 @@ fixed before any of it was scored:
 Round 4 (`--round 4`): round 3's choice, real-lettering, again, after `lettering` was changed to draw a family
 before one of its files, as the font digits do (YOzFont's 91 files had drawn two letters in three), and to skip
 a character that its font lacks (drawn as the font's box). Round 3's rule, beside the shipped model.
+
+Round 5 (`--round 5`): round 4's choice, now shipped, rejected 7 of the suite's 50 printed 1s. Its `lettering`
+again, without the characters that a hand's font draws as a bar (`outliers.LIKE_ONE`: i, j, !, brackets and
+parentheses), scored beside the shipped model. The rule, fixed before it was scored:
+- the threshold as above;
+- eligible: clean validation accuracy ≥ 99.30%; the suite's non-digits rejected at most 0.5 points below the
+  shipped model's; robust validation at most 1 point below the shipped model's; ≥ 93% of the 5,000 validation
+  outliers rejected;
+- chosen if eligible and its digit-set mean is higher than the shipped model's; else the shipped model stays.
 """
 
 import argparse
@@ -82,7 +91,8 @@ ROUND_2 = {"real-k3": dict(augment={**ROBUST_AUGMENT, "pixel_share": 0.35, **TRI
            "real-k3-e20": dict(epochs=20, augment={**ROBUST_AUGMENT, "pixel_share": 0.35, **TRIPLED})}
 ROUND_3 = {"real-lettering": dict(outlier_families="characters,scribbles,noise,fashion,lettering")}
 ROUND_4 = {"real-lettering-b": ROUND_3["real-lettering"]}
-LATER = ROUND_2 | ROUND_3 | ROUND_4  # candidates on the robust-real recipe
+ROUND_5 = {"real-lettering-c": {}}  # the recipe as robust-real now has it; the lettering changed
+LATER = ROUND_2 | ROUND_3 | ROUND_4 | ROUND_5  # candidates on the robust-real recipe
 REJECT_SHARE = 0.02
 GATES = {"clean": 0.993, "non_digits": 0.93}
 
@@ -158,12 +168,15 @@ def gates(r: dict) -> list[bool]:
 
 
 def eligible(r: dict, shipped: dict, round_: int) -> bool:
-    """Round 2's or round 3's gates (the module docstring)."""
+    """Round 2's, 3's or 5's gates (the module docstring)."""
+    clean = r["clean_correct"] / r["clean_total"] >= GATES["clean"]
+    outliers = r["outliers_rejected"] >= GATES["non_digits"]
+    if round_ == 5:
+        return (clean and outliers and r["non_digits_rejected"] >= shipped["non_digits_rejected"] - 0.005
+                and r["robust_mean"] >= shipped["robust_mean"] - 0.01)
     held = (r["non_digits_rejected"] >= shipped["non_digits_rejected"] - 0.01 if round_ == 2 else
             r["robust_mean"] >= shipped["robust_mean"] - 0.01)
-    return (r["clean_correct"] / r["clean_total"] >= GATES["clean"]
-            and r["digits_right_mean"] >= shipped["digits_right_mean"] - 0.0025
-            and held and r["outliers_rejected"] >= GATES["non_digits"])
+    return clean and outliers and r["digits_right_mean"] >= shipped["digits_right_mean"] - 0.0025 and held
 
 
 def row(name: str, r: dict, names: list[str]) -> str:
@@ -185,14 +198,14 @@ def main() -> None:
     p.add_argument("names", nargs="*", help=f"candidates, of {', '.join(CANDIDATES | LATER)} (default: the round's)")
     p.add_argument("--data-dir")
     p.add_argument("--train-only", action="store_true", help="train what is missing, score nothing")
-    p.add_argument("--round", type=int, choices=(1, 2, 3, 4), default=1, help="the candidates and rule of a round")
+    p.add_argument("--round", type=int, choices=(1, 2, 3, 4, 5), default=1, help="the candidates and rule of a round")
     p.add_argument("--n", type=int, default=500, help="images per set of the real-input suite")
     args = p.parse_args()
     if set(args.names) - set(CANDIDATES | LATER):
         p.error(f"unknown candidates: {', '.join(sorted(set(args.names) - set(CANDIDATES | LATER)))}")
     print(f"machine: {machine()}")
     paths = {"robust-real (shipped)": "robust-real"}
-    for name in args.names or {1: CANDIDATES, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4}[args.round]:
+    for name in args.names or {1: CANDIDATES, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5}[args.round]:
         paths[name], seconds = trained(name, args.data_dir)
         print(f"{name}: {paths[name]} ({'-' if seconds is None else f'{seconds:.0f} s'} of training)", flush=True)
     if args.train_only:
@@ -212,8 +225,9 @@ def main() -> None:
         shipped = results["robust-real (shipped)"]
         for name, r in results.items():
             print(f"{name}: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in r["robust"].items()))
-        able = {n: r for n, r in results.items() if n in LATER and eligible(r, shipped, min(args.round, 3))}
-        key, margin = ("robust_mean", 0.0) if args.round == 2 else ("non_digits_rejected", 0.01)
+        rule = 3 if args.round == 4 else args.round
+        able = {n: r for n, r in results.items() if n in LATER and eligible(r, shipped, rule)}
+        key, margin = {2: ("robust_mean", 0.0), 5: ("digits_right_mean", 0.0)}.get(rule, ("non_digits_rejected", 0.01))
         best = max(able, key=lambda n: able[n][key], default=None)
         chosen = best if best and able[best][key] >= shipped[key] + margin and (
             margin or able[best][key] > shipped[key]) else "robust-real (shipped)"
