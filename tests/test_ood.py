@@ -400,9 +400,10 @@ def test_lettering_is_drawn_only_when_named_and_in_the_font_digits_fonts(monkeyp
     assert not {x.tobytes() for x in drawn} & {x.tobytes() for x in default}
     assert not {x.tobytes() for x in drawn} & {x.tobytes() for x in outlier_set("validation", 40, seed=3,
                                                                                    families=("lettering", "noise"))}
-    opened = []
-    font = outliers._font.__wrapped__
-    monkeypatch.setattr(outliers, "_font", lambda path, size: opened.append(path) or font(path, size))
-    outliers.lettering(20, np.random.default_rng(0), "validation")
+    drawn_with, render = [], outliers._render
+    monkeypatch.setattr(outliers, "_render", lambda char, path, *args, **kw: drawn_with.append((char, path))
+                        or render(char, path, *args, **kw))
+    outliers.lettering(60, np.random.default_rng(0), "validation")
     held = {p for files in part_fonts("validation").values() for p in files}
-    assert opened and set(opened) <= held  # the validation part's fonts only: never a training file
+    assert drawn_with and {path for _, path in drawn_with} <= held  # the validation part's fonts: never a training file
+    assert not {char for char, _ in drawn_with} & set(outliers.LIKE_ONE)  # nothing a hand's font draws as a bar
