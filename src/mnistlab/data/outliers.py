@@ -40,7 +40,6 @@ EVAL_FONTS = tuple(f"freefont/Free{family}{style}.ttf" for family, styles in
                     ("Mono", ("", "Bold", "Oblique", "BoldOblique"))) for style in styles)
 LETTERS = "".join(c for c in string.ascii_letters if c not in "OoIl")
 SYMBOLS = "@#$%&*+=?!<>{}[]()~^\\;:\"'§¶€£¥©®µß"
-LIKE_ONE = "ij!()[]"  # a bar in a hand's font: lettering leaves them out, so that a printed or written 1 stays a digit
 CJK = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可"
 FASHION_TRAIN = 55_000  # Fashion-MNIST's training images before this are training outliers, after it validation
 CANVAS = 112
@@ -125,13 +124,12 @@ def characters(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def lettering(n: int, rng: np.random.Generator, part: str = "train") -> np.ndarray:
     """Letters and symbols in the fonts that the font digits are drawn in (synthetic.part_fonts: the same
-    part's files), handwriting-like ones among them, so that a hand's style is no cue for "digit"; not those
-    LIKE_ONE. A family is drawn first, then one of its files, as the font digits are; a character the font
-    lacks is drawn again."""
+    part's files), handwriting-like ones among them, so that a hand's style is no cue for "digit". A family
+    is drawn first, then one of its files, as the font digits are; a character the font lacks is drawn again."""
     from .synthetic import draws, part_fonts
 
     fonts = part_fonts(part)
-    families, chars = list(fonts), "".join(c for c in LETTERS + SYMBOLS if c not in LIKE_ONE)
+    families, chars = list(fonts), LETTERS + SYMBOLS
     out: list[np.ndarray] = []
     while len(out) < n:
         files = fonts[families[rng.integers(len(families))]]
