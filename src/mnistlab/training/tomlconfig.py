@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MnistlabError
-from .config import PRESETS, RunConfig
-from .config import recipe as preset_recipe
+from .config import PRESETS, RunConfig, from_preset
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,11 +86,7 @@ def _check_values(path: str | os.PathLike, settings: dict[str, Any]) -> None:
             raise MnistlabError(f"{path}: {key} '{settings[key]}' is not one of: {', '.join(known)}.")
     recipe = {k: v for k, v in settings.items() if k not in RUN_OPTIONS}
     try:
-        if "outlier_families" in recipe and "outlier_exposure" not in recipe and "preset" in settings:
-            # the families' weight may come from the file's preset
-            recipe["outlier_exposure"] = preset_recipe(settings["preset"], settings.get("dataset", "mnist")).get(
-                "outlier_exposure", 0.0)
-        RunConfig(**recipe).validate()
+        from_preset(settings.get("preset"), **recipe)  # over its preset, as the run will take it
     except MnistlabError as e:
         raise MnistlabError(f"{path}: {e}") from None
 
