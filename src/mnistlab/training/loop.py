@@ -520,8 +520,9 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
         asked, cfg = cfg.batch_size, fit_batch(cfg, len(splits[0][1]))
         data = load_data(cfg, splits, device, channels_last, data_dir)
     total_steps = run_steps(cfg.epochs, len(data.train))  # the Run's own, needed before it is built
-    not_graphed = uncapturable(cfg) if cfg.cuda_graph and device.type == "cuda" else None
-    graphed = cfg.cuda_graph and device.type == "cuda" and not not_graphed
+    wants_graph = cfg.cuda_graph and device.type == "cuda"
+    not_graphed = uncapturable(cfg) if wants_graph else None
+    graphed = wants_graph and not_graphed is None
     opt = make_optimizer(cfg, model, capturable=graphed)
     # in a CUDA graph beta1 stays fixed: Adam's foreach kernels read a tensor beta1 on the host (PyTorch 2.11)
     sched = make_scheduler(cfg, opt, total_steps, cycle_momentum=not graphed)
