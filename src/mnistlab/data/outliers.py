@@ -124,16 +124,15 @@ def characters(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def lettering(n: int, rng: np.random.Generator, part: str = "train") -> np.ndarray:
     """Letters and symbols in the fonts that the font digits are drawn in (synthetic.part_fonts: the same
-    part's files), handwriting-like ones among them, so that a hand's style is no cue for "digit". A family
-    is drawn first, then one of its files, as the font digits are; a character the font lacks is drawn again."""
-    from .synthetic import draws, part_fonts
+    part's files), handwriting-like ones among them, so that a hand's style is no cue for "digit". The font is
+    picked as the font digits' are; a character the font lacks is drawn again."""
+    from .synthetic import draws, part_fonts, pick_font
 
-    fonts = part_fonts(part)
-    families, chars = list(fonts), LETTERS + SYMBOLS
+    fonts, chars = part_fonts(part), LETTERS + SYMBOLS
     out: list[np.ndarray] = []
     while len(out) < n:
-        files = fonts[families[rng.integers(len(families))]]
-        path, char = files[rng.integers(len(files))], chars[rng.integers(len(chars))]
+        path = pick_font(fonts, rng)
+        char = chars[rng.integers(len(chars))]
         img = _render(char, path, rng, jitter=True) if draws(path, char) else None
         if img is not None:
             out.append(img)

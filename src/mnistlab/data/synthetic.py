@@ -197,12 +197,16 @@ def _height_per_size(path: Path) -> float:
     return (np.median(bottom) - np.median(top)) / 100
 
 
+def pick_font(fonts: dict[str, tuple[Path, ...]], rng: np.random.Generator) -> Path:
+    """A family first, then one of its files: a family of many files weighs as much as one of a single file."""
+    files = fonts[list(fonts)[rng.integers(len(fonts))]]
+    return files[rng.integers(len(files))]
+
+
 def _digit(digit: str, fonts: dict[str, tuple[Path, ...]], rng: np.random.Generator) -> np.ndarray:
     """One digit as preprocess makes it, drawn again until it has ink."""
-    families = list(fonts)
     while True:
-        files = fonts[families[rng.integers(len(families))]]
-        path = files[rng.integers(len(files))]
+        path = pick_font(fonts, rng)
         img = _small(digit, path, rng) if rng.random() < SMALL_SHARE else _large(digit, path, rng)
         try:
             return preprocess(_slanted(img, rng))
