@@ -98,3 +98,10 @@ def test_a_file_naming_outlier_families_may_take_their_weight_from_its_preset(tm
     assert cfg.outlier_family_names[-1] == "lettering"
     with pytest.raises(MnistlabError, match="give a weight above 0 too"):  # a preset without exposure gives none
         read_config(_write(tmp_path, 'preset = "fast"\noutlier_families = "lettering"\n', "fast.toml"))
+
+
+def test_turning_off_a_presets_outlier_exposure_turns_off_its_families_too():
+    cfg = from_preset("robust-real", outlier_exposure=0.0)  # its families were the preset's, not the user's
+    assert cfg.outlier_exposure == 0 and cfg.outlier_families == RunConfig().outlier_families
+    with pytest.raises(MnistlabError, match="give a weight above 0 too"):  # families the user names still need one
+        from_preset("robust-real", outlier_exposure=0.0, outlier_families="lettering")

@@ -295,6 +295,8 @@ def from_preset(preset: str | None, **overrides) -> RunConfig:
     values = recipe(preset, given.get("dataset", "mnist"))
     if given.get("compile") and "cuda_graph" not in given:
         values["cuda_graph"] = False  # an explicit --compile replaces a preset's CUDA-graph step
+    if "outlier_families" not in given and given.get("outlier_exposure") == 0:
+        values.pop("outlier_families", None)  # a preset's families go with its exposure: turned off, none are drawn
     values.update(given)
     cfg = RunConfig(**values).validate()
     # families asked for, but no weight: refused even for all four, never silently ignored (a config file that
