@@ -254,9 +254,7 @@ def test_tight_crops_are_read_as_with_a_margin(train_digits):
     assert all(_same_digit(*tight_crop(d)) for d in train_digits)
 
 
-@pytest.mark.parametrize("maker", ["faint_photo", "small_in_a_photo", "vignette_photo", pytest.param(
-    "shadowed_photo", marks=pytest.mark.xfail(strict=True, reason="a straight-edged shadow is not levelled yet: "
-                                              "no smooth surface follows its edge (BENCHMARKS.md)"))])
+@pytest.mark.parametrize("maker", ["faint_photo", "small_in_a_photo", "vignette_photo", "shadowed_photo"])
 def test_faint_small_vignetted_and_shadowed_photos_are_read_as_plain_ones(train_digits, maker):
     """Pencil 25-40 grey levels darker than the paper; a digit a twentieth of the photo's height; paper 70 levels
     darker in the corners than in the middle; a straight-edged shadow over part of the page."""
@@ -266,6 +264,33 @@ def test_faint_small_vignetted_and_shadowed_photos_are_read_as_plain_ones(train_
     likeness = [_likeness(*make(d, np.random.default_rng(i))) for i, d in enumerate(train_digits[:30])]
     # a stray dot in an MNIST image may join the faint digit's box or not: a few are less alike, none is lost
     assert np.median(likeness) > 0.95 and min(likeness) > 0.7, likeness
+
+
+def test_a_shadow_is_found_only_where_one_falls(train_digits):
+    """find_shadow takes a straight-edged shadow for one, at its angle, and nothing else for one: a lamp's slope, a
+    vignette, a stroke along the frame (ink is a step too, but darker than any shadow), a tight crop."""
+    from mnistlab.data.preprocess import find_shadow, to_gray
+    from mnistlab_testkit import hard_inputs as hard
+    from mnistlab_testkit.browsing import lit_photo
+
+    def ink_light(img: Image.Image) -> np.ndarray:
+        return 255 - to_gray(img)  # dark ink on white paper, turned as ink_levels turns it
+
+    for i, d in enumerate(train_digits[:10]):
+        state = np.random.default_rng(i)
+        found = find_shadow(ink_light(hard.shadowed_photo(d, state)[0]))
+        assert found is not None, i
+        rng = np.random.default_rng(i)  # the shadow's angle, drawn as shadowed_photo draws it
+        hard._on_paper(d, rng, 300, int(rng.integers(100, 200)), 215.0, 50, 3)
+        angle, (a, b) = rng.uniform(0, 2 * np.pi), found[:2]
+        assert abs(np.sin(angle - np.arctan2(b, a))) < np.sin(np.radians(2)), (i, np.degrees(angle), a, b)
+        rng = np.random.default_rng(i)
+        plain = [hard.shadowed_photo(d, rng)[1], hard.vignette_photo(d, rng)[0], hard.tight_crop(d)[0],
+                 lit_photo(d, np.random.default_rng(i), tilt=120), hard.faint_photo(d, rng)[0]]
+        assert [find_shadow(ink_light(img)) for img in plain] == [None] * len(plain), i
+    strokes = [hard.with_margin(hard.seven_along_the_top(top, brush), brush)[0] for top in (0, 5) for brush in (18, 40)]
+    strokes += [hard.strokes_image(hard.eight_along_the_top(brush), brush) for brush in (6, 40)]
+    assert [find_shadow(ink_light(img)) for img in strokes] == [None] * len(strokes)
 
 
 def test_specks_of_dust_on_blank_paper_are_no_digit():

@@ -29,6 +29,10 @@ MAX_ASPECT = 20  # longer side over shorter: a strip this thin holds no digit, o
 LIGHT_TILT = 8  # grey levels the paper's light varies by: less is left as it is; a tile further above is ink
 LIGHT_TILES = 8  # the paper's light is fitted to this many tiles a side
 LIGHT_ROUNDS = 10  # refits at most, leaving out the tiles far above the paper (ink)
+SHADOW_SIDE = 128  # a shadow is looked for in a sample of the image about this many pixels a side
+SHADOW_STEPS = 12  # directions tried per 45 degrees (in a sample half as fine), then SHADOW_FINER times finer
+SHADOW_FINER = 8  # around the best
+SHADOW_LIGHT = (0.35, 0.88)  # the light in a shadow, as a share of the paper's: darker is ink, lighter is no shadow
 MIN_SIDE = 4  # pixels a digit's ink spans at least, unless the image is smaller: less is dust
 MIN_INK = 8  # grey levels above the paper's noise that ink stands out by, at least
 WORKING_SIDE = 1024  # larger images are decoded (JPEG) or reduced to about this before anything else
@@ -267,6 +271,104 @@ def _least_squares(tiles: np.ndarray) -> list[float] | None:
     return coef
 
 
+def _direction(i: int, m: int) -> tuple[int, int]:
+    """The i-th of 4m directions (a, b) across half a turn, with max(|a|, |b|) = m: whole numbers, so that a
+    pixel's distance along one, (a * x + b * y) // m, is the same in preprocess.js."""
+    i %= 4 * m
+    return (m, i - m) if i < 2 * m else (3 * m - i, m)
+
+
+def _light_along(sample: np.ndarray, a: int, b: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """The paper's light as a function of distance along (a, b): (each pixel's bin, the light of each bin, the pixels
+    in each bin, the first and last bin of the full ones). A bin's light is the median over its window of the bins'
+    medians (each bin a line across the image, its median the paper's wherever ink covers less than half of it):
+    a running median keeps a shadow's edge, however sharp, and drops a stroke that runs along the line."""
+    h, w = sample.shape
+    d = (a * np.arange(w)[None, :] + b * np.arange(h)[:, None]) // m
+    d -= d.min()
+    n = int(d.max()) + 1
+    counts = np.bincount((d * 256 + sample).ravel(), minlength=n * 256).reshape(n, 256)
+    pixels = counts.sum(axis=1)
+    medians = (2 * counts.cumsum(axis=1) < pixels[:, None]).sum(axis=1)
+    full = np.flatnonzero(4 * pixels >= pixels.max())
+    lo, hi = int(full[0]), int(full[-1])
+    half = max(2, (hi - lo + 1) // 10)
+    hist = np.zeros((n + 1, 256), np.int64)  # windows' histograms of the full bins' medians, as differences
+    hist[lo + 1:hi + 2] = np.eye(256, dtype=np.int64)[medians[lo:hi + 1]]
+    hist = hist.cumsum(axis=0)
+    k = np.arange(n)
+    window = (hist[np.clip(k + half + 1, lo, hi + 1)] - hist[np.clip(k - half, lo, hi + 1)]).cumsum(axis=1)
+    light = (2 * window < window[:, -1:]).sum(axis=1)
+    light[:lo], light[hi + 1:] = light[lo], light[hi]
+    return d, light, pixels, lo, hi
+
+
+def find_shadow(gray: np.ndarray) -> tuple[int, int, int, int, np.ndarray, int] | None:
+    """A shadow with a straight edge over part of the paper, as a hand or a phone casts it: (a, b, m, k, light, lit)
+    for level_shadow, or None. Ink is light here, so a shadow is a raised part of the floor.
+
+    The image, sampled every k-th pixel, is summed up along each direction by its light (_light_along); the
+    direction whose light leaves the least behind (the sum of |pixel - light|) is the shadow's, as a straight edge
+    lies along one direction only. It is a shadow if the light steps up once along it, covers a tenth to nine
+    tenths of the image, and keeps SHADOW_LIGHT of the paper's light."""
+    h, w = gray.shape
+    if min(h, w) < 2 * LIGHT_TILES:
+        return None
+    k = -(-max(h, w) // SHADOW_SIDE)
+    sample = gray[::k, ::k]
+    if min(sample.shape) < 2 * LIGHT_TILES:
+        return None
+    tiles = _tile_medians(sample)[:, 2]
+    if (1 - SHADOW_LIGHT[1]) * (255 - tiles.min()) > tiles.max() - tiles.min():
+        return None  # no part of the paper is dark enough to be in shadow: most images, at once
+
+    def fitted(image: np.ndarray, i: int, m: int):
+        a, b = _direction(i, m)
+        d, light, pixels, lo, hi = _light_along(image, a, b, m)
+        return int(np.abs(image.astype(np.int64) - light[d]).sum()), (a, b, m, d, light, pixels, lo, hi)
+
+    coarse = min(range(4 * SHADOW_STEPS), key=lambda i: fitted(sample[::2, ::2], i, SHADOW_STEPS)[0])
+    _, (a, b, m, d, light, pixels, lo, hi) = min(
+        (fitted(sample, SHADOW_FINER * coarse + j, SHADOW_FINER * SHADOW_STEPS)
+         for j in range(-SHADOW_FINER, SHADOW_FINER + 1)), key=lambda f: f[0])
+    span = max(2, (hi - lo + 1) // 8)
+    if hi - lo + 1 <= span:
+        return None
+    rise = light[lo + span:hi + 1] - light[lo:hi + 1 - span]
+    j = int(np.argmax(np.abs(rise)))
+    edge = lo + j + span // 2
+    before, after = light[lo:max(lo, edge - span)], light[edge + span:hi + 1]  # each side, its edge left out
+    lit, shade = (before, after) if rise[j] > 0 else (after, before)
+    if not len(lit) or not len(shade):
+        return None
+    q_lit, q_shade = int(np.sort(lit)[(len(lit) - 1) // 2]), int(np.sort(shade)[(len(shade) - 1) // 2])
+    shaded = int(pixels[edge:].sum() if rise[j] > 0 else pixels[:edge].sum())
+    dark, bright = SHADOW_LIGHT
+    # a step, not a lamp's slope or a stroke: each side strays from its level by a tenth of the step, on average
+    level = all(10 * int(np.abs(side - q).sum()) <= (q_shade - q_lit) * len(side)
+                for side, q in ((lit, q_lit), (shade, q_shade)))
+    if not (dark * (255 - q_lit) <= 255 - q_shade <= bright * (255 - q_lit)
+            and pixels.sum() <= 10 * shaded <= 9 * pixels.sum() and level):
+        return None
+    return a, b, m, k, light, q_lit
+
+
+def level_shadow(gray: np.ndarray) -> np.ndarray:
+    """The paper's light made even across a straight-edged shadow (find_shadow): each pixel's darkening divided out,
+    as a shadow dims ink and paper alike; elsewhere nothing changes."""
+    found = find_shadow(gray)
+    if found is None:
+        return gray
+    a, b, m, k, light, lit = found
+    h, w = gray.shape
+    offset = min(0, a * ((w - 1) // k)) + min(0, b * ((h - 1) // k))  # the sample's smallest a * x + b * y
+    d = (a * np.arange(w)[None, :] + b * np.arange(h)[:, None]) // (k * m) - offset // m
+    paper = np.maximum(1, 255 - np.maximum(light, lit)).astype(np.float64)
+    shade = paper[np.clip(d, 0, len(light) - 1)]
+    out = 255 - np.round((255 - gray.astype(np.float64)) * (255 - lit) / shade)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 def level_light(gray: np.ndarray) -> np.ndarray:
     """The paper made level: uneven light (a lamp to one side, a hand's shadow, a vignette) lifts the floor above
     faint ink. The paper's surface (paper_surface) is taken out, less its value at the image's centre. Where it
@@ -306,7 +408,7 @@ def ink_levels(gray: np.ndarray) -> tuple[np.ndarray, float, float] | None:
     # paper is the common case, and a thick stroke along the frame can cover half of it
     if _quantile(border, 0.75) > 127:
         gray, border = 255 - gray, 255 - border
-    levelled = level_light(gray)
+    levelled = level_light(level_shadow(gray))
     if levelled is not gray:  # level paper (most images) keeps its border: no second pass
         gray, border = levelled, _border(levelled)
     low, quartile = _quantile(border, 0.01), _quantile(border, 0.25)

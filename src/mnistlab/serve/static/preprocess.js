@@ -125,6 +125,142 @@ const mnistPreprocess = (() => {
     return coef;
   }
 
+  // preprocessing._direction: the i-th of 4m whole-number directions across half a turn
+  const SHADOW_SIDE = 128, SHADOW_STEPS = 12, SHADOW_FINER = 8, SHADOW_DARK = 0.35, SHADOW_BRIGHT = 0.88;
+  function direction(i, m) {
+    i = ((i % (4 * m)) + 4 * m) % (4 * m);
+    return i < 2 * m ? [m, i - m] : [3 * m - i, m];
+  }
+
+  // preprocessing._light_along: each pixel's bin along (a, b), the running median of the bins' medians
+  function lightAlong(s, h, w, a, b, m) {
+    const d = new Int32Array(h * w);
+    let dmin = Infinity, dmax = -Infinity;
+    for (let r = 0; r < h; r++) {
+      for (let c = 0; c < w; c++) {
+        const v = Math.floor((a * c + b * r) / m);
+        d[r * w + c] = v;
+        if (v < dmin) dmin = v;
+        if (v > dmax) dmax = v;
+      }
+    }
+    const n = dmax - dmin + 1;
+    const counts = new Int32Array(n * 256), pixels = new Int32Array(n), medians = new Int32Array(n);
+    for (let i = 0; i < h * w; i++) {
+      d[i] -= dmin;
+      counts[d[i] * 256 + s[i]]++;
+      pixels[d[i]]++;
+    }
+    const lowerHalf = (hist, total) => {  // how many levels lie below the median: the first whose count reaches half
+      let cum = 0, below = 0;
+      for (let v = 0; v < 256; v++) {
+        cum += hist[v];
+        if (2 * cum < total) below++;
+      }
+      return below;
+    };
+    let most = 0;
+    for (let t = 0; t < n; t++) {
+      medians[t] = lowerHalf(counts.subarray(t * 256, (t + 1) * 256), pixels[t]);
+      most = Math.max(most, pixels[t]);
+    }
+    let lo = 0, hi = n - 1;
+    while (4 * pixels[lo] < most) lo++;
+    while (4 * pixels[hi] < most) hi--;
+    const half = Math.max(2, Math.floor((hi - lo + 1) / 10));
+    const light = new Int32Array(n), window = new Int32Array(256);
+    let inside = 0, from = lo, to = lo - 1;  // the window holds the medians of bins from..to
+    for (let t = lo; t <= hi; t++) {
+      const want0 = Math.max(lo, t - half), want1 = Math.min(hi, t + half);
+      while (to < want1) { to++; window[medians[to]]++; inside++; }
+      while (from < want0) { window[medians[from]]--; from++; inside--; }
+      light[t] = lowerHalf(window, inside);
+    }
+    for (let t = 0; t < lo; t++) light[t] = light[lo];
+    for (let t = hi + 1; t < n; t++) light[t] = light[hi];
+    return { d, light, pixels, lo, hi };
+  }
+
+  // every k-th pixel of every k-th row
+  function sampled(a, h, w, k) {
+    const sh = Math.ceil(h / k), sw = Math.ceil(w / k), out = new Uint8Array(sh * sw);
+    for (let r = 0; r < sh; r++) for (let c = 0; c < sw; c++) out[r * sw + c] = a[r * k * w + c * k];
+    return [out, sh, sw];
+  }
+
+  const lowerMedian = (values) => Array.from(values).sort((x, y) => x - y)[Math.floor((values.length - 1) / 2)];
+
+  // preprocessing.find_shadow: the direction whose light leaves least behind; a shadow if that light steps once
+  function findShadow(gray, h, w) {
+    if (Math.min(h, w) < 2 * LIGHT_TILES) return null;
+    const k = Math.ceil(Math.max(h, w) / SHADOW_SIDE);
+    const [sample, sh, sw] = sampled(gray, h, w, k);
+    if (Math.min(sh, sw) < 2 * LIGHT_TILES) return null;
+    const tiles = tileMedians(sample, sh, sw).map((t) => t[2]);
+    const tmin = Math.min(...tiles), tmax = Math.max(...tiles);
+    if ((1 - SHADOW_BRIGHT) * (255 - tmin) > tmax - tmin) return null;
+    const fitted = (img, ih, iw, i, m) => {
+      const [a, b] = direction(i, m);
+      const f = lightAlong(img, ih, iw, a, b, m);
+      let err = 0;
+      for (let p = 0; p < ih * iw; p++) err += Math.abs(img[p] - f.light[f.d[p]]);
+      return { err, a, b, m, ...f };
+    };
+    const [coarseImg, ch, cw] = sampled(sample, sh, sw, 2);
+    let coarse = 0, coarseErr = Infinity;
+    for (let i = 0; i < 4 * SHADOW_STEPS; i++) {
+      const err = fitted(coarseImg, ch, cw, i, SHADOW_STEPS).err;
+      if (err < coarseErr) [coarse, coarseErr] = [i, err];
+    }
+    let best = null;
+    for (let j = -SHADOW_FINER; j <= SHADOW_FINER; j++) {
+      const f = fitted(sample, sh, sw, SHADOW_FINER * coarse + j, SHADOW_FINER * SHADOW_STEPS);
+      if (best === null || f.err < best.err) best = f;
+    }
+    const { a, b, m, light, pixels, lo, hi } = best;
+    const span = Math.max(2, Math.floor((hi - lo + 1) / 8));
+    if (hi - lo + 1 <= span) return null;
+    let j = 0, rise = 0;
+    for (let t = 0; t <= hi - lo - span; t++) {
+      const r = light[lo + span + t] - light[lo + t];
+      if (Math.abs(r) > Math.abs(rise)) [j, rise] = [t, r];
+    }
+    const edge = lo + j + Math.floor(span / 2);
+    const before = light.slice(lo, Math.max(lo, edge - span)), after = light.slice(edge + span, hi + 1);
+    const [lit, shade] = rise > 0 ? [before, after] : [after, before];
+    if (lit.length === 0 || shade.length === 0) return null;
+    const qLit = lowerMedian(lit), qShade = lowerMedian(shade);
+    let total = 0, shaded = 0;
+    for (let t = 0; t < pixels.length; t++) {
+      total += pixels[t];
+      if (rise > 0 ? t >= edge : t < edge) shaded += pixels[t];
+    }
+    const astray = (side, q) => side.reduce((acc, v) => acc + Math.abs(v - q), 0);
+    const level = [[lit, qLit], [shade, qShade]].every(([side, q]) => 10 * astray(side, q) <= (qShade - qLit) * side.length);
+    if (!(SHADOW_DARK * (255 - qLit) <= 255 - qShade && 255 - qShade <= SHADOW_BRIGHT * (255 - qLit)
+          && total <= 10 * shaded && 10 * shaded <= 9 * total && level)) return null;
+    return { a, b, m, k, light, lit: qLit };
+  }
+
+  // preprocessing.level_shadow: each pixel's darkening in the shadow divided out (float64, rounded half to even)
+  function levelShadow(gray, h, w) {
+    const found = findShadow(gray, h, w);
+    if (found === null) return gray;
+    const { a, b, m, k, light, lit } = found;
+    const offset = Math.min(0, a * Math.floor((w - 1) / k)) + Math.min(0, b * Math.floor((h - 1) / k));
+    const shift = Math.floor(offset / m);
+    const out = new Uint8Array(h * w);
+    for (let r = 0; r < h; r++) {
+      for (let c = 0; c < w; c++) {
+        const t = Math.min(light.length - 1, Math.max(0, Math.floor((a * c + b * r) / (k * m)) - shift));
+        const paper = Math.max(1, 255 - Math.max(light[t], lit));
+        const v = 255 - roundHalfEven((255 - gray[r * w + c]) * (255 - lit) / paper);
+        out[r * w + c] = Math.min(255, Math.max(0, v));
+      }
+    }
+    return out;
+  }
+
   // preprocessing.level_light: the paper's surface taken out (float32, rounded half to even, clipped)
   function levelLight(gray, h, w) {
     const coef = paperSurface(gray, h, w);
@@ -163,7 +299,7 @@ const mnistPreprocess = (() => {
       gray = gray.map((v) => 255 - v);
       bd = bd.map((v) => 255 - v);
     }
-    const levelled = levelLight(gray, h, w);
+    const levelled = levelLight(levelShadow(gray, h, w), h, w);
     if (levelled !== gray) [gray, bd] = [levelled, border(levelled, h, w)];
     const low = quantile(bd, 0.01), quartile = quantile(bd, 0.25);
     const spread = (quartile - low) / 1.65;
