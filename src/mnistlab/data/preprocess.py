@@ -362,11 +362,13 @@ def level_shadow(gray: np.ndarray) -> np.ndarray:
     a, b, m, k, light, lit = found
     h, w = gray.shape
     offset = min(0, a * ((w - 1) // k)) + min(0, b * ((h - 1) // k))  # the sample's smallest a * x + b * y
-    d = (a * np.arange(w)[None, :] + b * np.arange(h)[:, None]) // (k * m) - offset // m
+    across, down = a * np.arange(w, dtype=np.int32), b * np.arange(h, dtype=np.int32)  # |a|, |b| * side < 2 ** 31
+    d = np.clip((across[None, :] + down[:, None]) // np.int32(k * m) - np.int32(offset // m), 0, len(light) - 1)
+    # each bin's output for each grey level, a table: the same float64 steps as preprocess.js takes per pixel
     paper = np.maximum(1, 255 - np.maximum(light, lit)).astype(np.float64)
-    shade = paper[np.clip(d, 0, len(light) - 1)]
-    out = 255 - np.round((255 - gray.astype(np.float64)) * (255 - lit) / shade)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    levels = np.arange(256, dtype=np.float64)
+    table = np.clip(255 - np.round((255 - levels[None, :]) * (255 - lit) / paper[:, None]), 0, 255).astype(np.uint8)
+    return table[d, gray]
 
 
 def level_light(gray: np.ndarray) -> np.ndarray:
