@@ -30,8 +30,8 @@ LIGHT_TILT = 8  # grey levels the paper's light varies by: less is left as it is
 LIGHT_TILES = 8  # the paper's light is fitted to this many tiles a side
 LIGHT_ROUNDS = 10  # refits at most, leaving out the tiles far above the paper (ink)
 SHADOW_SIDE = 128  # a shadow is looked for in a sample of the image about this many pixels a side
-SHADOW_STEPS = 12  # directions tried per 45 degrees (in a sample half as fine), then SHADOW_FINER times finer
-SHADOW_FINER = 8  # around the best
+SHADOW_STEPS = 12  # directions per eighth of a turn, even in slope (in a sample half as fine), then SHADOW_FINER
+SHADOW_FINER = 8  # times finer around the best
 SHADOW_LIGHT = (0.35, 0.88)  # the light in a shadow, as a share of the paper's: darker is ink, lighter is no shadow
 MIN_SIDE = 4  # pixels a digit's ink spans at least, unless the image is smaller: less is dust
 MIN_INK = 8  # grey levels above the paper's noise that ink stands out by, at least
@@ -293,7 +293,7 @@ def _light_along(sample: np.ndarray, a: int, b: int, m: int) -> tuple[np.ndarray
     full = np.flatnonzero(4 * pixels >= pixels.max())
     lo, hi = int(full[0]), int(full[-1])
     half = max(2, (hi - lo + 1) // 10)
-    hist = np.zeros((n + 1, 256), np.int64)  # windows' histograms of the full bins' medians, as differences
+    hist = np.zeros((n + 1, 256), np.int64)  # windows' histograms of the medians from lo to hi, as differences
     hist[lo + 1:hi + 2] = np.eye(256, dtype=np.int64)[medians[lo:hi + 1]]
     hist = hist.cumsum(axis=0)
     k = np.arange(n)
