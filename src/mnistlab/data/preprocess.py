@@ -33,6 +33,7 @@ SHADOW_SIDE = 128  # a shadow is looked for in a sample of the image about this 
 SHADOW_STEPS = 12  # directions per eighth of a turn, even in slope (in a sample half as fine), then SHADOW_FINER
 SHADOW_FINER = 8  # times finer around the best
 SHADOW_LIGHT = (0.35, 0.88)  # the light in a shadow, as a share of the paper's: darker is ink, lighter is no shadow
+SHADOW_TILES = 3  # of the sample's LIGHT_TILES ** 2 tiles, at least this many in a shadow's light to look for one
 MIN_SIDE = 4  # pixels a digit's ink spans at least, unless the image is smaller: less is dust
 MIN_INK = 8  # grey levels above the paper's noise that ink stands out by, at least
 WORKING_SIDE = 1024  # larger images are decoded (JPEG) or reduced to about this before anything else
@@ -318,9 +319,10 @@ def find_shadow(gray: np.ndarray) -> tuple[int, int, int, int, np.ndarray, int] 
     sample = gray[::k, ::k]
     if min(sample.shape) < 2 * LIGHT_TILES:
         return None
-    tiles = _tile_medians(sample)[:, 2]
-    if (1 - SHADOW_LIGHT[1]) * (255 - tiles.min()) > tiles.max() - tiles.min():
-        return None  # no part of the paper is dark enough to be in shadow: most images, at once
+    dark, bright = SHADOW_LIGHT
+    tiles = 255 - _tile_medians(sample)[:, 2]  # the light of each tile, as a share of the lightest below
+    if ((dark * tiles.max() <= tiles) & (tiles <= bright * tiles.max())).sum() < SHADOW_TILES:
+        return None  # too few tiles lie in shadow's light (ink lies below it, paper above): most images, at once
 
     def fitted(image: np.ndarray, i: int, m: int):
         a, b = _direction(i, m)
@@ -343,7 +345,6 @@ def find_shadow(gray: np.ndarray) -> tuple[int, int, int, int, np.ndarray, int] 
         return None
     q_lit, q_shade = int(np.sort(lit)[(len(lit) - 1) // 2]), int(np.sort(shade)[(len(shade) - 1) // 2])
     shaded = int(pixels[edge:].sum() if rise[j] > 0 else pixels[:edge].sum())
-    dark, bright = SHADOW_LIGHT
     # a step, not a lamp's slope or a stroke: each side strays from its level by a tenth of the step, on average
     level = all(10 * int(np.abs(side - q).sum()) <= (q_shade - q_lit) * len(side)
                 for side, q in ((lit, q_lit), (shade, q_shade)))

@@ -126,7 +126,8 @@ const mnistPreprocess = (() => {
   }
 
   // preprocessing._direction: the i-th of 4m whole-number directions across half a turn
-  const SHADOW_SIDE = 128, SHADOW_STEPS = 12, SHADOW_FINER = 8, SHADOW_DARK = 0.35, SHADOW_BRIGHT = 0.88;
+  const SHADOW_SIDE = 128, SHADOW_STEPS = 12, SHADOW_FINER = 8, SHADOW_DARK = 0.35, SHADOW_BRIGHT = 0.88,
+    SHADOW_TILES = 3;
   function direction(i, m) {
     i = ((i % (4 * m)) + 4 * m) % (4 * m);
     return i < 2 * m ? [m, i - m] : [3 * m - i, m];
@@ -196,9 +197,10 @@ const mnistPreprocess = (() => {
     const k = Math.ceil(Math.max(h, w) / SHADOW_SIDE);
     const [sample, sh, sw] = sampled(gray, h, w, k);
     if (Math.min(sh, sw) < 2 * LIGHT_TILES) return null;
-    const tiles = tileMedians(sample, sh, sw).map((t) => t[2]);
-    const tmin = Math.min(...tiles), tmax = Math.max(...tiles);
-    if ((1 - SHADOW_BRIGHT) * (255 - tmin) > tmax - tmin) return null;
+    const tiles = tileMedians(sample, sh, sw).map((t) => 255 - t[2]);
+    const lightest = Math.max(...tiles);
+    const inShadow = tiles.filter((t) => SHADOW_DARK * lightest <= t && t <= SHADOW_BRIGHT * lightest).length;
+    if (inShadow < SHADOW_TILES) return null;
     const fitted = (img, ih, iw, i, m) => {
       const [a, b] = direction(i, m);
       const f = lightAlong(img, ih, iw, a, b, m);
