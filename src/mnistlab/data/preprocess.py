@@ -356,15 +356,13 @@ def find_shadow(gray: np.ndarray) -> tuple[int, int, int, int, np.ndarray, int] 
 
 def level_shadow(gray: np.ndarray) -> np.ndarray:
     """The paper's light made even across a straight-edged shadow (find_shadow): each pixel's darkening divided out,
-    as a shadow dims ink and paper alike; elsewhere nothing changes."""
+    as a shadow dims ink and paper alike; elsewhere nothing changes. The light is taken again at full resolution
+    along the shadow's direction, so that a sharp edge is followed to the pixel, not to the sample's step."""
     found = find_shadow(gray)
     if found is None:
         return gray
-    a, b, m, k, light, lit = found
-    h, w = gray.shape
-    offset = min(0, a * ((w - 1) // k)) + min(0, b * ((h - 1) // k))  # the sample's smallest a * x + b * y
-    across, down = a * np.arange(w, dtype=np.int32), b * np.arange(h, dtype=np.int32)  # |a|, |b| * side < 2 ** 31
-    d = np.clip((across[None, :] + down[:, None]) // np.int32(k * m) - np.int32(offset // m), 0, len(light) - 1)
+    a, b, m, _, _, lit = found
+    d, light, _, _, _ = _light_along(gray, a, b, m)
     # each bin's output for each grey level, a table: the same float64 steps as preprocess.js takes per pixel
     paper = np.maximum(1, 255 - np.maximum(light, lit)).astype(np.float64)
     levels = np.arange(256, dtype=np.float64)

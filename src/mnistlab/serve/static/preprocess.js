@@ -244,21 +244,18 @@ const mnistPreprocess = (() => {
     return { a, b, m, k, light, lit: qLit };
   }
 
-  // preprocessing.level_shadow: each pixel's darkening in the shadow divided out (float64, rounded half to even)
+  // preprocessing.level_shadow: the light taken again at full resolution along the shadow's direction, and each
+  // pixel's darkening divided out (float64, rounded half to even)
   function levelShadow(gray, h, w) {
     const found = findShadow(gray, h, w);
     if (found === null) return gray;
-    const { a, b, m, k, light, lit } = found;
-    const offset = Math.min(0, a * Math.floor((w - 1) / k)) + Math.min(0, b * Math.floor((h - 1) / k));
-    const shift = Math.floor(offset / m);
+    const { a, b, m, lit } = found;
+    const { d, light } = lightAlong(gray, h, w, a, b, m);
     const out = new Uint8Array(h * w);
-    for (let r = 0; r < h; r++) {
-      for (let c = 0; c < w; c++) {
-        const t = Math.min(light.length - 1, Math.max(0, Math.floor((a * c + b * r) / (k * m)) - shift));
-        const paper = Math.max(1, 255 - Math.max(light[t], lit));
-        const v = 255 - roundHalfEven((255 - gray[r * w + c]) * (255 - lit) / paper);
-        out[r * w + c] = Math.min(255, Math.max(0, v));
-      }
+    for (let i = 0; i < h * w; i++) {
+      const paper = Math.max(1, 255 - Math.max(light[d[i]], lit));
+      const v = 255 - roundHalfEven((255 - gray[i]) * (255 - lit) / paper);
+      out[i] = Math.min(255, Math.max(0, v));
     }
     return out;
   }
