@@ -304,9 +304,9 @@ def _light_along(sample: np.ndarray, a: int, b: int, m: int) -> tuple[np.ndarray
     return d, light, pixels, lo, hi
 
 
-def find_shadow(gray: np.ndarray) -> tuple[int, int, int, int, np.ndarray, int] | None:
-    """A shadow with a straight edge over part of the paper, as a hand or a phone casts it: (a, b, m, k, light, lit)
-    for level_shadow, or None. Ink is light here, so a shadow is a raised part of the floor.
+def find_shadow(gray: np.ndarray) -> tuple[int, int, int, int] | None:
+    """A shadow with a straight edge over part of the paper, as a hand or a phone casts it: its direction (a, b, m)
+    and the lit paper's level, for level_shadow, or None. Ink is light here, so a shadow is a raised part of the floor.
 
     The image, sampled every k-th pixel, is summed up along each direction by its light (_light_along); the
     direction whose light leaves the least behind (the sum of |pixel - light|) is the shadow's, as a straight edge
@@ -351,7 +351,7 @@ def find_shadow(gray: np.ndarray) -> tuple[int, int, int, int, np.ndarray, int] 
     if not (dark * (255 - q_lit) <= 255 - q_shade <= bright * (255 - q_lit)
             and pixels.sum() <= 10 * shaded <= 9 * pixels.sum() and level):
         return None
-    return a, b, m, k, light, q_lit
+    return a, b, m, q_lit
 
 
 def level_shadow(gray: np.ndarray) -> np.ndarray:
@@ -361,7 +361,7 @@ def level_shadow(gray: np.ndarray) -> np.ndarray:
     found = find_shadow(gray)
     if found is None:
         return gray
-    a, b, m, _, _, lit = found
+    a, b, m, lit = found
     d, light, _, _, _ = _light_along(gray, a, b, m)
     # each bin's output for each grey level, a table: the same float64 steps as preprocess.js takes per pixel
     paper = np.maximum(1, 255 - np.maximum(light, lit)).astype(np.float64)

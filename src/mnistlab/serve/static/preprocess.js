@@ -241,7 +241,7 @@ const mnistPreprocess = (() => {
     const level = [[lit, qLit], [shade, qShade]].every(([side, q]) => 10 * astray(side, q) <= (qShade - qLit) * side.length);
     if (!(SHADOW_DARK * (255 - qLit) <= 255 - qShade && 255 - qShade <= SHADOW_BRIGHT * (255 - qLit)
           && total <= 10 * shaded && 10 * shaded <= 9 * total && level)) return null;
-    return { a, b, m, k, light, lit: qLit };
+    return { a, b, m, lit: qLit };
   }
 
   // preprocessing.level_shadow: the light taken again at full resolution along the shadow's direction, and each
