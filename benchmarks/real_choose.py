@@ -92,7 +92,8 @@ the 45 bars (the shipped model 36): every upright bar of a 10 px pen came a litt
 Round 8 (`--round 8`): round 7's deep model, with 30% of the font digits' 1s drawn as one plain stroke
 (`synthetic.PLAIN_ONES`: a pen from a hairline to a third of the height, round or square ends, slanted and turned
 as the font digits are), as most people write a 1 and few fonts draw it (real-deep-1), scored beside the shipped
-model by round 7's rule, fixed before it was scored.
+model by round 7's rule, fixed before it was scored. It was eligible and chosen (97.6% of the non-digits rejected
+against 93.8%, 36 of the 45 bars read as the shipped model reads them), and is the shipped robust-real.
 """
 
 import argparse
