@@ -101,7 +101,6 @@ only at commit f586708 (BENCHMARKS.md).
 """
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
@@ -119,7 +118,7 @@ from mnistlab.data.preprocess import NoDigitError, preprocess, quiet_decoder_war
 from mnistlab.evaluation import model_split
 from mnistlab.ood import reject_threshold, rejected_share
 from mnistlab.training.config import ROBUST_AUGMENT, recipe
-from realworld import NON_DIGIT_SETS, build_suite
+from realworld import NON_DIGIT_SETS, build_suite, png
 
 OUT = Path("runs") / "real"
 KINDS = {"specks": 0.1, "outline": 0.1, "invert_region": 0.1, "scratch": 0.15}
@@ -181,9 +180,7 @@ def bars() -> np.ndarray:
                 lean = np.tan(np.deg2rad(slant)) * 45 * s
                 ImageDraw.Draw(img).line([(60 * s + lean, 15 * s), (60 * s - lean, 105 * s)], fill=0,
                                          width=max(1, round(pen * s)))
-                buffer = io.BytesIO()
-                img.save(buffer, "PNG")
-                out.append(preprocess(buffer.getvalue()))
+                out.append(preprocess(png(img)))
     return np.stack(out)
 
 
