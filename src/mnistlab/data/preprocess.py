@@ -34,6 +34,7 @@ SHADOW_STEPS = 12  # directions per eighth of a turn, even in slope (in a sample
 SHADOW_FINER = 8  # times finer around the best
 SHADOW_LIGHT = (0.35, 0.88)  # the light in a shadow, as a share of the paper's: darker is ink, lighter is no shadow
 SHADOW_TILES = 3  # of the sample's LIGHT_TILES ** 2 tiles, at least this many in a shadow's light to look for one
+OUTSIDE = 256  # above any level: a running median's place beyond the full bins (_light_along)
 MIN_SIDE = 4  # pixels a digit's ink spans at least, unless the image is smaller: less is dust
 MIN_INK = 8  # grey levels above the paper's noise that ink stands out by, at least
 WORKING_SIDE = 1024  # larger images are decoded (JPEG) or reduced to about this before anything else
@@ -294,12 +295,13 @@ def _light_along(sample: np.ndarray, a: int, b: int, m: int) -> tuple[np.ndarray
     full = np.flatnonzero(4 * pixels >= pixels.max())
     lo, hi = int(full[0]), int(full[-1])
     half = max(2, (hi - lo + 1) // 10)
-    hist = np.zeros((n + 1, 256), np.int64)  # windows' histograms of the medians from lo to hi, as differences
-    hist[lo + 1:hi + 2] = np.eye(256, dtype=np.int64)[medians[lo:hi + 1]]
-    hist = hist.cumsum(axis=0)
-    k = np.arange(n)
-    window = (hist[np.clip(k + half + 1, lo, hi + 1)] - hist[np.clip(k - half, lo, hi + 1)]).cumsum(axis=1)
-    light = (2 * window < window[:, -1:]).sum(axis=1)
+    # bin k's window is the medians of bins k - half to k + half within lo..hi: each window sorted, with the bins
+    # outside lo..hi padded by a value above any level, so that its lower median is at (count - 1) // 2
+    padded = np.full(n + 2 * half, OUTSIDE, np.int64)
+    padded[half + lo:half + hi + 1] = medians[lo:hi + 1]
+    window = np.sort(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
+    count = (window < OUTSIDE).sum(axis=1)
+    light = window[np.arange(n), np.maximum(count - 1, 0) // 2]
     light[:lo], light[hi + 1:] = light[lo], light[hi]
     return d, light, pixels, lo, hi
 
