@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .errors import MnistlabError, first_line
 
@@ -127,3 +131,35 @@ def cache_dir() -> Path:
     if os.environ.get("MNISTLAB_CACHE"):
         return Path(os.environ["MNISTLAB_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnistlab"
+
+
+@functools.cache
+def code_digest(folder: Path) -> bytes:
+    """A digest of the Python sources in `folder`: part of the key of a cache whose content that code makes, so
+    that a change to the code makes the content again."""
+    h = hashlib.blake2b(digest_size=16)
+    for source in sorted(folder.glob("*.py")):
+        h.update(source.name.encode() + b"\0" + source.read_bytes())
+    return h.digest()
+
+
+def read_cache(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache file, name -> array of the shape given, or None where there is none yet, or it is
+    damaged or of another shape: then it is made again."""
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in shapes}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    return arrays if all(arrays[k].shape == shape for k, shape in shapes.items()) else None
+
+
+def write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a cache file whole or not at all; one that cannot be written costs time on the next run, nothing else."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # (NumPy's stubs take **kwds as its flag)
+    try:
+        atomic_write(path, write)
+    except MnistlabError:
+        pass

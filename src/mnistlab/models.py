@@ -1,6 +1,10 @@
 """The model registry. Every model maps normalised [N, 1, 28, 28] images to [N, K] logits, one
 per class of its dataset (10 for digits, 26, 47 or 62 for EMNIST's letters and mixes); the loss
-is cross-entropy and probabilities come from softmax."""
+is cross-entropy and probabilities come from softmax.
+
+Every model is `classifier(features(x))`: `features` maps images to flat vectors and `classifier`, a
+module, maps those to logits. The few-shot fine-tune trains the classifier alone, on features
+computed once (training.finetune)."""
 
 from __future__ import annotations
 
@@ -78,6 +82,14 @@ class MLP(nn.Module):
         layers.append(nn.Linear(sizes[-1], num_classes))
         self.net = nn.Sequential(*layers)
 
+    @property
+    def features(self) -> nn.Module:
+        return self.net[:-1]
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self.net[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -94,10 +106,16 @@ class CNN(nn.Module):
         self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
         self.fc = nn.Linear(320, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
-        x = F.relu(F.max_pool2d(self.conv2(x), 2))
-        return self.fc(x.flatten(1))
+        return F.relu(F.max_pool2d(self.conv2(x), 2)).flatten(1)
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
 
 
 def _conv_pool_bn(c_in: int, c_out: int, k: int, padding: int = 0) -> list[nn.Module]:

@@ -19,6 +19,7 @@ does. Letters that are digits in many hands (O, o, I, l) are left out; so are | 
 from __future__ import annotations
 
 import functools
+import hashlib
 import string
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..errors import MnistlabError
+from ..fileio import cache_dir, code_digest, read_cache, write_cache
 from .preprocess import NoDigitError, preprocess
 
 FONT_DIR = Path("/usr/share/fonts/truetype")
@@ -67,19 +69,44 @@ def outlier_set(part: str, n: int, seed: int = 0, data_dir=None,
     """`n` outliers, uint8 [n, 28, 28] (ink high), for "train" (outlier exposure) or "validation"
     (choosing the score, fitting nothing else): equal shares of the `families` (by default font
     characters, scribbles, smooth noise and Fashion-MNIST training images). Seeded; the two parts
-    never share an image."""
+    never share an image. Read from the cache after the first time."""
     if part not in ("train", "validation"):
         raise MnistlabError(f"outliers come in 'train' and 'validation' parts, not '{part}'.")
     families = family_names(families) if isinstance(families, str) else families
     check_families(families)
-    rng = np.random.default_rng([seed, 0 if part == "train" else 1])
     chosen = [f for f in FAMILIES if f in families]
+    path = cache_dir() / f"outliers-{_key(part, n, seed, chosen)}.npz"
+    cached = read_cache(path, {"images": (n, 28, 28)})
+    if cached:
+        return cached["images"]
+    images = _make(part, n, seed, data_dir, chosen)
+    write_cache(path, {"images": images})
+    return images
+
+
+def _make(part: str, n: int, seed: int, data_dir, chosen: list[str]) -> np.ndarray:
+    rng = np.random.default_rng([seed, 0 if part == "train" else 1])
     shares = dict(zip(chosen, (n // len(chosen) + (i < n % len(chosen)) for i in range(len(chosen)))))
     makers = {"characters": characters, "scribbles": scribbles, "noise": smooth_noise,
               "fashion": lambda k, rng: _fashion_part(part, k, rng, data_dir),
               "lettering": lambda k, rng: lettering(k, rng, part)}
     out = np.concatenate([makers[f](shares[f], rng) for f in chosen])
     return out[rng.permutation(len(out))]
+
+
+def _key(part: str, n: int, seed: int, families: list[str]) -> str:
+    """What the set is made of: a change to the fonts, to Pillow or to the code that draws and preprocesses it
+    makes it anew (Fashion-MNIST's images are the same in every copy)."""
+    from .synthetic import part_fonts
+
+    h = hashlib.blake2b(f"{part} {n} {seed} {','.join(families)} {Image.__version__}".encode(), digest_size=12)
+    h.update(code_digest(Path(__file__).parent))
+    fonts = [*_fonts(TRAIN_FONTS), *_fonts((CJK_FONT,))]
+    if "lettering" in families:
+        fonts += [p for files in part_fonts(part).values() for p in files]
+    for path in sorted(fonts):
+        h.update(f"{path} {path.stat().st_size}".encode())
+    return h.hexdigest()
 
 
 def _fashion_part(part: str, n: int, rng: np.random.Generator, data_dir) -> np.ndarray:

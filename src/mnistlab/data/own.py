@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError, MnistlabError, first_line
-from ..fileio import atomic_write, cache_dir
+from ..errors import DataError, first_line
+from ..fileio import atomic_write, cache_dir, code_digest, write_cache
 from .mnist import (
     DATASETS,
     SPLITS,
@@ -49,7 +49,6 @@ FORMATS = {"folder": "class-per-folder images", "kaggle-csv": "Kaggle CSV", "npz
            "idx": "IDX files"}
 HELD_OUT = 0.1  # the share of each class carved as the test split of a set that has none
 PIXELS = [f"pixel{i}" for i in range(784)]
-CACHE_VERSION = "2"  # part of every cache key: bump when preprocessing or the readers change what they make
 PARALLEL_FROM = 64  # fewer images than this are preprocessed in this process: a pool costs more to start
 
 LOOKED_FOR = f"{', '.join(COMMON_SUFFIXES)} and the other formats Pillow reads"
@@ -299,7 +298,7 @@ def read_csv_images(path: Path, labelled: bool) -> tuple[np.ndarray, np.ndarray 
             return z["images"], (z["labels"] if "labels" in z else None)
     images, labels = _parse_csv(path, labelled)
     arrays = {"images": images} | ({"labels": labels} if labels is not None else {})
-    _write_cache(cached, arrays)
+    write_cache(cached, arrays)
     return images, labels
 
 
@@ -577,26 +576,15 @@ def _write_image_cache(path: Path, cache: dict[str, np.ndarray | str], wanted: s
     """What `cache` holds for the keys in `wanted`: files gone since the last run are dropped."""
     kept = sorted(k for k in cache if k in wanted and not isinstance(cache[k], str))
     skipped = sorted(k for k in cache if k in wanted and isinstance(cache[k], str))
-    _write_cache(path, {"keys": np.array(kept, dtype=str),
+    write_cache(path, {"keys": np.array(kept, dtype=str),
                         "images": np.stack([cache[k] for k in kept]) if kept else np.zeros((0, 28, 28), np.uint8),
                         "skip_keys": np.array(skipped, dtype=str), "skip_reasons": np.array([cache[k] for k in skipped],
                                                                                              dtype=str)})
 
 
-# ---- the cache ----
-
-def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # (NumPy's stubs take **kwds as its flag)
-    try:
-        atomic_write(path, write)
-    except MnistlabError:  # an unwritable cache costs time on the next run, nothing else
-        pass
-
-
 def _file_digest(path: Path) -> str:
-    return file_digest(path, lambda: hashlib.blake2b(digest_size=16, person=f"mnistlab{CACHE_VERSION}".encode()))
+    """A file's cache key: its content and the code that reads and preprocesses it."""
+    return file_digest(path, lambda: hashlib.blake2b(code_digest(Path(__file__).parent), digest_size=16))
 
 
 # ---- describing a set ----

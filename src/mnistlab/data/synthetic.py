@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..errors import MnistlabError
-from ..fileio import atomic_write, cache_dir
+from ..fileio import cache_dir, read_cache, write_cache
 from . import preprocess as preprocessing
 from .preprocess import NoDigitError, preprocess
 
@@ -76,22 +76,11 @@ def digit_set(n: int, seed: int = 0, part: str = "train") -> tuple[np.ndarray, n
 
     fonts = part_fonts(part)
     path = cache_dir() / f"synthetic-{_key(n, seed, part, fonts)}.npz"
-    try:
-        with np.load(path) as z:
-            images, labels = z["images"], z["labels"]
-        if images.shape == (n, 28, 28) and labels.shape == (n,):
-            return images, labels
-    except (OSError, ValueError, KeyError):  # not there yet, or damaged: made again
-        pass
+    cached = read_cache(path, {"images": (n, 28, 28), "labels": (n,)})
+    if cached:
+        return cached["images"], cached["labels"]
     images, labels = render_digits(n, seed, part)
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, images=images, labels=labels)
-    try:
-        atomic_write(path, write)
-    except MnistlabError:  # an unwritable cache costs time on the next run, nothing else
-        pass
+    write_cache(path, {"images": images, "labels": labels})
     return images, labels
 
 

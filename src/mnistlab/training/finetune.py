@@ -43,6 +43,7 @@ for the pretrained models), are printed and kept in finetune.json beside model.p
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -64,7 +65,7 @@ from ..data.own import carve, get_dataset_spec, load_split
 from ..device import amp_dtype, autocast, keep_freed_memory
 from ..errors import DataError, MnistlabError
 from ..evaluation import format_accuracy, labels_by_name
-from ..fileio import write_json
+from ..fileio import cache_dir, read_cache, write_cache, write_json
 from ..heads import head_of
 from ..models import build_model
 from ..ood import KEEP, ood_score, reject_threshold, rejected_share
@@ -78,9 +79,11 @@ INIT_HEADS = ("auto", "keep", "new")  # --init-head: where the head's weights st
 # few-shot's lr is 3e-3 for the wider robust default, chosen on validation writers
 # (benchmarks/finetune_choose.py, BENCHMARKS.md): the wider, robust model moves less at 1e-3.
 RECIPES = {
-    "few-shot": dict(steps=200, lr=3e-3, batch=64, replay=64, freeze_norm=True, label_smoothing=0.1, blend=0.7),
+    "few-shot": dict(steps=300, lr=3e-2, batch=64, replay=64, outliers=0.5, augment=16, label_smoothing=0.1,
+                     blend=0.7),
     "many": dict(epochs=3, min_steps=200, lr=1e-3, batch=96, replay=32, freeze_norm=False, label_smoothing=0.1),
 }
+REPLAY_POOL = 3_000  # few-shot's replayed digits: the same ones every run, so that their features are cached
 AUGMENT = Augment(degrees=10, scale=0.1, translate=0.08)  # each of your images a little differently every step
 # Made-up non-digits: a small pool, rendered once per run, so that the few-shot recipe stays a matter of seconds.
 OUTLIERS, VALIDATION_OUTLIERS = 2_000, 1_000
@@ -168,22 +171,32 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
     exposed = not new_head and head_of(card.head).learnt_outliers(card.reject_score)
     outliers = _outlier_sets(seed, data_dir, say) if exposed else None
 
-    def score(images, labels):
-        return _correct(_logits(module, card, images), labels, len(out_classes))
+    # few-shot trains the classifier alone: the rest of the model, frozen, computes features once
+    features = Features(module, card) if chosen == "few-shot" else None
+
+    def logits(images, cache=False):
+        return _logits(module, card, images, features, cache)
+
+    def score(images, labels, cache=False):
+        return _correct(logits(images, cache), labels, len(out_classes))
 
     before = None if new_head else score(xt, yt)
-    base_before = score(*base.test) if base else None
-    keep = _kept(module, card, base.validation if base else None) if card.reject_score and not new_head else KEEP
+    base_before = score(*base.test, cache=True) if base else None
+    keep = _kept(card, logits, base.validation if base else None) if card.reject_score and not new_head else KEEP
     t0 = time.perf_counter()
-    _train(module, card, (x, y), base.train if base else None, outliers[0] if outliers else None,
-           RECIPES[chosen], seed, say)
+    if features is not None:
+        _train_classifier(module, card, features, (x, y), base.train if base else None,
+                          outliers[0] if outliers else None, RECIPES[chosen], seed, say)
+    else:
+        _train(module, card, (x, y), base.train if base else None, outliers[0] if outliers else None,
+               RECIPES[chosen], seed, say)
     seconds = time.perf_counter() - t0
-    held_out = _logits(module, card, xt)
+    held_out = logits(xt)
     reject = None if new_head or not card.reject_score else _refit(
-        module, card, held_out, base.validation if base else None, outliers[1] if outliers else None, keep)
+        card, logits, held_out, base.validation if base else None, outliers[1] if outliers else None, keep)
     result = FinetuneResult(out / "model.pt", chosen, "new" if new_head else "kept", before,
                             _correct(held_out, yt, len(out_classes)), base_before,
-                            score(*base.test) if base else None, seconds, reject)
+                            score(*base.test, cache=True) if base else None, seconds, reject)
     _report(result, dataset, card.dataset, say)
     new_card = ModelCard(model=card.model, model_config=card.model_config, dataset=dataset, classes=out_classes,
                          mean=card.mean, std=card.std, temperature=1.0 if new_head else card.temperature,
@@ -259,10 +272,49 @@ def _outlier_sets(seed: int, data_dir, say) -> tuple[np.ndarray, np.ndarray]:
             say(f"note: no {missing} among the made-up non-digits ({e}); replaying {', '.join(families)} only.")
 
 
-def _logits(module: torch.nn.Module, card: ModelCard, images: torch.Tensor) -> torch.Tensor:
+def _logits(module: torch.nn.Module, card: ModelCard, images: torch.Tensor, features: Features | None = None,
+            cache: bool = False) -> torch.Tensor:
+    """The model's logits on uint8 images; through `features` (cached where `cache`) where only its classifier
+    has learnt."""
     module.eval()
     with torch.no_grad():
+        if features is not None:
+            return module.classifier(features(images, cache)).float()
         return torch.cat([module(_normalize(module, card, part)).float() for part in images.split(1000)])
+
+
+class Features:
+    """The frozen part of a model (all but its classifier) on images. The sets that every fine-tune of a model
+    meets (its replayed, validation and test digits, the outliers) are cached on disk, keyed by the model's
+    weights and the images' content, so that each fine-tune after the first computes the features of yours
+    alone."""
+
+    def __init__(self, module: torch.nn.Module, card: ModelCard):
+        self.module, self.card = module, card
+        h = hashlib.blake2b(f"{card.model} {card.mean} {card.std}".encode(), digest_size=16)
+        for k, v in sorted(module.state_dict().items()):  # as it starts: only the classifier changes after
+            h.update(k.encode() + v.detach().cpu().numpy().tobytes())
+        self.model_key = h.digest()
+        self.width = self.of(torch.zeros(1, 1, 28, 28)).shape[1]
+
+    def of(self, x: torch.Tensor) -> torch.Tensor:
+        """The features of normalised images."""
+        self.module.eval()
+        with torch.no_grad():
+            return torch.cat([self.module.features(part).float() for part in x.split(1000)])
+
+    def __call__(self, images: torch.Tensor, cache: bool = False) -> torch.Tensor:
+        """The features of uint8 images [N, 28, 28]; read from the cache or written to it, where `cache`."""
+        if not cache:
+            return self.of(_normalize(self.module, self.card, images))
+        key = hashlib.blake2b(images.numpy().tobytes(), key=self.model_key, digest_size=16).hexdigest()
+        path = cache_dir() / f"features-{key}.npz"
+        cached = read_cache(path, {"features": (len(images), self.width)})
+        if cached:
+            return torch.from_numpy(cached["features"])
+        out = self.of(_normalize(self.module, self.card, images))
+        write_cache(path, {"features": out.numpy()})
+        return out
 
 
 def _correct(logits: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[int, int]:
@@ -285,26 +337,26 @@ def _scores(card: ModelCard, logits: torch.Tensor) -> np.ndarray:
     return ood_score(logits.numpy(), card.reject_score, card.temperature, card.head)
 
 
-def _kept(module, card: ModelCard, validation) -> float:
+def _kept(card: ModelCard, logits, validation) -> float:
     """The share of the validation digits that the init model's own threshold keeps (its recipe's reject_keep,
-    which the card does not record); KEEP where there are none."""
+    which the card does not record); KEEP where there are none. `logits(images, cache)`: the model's."""
     if validation is None or card.reject_threshold is None:
         return KEEP
-    return float((_scores(card, _logits(module, card, validation[0])) >= card.reject_threshold).mean())
+    return float((_scores(card, logits(validation[0], True)) >= card.reject_threshold).mean())
 
 
-def _refit(module, card: ModelCard, held_out: torch.Tensor, validation, outliers: np.ndarray | None,
+def _refit(card: ModelCard, logits, held_out: torch.Tensor, validation, outliers: np.ndarray | None,
            keep: float) -> Reject:
     """The kept reject score's threshold, refitted on the fine-tuned model (the module docstring's rule)."""
     assert card.reject_threshold is not None, "a card with a reject score has a threshold"
     mine = _scores(card, held_out)
-    val = _scores(card, _logits(module, card, validation[0])) if validation is not None else np.zeros(0)
+    val = _scores(card, logits(validation[0], True)) if validation is not None else np.zeros(0)
     if len(val):
         threshold = pooled_threshold(mine, val, keep)
     else:  # a few images of yours may lower it, to keep your writing, but cannot vouch for raising it
         threshold = min(card.reject_threshold, reject_threshold(mine) if len(mine) else np.inf)
     out = None if outliers is None else rejected_share(
-        _scores(card, _logits(module, card, torch.from_numpy(outliers))), threshold)
+        _scores(card, logits(torch.from_numpy(outliers), True)), threshold)
     return Reject(card.reject_score, threshold, rejected_share(mine, threshold) if len(mine) else 0.0, out, len(val),
                   keep if len(val) else KEEP)
 
@@ -355,6 +407,45 @@ def _train(module, card: ModelCard, user, replay, outliers: np.ndarray | None, r
             say(f"step {step + 1}/{steps}")
     if start is not None:
         _blend(module, start, blend)
+
+
+def _train_classifier(module, card: ModelCard, features: Features, user, replay, outliers: np.ndarray | None,
+                      recipe: dict, seed: int, say=print) -> None:
+    """The few-shot recipe: the classifier alone learns, on features. Each of your images is augmented `augment`
+    times, once; the replayed digits (REPLAY_POOL of the model's training images) and the outliers are the same
+    in every run, their features cached. Each step draws `batch` of yours, `replay` replayed digits and `outliers`
+    times as many outliers as digits; then the classifier is moved back towards where it started (`blend`)."""
+    x, y = user
+    background = -card.mean / card.std
+    mine = torch.cat([features.of(AUGMENT(_normalize(module, card, x), seed=seed * 1_000_003 + a,
+                                          background=background)) for a in range(recipe["augment"])])
+    pools = [(mine, y.repeat(recipe["augment"]), recipe["batch"])]
+    if replay is not None:
+        pick = torch.randperm(len(replay[0]), generator=torch.Generator().manual_seed(0))[:REPLAY_POOL]
+        pools.append((features(replay[0][pick], cache=True), replay[1][pick], recipe["replay"]))
+    if outliers is not None:
+        digits = sum(k for _, _, k in pools)
+        pools.append((features(torch.from_numpy(outliers), cache=True), torch.full((len(outliers),), -1),
+                      round(recipe["outliers"] * digits)))
+    classifier, steps = module.classifier, recipe["steps"]
+    start = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
+    opt = ForeachAdam(classifier.parameters(), lr=recipe["lr"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.1)
+    g = torch.Generator().manual_seed(seed)
+    module.eval()  # batch norm as it was, where the classifier has one: a few images say little about a population
+    for step in range(steps):
+        picks = [torch.randint(len(f), (k,), generator=g) for f, _, k in pools]
+        fb = torch.cat([f[i] for (f, _, _), i in zip(pools, picks)])
+        yb = torch.cat([labels[i] for (_, labels, _), i in zip(pools, picks)])
+        loss = head_of(card.head).loss(classifier(fb), yb, recipe["label_smoothing"],
+                                       OUTLIER_WEIGHT if outliers is not None else 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps:  # the page's progress bar reads these lines
+            say(f"step {step + 1}/{steps}")
+    _blend(classifier, start, recipe["blend"])
 
 
 def _blend(module: torch.nn.Module, start: dict, share: float) -> None:
