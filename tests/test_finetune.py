@@ -17,7 +17,15 @@ from mnistlab.errors import MnistlabError
 from mnistlab.heads import head_of
 from mnistlab.models import build_model
 from mnistlab.ood import reject_threshold, rejected_share
-from mnistlab.training.finetune import RECIPES, finetune, head_keys, pooled_threshold
+from mnistlab.training.finetune import (
+    RECIPES,
+    REPLAY_POOL,
+    Features,
+    finetune,
+    head_keys,
+    pooled_threshold,
+    prepare,
+)
 from mnistlab_testkit.fakes import run_cli as run
 from mnistlab_testkit.handwriting import make_handwriting
 from mnistlab_testkit.owndatasets import make_folder
@@ -134,8 +142,8 @@ def test_the_head_and_its_outlier_exposure_are_kept(head, score, val_size, data_
     monkeypatch.setattr(kind, "loss", spy)
     r = finetune(str(tmp_path / "init.pt"), str(tmp_path / "mine"), out=tmp_path / "ft", data_dir=data_dir,
                  say=lambda s: None)
-    # your 30 drawings, 64 replayed, and half as many outliers; a none-class head's 11th output kept
-    assert losses == [(head, 0.5, 47, 141, 10 + (head == "none-class"))] * 20
+    # 64 of your 30 drawings' augmented copies, 64 replayed, and as many outliers; a none-class head's 11th output kept
+    assert losses == [(head, 0.5, 128, 256, 10 + (head == "none-class"))] * 20
     assert r.init_head == "kept" and r.model_path == tmp_path / "ft" / "model.pt"
     saved, state = load_checkpoint(tmp_path / "ft" / "model.pt")
     assert (saved.head, saved.reject_score) == (head, score) and saved.reject_threshold == r.reject.threshold
@@ -143,6 +151,48 @@ def test_the_head_and_its_outlier_exposure_are_kept(head, score, val_size, data_
     assert r.reject.validation_digits == val_size and r.reject.outliers_rejected is not None
     assert val_size or r.reject.threshold <= card.reject_threshold
     assert load_model(tmp_path / "ft" / "model.pt").predict_proba(np.zeros((2, 28, 28), np.uint8)).shape == (2, 10)
+
+
+@pytest.fixture
+def small_init(data_dir, tmp_path, monkeypatch):
+    """(init.pt, its weights, features computed: a list of sizes) for short fine-tunes of a bn-cnn with outliers."""
+    card = ModelCard(model="bn-cnn", dataset="mnist", classes=tuple("0123456789"), mean=0.1307, std=0.3081,
+                     val_size=5000, head="softmax", reject_score="energy", reject_threshold=-5.0)
+    torch.manual_seed(0)
+    init = build_model("bn-cnn", 10).state_dict()
+    save_checkpoint(card, {"model_state": init}, tmp_path / "init.pt")
+    make_handwriting(tmp_path / "mine" / "train", 3, seed=0)
+    make_handwriting(tmp_path / "mine" / "test", 1, seed=1)
+    monkeypatch.setenv("MNISTLAB_DATA", str(data_dir))
+    monkeypatch.setitem(RECIPES, "few-shot", {**RECIPES["few-shot"], "steps": 20})
+    monkeypatch.setattr(mnistlab.training.finetune, "OUTLIERS", 200)
+    monkeypatch.setattr(mnistlab.training.finetune, "VALIDATION_OUTLIERS", 100)
+    sizes, of = [], Features.of
+    monkeypatch.setattr(Features, "of", lambda self, x: sizes.append(len(x)) or of(self, x))
+    return tmp_path / "init.pt", init, sizes
+
+
+def test_few_shot_trains_the_classifier_alone_and_the_next_run_reads_the_features_from_the_cache(small_init,
+                                                                                                   tmp_path):
+    path, init, sizes = small_init
+    runs = [finetune(str(path), str(tmp_path / "mine"), out=tmp_path / f"ft{i}", say=lambda s: None) for i in range(2)]
+    first, second = sizes[:sizes.index(1, 1)], sizes[sizes.index(1, 1):]  # each run probes its width with one image
+    # the first run computes the features of MNIST's test and validation digits, the replay pool and the outliers
+    assert {10_000, 5000, REPLAY_POOL, 200, 100} <= set(first)
+    assert max(second) <= 8 * 30  # the next, those of your drawings alone: 8 augmented copies of your 30
+    assert runs[0].held_out_after == runs[1].held_out_after and runs[0].reject == runs[1].reject
+    _, state = load_checkpoint(tmp_path / "ft0" / "model.pt")
+    learnt = {k for k in init if not torch.equal(init[k], state["model_state"][k])}
+    assert learnt and all(k.startswith("classifier.") for k in learnt)  # the rest of the model is as it was
+
+
+def test_prepare_leaves_a_fine_tune_only_your_images_to_compute(small_init, tmp_path):
+    path, _, sizes = small_init
+    prepare(str(path))
+    assert {10_000, 5000, REPLAY_POOL, 200, 100} <= set(sizes)
+    sizes.clear()
+    finetune(str(path), str(tmp_path / "mine"), out=tmp_path / "ft", say=lambda s: None)
+    assert max(sizes) <= 8 * 30
 
 
 def test_new_classes_get_a_new_head(tmp_path):

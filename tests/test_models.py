@@ -56,3 +56,15 @@ def test_simple_model_refuses_configs_that_do_not_fit():
     with pytest.raises(MnistlabError, match="leave nothing"):
         build_model("simple", kernel=5, channels=[8] * 7)
     assert build_model("simple", kernel=9, channels=[8, 8])(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_is_its_classifier_on_its_features(name):
+    """The few-shot fine-tune trains `classifier` alone, on `features` computed once: together, they are the model."""
+    model = build_model(name).eval()
+    x = torch.randn(5, 1, 28, 28)
+    features = model.features(x)
+    assert features.ndim == 2 and features.shape[0] == 5
+    assert torch.equal(model.classifier(features), model(x))
+    assert set(dict(model.classifier.named_parameters())) and all(
+        any(p is q for q in model.parameters()) for p in model.classifier.parameters())

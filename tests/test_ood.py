@@ -257,6 +257,31 @@ def test_outlier_sets_are_seeded_and_disjoint_from_judging(data_dir):
     assert not {x.tobytes() for x in np.concatenate([a, val])} & {x.tobytes() for x in fashion_test}
 
 
+def test_an_outlier_set_is_made_once_then_read_from_the_cache(data_dir, tmp_path, monkeypatch):
+    import mnistlab.data.outliers as outliers
+
+    monkeypatch.setenv("MNISTLAB_CACHE", str(tmp_path))
+    made, make = [], outliers._make
+    monkeypatch.setattr(outliers, "_make", lambda *a: made.append(a[:3]) or make(*a))
+    first = outlier_set("train", 30, seed=4, data_dir=data_dir)
+    again = outlier_set("train", 30, seed=4, data_dir=data_dir)
+    assert np.array_equal(first, again) and made == [("train", 30, 4)] and len(list(tmp_path.glob("outliers-*"))) == 1
+    other = outlier_set("train", 30, seed=5, data_dir=data_dir)  # another seed, part or size is another set
+    assert not np.array_equal(first, other) and len(made) == 2
+    (tmp_path / next(tmp_path.glob("outliers-*")).name).write_bytes(b"damaged")  # a damaged file is made again
+    assert np.array_equal(outlier_set("train", 30, seed=4, data_dir=data_dir), first) and len(made) == 3
+
+
+def test_a_change_to_the_code_changes_the_caches_keys(tmp_path):
+    from mnistlab.fileio import code_digest
+
+    (tmp_path / "a.py").write_text("x = 1\n")
+    before = code_digest(tmp_path)
+    (tmp_path / "a.py").write_text("x = 2\n")
+    code_digest.cache_clear()
+    assert code_digest(tmp_path) != before
+
+
 def test_outlier_families_draw_only_what_they_name(data_dir):
     fashion = {x.tobytes() for x in load_split("fashion-mnist", "train", data_dir=data_dir)[0].numpy()}
     only_fashion = outlier_set("train", 40, seed=3, data_dir=data_dir, families=("fashion",))

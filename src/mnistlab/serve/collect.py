@@ -102,6 +102,12 @@ def check_enough(folder: Path) -> None:
                             "of two digits or more.")
 
 
+# The child that prepares a fine-tune: it ends with the server, and yields the cores to the server and to the user.
+PREPARE = ("import os, sys; os.nice(10) if hasattr(os, 'nice') else None; "
+           "from mnistlab.launch import exit_with_parent; exit_with_parent(); "
+           "from mnistlab.training.finetune import prepare; prepare(sys.argv[1])")
+
+
 class FineTune:
     """One fine-tune at a time, in a child process; `swap(model_path)` is called with its model once it has
     finished well (the server loads it and puts it in place)."""
@@ -111,17 +117,32 @@ class FineTune:
         self._lock = threading.Lock()
         self.status: dict = {"state": "idle"}
         self.process: subprocess.Popen | None = None
+        self.preparing: subprocess.Popen | None = None
         atexit.register(self.stop)  # a server stopped (Ctrl-C, SIGTERM) does not leave a fine-tune running on
 
+    def prepare(self, init: str) -> None:
+        """Start computing, in a child process at a low priority, what every fine-tune of `init` reads
+        (training.finetune.prepare), while corrections are collected; a fine-tune started meanwhile stops it and
+        computes the rest itself. Only time depends on it: where it cannot start or fails, nothing else changes."""
+        try:
+            self.preparing = subprocess.Popen(
+                [sys.executable, "-c", PREPARE, init], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env={**os.environ, PARENT_ENV: str(os.getpid())})
+        except OSError:
+            self.preparing = None
+
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+        for process in (self.process, self.preparing):
+            if process is not None and process.poll() is None:
+                process.terminate()
 
     def start(self, init: str) -> dict:
         with self._lock:
             if self.status["state"] == "running":
                 raise FineTuneBusy("a fine-tune is already running; wait for it to finish.")
             check_enough(self.folder)
+            if self.preparing is not None and self.preparing.poll() is None:
+                self.preparing.terminate()  # what it has cached stays: each set is written whole
             out = self.folder / MODELS / f"finetuned-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
             self.status = {"state": "running", "lines": [], "step": 0, "steps": 0, "started": time.time(),
                            "model_path": str(out / "model.pt")}

@@ -17,6 +17,7 @@ says how it goes; its model then replaces the served one, for every request that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import json
@@ -135,7 +136,16 @@ def create_app(model, max_bytes: int = 2_000_000, threads: int = 2, collect: str
     served = Served(model, checkpoint)
     folder = collecting.writable_folder(collect) if collect is not None else None
     tuner = collecting.FineTune(folder, served.swap) if folder is not None else None
-    app = FastAPI(title="mnistlab", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if tuner is not None and served.checkpoint is not None:
+            tuner.prepare(served.checkpoint)
+        yield
+        if tuner is not None:
+            tuner.stop()
+
+    app = FastAPI(title="mnistlab", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     html = page.page([page.script(name) for name in page.SERVER_SCRIPTS])
     scripts = {name: page.asset(name) for name in ("app.js", *page.SERVER_SCRIPTS)}
     limiter = anyio.CapacityLimiter(threads)

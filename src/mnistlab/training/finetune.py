@@ -8,10 +8,13 @@ own training set, so that what it knew is kept; where they differ, it gets a new
 new`, or auto). Two recipes, fixed beforehand (BENCHMARKS.md says on which writers they were
 chosen), never on the held-out images they are judged on:
 
-    few-shot  at most FEW_SHOT images a class: batch norm frozen, Adam, 200 steps of 64 of your
-              images (augmented) beside 64 replayed ones, label smoothing 0.1; then the weights
-              are moved 30% of the way back to where they started (WiSE-FT), which kept MNIST
-              within 0.04 points instead of 0.24 on the validation writers
+    few-shot  at most FEW_SHOT images a class: the classifier alone learns, on the features of the rest
+              of the model (frozen, batch norm too), which are computed once: 8 augmented copies of
+              each of your images, REPLAY_POOL replayed images and the outliers (these two cached on
+              disk, so that a fine-tune after the first is a matter of seconds for a large model too).
+              Adam at 3e-2, 300 steps of 64 of yours beside 64 replayed and 128 outliers, label
+              smoothing 0.1; then the classifier is moved 30% of the way back to where it started
+              (WiSE-FT), which keeps what the model knew
     many      more: 3 epochs over your images (200 steps at least), a quarter of each batch replayed
               (not tuned yet)
 
@@ -76,16 +79,16 @@ PROGRESS_EVERY = 50  # steps between progress lines
 FEW_SHOT = 10  # images a class at most for the few-shot recipe
 INIT_HEADS = ("auto", "keep", "new")  # --init-head: where the head's weights start
 # Label smoothing as the shipped models were trained: without it, MNIST accuracy fell 0.3-0.5 points per fine-tune.
-# few-shot's lr is 3e-3 for the wider robust default, chosen on validation writers
-# (benchmarks/finetune_choose.py, BENCHMARKS.md): the wider, robust model moves less at 1e-3.
+# few-shot's settings were chosen on validation writers (benchmarks/finetune_choose.py, BENCHMARKS.md): as many
+# outliers as digits a step keep 90% of the validation outliers rejected for every writer, half as many did not.
 RECIPES = {
-    "few-shot": dict(steps=300, lr=3e-2, batch=64, replay=64, outliers=0.5, augment=16, label_smoothing=0.1,
+    "few-shot": dict(steps=300, lr=3e-2, batch=64, replay=64, outliers=1.0, augment=8, label_smoothing=0.1,
                      blend=0.7),
     "many": dict(epochs=3, min_steps=200, lr=1e-3, batch=96, replay=32, freeze_norm=False, label_smoothing=0.1),
 }
 REPLAY_POOL = 3_000  # few-shot's replayed digits: the same ones every run, so that their features are cached
 AUGMENT = Augment(degrees=10, scale=0.1, translate=0.08)  # each of your images a little differently every step
-# Made-up non-digits: a small pool, rendered once per run, so that the few-shot recipe stays a matter of seconds.
+# Made-up non-digits: a small pool (made once, then read from the cache), so that fine-tuning stays a matter of seconds.
 OUTLIERS, VALIDATION_OUTLIERS = 2_000, 1_000
 # Held-out images of yours from which, together, they weigh as much as the validation digits in the threshold's
 # pool; fewer weigh less, each under the 1% of the pool that may be rejected (the module docstring).
@@ -211,6 +214,21 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
     return result
 
 
+def prepare(init: str, data_dir: str | os.PathLike | None = None, seed: int = 1) -> None:
+    """Compute and cache what every few-shot fine-tune of `init` reads, whatever the images: the features of the
+    model's replayed, validation and test digits and of the outliers. The drawing page runs it, at a low priority,
+    while corrections are collected, so that its first fine-tune is as quick as the next."""
+    card, state = _load_init(init)
+    module = _module(card, state, head_of(card.head).outputs(len(card.classes)), False)
+    features, base = Features(module, card), _base_data(card, data_dir, say=lambda s: None)
+    if base is not None:
+        for images in (_replay_pool(base.train)[0], base.test[0], *([base.validation[0]] if base.validation else [])):
+            features(images, cache=True)
+    if head_of(card.head).learnt_outliers(card.reject_score):
+        for outliers in _outlier_sets(seed, data_dir, say=lambda s: None):
+            features(torch.from_numpy(outliers), cache=True)
+
+
 def _load_init(init: str):
     if Path(init).suffix.lower() == ".onnx":
         raise MnistlabError(f"--init {init}: an ONNX file cannot be trained; give the .pt it was exported from, or a "
@@ -279,7 +297,7 @@ def _logits(module: torch.nn.Module, card: ModelCard, images: torch.Tensor, feat
     module.eval()
     with torch.no_grad():
         if features is not None:
-            return module.classifier(features(images, cache)).float()
+            return module.classifier(features(images, cache)).float()  # type: ignore[operator]  # every model has one (models.py)
         return torch.cat([module(_normalize(module, card, part)).float() for part in images.split(1000)])
 
 
@@ -301,7 +319,7 @@ class Features:
         """The features of normalised images."""
         self.module.eval()
         with torch.no_grad():
-            return torch.cat([self.module.features(part).float() for part in x.split(1000)])
+            return torch.cat([self.module.features(part).float() for part in x.split(1000)])  # type: ignore[operator]
 
     def __call__(self, images: torch.Tensor, cache: bool = False) -> torch.Tensor:
         """The features of uint8 images [N, 28, 28]; read from the cache or written to it, where `cache`."""
@@ -421,8 +439,8 @@ def _train_classifier(module, card: ModelCard, features: Features, user, replay,
                                           background=background)) for a in range(recipe["augment"])])
     pools = [(mine, y.repeat(recipe["augment"]), recipe["batch"])]
     if replay is not None:
-        pick = torch.randperm(len(replay[0]), generator=torch.Generator().manual_seed(0))[:REPLAY_POOL]
-        pools.append((features(replay[0][pick], cache=True), replay[1][pick], recipe["replay"]))
+        images, labels = _replay_pool(replay)
+        pools.append((features(images, cache=True), labels, recipe["replay"]))
     if outliers is not None:
         digits = sum(k for _, _, k in pools)
         pools.append((features(torch.from_numpy(outliers), cache=True), torch.full((len(outliers),), -1),
@@ -446,6 +464,12 @@ def _train_classifier(module, card: ModelCard, features: Features, user, replay,
         if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps:  # the page's progress bar reads these lines
             say(f"step {step + 1}/{steps}")
     _blend(classifier, start, recipe["blend"])
+
+
+def _replay_pool(replay: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """REPLAY_POOL of the model's training images and their labels: the same ones every run."""
+    pick = torch.randperm(len(replay[0]), generator=torch.Generator().manual_seed(0))[:REPLAY_POOL]
+    return replay[0][pick], replay[1][pick]
 
 
 def _blend(module: torch.nn.Module, start: dict, share: float) -> None:
