@@ -12,7 +12,8 @@ fine-tune does and see what share of the validation outliers it still rejects.
 The rule, fixed before scoring: a candidate is eligible where, for every writer, the refitted threshold rejects at
 least 90% of the validation outliers (issue 29's goal for a fine-tuned model) and at most 2% of the held-out
 drawings. Of those, the most held-out drawings right; then the smallest worst probe change; then the fewest
-augmentations (the fastest).
+augmentations (the fastest). The probe's change is also held within issue 22's 0.2 points: the rule first lacked
+that gate, and on the bn-cnn default it would have chosen a candidate that lost 0.37 points (BENCHMARKS.md).
 """
 
 import argparse
@@ -42,6 +43,16 @@ CANDIDATES = {
     "as many outliers as digits, 8 augmentations": BASE | {"outliers": 1.0, "augment": 8},
     "twice as many outliers as digits": BASE | {"outliers": 2.0},
     "500 steps": BASE | {"steps": 500},
+    # the chosen one ("as many outliers as digits, 8 augmentations") kept 13.5% and 39.5% of the validation outliers
+    # rejected for two of the six judging writers: on eight validation writers (100-107), these
+    "twice as many outliers, 8 augmentations": BASE | {"outliers": 2.0, "augment": 8},
+    "as many outliers, 8 augmentations, no blend": BASE | {"outliers": 1.0, "augment": 8, "blend": 1.0},
+    "four times as many outliers, 8 augmentations": BASE | {"outliers": 4.0, "augment": 8},
+    # for the bn-cnn default, whose two-layer classifier moved MNIST by 0.2-0.37 points in all of the above
+    "as many outliers, 8 augmentations, blend 0.5": BASE | {"outliers": 1.0, "augment": 8, "blend": 0.5},
+    "as many outliers, 8 augmentations, lr 1e-2": BASE | {"outliers": 1.0, "augment": 8, "lr": 1e-2},
+    "as many outliers, 8 augmentations, lr 1e-2, blend 0.5": BASE | {"outliers": 1.0, "augment": 8, "lr": 1e-2,
+                                                                     "blend": 0.5},
 }
 
 
@@ -94,7 +105,7 @@ def main() -> None:
                 reject = ft._refit(card, logits, held_out, validation, outliers[1], keep)
                 rejected.append(reject.outliers_rejected)
                 mine_rejected.append(reject.held_out_rejected)
-            eligible = min(rejected) >= 0.9 and max(mine_rejected) <= 0.02
+            eligible = min(rejected) >= 0.9 and max(mine_rejected) <= 0.02 and min(drops) >= -0.2
             rows[name] = (eligible, right, min(drops), -recipe["augment"])
             print(f"| {name} | {right}/{total} = {100 * right / total:.2f}% | {', '.join(f'{d:+.2f}' for d in drops)} "
                   f"| {min(drops):+.2f} | {', '.join(f'{r:.1%}' for r in rejected)} | {max(mine_rejected):.1%} "

@@ -12,7 +12,7 @@ chosen), never on the held-out images they are judged on:
               of the model (frozen, batch norm too), which are computed once: 8 augmented copies of
               each of your images, REPLAY_POOL replayed images and the outliers (these two cached on
               disk, so that a fine-tune after the first is a matter of seconds for a large model too).
-              Adam at 3e-2, 300 steps of 64 of yours beside 64 replayed and 128 outliers, label
+              Adam at 1e-2, 300 steps of 64 of yours beside 64 replayed and 128 outliers, label
               smoothing 0.1; then the classifier is moved 30% of the way back to where it started
               (WiSE-FT), which keeps what the model knew
     many      more: 3 epochs over your images (200 steps at least), a quarter of each batch replayed
@@ -82,7 +82,7 @@ INIT_HEADS = ("auto", "keep", "new")  # --init-head: where the head's weights st
 # few-shot's settings were chosen on validation writers (benchmarks/finetune_choose.py, BENCHMARKS.md): as many
 # outliers as digits a step keep 90% of the validation outliers rejected for every writer, half as many did not.
 RECIPES = {
-    "few-shot": dict(steps=300, lr=3e-2, batch=64, replay=64, outliers=1.0, augment=8, label_smoothing=0.1,
+    "few-shot": dict(steps=300, lr=1e-2, batch=64, replay=64, outliers=1.0, augment=8, label_smoothing=0.1,
                      blend=0.7),
     "many": dict(epochs=3, min_steps=200, lr=1e-3, batch=96, replay=32, freeze_norm=False, label_smoothing=0.1),
 }
