@@ -417,12 +417,7 @@ def _train(module, card: ModelCard, user, replay, outliers: np.ndarray | None, r
         with autocast(torch.device("cpu"), amp):
             loss = head_of(card.head).loss(module(xb), yb, recipe.get("label_smoothing", 0.0),
                              OUTLIER_WEIGHT if mixer is not None else 0.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps:  # the page's progress bar reads these lines
-            say(f"step {step + 1}/{steps}")
+        _step(loss, opt, sched, step, steps, say)
     if start is not None:
         _blend(module, start, blend)
 
@@ -457,13 +452,18 @@ def _train_classifier(module, card: ModelCard, features: Features, user, replay,
         yb = torch.cat([labels[i] for (_, labels, _), i in zip(pools, picks)])
         loss = head_of(card.head).loss(classifier(fb), yb, recipe["label_smoothing"],
                                        OUTLIER_WEIGHT if outliers is not None else 0.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps:  # the page's progress bar reads these lines
-            say(f"step {step + 1}/{steps}")
+        _step(loss, opt, sched, step, steps, say)
     _blend(classifier, start, recipe["blend"])
+
+
+def _step(loss: torch.Tensor, opt: torch.optim.Optimizer, sched, step: int, steps: int, say) -> None:
+    """One optimiser step, and now and then the progress line that the page's progress bar reads."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    if (step + 1) % PROGRESS_EVERY == 0 or step + 1 == steps:
+        say(f"step {step + 1}/{steps}")
 
 
 def _replay_pool(replay: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
