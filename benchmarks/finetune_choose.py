@@ -13,7 +13,9 @@ The rule, fixed before scoring: a candidate is eligible where, for every writer,
 least 90% of the validation outliers (issue 29's goal for a fine-tuned model) and at most 2% of the held-out
 drawings. Of those, the most held-out drawings right; then the smallest worst probe change; then the fewest
 augmentations (the fastest). The probe's change is also held within issue 22's 0.2 points: the rule first lacked
-that gate, and on the bn-cnn default it would have chosen a candidate that lost 0.37 points (BENCHMARKS.md).
+that gate, and on the bn-cnn default it would have chosen a candidate that lost 0.37 points (BENCHMARKS.md). And
+the held-out drawings rejected are gated at 2% on average over the writers and 5% for any one: the threshold keeps
+98.4% of its pool by design, and over 32 writers one of them lies above 2% by chance alone.
 """
 
 import argparse
@@ -72,9 +74,8 @@ def main() -> None:
     start = ft._module(card, state, 10, False)
     probe_before = ft._correct(ft._logits(start, card, probe[0], ft.Features(start, card), True), probe[1], 10)[0]
     print(f"probe before: {probe_before}/10000\n")
-    print("| candidate | held-out after (all writers) | probe change per writer (points) | worst | validation "
-          "outliers rejected per writer | held-out rejected, most | eligible | s a writer |\n"
-          "|---|---|---|---|---|---|---|---|")
+    print("| candidate | held-out after (all writers) | worst probe change (points) | validation outliers rejected: "
+          "fewest, median | held-out rejected: mean, most | eligible | s a writer |\n|---|---|---|---|---|---|---|")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = {}
@@ -102,14 +103,16 @@ def main() -> None:
                 a, n = ft._correct(held_out, yt, 10)
                 right, total = right + a, total + n
                 drops.append((ft._correct(logits(probe[0], True), probe[1], 10)[0] - probe_before) / 100)
-                reject = ft._refit(card, logits, held_out, validation, outliers[1], keep)
+                reject = ft._refit(card, logits, held_out, validation, outliers, keep)
                 rejected.append(reject.outliers_rejected)
                 mine_rejected.append(reject.held_out_rejected)
-            eligible = min(rejected) >= 0.9 and max(mine_rejected) <= 0.02 and min(drops) >= -0.2
+            eligible = (min(rejected) >= 0.9 and sum(mine_rejected) / len(mine_rejected) <= 0.02
+                        and max(mine_rejected) <= 0.05 and min(drops) >= -0.2)
             rows[name] = (eligible, right, min(drops), -recipe["augment"])
-            print(f"| {name} | {right}/{total} = {100 * right / total:.2f}% | {', '.join(f'{d:+.2f}' for d in drops)} "
-                  f"| {min(drops):+.2f} | {', '.join(f'{r:.1%}' for r in rejected)} | {max(mine_rejected):.1%} "
-                  f"| {'yes' if eligible else 'no'} | {(time.perf_counter() - t0) / len(data):.1f} |", flush=True)
+            print(f"| {name} | {right}/{total} = {100 * right / total:.2f}% | {min(drops):+.2f} | {min(rejected):.1%}, "
+                  f"{sorted(rejected)[len(rejected) // 2]:.1%} | {sum(mine_rejected) / len(mine_rejected):.2%}, "
+                  f"{max(mine_rejected):.1%} | {'yes' if eligible else 'no'} | "
+                  f"{(time.perf_counter() - t0) / len(data):.1f} |", flush=True)
     chosen = [name for name, row in rows.items() if row[0]]
     print(f"\nchosen: {max(chosen, key=lambda name: rows[name][1:]) if chosen else 'none eligible'}")
 

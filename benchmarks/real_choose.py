@@ -93,11 +93,7 @@ Round 8 (`--round 8`): round 7's deep model, with 30% of the font digits' 1s dra
 (`synthetic.PLAIN_ONES`: a pen from a hairline to a third of the height, round or square ends, slanted and turned
 as the font digits are), as most people write a 1 and few fonts draw it (real-deep-1), scored beside the shipped
 model by round 7's rule, fixed before it was scored. It was eligible and chosen (97.6% of the non-digits rejected
-against 93.8%, 36 of the 45 bars read as the shipped model reads them), remade by make_pretrained.py (the same
-bits), and not shipped: the drawing page's teach-it fine-tune of the larger model took 76.3 s from the click to the
-new model served, against 9.5 s (issue 22's goal: 10 s). The shipped model stays, and the lone-stroke filter and
-the plain 1s were taken back with it, so that the preset makes the shipped file again: rounds 7 and 8 are made
-only at commit f586708 (BENCHMARKS.md).
+against 93.8%, 36 of the 45 bars read as the shipped model reads them), and is the shipped robust-real.
 """
 
 import argparse

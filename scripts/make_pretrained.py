@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "src" / "mnistlab" / "weights"
 
 MODELS = {  # name -> (description, the train command's flags)
-    "robust-real": ("a wider batch-normalised CNN (32/64), 15 epochs of robust augmentation, digits from fonts, and "
-                    "outlier exposure with letters in those fonts: it reads people's digits and says 'not a digit'",
+    "robust-real": ("a VGG-style CNN (48/96/192), 15 epochs of robust augmentation, digits from fonts, and outlier "
+                    "exposure with letters in those fonts: it reads people's digits and says 'not a digit'",
                     "--preset robust-real --val-size 5000 --seed 1"),
     "classic-cnn": ("the tutorial's CNN and recipe: SGD, 10 epochs",
                     "--preset classic --model cnn --val-size 5000 --seed 1"),

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from mnistlab import RunConfig, load_split, train
 from mnistlab.card import ModelCard
 from mnistlab.checkpoints import load_checkpoint, save_checkpoint
-from mnistlab.data.outliers import EVAL_FONTS, FONT_DIR, outlier_set
+from mnistlab.data.outliers import EVAL_FONTS, FONT_DIR, is_stroke, outlier_set
 from mnistlab.errors import CheckpointError, MnistlabError
 from mnistlab.evaluation import model_split
 from mnistlab.heads import head_of
@@ -293,6 +293,20 @@ def test_outlier_families_draw_only_what_they_name(data_dir):
     assert sum(x.tobytes() in fashion for x in everything) == 10
     with pytest.raises(MnistlabError, match="not letters"):
         outlier_set("train", 8, families=("letters",))
+
+
+def test_no_outlier_is_a_lone_stroke_as_most_1s_are(data_dir):
+    """A "!", a "]" or an apostrophe comes out of preprocessing as a plain bar in many fonts: drawn as a non-digit,
+    it teaches a model to reject the commonest 1."""
+    bar = np.zeros((28, 28), np.uint8)
+    bar[4:24, 13:16] = 255
+    leaning = np.array(Image.fromarray(bar).rotate(20, resample=Image.Resampling.BILINEAR))
+    assert is_stroke(bar) and is_stroke(leaning) and not is_stroke(bar.T[:, ::-1] | bar)  # a cross is no stroke
+    images, labels = (t.numpy() for t in load_split("mnist", "train", data_dir=data_dir))
+    strokes = np.array([is_stroke(x) for x in images[:3000]])
+    assert strokes[labels[:3000] == 1].mean() > 0.85 and strokes[labels[:3000] != 1].mean() < 0.005
+    drawn = outlier_set("train", 600, seed=4, data_dir=data_dir, families=("characters", "scribbles", "lettering"))
+    assert len(drawn) == 600 and not any(is_stroke(x) for x in drawn)
 
 
 def test_training_draws_its_outliers_from_the_families_given(data_dir):

@@ -103,6 +103,21 @@ def test_a_crossed_seven_has_a_bar_across_its_stem():
     assert synthetic._euler(ink_crossed) == synthetic._euler(ink) == 1
 
 
+def test_many_ones_are_one_plain_stroke_as_people_write_them():
+    """Few fonts draw a 1 as a bare stroke (13.7% of these without PLAIN_ONES); most people do."""
+    from mnistlab.data.outliers import is_stroke
+
+    def plain(img):  # a lone stroke of one width from top to bottom: no flag, no foot
+        ink = img > 96
+        rows = np.flatnonzero(ink.any(1))
+        widths = ink[rows[len(rows) // 8: len(rows) - len(rows) // 8]].sum(1)
+        return is_stroke(img) and widths.max() - widths.min() <= 2
+
+    rng, fonts = np.random.default_rng(1), part_fonts("train")
+    ones = [synthetic._digit("1", fonts, rng) for _ in range(300)]
+    assert np.mean([plain(x) for x in ones]) > 0.22
+
+
 def test_digit_set_is_cached(monkeypatch):
     images, labels = digit_set(30, seed=5)
     monkeypatch.setattr(synthetic, "render_digits", lambda *a, **k: pytest.fail("drawn again, not read"))

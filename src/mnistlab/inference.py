@@ -30,7 +30,7 @@ NO_INK = 26  # a 28x28 array whose brightest pixel is below a tenth of full scal
 MODEL_SUFFIXES = (".pt", ".pt2", ".safetensors", ".onnx")  # the files load_model reads (and Hugging Face folders)
 # Below this calibrated top probability an answer names the top two ("1 or 7?") rather than guess: the
 # highest cut that says so of at most 1% of the right answers (benchmarks/unsure.py).
-UNSURE_BELOW = 0.9
+UNSURE_BELOW = 0.95
 SALIENCY_METHOD = "occlusion: 4x4 patches, stride 2, blanked one at a time; mean fall of the log-probability"
 
 

@@ -13,7 +13,9 @@ letters in fonts-freefont-ttf's fonts (held out); uniform and Gaussian noise, pi
 The DejaVu, URW base35 and Liberation fonts are never read: they are kept for judging mnistlab.
 
 Rendered characters go through `preprocessing.preprocess`, as an image given to `mnistlab predict`
-does. Letters that are digits in many hands (O, o, I, l) are left out; so are | and /.
+does. Letters that are digits in many hands (O, o, I, l) are left out; so are | and /. So is any drawn
+outlier that comes out as one lone stroke (`is_stroke`: an apostrophe, a "!", a "]" or a "\\" in many fonts),
+which is how most people write a 1.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ EVAL_FONTS = tuple(f"freefont/Free{family}{style}.ttf" for family, styles in
 LETTERS = "".join(c for c in string.ascii_letters if c not in "OoIl")
 SYMBOLS = "@#$%&*+=?!<>{}[]()~^\\;:\"'§¶€£¥©®µß"
 CJK = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可"
+# The ratio of the ink's principal axes from which an image is a lone stroke: 92% of MNIST's training 1s reach it,
+# and at most 0.3% of any other digit's images.
+STROKE_ELONGATION = 4.0
 FASHION_TRAIN = 55_000  # Fashion-MNIST's training images before this are training outliers, after it validation
 CANVAS = 112
 # The families of made-up non-digits that outlier exposure draws, in drawing order; a run draws the first four
@@ -209,11 +214,28 @@ def _render(char: str, font_path, rng: np.random.Generator, jitter: bool = False
     return _mnist(img)
 
 
+def is_stroke(image: np.ndarray) -> bool:
+    """Whether an image's ink [H, W] is one lone stroke: the ratio of its principal axes (the square root of
+    the ratio of its second moments' eigenvalues) at least STROKE_ELONGATION."""
+    ink = image.astype(np.float64)
+    mass = ink.sum()
+    if not mass:
+        return False
+    ys, xs = np.mgrid[: ink.shape[0], : ink.shape[1]]
+    dy, dx = ys - (ink * ys).sum() / mass, xs - (ink * xs).sum() / mass
+    a, b, c = ((ink * u * v).sum() / mass for u, v in ((dy, dy), (dy, dx), (dx, dx)))
+    spread = np.hypot((a - c) / 2, b)
+    long, short = (a + c) / 2 + spread, (a + c) / 2 - spread
+    return bool(long >= STROKE_ELONGATION ** 2 * max(short, 1e-9))
+
+
 def _mnist(img: Image.Image) -> np.ndarray | None:
+    """The drawn outlier as preprocessing gives it to a model, or None where there is no ink or it is a stroke."""
     try:
-        return preprocess(img)
+        image = preprocess(img)
     except NoDigitError:
         return None
+    return None if is_stroke(image) else image
 
 
 @functools.lru_cache(maxsize=64)

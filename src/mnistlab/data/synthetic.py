@@ -4,7 +4,8 @@ write and photograph digits beyond MNIST's hands.
 Each digit is drawn in a training font (`TRAIN_FONTS`) at a random size, weight (thickened with
 Pillow's stroke, thinned by erosion, from hairline to very heavy), slant and slight turn; some
 hollow (an outline drawn, the fill removed), some 7s crossed and 0s slashed as continental hands
-write them (the 1 with a long flag comes with fonts such as Noto and Open Sans), and some
+write them (the 1 with a long flag comes with fonts such as Noto and Open Sans), some 1s one plain
+stroke of any pen, as most people write a 1 and few fonts draw it, and some
 rendered 8-16 pixels tall and enlarged, blocky or blurred. Each then goes through
 `preprocessing.preprocess`, as an image given to `mnistlab predict` does, so the model trains on
 what it will be shown.
@@ -66,6 +67,7 @@ RESERVED_FONTS = ("dejavu", "liberation", "urw", "nimbus", "texgyre", "freefont"
 PARTS = ("train", "validation")
 CANVAS = 80  # the large renderings' page: digits 34-50 pixels tall, room for slant and stroke
 SMALL_SHARE = 0.2  # rendered 8-16 pixels tall, then enlarged
+PLAIN_ONES = 0.3  # the share of 1s drawn as one straight stroke rather than in a font
 CHUNK = 1000  # digits drawn by one worker at a time, from a random stream of their own
 CACHE_VERSION = "1"  # part of the cache key, with this module's and preprocessing's source: bump for other changes
 
@@ -196,7 +198,10 @@ def _digit(digit: str, fonts: dict[str, tuple[Path, ...]], rng: np.random.Genera
     """One digit as preprocess makes it, drawn again until it has ink."""
     while True:
         path = pick_font(fonts, rng)
-        img = _small(digit, path, rng) if rng.random() < SMALL_SHARE else _large(digit, path, rng)
+        if digit == "1" and rng.random() < PLAIN_ONES:
+            img = _stroke(rng)
+        else:
+            img = _small(digit, path, rng) if rng.random() < SMALL_SHARE else _large(digit, path, rng)
         try:
             return preprocess(_slanted(img, rng))
         except NoDigitError:
@@ -242,6 +247,23 @@ def _large(digit: str, path: Path, rng: np.random.Generator) -> Image.Image:
         img = img.filter(ImageFilter.MaxFilter(3))
     # a weight that closed a loop, broke a stroke or wore one away is not the same digit: the font's own then
     return img if _euler(_ink(img)) == _euler(_ink(plain)) and _ink(img).sum() > 0.25 * _ink(plain).sum() else plain
+
+
+def _stroke(rng: np.random.Generator) -> Image.Image:
+    """A 1 as one straight stroke, 34-50 pixels tall, of a pen from a hairline to a third of its height, its ends
+    round (a pen's) or square (a font's)."""
+    height = float(rng.uniform(34, 50))
+    pen = max(1, round(height * rng.uniform(0.03, 0.33)))
+    top, bottom = (CANVAS - height) / 2, (CANVAS + height) / 2
+    img = Image.new("L", (CANVAS, CANVAS), 255)
+    draw = ImageDraw.Draw(img)
+    if rng.random() < 0.5:
+        r = pen / 2
+        top, bottom = top + r, bottom - r
+        for y in (top, bottom):
+            draw.ellipse((CANVAS / 2 - r, y - r, CANVAS / 2 + r, y + r), fill=0)
+    draw.line([(CANVAS / 2, top), (CANVAS / 2, bottom)], fill=0, width=pen)
+    return img
 
 
 def _ink(img: Image.Image) -> np.ndarray:

@@ -12,7 +12,7 @@ chosen), never on the held-out images they are judged on:
               of the model (frozen, batch norm too), which are computed once: 8 augmented copies of
               each of your images, REPLAY_POOL replayed images and the outliers (these two cached on
               disk, so that a fine-tune after the first is a matter of seconds for a large model too).
-              Adam at 1e-2, 300 steps of 64 of yours beside 64 replayed and 128 outliers, label
+              Adam at 3e-2, 300 steps of 64 of yours beside 64 replayed and 128 outliers, label
               smoothing 0.1; then the classifier is moved 30% of the way back to where it started
               (WiSE-FT), which keeps what the model knew
     many      more: 3 epochs over your images (200 steps at least), a quarter of each batch replayed
@@ -35,7 +35,9 @@ writing weighs as much as the validation digits; with fewer, each image of yours
 cannot pull the threshold down on its own; without held-out images, the validation digits alone.
 Without validation digits (the model's dataset is not at hand, or the init model is itself
 fine-tuned: its card names your folder), your held-out images may lower the init model's threshold,
-to keep 99% of them, but cannot raise it: a few images cannot vouch for rejecting more. The
+to keep 99% of them, but cannot raise it: a few images cannot vouch for rejecting more. Either way,
+where the model learnt from outliers, the threshold rejects at least OUTLIER_FLOOR (95%) of the ones
+the fine-tune replayed: your writing may lower it that far, no further. The
 threshold and the shares of your held-out images and of validation outliers
 (outlier_set("validation")) below it are printed and kept in finetune.json. A new head has no
 threshold: the fine-tuned model never rejects.
@@ -82,7 +84,7 @@ INIT_HEADS = ("auto", "keep", "new")  # --init-head: where the head's weights st
 # few-shot's settings were chosen on validation writers (benchmarks/finetune_choose.py, BENCHMARKS.md): as many
 # outliers as digits a step keep 90% of the validation outliers rejected for every writer, half as many did not.
 RECIPES = {
-    "few-shot": dict(steps=300, lr=1e-2, batch=64, replay=64, outliers=1.0, augment=8, label_smoothing=0.1,
+    "few-shot": dict(steps=300, lr=3e-2, batch=64, replay=64, outliers=1.0, augment=8, label_smoothing=0.1,
                      blend=0.7),
     "many": dict(epochs=3, min_steps=200, lr=1e-3, batch=96, replay=32, freeze_norm=False, label_smoothing=0.1),
 }
@@ -93,6 +95,11 @@ OUTLIERS, VALIDATION_OUTLIERS = 2_000, 1_000
 # Held-out images of yours from which, together, they weigh as much as the validation digits in the threshold's
 # pool; fewer weigh less, each under the 1% of the pool that may be rejected (the module docstring).
 FULL_WEIGHT = 100
+# However your writing pulls it down, the threshold stays above this share of the scores of the outliers that the
+# fine-tune learnt from: a writer whose few digits look like non-digits to the model (a 0 like a ring) keeps most
+# of their digits without letting half of the non-digits through. Chosen on validation writers
+# (benchmarks/finetune_threshold.py, BENCHMARKS.md).
+OUTLIER_FLOOR = 0.95
 # A card does not say how its model learnt from outliers: the weight and families the shipped default was trained with.
 OUTLIER_WEIGHT = PRESETS["robust-real"]["outlier_exposure"]
 OUTLIER_FAMILIES = family_names(PRESETS["robust-real"]["outlier_families"])
@@ -196,7 +203,7 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
     seconds = time.perf_counter() - t0
     held_out = logits(xt)
     reject = None if new_head or not card.reject_score else _refit(
-        card, logits, held_out, base.validation if base else None, outliers[1] if outliers else None, keep)
+        card, logits, held_out, base.validation if base else None, outliers, keep)
     result = FinetuneResult(out / "model.pt", chosen, "new" if new_head else "kept", before,
                             _correct(held_out, yt, len(out_classes)), base_before,
                             score(*base.test, cache=True) if base else None, seconds, reject)
@@ -363,9 +370,10 @@ def _kept(card: ModelCard, logits, validation) -> float:
     return float((_scores(card, logits(validation[0], True)) >= card.reject_threshold).mean())
 
 
-def _refit(card: ModelCard, logits, held_out: torch.Tensor, validation, outliers: np.ndarray | None,
-           keep: float) -> Reject:
-    """The kept reject score's threshold, refitted on the fine-tuned model (the module docstring's rule)."""
+def _refit(card: ModelCard, logits, held_out: torch.Tensor, validation,
+           outliers: tuple[np.ndarray, np.ndarray] | None, keep: float) -> Reject:
+    """The kept reject score's threshold, refitted on the fine-tuned model (the module docstring's rule);
+    `outliers`: (those it learnt from, validation outliers)."""
     assert card.reject_threshold is not None, "a card with a reject score has a threshold"
     mine = _scores(card, held_out)
     val = _scores(card, logits(validation[0], True)) if validation is not None else np.zeros(0)
@@ -373,8 +381,11 @@ def _refit(card: ModelCard, logits, held_out: torch.Tensor, validation, outliers
         threshold = pooled_threshold(mine, val, keep)
     else:  # a few images of yours may lower it, to keep your writing, but cannot vouch for raising it
         threshold = min(card.reject_threshold, reject_threshold(mine) if len(mine) else np.inf)
-    out = None if outliers is None else rejected_share(
-        _scores(card, logits(torch.from_numpy(outliers), True)), threshold)
+    out = None
+    if outliers is not None:
+        learnt = _scores(card, logits(torch.from_numpy(outliers[0]), True))
+        threshold = max(threshold, float(np.quantile(learnt, OUTLIER_FLOOR)))
+        out = rejected_share(_scores(card, logits(torch.from_numpy(outliers[1]), True)), threshold)
     return Reject(card.reject_score, threshold, rejected_share(mine, threshold) if len(mine) else 0.0, out, len(val),
                   keep if len(val) else KEEP)
 
