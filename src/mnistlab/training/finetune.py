@@ -9,7 +9,7 @@ new`, or auto). Two recipes, fixed beforehand (BENCHMARKS.md says on which write
 chosen), never on the held-out images they are judged on:
 
     few-shot  at most FEW_SHOT images a class: the classifier alone learns, on the features of the rest
-              of the model (frozen, batch norm too), which are computed once: 8 augmented copies of
+              of the model (frozen, batch norm too), which are computed once: 16 augmented copies of
               each of your images, REPLAY_POOL replayed images and the outliers (these two cached on
               disk, so that a fine-tune after the first is a matter of seconds for a large model too).
               Adam at 3e-2, 300 steps of 64 of yours beside 64 replayed and 128 outliers, label
@@ -84,7 +84,7 @@ INIT_HEADS = ("auto", "keep", "new")  # --init-head: where the head's weights st
 # few-shot's settings were chosen on validation writers (benchmarks/finetune_choose.py, BENCHMARKS.md): as many
 # outliers as digits a step keep 90% of the validation outliers rejected for every writer, half as many did not.
 RECIPES = {
-    "few-shot": dict(steps=300, lr=3e-2, batch=64, replay=64, outliers=1.0, augment=8, label_smoothing=0.1,
+    "few-shot": dict(steps=300, lr=3e-2, batch=64, replay=64, outliers=1.0, augment=16, label_smoothing=0.1,
                      blend=0.7),
     "many": dict(epochs=3, min_steps=200, lr=1e-3, batch=96, replay=32, freeze_norm=False, label_smoothing=0.1),
 }
