@@ -36,8 +36,9 @@ cannot pull the threshold down on its own; without held-out images, the validati
 Without validation digits (the model's dataset is not at hand, or the init model is itself
 fine-tuned: its card names your folder), your held-out images may lower the init model's threshold,
 to keep 99% of them, but cannot raise it: a few images cannot vouch for rejecting more. Either way,
-where the model learnt from outliers, the threshold rejects at least OUTLIER_FLOOR (95%) of the ones
-the fine-tune replayed: your writing may lower it that far, no further. The
+where the model learnt from outliers, your writing may lower the threshold only so far that it still
+rejects OUTLIER_FLOOR (95%) of the ones the fine-tune replayed (or down to the init model's own
+threshold, where that is lower). The
 threshold and the shares of your held-out images and of validation outliers
 (outlier_set("validation")) below it are printed and kept in finetune.json. A new head has no
 threshold: the fine-tuned model never rejects.
@@ -96,8 +97,9 @@ OUTLIERS, VALIDATION_OUTLIERS = 2_000, 1_000
 # pool; fewer weigh less, each under the 1% of the pool that may be rejected (the module docstring).
 FULL_WEIGHT = 100
 # However your writing pulls it down, the threshold stays above this share of the scores of the outliers that the
-# fine-tune learnt from: a writer whose few digits look like non-digits to the model (a 0 like a ring) keeps most
-# of their digits without letting half of the non-digits through. Chosen on validation writers
+# fine-tune learnt from (or at the init model's own threshold, where that is lower): a writer whose few digits look
+# like non-digits to the model (a 0 like a ring) keeps most of them without letting half of the non-digits through.
+# Chosen on validation writers
 # (benchmarks/finetune_threshold.py, BENCHMARKS.md).
 OUTLIER_FLOOR = 0.95
 # A card does not say how its model learnt from outliers: the weight and families the shipped default was trained with.
@@ -384,7 +386,7 @@ def _refit(card: ModelCard, logits, held_out: torch.Tensor, validation,
     out = None
     if outliers is not None:
         learnt = _scores(card, logits(torch.from_numpy(outliers[0]), True))
-        threshold = max(threshold, float(np.quantile(learnt, OUTLIER_FLOOR)))
+        threshold = max(threshold, min(float(np.quantile(learnt, OUTLIER_FLOOR)), card.reject_threshold))
         out = rejected_share(_scores(card, logits(torch.from_numpy(outliers[1]), True)), threshold)
     return Reject(card.reject_score, threshold, rejected_share(mine, threshold) if len(mine) else 0.0, out, len(val),
                   keep if len(val) else KEEP)
