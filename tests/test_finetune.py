@@ -209,6 +209,9 @@ def test_few_shot_trains_the_classifier_alone_and_the_next_run_reads_the_feature
     _, state = load_checkpoint(tmp_path / "ft0" / "model.pt")
     learnt = {k for k in init if not torch.equal(init[k], state["model_state"][k])}
     assert learnt and all(k.startswith("classifier.") for k in learnt)  # the rest of the model is as it was
+    sizes.clear()  # a fine-tune of the fine-tuned model (the page's next click) shares its features: no new ones
+    finetune(str(tmp_path / "ft0" / "model.pt"), str(tmp_path / "mine"), out=tmp_path / "ft2", say=lambda s: None)
+    assert max(sizes) <= 16 * 30
 
 
 def test_prepare_leaves_a_fine_tune_only_your_images_to_compute(small_init, tmp_path):

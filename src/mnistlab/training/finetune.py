@@ -318,9 +318,12 @@ class Features:
 
     def __init__(self, module: torch.nn.Module, card: ModelCard):
         self.module, self.card = module, card
+        # keyed by the frozen part's weights alone: a model fine-tuned by this recipe shares its init's features
+        prefix = next(name for name, m in module.named_modules() if m is module.classifier) + "."
         h = hashlib.blake2b(f"{card.model} {card.mean} {card.std}".encode(), digest_size=16)
-        for k, v in sorted(module.state_dict().items()):  # as it starts: only the classifier changes after
-            h.update(k.encode() + v.detach().cpu().numpy().tobytes())
+        for k, v in sorted(module.state_dict().items()):
+            if not k.startswith(prefix):
+                h.update(k.encode() + v.detach().cpu().numpy().tobytes())
         self.model_key = h.digest()
         self.width = self.of(torch.zeros(1, 1, 28, 28)).shape[1]
 
