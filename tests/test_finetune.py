@@ -127,6 +127,7 @@ def test_a_writer_whose_digits_look_like_non_digits_cannot_drag_the_threshold_be
     for mine, floor_binds in ((np.full(500, 0.0), True), (np.full(500, 5.0), False)):
         r = _refit(card, lambda x, cache=False: logits_of(sets[len(x)]), logits_of(mine), (images[5000], None),
                    outliers, keep=0.984)
+        assert r.floored == floor_binds
         if floor_binds:  # 500 drawings weigh as much as the validation digits and would pull it to theirs
             assert r.threshold == pytest.approx(np.quantile(learnt, OUTLIER_FLOOR)) and r.held_out_rejected == 1.0
         else:

@@ -116,6 +116,7 @@ class Reject:
     outliers_rejected: float | None  # of validation outliers; None: the model learnt no outliers
     validation_digits: int  # of the model's dataset, in the pool it was fitted on (0: none)
     keep: float  # the share of the pool it keeps: what the init model's threshold kept of the validation digits
+    floored: bool = False  # raised to the floor from the outliers it learnt from (OUTLIER_FLOOR)
 
 
 @dataclass
@@ -386,13 +387,14 @@ def _refit(card: ModelCard, logits, held_out: torch.Tensor, validation,
         threshold = pooled_threshold(mine, val, keep)
     else:  # a few images of yours may lower it, to keep your writing, but cannot vouch for raising it
         threshold = min(card.reject_threshold, reject_threshold(mine) if len(mine) else np.inf)
-    out = None
+    out, floored = None, False
     if outliers is not None:
         learnt = _scores(card, logits(torch.from_numpy(outliers[0]), True))
-        threshold = max(threshold, min(float(np.quantile(learnt, OUTLIER_FLOOR)), card.reject_threshold))
+        floor = min(float(np.quantile(learnt, OUTLIER_FLOOR)), card.reject_threshold)
+        threshold, floored = max(threshold, floor), floor > threshold
         out = rejected_share(_scores(card, logits(torch.from_numpy(outliers[1]), True)), threshold)
     return Reject(card.reject_score, threshold, rejected_share(mine, threshold) if len(mine) else 0.0, out, len(val),
-                  keep if len(val) else KEEP)
+                  keep if len(val) else KEEP, floored)
 
 
 def _train(module, card: ModelCard, user, replay, outliers: np.ndarray | None, recipe: dict, seed: int,
@@ -510,6 +512,8 @@ def _report(r: FinetuneResult, dataset: str, base: str, say) -> None:
                "your held-out images" if r.reject.validation_digits else
                f"no validation digits of {base} to refit on: the init model's, or lower to keep {KEEP:.0%} of your "
                "held-out images")
+        if r.reject.floored:
+            how += f"; raised to reject {OUTLIER_FLOOR:.0%} of the made-up non-digits it learnt from"
         outliers = "" if r.reject.outliers_rejected is None else (
             f" and {r.reject.outliers_rejected:.1%} of {VALIDATION_OUTLIERS} validation outliers")
         say(f"'not a digit' below {r.reject.score} {r.reject.threshold:.4g} ({how}): it rejects "
