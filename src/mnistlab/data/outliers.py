@@ -102,15 +102,14 @@ def _make(part: str, n: int, seed: int, data_dir, chosen: list[str]) -> np.ndarr
 def _key(part: str, n: int, seed: int, families: list[str]) -> str:
     """What the set is made of: a change to the fonts, to Pillow or to the code that draws and preprocesses it
     makes it anew (Fashion-MNIST's images are the same in every copy)."""
-    from .synthetic import part_fonts
+    from .synthetic import font_digest
 
     h = hashlib.blake2b(f"{part} {n} {seed} {','.join(families)} {Image.__version__}".encode(), digest_size=12)
     h.update(code_digest(Path(__file__).parent))
-    fonts = [*_fonts(TRAIN_FONTS), *_fonts((CJK_FONT,))]
-    if "lettering" in families:
-        fonts += [p for files in part_fonts(part).values() for p in files]
-    for path in sorted(fonts):
+    for path in sorted([*_fonts(TRAIN_FONTS), *_fonts((CJK_FONT,))]):
         h.update(f"{path} {path.stat().st_size}".encode())
+    if "lettering" in families:  # in the font digits' fonts
+        h.update(font_digest())
     return h.hexdigest()
 
 

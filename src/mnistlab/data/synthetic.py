@@ -76,8 +76,7 @@ def digit_set(n: int, seed: int = 0, part: str = "train") -> tuple[np.ndarray, n
     """`n` font digits, uint8 [n, 28, 28] (ink high, as MNIST) and int64 labels 0-9 in equal shares;
     the same (n, seed, part) gives the same set, read from the cache after the first time."""
 
-    fonts = part_fonts(part)
-    path = cache_dir() / f"synthetic-{_key(n, seed, part, fonts)}.npz"
+    path = cache_dir() / f"synthetic-{_key(n, seed, part)}.npz"
     cached = read_cache(path, {"images": (n, 28, 28), "labels": (n,)})
     if cached:
         return cached["images"], cached["labels"]
@@ -321,14 +320,23 @@ def _slanted(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return img.transform(img.size, Image.Transform.AFFINE, data, Image.Resampling.BILINEAR, fillcolor=255)
 
 
-def _key(n: int, seed: int, part: str, fonts: dict[str, tuple[Path, ...]]) -> str:
+def _key(n: int, seed: int, part: str) -> str:
     """What the set is made of: a change to the fonts, this module or the preprocessing makes it anew."""
     h = hashlib.blake2b(f"{CACHE_VERSION} {n} {seed} {part} {Image.__version__}".encode(), digest_size=12)
-    for path in sorted(p for files in fonts.values() for p in files):
-        h.update(f"{path} {path.stat().st_size}".encode())
+    h.update(font_digest())
     for module in (__file__, preprocessing.__file__):
         h.update(Path(module).read_bytes())
     return h.hexdigest()
+
+
+def font_digest() -> bytes:
+    """The font files that any part may draw from, by path and size, before their digits are checked (part_fonts,
+    which takes a while): part of the key of a cache of drawings in them, so that a font installed or removed makes
+    the drawings anew."""
+    h = hashlib.blake2b(digest_size=16)
+    for path in sorted(p for globs in TRAIN_FONTS.values() for p in _files(globs) if not _reserved(p)):
+        h.update(f"{path} {path.stat().st_size}".encode())
+    return h.digest()
 
 
 class SyntheticBatches:
