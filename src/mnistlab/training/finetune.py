@@ -76,7 +76,7 @@ from ..heads import head_of
 from ..models import build_model
 from ..ood import KEEP, ood_score, reject_threshold, rejected_share
 from .config import PRESETS, flag
-from .optim import ForeachAdam, ForeachSGD
+from .optim import ForeachAdam
 
 PROGRESS_EVERY = 50  # steps between progress lines
 FEW_SHOT = 10  # images a class at most for the few-shot recipe
@@ -87,7 +87,7 @@ INIT_HEADS = ("auto", "keep", "new")  # --init-head: where the head's weights st
 RECIPES = {
     "few-shot": dict(steps=300, lr=3e-2, batch=64, replay=64, outliers=1.0, augment=16, label_smoothing=0.1,
                      blend=0.7),
-    "many": dict(epochs=3, min_steps=200, lr=1e-3, batch=96, replay=32, freeze_norm=False, label_smoothing=0.1),
+    "many": dict(epochs=3, min_steps=200, lr=1e-3, batch=96, replay=32, label_smoothing=0.1),
 }
 REPLAY_POOL = 3_000  # few-shot's replayed digits: the same ones every run, so that their features are cached
 AUGMENT = Augment(degrees=10, scale=0.1, translate=0.08)  # each of your images a little differently every step
@@ -327,6 +327,7 @@ class Features:
                 h.update(k.encode() + v.detach().cpu().numpy().tobytes())
         self.model_key = h.digest()
         self.width = self.of(torch.zeros(1, 1, 28, 28)).shape[1]
+        self.cached: dict[str, torch.Tensor] = {}  # read once a run: the validation and test digits serve twice
 
     def of(self, x: torch.Tensor) -> torch.Tensor:
         """The features of normalised images."""
@@ -339,13 +340,15 @@ class Features:
         if not cache:
             return self.of(_normalize(self.module, self.card, images))
         key = hashlib.blake2b(images.numpy().tobytes(), key=self.model_key, digest_size=16).hexdigest()
-        path = cache_dir() / f"features-{key}.npz"
-        cached = read_cache(path, {"features": (len(images), self.width)})
-        if cached:
-            return torch.from_numpy(cached["features"])
-        out = self.of(_normalize(self.module, self.card, images))
-        write_cache(path, {"features": out.numpy()})
-        return out
+        if key not in self.cached:
+            path = cache_dir() / f"features-{key}.npz"
+            read = read_cache(path, {"features": (len(images), self.width)})
+            if read:
+                self.cached[key] = torch.from_numpy(read["features"])
+            else:
+                self.cached[key] = self.of(_normalize(self.module, self.card, images))
+                write_cache(path, {"features": self.cached[key].numpy()})
+        return self.cached[key]
 
 
 def _correct(logits: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[int, int]:
@@ -399,16 +402,12 @@ def _refit(card: ModelCard, logits, held_out: torch.Tensor, validation,
 
 def _train(module, card: ModelCard, user, replay, outliers: np.ndarray | None, recipe: dict, seed: int,
            say=print) -> None:
+    """The many recipe: the whole model learns, `epochs` over your images (`min_steps` at least), a share of each
+    batch replayed, and half as many outliers as digits, as training mixes them."""
     x, y = user
-    blend = recipe.get("blend", 1.0)
-    start = {k: v.detach().clone() for k, v in module.state_dict().items()} if blend < 1.0 else None
     g = torch.Generator().manual_seed(seed)
-    steps = recipe.get("steps") or max(recipe["min_steps"], round(recipe["epochs"] * len(x) / recipe["batch"]))
-    opt: torch.optim.Optimizer
-    if recipe.get("optimizer") == "sgd":
-        opt = ForeachSGD(module.parameters(), lr=recipe["lr"], momentum=0.9)
-    else:
-        opt = ForeachAdam(module.parameters(), lr=recipe["lr"])
+    steps = max(recipe["min_steps"], round(recipe["epochs"] * len(x) / recipe["batch"]))
+    opt = ForeachAdam(module.parameters(), lr=recipe["lr"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.1)
     background = -card.mean / card.std
     mixer = None
@@ -418,10 +417,6 @@ def _train(module, card: ModelCard, user, replay, outliers: np.ndarray | None, r
     keep_freed_memory()
     amp = amp_dtype("auto", torch.device("cpu"))  # bf16 where the CPU has it natively, as training does
     module.train()
-    if recipe["freeze_norm"]:  # a few images a class say little about a whole population's statistics
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
     for step in range(steps):
         pick = torch.randperm(len(x), generator=g)[:recipe["batch"]]
         xb = AUGMENT(_normalize(module, card, x[pick]), seed=seed * 1_000_003 + step, background=background)
@@ -436,8 +431,6 @@ def _train(module, card: ModelCard, user, replay, outliers: np.ndarray | None, r
             loss = head_of(card.head).loss(module(xb), yb, recipe.get("label_smoothing", 0.0),
                              OUTLIER_WEIGHT if mixer is not None else 0.0)
         _step(loss, opt, sched, step, steps, say)
-    if start is not None:
-        _blend(module, start, blend)
 
 
 def _train_classifier(module, card: ModelCard, features: Features, user, replay, outliers: np.ndarray | None,
