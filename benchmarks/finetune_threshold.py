@@ -57,10 +57,13 @@ def main() -> None:
         module = ft._module(card, state, 10, False)
         features = ft.Features(module, card)
 
-        def scores(images, cache=False, module=module, features=features):
-            return ft._scores(card, ft._logits(module, card, images, features, cache))
+        def logits(images, cache=False, module=module, features=features):
+            return ft._logits(module, card, images, features, cache)
 
-        keep = float((scores(validation[0], True) >= card.reject_threshold).mean())
+        def scores(images, cache=False):
+            return ft._scores(card, logits(images, cache))
+
+        keep = ft._kept(card, logits, validation)
         ft._train_classifier(module, card, features, (xu, yu), replay, learnt_outliers, ft.RECIPES["few-shot"], 1,
                              say=lambda s: None)
         mine, val = scores(xt), scores(validation[0], True)
