@@ -62,6 +62,20 @@ def test_the_site_works_from_a_static_server_with_nothing_from_outside(site):
     assert outside == []
 
 
+def test_the_map_of_why_comes_once_the_drawing_rests_and_is_pythons(site):
+    with static_server(site) as url, browser_page(url) as page:
+        page.evaluate("""() => { const engine = window.mnistlabEngine, saliency = engine.saliency;
+            window.maps = 0; engine.saliency = (answer) => { window.maps += 1; return saliency(answer); }; }""")
+        draw(page, [[(80, 60), (200, 60), (120, 240)]])  # one stroke of 16 moves, each answered
+        page.wait_for_function("window.mnistlabAnswer && window.mnistlabAnswer.saliency !== null", timeout=20000)
+        page.wait_for_timeout(300)
+        answer, maps = page.evaluate("() => [window.mnistlabAnswer, window.maps]")
+    assert maps == 1  # for the answer to the finished drawing, none for those while it was drawn
+    expected = load_model(MODEL).explain(np.array(answer["preprocessed"], np.uint8))
+    assert answer["prediction"] == expected.label
+    np.testing.assert_allclose(answer["saliency"], expected.saliency, atol=2e-3 * np.abs(expected.saliency).max())
+
+
 def test_the_page_prepares_and_classifies_drawings_as_python_does(site, data_dir):
     """1,000 test digits drawn on the page's pad: preprocessed in JavaScript and classified by
     onnxruntime-web, against preprocessing.py and the PyTorch checkpoint on the same drawings."""
@@ -124,16 +138,17 @@ def _as_python_does(site, pngs: list[bytes]) -> tuple[int, int, int]:
             assert out["sums"] == sums  # the page drew exactly these pixels
             js_pixels += list(np.frombuffer(base64.b64decode(out["pixels"]), np.uint8).reshape(-1, 28, 28))
             js_classes += out["classes"]
-    worst, same_class = [], 0
+    worst, mine, theirs = [], [], []
     for png, pixels, cls in zip(pngs, js_pixels, js_classes):
         try:
-            mine = preprocess(png)
+            mine.append(preprocess(png))
         except NoDigitError:
             assert cls is None
             continue
-        worst.append(int(np.abs(mine.astype(int) - pixels.astype(int)).max()))
-        same_class += model.predict(png).label == cls
-    return sum(w <= 1 for w in worst), same_class, len(worst)
+        worst.append(int(np.abs(mine[-1].astype(int) - pixels.astype(int)).max()))
+        theirs.append(cls)
+    labels = np.array(model.classes)[model.predict_proba(np.stack(mine)).argmax(1)] if mine else []
+    return sum(w <= 1 for w in worst), sum(a == b for a, b in zip(labels, theirs)), len(worst)
 
 
 def test_the_lesson_on_the_page_computes_as_the_lesson_command(site):

@@ -355,7 +355,7 @@ def test_eval_corruptions_counts_the_rejected(rejecting, data_dir):
         (report.rejected["stripe"] + report.rejected["fog"]) / 2)
     plain = evaluate_corruptions(["classic-cnn"], ["stripe"], data_dir)  # no threshold: no column
     assert not plain.rejected and "rejected" not in plain.report()
-    pair = evaluate_corruptions(["robust-real"] * 2, ["stripe"], data_dir)  # thresholds, but an ensemble: said why
+    pair = evaluate_corruptions([str(path)] * 2, ["stripe"], data_dir)  # thresholds, but an ensemble: said why
     assert not pair.rejected and "no 'rejected' column: an ensemble" in pair.report()
 
 

@@ -1,7 +1,7 @@
 // The drawing page, whatever answers it: `mnistlab serve` (server.js) or the model running in
 // this browser (browser.js, from `mnistlab export --format web`). Both engines answer
 // {prediction, answer, unsure, probabilities, preprocessed, logits, temperature, saliency, runner_up, rejected, why,
-// reject}.
+// reject}; the static engine's saliency is null, and its engine.saliency(answer) makes it.
 "use strict";
 
 const engine = window.mnistlabEngine;
@@ -105,6 +105,11 @@ function showSeen(pixels, saliency) {
   const img = seen.createImageData(28, 28);
   pixels.flat().forEach((v, i) => { img.data.set([v, v, v, 255], 4 * i); });
   seen.putImageData(img, 0, 0);
+  why.clearRect(0, 0, 28, 28);
+  if (saliency) showWhy(saliency);
+}
+
+function showWhy(saliency) {
   const heat = why.createImageData(28, 28), flat = saliency.flat();
   const top = Math.max(...flat.map(Math.abs)) || 1;
   flat.forEach((v, i) => {
@@ -113,6 +118,19 @@ function showSeen(pixels, saliency) {
   });
   why.putImageData(heat, 0, 0);
   $("why").style.visibility = $("show-why").checked ? "visible" : "hidden";
+}
+
+// An engine that answers without the map (the static page's: the map costs 169 forward passes in this
+// browser) makes it once the drawing rests, so that drawing never waits for it; an answer replaced
+// meanwhile (a new stroke, Clear, a failure) gets none.
+function explainWhenIdle() {
+  const shown = answer;
+  if (!shown || shown.saliency || !engine.saliency || drawing || pending) return;
+  engine.saliency(shown).then((map) => {
+    if (answer !== shown) return;
+    shown.saliency = map;
+    showWhy(map);
+  }).catch(() => {});  // the answer stands without its map
 }
 
 function showLesson() {
@@ -167,6 +185,7 @@ async function classify(what) {
     if (sentIn !== generation) return;  // the pad was cleared meanwhile: a late answer must not come back
     source = what;
     show(result);
+    explainWhenIdle();
   } catch (err) {
     if (sentIn !== generation) return;
     noAnswer(failure(err, what));

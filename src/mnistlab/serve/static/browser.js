@@ -1,6 +1,7 @@
 // The drawing page's engine in a static site (`mnistlab export --format web`): the model runs in
 // this browser with onnxruntime-web; preprocess.js prepares the drawing as mnistlab does in Python,
-// and the saliency map is mnistlab's occlusion (inference.Classifier.explain), computed here.
+// and the saliency map is mnistlab's occlusion (inference.Classifier.explain), computed here apart from
+// the answer: 169 forward passes, which the page asks for only once the drawing rests.
 "use strict";
 
 window.mnistlabEngine = (() => {
@@ -25,38 +26,27 @@ window.mnistlabEngine = (() => {
     session = await ort.InferenceSession.create("model.onnx", {executionProviders: ["wasm"]});
   })();
 
-  // uint8 images, n of them, 28x28 each -> the model's logits, [n, K]
-  async function logits(pixels, n) {
+  // uint8 images, n of them, 28x28 each -> the model's logits, [n, K]. One run at a time: the map of an
+  // answer and the next drawing's answer share the session.
+  let running = Promise.resolve();
+  function logits(pixels, n) {
     const [mean, std] = card.normalization;
     const scale = Math.fround(1 / (255 * std)), shift = Math.fround(-mean / std);
     const x = new Float32Array(n * 784);
     for (let i = 0; i < x.length; i++) x[i] = Math.fround(Math.fround(pixels[i] * scale) + shift);
-    const out = await session.run({[session.inputNames[0]]: new ort.Tensor("float32", x, [n, 1, 28, 28])});
-    return out[session.outputNames[0]].data;
+    const run = running.then(() => session.run({[session.inputNames[0]]: new ort.Tensor("float32", x, [n, 1, 28, 28])}));
+    running = run.catch(() => {});
+    return run.then((out) => out[session.outputNames[0]].data);
   }
+  const logProbsOf = (z) => window.mnistlabLesson.headOf(card.head).logProbs(Array.from(z), card.temperature);
+  const rows = (a) => Array.from({length: 28}, (_, y) => Array.from(a.slice(y * 28, y * 28 + 28)));
 
-  // Classifier.explain: the image and 169 variants with one 4x4 patch (stride 2) blanked, in one batch
-  async function explain(pixels) {
-    const corners = [];
-    for (let r = 0; r <= 24; r += 2) for (let c = 0; c <= 24; c += 2) corners.push([r, c]);
-    const batch = new Uint8Array((corners.length + 1) * 784);
-    for (let k = 0; k <= corners.length; k++) batch.set(pixels, k * 784);
-    corners.forEach(([r, c], k) => {
-      for (let y = r; y < r + 4; y++) for (let x = c; x < c + 4; x++) batch[(k + 1) * 784 + y * 28 + x] = 0;
-    });
-    const out = await logits(batch, corners.length + 1), K = width(), t = card.temperature;
-    const head = window.mnistlabLesson.headOf(card.head);
-    const logProbs = (k) => head.logProbs(Array.from(out.slice(k * K, k * K + K)), t);
-    const first = logProbs(0), target = first.indexOf(Math.max(...first));
-    const heat = new Float64Array(784), count = new Float64Array(784);
-    corners.forEach(([r, c], k) => {
-      const fall = first[target] - logProbs(k + 1)[target];
-      for (let y = r; y < r + 4; y++) for (let x = c; x < c + 4; x++) { heat[y * 28 + x] += fall; count[y * 28 + x] += 1; }
-    });
-    const probs = first.map(Math.exp);
+  // Classifier.explain's answer, from one forward pass; its map (saliency) comes apart, from saliency()
+  async function answerOf(pixels) {
+    const z = Array.from((await logits(pixels, 1)).slice(0, width())), first = logProbsOf(z);
+    const target = first.indexOf(Math.max(...first)), probs = first.map(Math.exp);
     const order = [target, ...probs.map((p, i) => i).filter((i) => i !== target).sort((a, b) => probs[b] - probs[a])];
-    const rows = (a) => Array.from({length: 28}, (_, y) => Array.from(a.slice(y * 28, y * 28 + 28)));
-    const z = Array.from(out.slice(0, K)), reject = rejection(z);
+    const reject = rejection(z);
     // "1 or 7?" below the card's cut, as inference.Prediction says it
     const unsure = !reject.rejected && probs[target] < card.unsure_below;
     const answer = reject.rejected ? "not a digit" :
@@ -65,9 +55,28 @@ window.mnistlabEngine = (() => {
       ...reject, unsure, answer, prediction: card.classes[target], confidence: probs[target],
       probabilities: Object.fromEntries(card.classes.map((c, i) => [c, probs[i]])),
       runner_up: {class: card.classes[order[1]], probability: probs[order[1]]},
-      logits: Array.from(out.slice(0, K)), temperature: t,
-      preprocessed: rows(pixels), saliency: rows(heat.map((v, i) => v / count[i])),
+      logits: z, temperature: card.temperature, preprocessed: rows(pixels), saliency: null,
     };
+  }
+
+  // Classifier.explain's occlusion map of an answer: 169 variants of its image, each with one 4x4 patch
+  // (stride 2) blanked, in one batch; each pixel, the mean fall of the answer's log-probability
+  async function saliency(answer) {
+    const pixels = Uint8Array.from(answer.preprocessed.flat()), corners = [];
+    for (let r = 0; r <= 24; r += 2) for (let c = 0; c <= 24; c += 2) corners.push([r, c]);
+    const batch = new Uint8Array(corners.length * 784);
+    corners.forEach(([r, c], k) => {
+      batch.set(pixels, k * 784);
+      for (let y = r; y < r + 4; y++) for (let x = c; x < c + 4; x++) batch[k * 784 + y * 28 + x] = 0;
+    });
+    const out = await logits(batch, corners.length), K = width();
+    const target = card.classes.indexOf(answer.prediction), base = logProbsOf(answer.logits)[target];
+    const heat = new Float64Array(784), count = new Float64Array(784);
+    corners.forEach(([r, c], k) => {
+      const fall = base - logProbsOf(out.slice(k * K, k * K + K))[target];
+      for (let y = r; y < r + 4; y++) for (let x = c; x < c + 4; x++) { heat[y * 28 + x] += fall; count[y * 28 + x] += 1; }
+    });
+    return rows(heat.map((v, i) => v / count[i]));
   }
 
   // the model's outputs per image: one per class, and "none" for a none-class head (card.outputs)
@@ -136,8 +145,9 @@ window.mnistlabEngine = (() => {
     async predict(source) {
       await ready;
       const img = await pixelsOf(source);
-      return explain(mnistPreprocess.fromRGBA(img.data, img.width, img.height));
+      return answerOf(mnistPreprocess.fromRGBA(img.data, img.width, img.height));
     },
+    saliency: async (answer) => { await ready; return saliency(answer); },
     // For the tests and benchmarks/web.py: drawings (image URLs) put on the page's pad one by one and
     // preprocessed as predict() does, then classified in one batch. Returns the 28x28 images (base64,
     // 784 bytes each; none where no digit was found), the classes, each one's "not a digit" verdict
