@@ -108,6 +108,16 @@ round 2's real-k3 did for the smaller model), scored beside the shipped model. T
   eligible by `benchmarks/finetune_choose.py`'s gates on its validation writers.
 It was not eligible (robust validation 73.21% against 75.91%, 33 of the 45 bars against 36), and the shipped model
 stays: three times the exposure left the scratched and hollow digits as often rejected (BENCHMARKS.md).
+
+Round 10 (`--round 10`): round 9 found the overlaid digits read right and lost to "not a digit", so the outliers'
+side: round 8's recipe with the outliers' weight in the loss halved (`outlier_exposure` 0.25; they stay half a
+batch: real-deep-oe25), scored beside the shipped model. The rule, fixed before it was scored:
+- the threshold as above;
+- eligible: round 7's gates, and at least 95% of the suite's non-digits rejected (issue 29's goal of 93%, with two
+  points to spare);
+- chosen if eligible and its robust validation is at least 2 points higher than the shipped model's; else the
+  shipped model stays;
+- then, before it ships: round 9's checks.
 """
 
 import argparse
@@ -150,10 +160,11 @@ ROUND_6 = {"real-deep": dict(model="deep", model_config={"channels": [48, 96, 19
 ROUND_7 = {"real-s": {}, "real-deep-s": ROUND_6["real-deep"]}  # the recipes as they are; the outliers changed
 ROUND_8 = {"real-deep-1": ROUND_6["real-deep"]}  # the font digits' 1s changed
 ROUND_9 = {"real-deep-k3": dict(augment={**ROBUST_AUGMENT, "pixel_share": 0.35, **TRIPLED})}
+ROUND_10 = {"real-deep-oe25": dict(outlier_exposure=0.25)}
 ROUNDS = {1: CANDIDATES, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6, 7: ROUND_7, 8: ROUND_8,
-          9: ROUND_9}
+          9: ROUND_9, 10: ROUND_10}
 LATER = (ROUND_2 | ROUND_3 | ROUND_4 | ROUND_5 | ROUND_6 | ROUND_7 | ROUND_8
-         | ROUND_9)  # candidates on the robust-real recipe
+         | ROUND_9 | ROUND_10)  # candidates on the robust-real recipe
 REJECT_SHARE = 0.02
 GATES = {"clean": 0.993, "non_digits": 0.93}
 
@@ -249,9 +260,11 @@ def gates(r: dict) -> list[bool]:
 
 
 def eligible(r: dict, shipped: dict, round_: int) -> bool:
-    """Round 2's, 3's, 5's, 6's, 7's, 8's or 9's gates (the module docstring)."""
+    """Round 2's, 3's, 5's, 6's, 7's, 8's, 9's or 10's gates (the module docstring)."""
     clean = r["clean_correct"] / r["clean_total"] >= GATES["clean"]
     outliers = r["outliers_rejected"] >= GATES["non_digits"]
+    if round_ == 10:
+        return eligible(r, shipped, 7) and r["non_digits_rejected"] >= 0.95
     if round_ == 9:
         return eligible(r, shipped, 7) and r["non_digits_rejected"] >= shipped["non_digits_rejected"] - 0.01
     if round_ in (7, 8):
@@ -268,7 +281,7 @@ def eligible(r: dict, shipped: dict, round_: int) -> bool:
 
 def choice(able: dict[str, dict], shipped: dict, rule: int) -> str | None:
     """The eligible candidate a round's rule (the module docstring) prefers to the shipped model, if any."""
-    if rule == 9:
+    if rule in (9, 10):
         better = {n: r for n, r in able.items() if r["robust_mean"] >= shipped["robust_mean"] + 0.02}
         return max(better, key=lambda n: better[n]["robust_mean"], default=None)
     if rule in (6, 7, 8):
@@ -302,7 +315,7 @@ def main() -> None:
     p.add_argument("names", nargs="*", help=f"candidates, of {', '.join(CANDIDATES | LATER)} (default: the round's)")
     p.add_argument("--data-dir")
     p.add_argument("--train-only", action="store_true", help="train what is missing, score nothing")
-    p.add_argument("--round", type=int, choices=range(1, 10), default=1, help="the candidates and rule of a round")
+    p.add_argument("--round", type=int, choices=range(1, 11), default=1, help="the candidates and rule of a round")
     p.add_argument("--n", type=int, default=500, help="images per set of the real-input suite")
     args = p.parse_args()
     if set(args.names) - set(CANDIDATES | LATER):
