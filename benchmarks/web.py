@@ -7,8 +7,8 @@ Agreement: --digits test digits drawn on the page's 280x280 pad (dark on white, 
 preprocessed by preprocess.js and classified by onnxruntime-web (WebAssembly, one thread), against
 preprocessing.py and the PyTorch model on the same drawings. Speed, medians of --runs in headless Debian
 chromium: one answer as the page makes it while you draw (the pad read back, preprocessed, the model run on
-the image), and the saliency map it makes once the drawing rests (the model on the image's 169 occluded
-copies).
+the image), the saliency map it makes once the drawing rests (the model on the image's 169 occluded
+copies), and an answer asked for while a map is being made (a stroke begun as soon as the drawing rested).
 """
 
 import argparse
@@ -59,16 +59,22 @@ def main() -> None:
                 js_classes += out["classes"]
             page.evaluate("() => document.getElementById('clear').click()")
             draw(page, [[(80, 60), (200, 60), (120, 240)]])
-            times, maps = page.evaluate("""async (n) => {
-                const pad = document.getElementById('pad'), t = [], m = [];
+            times, maps, busy = page.evaluate("""async (n) => {
+                const pad = document.getElementById('pad'), t = [], m = [], b = [];
+                const pause = () => new Promise((done) => setTimeout(done, 20));
                 for (let i = 0; i < n + 10; i++) {
                     const t0 = performance.now();
                     const answer = await mnistlabEngine.predict({canvas: pad});
                     const t1 = performance.now();
                     await mnistlabEngine.saliency(answer);
-                    if (i >= 10) { t.push(t1 - t0); m.push(performance.now() - t1); }
+                    // asked 20 ms into a map: the wait counts from then, even where the map holds the thread
+                    const t2 = performance.now(), map = mnistlabEngine.saliency(answer);
+                    await pause();
+                    await mnistlabEngine.predict({canvas: pad});
+                    if (i >= 10) { t.push(t1 - t0); m.push(t2 - t1); b.push(performance.now() - t2 - 20); }
+                    await map;
                 }
-                return [t, m]; }""", args.runs)
+                return [t, m, b]; }""", args.runs)
     diffs, same, no_digit = [], 0, 0
     for drawing, pixels, cls in zip(drawings, js_pixels, js_classes):
         try:
@@ -84,7 +90,8 @@ def main() -> None:
           f"(largest difference {max(diffs)}/255); same predicted class on {same}/{n}")
     print(f"in headless chromium (WebAssembly, 1 thread), over {len(times)}: one answer while drawing p50 "
           f"{statistics.median(times):.1f} ms, p90 {np.percentile(times, 90):.1f} ms; its saliency map once the "
-          f"drawing rests p50 {statistics.median(maps):.1f} ms, p90 {np.percentile(maps, 90):.1f} ms")
+          f"drawing rests p50 {statistics.median(maps):.1f} ms, p90 {np.percentile(maps, 90):.1f} ms; an answer asked "
+          f"for while a map is made p50 {statistics.median(busy):.1f} ms, p90 {np.percentile(busy, 90):.1f} ms")
 
 
 if __name__ == "__main__":

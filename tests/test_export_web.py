@@ -65,12 +65,15 @@ def test_the_site_works_from_a_static_server_with_nothing_from_outside(site):
 def test_the_map_of_why_comes_once_the_drawing_rests_and_is_pythons(site):
     with static_server(site) as url, browser_page(url) as page:
         page.evaluate("""() => { const engine = window.mnistlabEngine, saliency = engine.saliency;
-            window.maps = 0; engine.saliency = (answer) => { window.maps += 1; return saliency(answer); }; }""")
+            window.maps = 0; engine.saliency = (...args) => { window.maps += 1; return saliency(...args); }; }""")
         draw(page, [[(80, 60), (200, 60), (120, 240)]])  # one stroke of 16 moves, each answered
         page.wait_for_function("window.mnistlabAnswer && window.mnistlabAnswer.saliency !== null", timeout=20000)
         page.wait_for_timeout(300)
         answer, maps = page.evaluate("() => [window.mnistlabAnswer, window.maps]")
+        stopped = page.evaluate("""async () => { let chunks = 0;  // an answer replaced after the first chunk
+            return await mnistlabEngine.saliency(window.mnistlabAnswer, () => chunks++ < 1); }""")
     assert maps == 1  # for the answer to the finished drawing, none for those while it was drawn
+    assert stopped is None
     expected = load_model(MODEL).explain(np.array(answer["preprocessed"], np.uint8))
     assert answer["prediction"] == expected.label
     np.testing.assert_allclose(answer["saliency"], expected.saliency, atol=2e-3 * np.abs(expected.saliency).max())

@@ -1,7 +1,7 @@
 // The drawing page, whatever answers it: `mnistlab serve` (server.js) or the model running in
 // this browser (browser.js, from `mnistlab export --format web`). Both engines answer
 // {prediction, answer, unsure, probabilities, preprocessed, logits, temperature, saliency, runner_up, rejected, why,
-// reject}; the static engine's saliency is null, and its engine.saliency(answer) makes it.
+// reject}; the static engine's saliency is null, and its engine.saliency(answer, wanted) makes it.
 "use strict";
 
 const engine = window.mnistlabEngine;
@@ -122,12 +122,12 @@ function showWhy(saliency) {
 
 // An engine that answers without the map (the static page's: the map costs 169 forward passes in this
 // browser) makes it once the drawing rests, so that drawing never waits for it; an answer replaced
-// meanwhile (a new stroke, Clear, a failure) gets none.
+// meanwhile (a new stroke, Clear, a failure) gets none, and the engine stops making it.
 function explainWhenIdle() {
   const shown = answer;
   if (!shown || shown.saliency || !engine.saliency || drawing || pending) return;
-  engine.saliency(shown).then((map) => {
-    if (answer !== shown) return;
+  engine.saliency(shown, () => answer === shown).then((map) => {
+    if (!map || answer !== shown) return;
     shown.saliency = map;
     showWhy(map);
   }).catch(() => {});  // the answer stands without its map

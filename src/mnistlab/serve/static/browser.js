@@ -60,8 +60,12 @@ window.mnistlabEngine = (() => {
   }
 
   // Classifier.explain's occlusion map of an answer: 169 variants of its image, each with one 4x4 patch
-  // (stride 2) blanked, in one batch; each pixel, the mean fall of the answer's log-probability
-  async function saliency(answer) {
+  // (stride 2) blanked; each pixel, the mean fall of the answer's log-probability. The variants go through
+  // the model CHUNK at a time, the page's events handled between two chunks, so that the next drawing's
+  // answer waits for one chunk at most; where wanted() turns false between two chunks (the answer was
+  // replaced), it stops, with null.
+  const CHUNK = 13;
+  async function saliency(answer, wanted) {
     const pixels = Uint8Array.from(answer.preprocessed.flat()), corners = [];
     for (let r = 0; r <= 24; r += 2) for (let c = 0; c <= 24; c += 2) corners.push([r, c]);
     const batch = new Uint8Array(corners.length * 784);
@@ -69,7 +73,13 @@ window.mnistlabEngine = (() => {
       batch.set(pixels, k * 784);
       for (let y = r; y < r + 4; y++) for (let x = c; x < c + 4; x++) batch[k * 784 + y * 28 + x] = 0;
     });
-    const out = await logits(batch, corners.length), K = width();
+    const K = width(), out = new Float32Array(corners.length * K);
+    for (let k = 0; k < corners.length; k += CHUNK) {
+      await new Promise((done) => setTimeout(done));  // the page's own events first: a new stroke's answer
+      if (!wanted()) return null;
+      const n = Math.min(CHUNK, corners.length - k);
+      out.set(await logits(batch.subarray(k * 784, (k + n) * 784), n), k * K);
+    }
     const target = card.classes.indexOf(answer.prediction), base = logProbsOf(answer.logits)[target];
     const heat = new Float64Array(784), count = new Float64Array(784);
     corners.forEach(([r, c], k) => {
@@ -147,7 +157,7 @@ window.mnistlabEngine = (() => {
       const img = await pixelsOf(source);
       return answerOf(mnistPreprocess.fromRGBA(img.data, img.width, img.height));
     },
-    saliency: async (answer) => { await ready; return saliency(answer); },
+    saliency: async (answer, wanted = () => true) => { await ready; return saliency(answer, wanted); },
     // For the tests and benchmarks/web.py: drawings (image URLs) put on the page's pad one by one and
     // preprocessed as predict() does, then classified in one batch. Returns the 28x28 images (base64,
     // 784 bytes each; none where no digit was found), the classes, each one's "not a digit" verdict
