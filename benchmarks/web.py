@@ -75,16 +75,17 @@ def main() -> None:
                     await map;
                 }
                 return [t, m, b]; }""", args.runs)
-    diffs, same, no_digit = [], 0, 0
+    diffs, mine, theirs, no_digit = [], [], [], 0
     for drawing, pixels, cls in zip(drawings, js_pixels, js_classes):
         try:
-            mine = preprocess(drawing)
+            mine.append(preprocess(drawing))
         except NoDigitError:
             no_digit += 1
             continue
-        diffs.append(int(np.abs(mine.astype(int) - pixels.astype(int)).max()))
-        same += model.predict(drawing).label == cls
-    n = len(diffs)
+        diffs.append(int(np.abs(mine[-1].astype(int) - pixels.astype(int)).max()))
+        theirs.append(cls)
+    labels = np.array(model.classes)[model.predict_proba(np.stack(mine)).argmax(1)]  # the images preprocessed once
+    same, n = sum(a == b for a, b in zip(labels, theirs)), len(diffs)
     print(f"agreement on {len(drawings)} drawn test digits ({no_digit} without a digit in both): preprocessed pixels "
           f"identical on {sum(d == 0 for d in diffs)}/{n}, within 1/255 on {sum(d <= 1 for d in diffs)}/{n} "
           f"(largest difference {max(diffs)}/255); same predicted class on {same}/{n}")

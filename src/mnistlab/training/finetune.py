@@ -99,8 +99,7 @@ FULL_WEIGHT = 100
 # However your writing pulls it down, the threshold stays above this share of the scores of the outliers that the
 # fine-tune learnt from (or at the init model's own threshold, where that is lower): a writer whose few digits look
 # like non-digits to the model (a 0 like a ring) keeps most of them without letting half of the non-digits through.
-# Chosen on validation writers
-# (benchmarks/finetune_threshold.py, BENCHMARKS.md).
+# Chosen on validation writers (benchmarks/finetune_threshold.py, BENCHMARKS.md).
 OUTLIER_FLOOR = 0.95
 # A card does not say how its model learnt from outliers: the weight and families the shipped default was trained with.
 OUTLIER_WEIGHT = PRESETS["robust-real"]["outlier_exposure"]
