@@ -7,7 +7,8 @@ A server is started on a folder of 100 synthetic drawings (tests/handwriting.py,
 would have collected them, with a fresh cache; /healthz is asked one request after another, first with nothing
 running, then from the POST /api/finetune until the new model is served: a first fine-tune 3 s after the
 server started (before its preparation in the background is done), and the next one. Then a second server, on
-another fresh cache, is left to prepare (as while a user draws and corrects), and fine-tuned once.
+another fresh cache, is left to prepare (as while a user draws and corrects), and fine-tuned once; the time its
+preparation took is given for what the new model waits for, and for all of it.
 """
 
 import argparse
@@ -25,7 +26,9 @@ from common import machine
 from mnistlab_testkit.browsing import free_port
 from mnistlab_testkit.handwriting import make_handwriting
 
-PREPARED = 5  # feature files that serve --collect's preparation writes: replayed, test and validation digits, outliers
+# feature files that serve --collect's preparation writes, in its order: the outliers (two sets), replayed and
+# validation digits, which the new model waits for; then the test digits, which only its figures read
+NEEDED, PREPARED = 4, 5
 
 
 def get(url: str, data: bytes | None = None) -> dict:
@@ -100,11 +103,14 @@ def main() -> None:
             process.wait()
         process, url = server(folder, Path(tmp) / "cache-b", args)
         try:
-            t0 = time.perf_counter()
-            while len(list((Path(tmp) / "cache-b").glob("features-*"))) < PREPARED and time.perf_counter() - t0 < 600:
+            t0, done = time.perf_counter(), {}
+            while len(done) < 2 and time.perf_counter() - t0 < 600:
+                written = len(list((Path(tmp) / "cache-b").glob("features-*")))
+                done.update({k: time.perf_counter() - t0 for k, n in (("needed", NEEDED), ("all", PREPARED))
+                             if written >= n and k not in done})
                 time.sleep(0.5)
-            print(f"the server's preparation took {time.perf_counter() - t0:.0f} s (with /healthz unasked); "
-                  "the first fine-tune after it:", fine_tune(url))
+            print(f"the server prepared what the new model waits for in {done.get('needed', 0):.0f} s, all in "
+                  f"{done.get('all', 0):.0f} s (with /healthz unasked); the first fine-tune after it:", fine_tune(url))
         finally:
             process.terminate()
             process.wait()

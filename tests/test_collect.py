@@ -1,9 +1,11 @@
 """`mnistlab serve --collect DIR`: corrections saved from the page, and fine-tuning on them (collect.py)."""
 
 import io
+import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,12 +151,35 @@ def test_one_fine_tune_at_a_time_a_killed_one_changes_nothing_and_a_finished_one
     assert answers() == before and client.get("/healthz").json()["model"] == shipped.name
 
     assert client.post("/api/finetune").status_code == 202
+    child = _child(client)
     s = wait(client)
     assert s["state"] == "done", s
     assert s["after"][1] == 2 and s["after"][0] >= s["before"][0]
     assert os.path.isfile(s["model_path"]) and ".models" in s["model_path"]
     assert answers() == ["6", "7"]
     assert load_model(s["model_path"]).predict(probe[0]).label == "6"  # predict and export can use it
+    # served before the child's figures on MNIST's test set (10,000 images' features, uncached here) are done
+    assert _running(child)
+    summary = Path(s["model_path"]).with_name("finetune.json")
+    assert json.loads(summary.read_text())["base_after"] is None
+    # a click meanwhile stops them: the last model's folder keeps its two files whole, and the new fine-tune runs
+    assert client.post("/api/finetune").status_code == 202
+    for _ in range(200):
+        if not _running(child):
+            break
+        time.sleep(0.05)
+    assert not _running(child)
+    assert sorted(p.name for p in summary.parent.iterdir()) == ["finetune.json", "model.pt"]
+    assert load_model(s["model_path"]).predict(probe[0]).label == "6"
+    assert wait(client)["state"] == "done"
+
+
+def _running(pid: int) -> bool:
+    """Whether the process is alive: not gone, not a zombie left for its parent to reap."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _child(client) -> int:

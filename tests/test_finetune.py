@@ -17,6 +17,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.heads import head_of
 from mnistlab.models import build_model
 from mnistlab.ood import reject_threshold, rejected_share
+from mnistlab.pretrained import catalogue
 from mnistlab.training.finetune import (
     RECIPES,
     REPLAY_POOL,
@@ -58,11 +59,18 @@ def test_few_shot_handwriting_raises_held_out_accuracy_and_keeps_mnist(handwriti
     assert r.recipe == "few-shot" and r.init_head == "kept"
     before, after = r.held_out_before[0], r.held_out_after[0]
     assert r.held_out_after[1] == 150 and before < 140 and after >= 145 and after > before
+    shipped = catalogue()["robust-real"]
+    assert r.base_before == (shipped.test_correct, shipped.test_total)  # the init model's own, from the features
     assert r.base_after[0] >= r.base_before[0] - 50  # MNIST's test set: what it knew is kept
     assert any(line.startswith("held-out images of") and "before" in line for line in lines)
+    # the model is saved before its figures on the test set, which the drawing page does not wait for
+    saved = next(i for i, line in enumerate(lines) if line.startswith("saved "))
+    assert lines[saved + 1].startswith("mnist test set: before")
     card, state = load_checkpoint(root / "ft" / "model.pt")
     assert card.classes == tuple("0123456789") and state["finetune"]["held_out_after"] == list(r.held_out_after)
-    assert json.loads((root / "ft" / "finetune.json").read_text())["recipe"] == "few-shot"
+    summary = json.loads((root / "ft" / "finetune.json").read_text())
+    assert summary["recipe"] == "few-shot" and summary["base_before"] == list(r.base_before)
+    assert summary["base_after"] == state["finetune"]["base_after"] == list(r.base_after)
 
 
 def letter_png(char: str, path):

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -143,6 +144,9 @@ class FineTune:
             check_enough(self.folder)
             if self.preparing is not None and self.preparing.poll() is None:
                 self.preparing.terminate()  # what it has cached stays: each set is written whole
+            if self.process is not None and self.process.poll() is None:
+                # the last one, its model served, still at its figures on the test set: they are not worth a wait
+                self.process.send_signal(signal.SIGINT)  # Ctrl-C: it leaves no half-written file
             out = self.folder / MODELS / f"finetuned-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
             self.status = {"state": "running", "lines": [], "step": 0, "steps": 0, "started": time.time(),
                            "model_path": str(out / "model.pt")}
@@ -155,27 +159,35 @@ class FineTune:
             return self.status
 
     def _follow(self, process: subprocess.Popen, out: Path) -> None:
-        status = self.status
+        status, swapped = self.status, False
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()
             if line.startswith("step ") and "/" in line:
                 step, steps = line.split()[1].split("/")
                 status.update(step=int(step), steps=int(steps))
+            elif line.startswith("saved ") and not swapped:
+                # the model is written: served at once, while the child goes on to its figures on the test set
+                swapped = True
+                self._finish(status, self._swapped(out))
             else:
                 status["lines"].append(line)
         code = process.wait()
-        final: dict = {"state": "failed"}
+        if not swapped:
+            errors = [ln.removeprefix("mnistlab: error: ") for ln in status["lines"] if "error:" in ln]
+            self._finish(status, {"state": "failed", "error": errors[-1] if errors else
+                                  f"the fine-tune stopped (exit code {code}); the served model is unchanged."})
+
+    def _swapped(self, out: Path) -> dict:
+        """Serve the model the child saved in `out`; its status, done or failed."""
         try:
-            if code != 0:
-                errors = [ln.removeprefix("mnistlab: error: ") for ln in status["lines"] if "error:" in ln]
-                raise MnistlabError(errors[-1] if errors else f"the fine-tune stopped (exit code {code}); the "
-                                    "served model is unchanged.")
             summary = json.loads((out / "finetune.json").read_text())
             self.swap(str(out / "model.pt"))
-            final = {"state": "done", "before": summary["held_out_before"], "after": summary["held_out_after"],
-                     "seconds": summary["seconds"]}
+            return {"state": "done", "before": summary["held_out_before"], "after": summary["held_out_after"],
+                    "seconds": summary["seconds"]}
         except (MnistlabError, OSError, ValueError, KeyError) as e:
-            final["error"] = str(e)
+            return {"state": "failed", "error": str(e)}
+
+    def _finish(self, status: dict, final: dict) -> None:
         with self._lock:
             self.status = {**status, **final, "finished": time.time()}

@@ -44,7 +44,8 @@ threshold and the shares of your held-out images and of validation outliers
 threshold: the fine-tuned model never rejects.
 
 The figures before and after, on your held-out images and on the model's own test set (MNIST's
-for the pretrained models), are printed and kept in finetune.json beside model.pt.
+for the pretrained models), are printed and kept in finetune.json beside model.pt; the test set's
+once model.pt is saved, which the drawing page serves from then on.
 """
 
 from __future__ import annotations
@@ -193,7 +194,6 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
         return _correct(logits(images, cache), labels, len(out_classes))
 
     before = None if new_head else score(xt, yt)
-    base_before = score(*base.test, cache=True) if base else None
     keep = _kept(card, logits, base.validation if base else None) if card.reject_score and not new_head else KEEP
     t0 = time.perf_counter()
     if features is not None:
@@ -207,20 +207,32 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
     reject = None if new_head or not card.reject_score else _refit(
         card, logits, held_out, base.validation if base else None, outliers, keep)
     result = FinetuneResult(out / "model.pt", chosen, "new" if new_head else "kept", before,
-                            _correct(held_out, yt, len(out_classes)), base_before,
-                            score(*base.test, cache=True) if base else None, seconds, reject)
+                            _correct(held_out, yt, len(out_classes)), None, None, seconds, reject)
     _report(result, dataset, card.dataset, say)
     new_card = ModelCard(model=card.model, model_config=card.model_config, dataset=dataset, classes=out_classes,
                          mean=card.mean, std=card.std, temperature=1.0 if new_head else card.temperature,
                          head=card.head, reject_score=reject.score if reject else "",
                          reject_threshold=reject.threshold if reject else None)
+    weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    _save(result, new_card, weights, init, dataset)
+    say(f"saved {result.model_path}")
+    if base:  # after the model is saved: the drawing page serves it from this line on (serve/collect.py)
+        result.base_after = score(*base.test, cache=True)
+        init_module = _module(card, state, outputs, new_head)  # as it started: its frozen part shares the features
+        init_logits = _logits(init_module, card, base.test[0], Features(init_module, card) if features else None, True)
+        result.base_before = _correct(init_logits, base.test[1], len(out_classes))
+        say(f"{card.dataset} test set: before {format_accuracy(*result.base_before)}, "
+            f"after {format_accuracy(*result.base_after)}")
+        _save(result, new_card, weights, init, dataset)
+    return result
+
+
+def _save(result: FinetuneResult, card: ModelCard, weights: dict, init: str, dataset: str) -> None:
+    """model.pt, with what is known of the fine-tune so far, and finetune.json beside it."""
     summary = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(result).items()} | {
         "model_path": str(result.model_path), "init": init, "dataset": dataset}
-    save_checkpoint(new_card, {"model_state": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                               "finetune": summary}, result.model_path)
-    write_json(summary, out / "finetune.json")
-    say(f"saved {result.model_path}")
-    return result
+    save_checkpoint(card, {"model_state": weights, "finetune": summary}, result.model_path)
+    write_json(summary, result.model_path.parent / "finetune.json")
 
 
 def prepare(init: str, data_dir: str | os.PathLike | None = None, seed: int = 1) -> None:
@@ -230,12 +242,13 @@ def prepare(init: str, data_dir: str | os.PathLike | None = None, seed: int = 1)
     card, state = _load_init(init)
     module = _module(card, state, head_of(card.head).outputs(len(card.classes)), False)
     features, base = Features(module, card), _base_data(card, data_dir, say=lambda s: None)
-    if base is not None:
-        for images in (_replay_pool(base.train)[0], base.test[0], *([base.validation[0]] if base.validation else [])):
-            features(images, cache=True)
+    # what the new model waits for first; the test digits, which only its figures read, last
     if head_of(card.head).learnt_outliers(card.reject_score):
         for outliers in _outlier_sets(seed, data_dir, say=lambda s: None):
             features(torch.from_numpy(outliers), cache=True)
+    if base is not None:
+        for images in (_replay_pool(base.train)[0], *([base.validation[0]] if base.validation else []), base.test[0]):
+            features(images, cache=True)
 
 
 def _load_init(init: str):
@@ -497,8 +510,6 @@ def _report(r: FinetuneResult, dataset: str, base: str, say) -> None:
 
     say(f"held-out images of {dataset}: before {shown(r.held_out_before) if r.held_out_before else '- (new head)'}, "
         f"after {shown(r.held_out_after)}")
-    if r.base_after:
-        say(f"{base} test set: before {shown(r.base_before)}, after {shown(r.base_after)}")
     if r.reject:
         how = (f"refitted to keep {r.reject.keep:.1%} of {r.reject.validation_digits} {base} validation digits and "
                "your held-out images" if r.reject.validation_digits else
