@@ -183,10 +183,17 @@ def _running(pid: int) -> bool:
 
 
 def _child(client) -> int:
+    """The fine-tune's child process (`mnistlab train --init ...`), not the one that prepares it."""
     from mnistlab_testkit.fakes import children
 
+    def command(pid: int) -> bytes:
+        try:
+            return open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:  # gone meanwhile
+            return b""
+
     for _ in range(100):
-        kids = [k for k in children(os.getpid()) if b"mnistlab" in open(f"/proc/{k}/cmdline", "rb").read()]
+        kids = [k for k in children(os.getpid()) if b"--init" in command(k)]
         if kids:
             return kids[0]
         time.sleep(0.05)
