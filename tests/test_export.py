@@ -202,12 +202,14 @@ def test_foreign_and_misshapen_onnx_files_are_refused(tmp_path):
         def forward(self, x):
             return x.flatten(1)[:, :10]
 
-    torch.onnx.export(Flat(), (torch.zeros(1, 1, 28, 28),), tmp_path / "foreign.onnx", dynamo=False)
+    torch.onnx.export(Flat().eval(), (torch.zeros(1, 1, 28, 28),), tmp_path / "foreign.onnx", dynamo=True,
+                      verbose=False)
     with pytest.raises(MnistlabError, match="not one exported by mnistlab"):
         load_model(tmp_path / "foreign.onnx")
     import onnx
 
-    torch.onnx.export(Flat(), (torch.zeros(1, 3, 32, 32),), tmp_path / "shape.onnx", dynamo=False)
+    torch.onnx.export(Flat().eval(), (torch.zeros(1, 3, 32, 32),), tmp_path / "shape.onnx", dynamo=True,
+                      verbose=False)
     m = onnx.load(str(tmp_path / "shape.onnx"))
     card = {"model": "cnn", "dataset": "mnist", "classes": list("0123456789"), "normalization": [0.1307, 0.3081]}
     onnx.helper.set_model_props(m, {"mnistlab": json.dumps(card)})

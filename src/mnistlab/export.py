@@ -38,7 +38,7 @@ from .torch_backend import PT2_CARD, ProgramBackend, TorchBackend, quiet_loggers
 # pt2 is the one to use from PyTorch; torchscript stands on torch.jit, deprecated, and goes when torch drops it
 FORMATS = ("onnx", "pt2", "torchscript", "web", "hf")
 SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt", "web": "-web", "hf": "-hf"}
-OPSET = 17
+OPSET = 18  # the oldest the exporter writes without converting
 # The page's runtime: onnxruntime-web from npm, pinned. The hashes are those of its dist files as npm
 # and the CDN serve them (a test checks them against the package the tests install from npm).
 ORT_WEB_VERSION = "1.30.0"
@@ -267,26 +267,27 @@ def export_web(model_bytes: bytes, card: ModelCard, name: str, out: Path, runtim
 
 
 def _onnx_bytes(module: nn.Module | torch.export.ExportedProgram, meta: dict) -> bytes:
-    if isinstance(module, torch.export.ExportedProgram):  # a .pt2 file's program: the dynamo exporter takes it
-        with warnings.catch_warnings(), quiet_loggers("torch.onnx", "onnxscript"):
-            warnings.simplefilter("ignore")
-            onnx_program = torch.onnx.export(module, input_names=["images"], output_names=[meta["output"]],
-                                             opset_version=OPSET, dynamo=True, verbose=False)
-        assert onnx_program is not None  # dynamo=True always gives the program
-        return _with_metadata(onnx_program.model_proto.SerializeToString(), meta)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation chatter
-        torch.onnx.export(module, (torch.zeros(2, 1, 28, 28),), buf, input_names=["images"],  # type: ignore[arg-type]
-                          output_names=[meta["output"]], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, meta["output"]: {0: "batch"}})
-    return _with_metadata(buf.getvalue(), meta)
+    """The ONNX file of a module or a .pt2 file's program, by torch.export's graph (any batch size) and the dynamo
+    exporter: the TorchScript-based one is deprecated."""
+    # a module is traced with any batch size, named so; a program's shapes are its own
+    args, shapes = ((torch.zeros(2, 1, 28, 28),), {"images": {0: torch.export.Dim("batch", min=1)}}) if isinstance(
+        module, nn.Module) else ((), None)
+    with warnings.catch_warnings(), quiet_loggers("torch.onnx", "onnxscript"):
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(module, args, input_names=["images"], output_names=[meta["output"]],
+                                         opset_version=OPSET, dynamo=True, dynamic_shapes=shapes, verbose=False)
+    assert onnx_program is not None  # dynamo=True always gives the program
+    return _with_metadata(onnx_program.model_proto.SerializeToString(), meta)
 
 
 def _with_metadata(model_bytes: bytes, meta: dict) -> bytes:
     import onnx
 
     model = onnx.load_from_string(model_bytes)
+    # the exporter's notes on each node (source lines, with this machine's paths) and on the graph: not shipped
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    del model.graph.metadata_props[:]
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
