@@ -95,11 +95,12 @@ def test_a_fine_tuned_model_still_says_not_a_digit(handwriting_finetune, data_di
     model, shipped = load_model(root / "ft" / "model.pt"), load_model("robust-real")
     h = model.predict(letter_png("H", tmp_path / "H.png"))
     assert h.rejected and h.why.startswith("not a digit"), h.ood_score
-    # 576 letters in FreeFont's 12 fonts: the fine-tuned model rejects them as the shipped one does, or more
+    # 576 letters in FreeFont's 12 fonts: the fine-tuned model still rejects 90% of them (issue 29's goal for a
+    # fine-tuned model), and nearly as many as the shipped one
     letters = evaluation_sets(data_dir=data_dir)["letters, held-out fonts"]
     assert len(letters) >= 500
     share = {m: rejected_share(m.ood_scores(letters), m.card.reject_threshold) for m in (model, shipped)}
-    assert share[model] >= max(0.85, share[shipped] - 0.02), share
+    assert share[model] >= max(0.9, share[shipped] - 0.03), share
     images, labels = owndata.load_split(str(root / "mine"), "test")  # and it still reads your writing, loaded
     assert (model.predict_proba(images).argmax(1) == labels.numpy()).sum() >= 145
     assert rejected_share(model.ood_scores(images), card.reject_threshold) <= 0.02
