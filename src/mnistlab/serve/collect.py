@@ -146,7 +146,10 @@ class FineTune:
                 self.preparing.terminate()  # what it has cached stays: each set is written whole
             if self.process is not None and self.process.poll() is None:
                 # the last one, its model served, still at its figures on the test set: they are not worth a wait
-                self.process.send_signal(signal.SIGINT)  # Ctrl-C: it leaves no half-written file
+                if os.name == "posix":
+                    self.process.send_signal(signal.SIGINT)  # Ctrl-C: it leaves no half-written file
+                else:
+                    self.process.terminate()
             out = self.folder / MODELS / f"finetuned-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
             self.status = {"state": "running", "lines": [], "step": 0, "steps": 0, "started": time.time(),
                            "model_path": str(out / "model.pt")}
