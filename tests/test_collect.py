@@ -18,7 +18,7 @@ from mnistlab.data import own as owndata  # noqa: E402
 from mnistlab.errors import MnistlabError  # noqa: E402
 from mnistlab.inference import load_model  # noqa: E402
 from mnistlab.serve.server import create_app  # noqa: E402
-from mnistlab_testkit.fakes import run_cli  # noqa: E402
+from mnistlab_testkit.fakes import alive, run_cli  # noqa: E402
 from mnistlab_testkit.owndatasets import drawing  # noqa: E402
 
 
@@ -159,27 +159,19 @@ def test_one_fine_tune_at_a_time_a_killed_one_changes_nothing_and_a_finished_one
     assert answers() == ["6", "7"]
     assert load_model(s["model_path"]).predict(probe[0]).label == "6"  # predict and export can use it
     # served before the child's figures on MNIST's test set (10,000 images' features, uncached here) are done
-    assert _running(child)
+    assert alive(child)
     summary = Path(s["model_path"]).with_name("finetune.json")
     assert json.loads(summary.read_text())["base_after"] is None
     # a click meanwhile stops them: the last model's folder keeps its two files whole, and the new fine-tune runs
     assert client.post("/api/finetune").status_code == 202
     for _ in range(200):
-        if not _running(child):
+        if not alive(child):
             break
         time.sleep(0.05)
-    assert not _running(child)
+    assert not alive(child)
     assert sorted(p.name for p in summary.parent.iterdir()) == ["finetune.json", "model.pt"]
     assert load_model(s["model_path"]).predict(probe[0]).label == "6"
     assert wait(client)["state"] == "done"
-
-
-def _running(pid: int) -> bool:
-    """Whether the process is alive: not gone, not a zombie left for its parent to reap."""
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _child(client) -> int:
@@ -299,12 +291,12 @@ time.sleep(600)
             time.sleep(0.1)
         child = int(pid_file.read_text())
         time.sleep(3.0)
-        assert _state(child) not in ("Z", None), "the stand-in's child should be serving while its parent lives"
+        assert alive(child), "the stand-in's child should be serving while its parent lives"
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if _state(child) in ("Z", None):  # gone, or exited and awaiting init's reaping
+            if not alive(child):  # gone, or exited and awaiting init's reaping
                 return
             time.sleep(0.2)
         pytest.fail("the fine-tune child kept running after its server was killed")
@@ -315,9 +307,3 @@ time.sleep(600)
         except (OSError, ValueError):
             pass
 
-
-def _state(pid: int) -> str | None:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None

@@ -19,7 +19,7 @@ from mnistlab import distributed as dist
 from mnistlab.launch import free_port, rank_environments
 from mnistlab.training.report import wait_for_report
 from mnistlab.training.runs import read_run_events
-from mnistlab_testkit.fakes import children, run_cli
+from mnistlab_testkit.fakes import alive, children, run_cli
 
 FLAGS = ["--model", "cnn", "--train-limit", "640", "--epochs", "1", "--no-progress", "--no-report"]  # 10 steps
 
@@ -89,14 +89,7 @@ def test_a_failed_rank_or_a_terminated_parent_stops_every_rank(killed, data_dir,
     os.kill(ranks[1] if killed == "a rank" else job.pid, signal.SIGKILL if killed == "a rank" else signal.SIGTERM)
     out, err = job.communicate(timeout=120)
     assert job.returncode != 0 and "test accuracy:" not in out
-    assert not any(_alive(pid) for pid in ranks)  # none left behind, waiting on its peer
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    assert not any(alive(pid) for pid in ranks)  # none left behind, waiting on its peer
 
 
 @pytest.mark.parametrize("flags", [["--processes", "0"], ["--processes", "two"]])

@@ -15,7 +15,7 @@ from mnistlab import load_split  # noqa: E402
 from mnistlab.inference import load_model  # noqa: E402
 from mnistlab.serve.server import create_app  # noqa: E402
 from mnistlab_testkit.browsing import browser_page, draw  # noqa: E402
-from mnistlab_testkit.fakes import children  # noqa: E402
+from mnistlab_testkit.fakes import alive, children  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -258,18 +258,10 @@ def _wait_until_up(port, timeout=60.0):
     raise AssertionError(f"no answer on port {port}")
 
 
-def _alive(pid) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped
-    except OSError:
-        return False
-
-
 def _gone(pids, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(_alive(p) for p in pids):
+        if not any(alive(p) for p in pids):
             return True
         time.sleep(0.1)
     return False
@@ -607,7 +599,6 @@ def test_sigint_stops_a_server_started_with_sigint_ignored(workers):
     import signal
     import subprocess
     import sys
-    from pathlib import Path
 
     from mnistlab_testkit.browsing import free_port
 
@@ -624,7 +615,7 @@ def test_sigint_stops_a_server_started_with_sigint_ignored(workers):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
         for kid in kids:
-            assert not Path(f"/proc/{kid}").exists() or "Z" in Path(f"/proc/{kid}/stat").read_text().split()[2]
+            assert not alive(kid)
     finally:
         if proc.poll() is None:
             proc.kill()
