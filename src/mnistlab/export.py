@@ -184,10 +184,15 @@ def _graph(model: Classifier, source, fmt: str, probs: bool) -> nn.Module | torc
                         ".pt2), not an .onnx file.")
 
 
+def _any_batch() -> tuple[tuple[torch.Tensor], dict]:
+    """An example input and the shapes that trace a module for any batch size, the dimension named batch."""
+    return (torch.zeros(2, 1, 28, 28),), {"images": {0: torch.export.Dim("batch", min=1)}}
+
+
 def _program(module: nn.Module) -> torch.export.ExportedProgram:
     """The module as torch.export's graph, for any batch size."""
-    batch = torch.export.Dim("batch", min=1)
-    return torch.export.export(module, (torch.zeros(2, 1, 28, 28),), dynamic_shapes={"images": {0: batch}})
+    args, shapes = _any_batch()
+    return torch.export.export(module, args, dynamic_shapes=shapes)
 
 
 def export_hf(model: Classifier, source, out: Path) -> Path:
@@ -269,9 +274,7 @@ def export_web(model_bytes: bytes, card: ModelCard, name: str, out: Path, runtim
 def _onnx_bytes(module: nn.Module | torch.export.ExportedProgram, meta: dict) -> bytes:
     """The ONNX file of a module or a .pt2 file's program, by torch.export's graph (any batch size) and the dynamo
     exporter: the TorchScript-based one is deprecated."""
-    # a module is traced with any batch size, named so; a program's shapes are its own
-    args, shapes = ((torch.zeros(2, 1, 28, 28),), {"images": {0: torch.export.Dim("batch", min=1)}}) if isinstance(
-        module, nn.Module) else ((), None)
+    args, shapes = _any_batch() if isinstance(module, nn.Module) else ((), None)  # a program's shapes are its own
     with warnings.catch_warnings(), quiet_loggers("torch.onnx", "onnxscript"):
         warnings.simplefilter("ignore")
         onnx_program = torch.onnx.export(module, args, input_names=["images"], output_names=[meta["output"]],
