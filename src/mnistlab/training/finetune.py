@@ -219,7 +219,7 @@ def finetune(init: str, dataset: str, out: str | os.PathLike | None = None, reci
     if base:  # after the model is saved: the drawing page serves it from this line on (serve/collect.py)
         result.base_after = score(*base.test, cache=True)
         init_module = _module(card, state, outputs, new_head)  # as it started: its frozen part shares the features
-        init_logits = _logits(init_module, card, base.test[0], Features(init_module, card) if features else None, True)
+        init_logits = _logits(init_module, card, base.test[0], features, True)
         result.base_before = _correct(init_logits, base.test[1], len(out_classes))
         say(f"{card.dataset} test set: before {format_accuracy(*result.base_before)}, "
             f"after {format_accuracy(*result.base_after)}")
