@@ -339,6 +339,8 @@ def main() -> None:
     p.add_argument("--curve", type=float, nargs="+", metavar="SHARE",
                    help="score the shipped model alone, its threshold placed to reject each SHARE of the pool")
     args = p.parse_args()
+    if args.curve and not all(0 < share < 1 for share in args.curve):
+        p.error(f"--curve takes shares of the pool between 0 and 1, not {' '.join(f'{s:g}' for s in args.curve)}")
     if set(args.names) - set(CANDIDATES | LATER):
         p.error(f"unknown candidates: {', '.join(sorted(set(args.names) - set(CANDIDATES | LATER)))}")
     print(f"machine: {machine()}")
