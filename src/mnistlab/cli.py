@@ -128,7 +128,7 @@ def _train_what_flags(g, d) -> None:
     g.add_argument("--augment", type=_json_object,
                    help="batch augmentation as JSON: degrees, scale, translate, elastic, elastic_sigma, crop, erase, "
                         "flip (fashion-mnist only), and on the pixels lines, occlude, stroke, blur, level, gradient, "
-                        "contrast, noise, invert, specks, outline, invert_region, scratch, teeth, pixel_share (see --preset "
+                        "contrast, noise, invert, specks, outline, invert_region, scratch, pixel_share (see --preset "
                         "robust)")
 
 
