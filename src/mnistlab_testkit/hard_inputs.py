@@ -72,6 +72,27 @@ def faint_photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Imag
     return faint, _on_paper(digit, rng, 140, 100, paper, 30, 3)
 
 
+def dim_photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """(paper photographed in dim light, darker than mid-grey (50-120), the ink 35-60 grey levels darker still; the
+    same on white paper)."""
+    paper = rng.uniform(50, 120)
+    contrast = rng.uniform(35, min(60.0, paper))
+    state = rng.bit_generator.state
+    dim = _on_paper(digit, rng, 140, 100, paper, paper - contrast, 3)
+    rng.bit_generator.state = state
+    return dim, _on_paper(digit, rng, 140, 100, 230, 30, 3)
+
+
+def chalk_on_a_board(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """(light chalk on a board lighter than mid-grey (130-170), 50-80 grey levels lighter than it; the same digit
+    in dark ink on white paper)."""
+    board, contrast = rng.uniform(130, 170), rng.uniform(50, 80)
+    state = rng.bit_generator.state
+    chalk = _on_paper(digit, rng, 140, 100, board, board + contrast, 3)
+    rng.bit_generator.state = state
+    return chalk, _on_paper(digit, rng, 140, 100, 230, 30, 3)
+
+
 def small_in_a_photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
     """(a digit 16-40 px tall in a 600 px photo of paper; the same digit filling a 60 px one)."""
     size = int(rng.integers(16, 41))

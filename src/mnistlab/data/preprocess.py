@@ -401,26 +401,50 @@ def ink_levels(gray: np.ndarray) -> tuple[np.ndarray, float, float] | None:
     """(gray turned light-ink-on-dark, background floor, ink brightness), all in 0-255; None where no pixel
     stands out from the paper.
 
-    Polarity comes from the border, which is mostly background; the background is levelled (level_light).
-    The paper's level and noise come from the darker quarter of the border, so that ink running along the
-    frame, even on most of it, never counts as paper; the floor sits above the level by four times that
-    noise (at least MIN_INK). The ink's brightness is taken among the pixels above the floor, so that a small
-    digit in a large photo is not lost among paper."""
-    border = _border(gray)
-    # dark ink on light paper (MNIST's ink is light) unless three quarters of the border are dark: a pen on
-    # paper is the common case, and a thick stroke along the frame can cover half of it
-    if _quantile(border, 0.75) > 127:
-        gray, border = 255 - gray, 255 - border
+    Polarity comes from the border, which is mostly background: dark ink on light paper (MNIST's ink is light)
+    unless three quarters of the border are dark, since a pen on paper is the common case and a thick stroke
+    along the frame can cover half of it. Where that side holds no ink and the other does, before any
+    levelling, the other is taken: paper photographed in dim light is darker than mid-grey, and chalk on a grey
+    board lighter (levelling the wrong side would lift paper around the digit into false ink). Where the side
+    taken holds no ink once levelled, the other is tried."""
+    side, other = (255 - gray, gray) if _quantile(_border(gray), 0.75) > 127 else (gray, 255 - gray)
+    if not _has_ink(side) and _has_ink(other):
+        side, other = other, side
+    levels = _levels(side)
+    if levels is None or levels[2] - levels[1] < MIN_INK:
+        return _levels(other) or levels
+    return levels
+
+
+def _levels(gray: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """ink_levels for gray already light-ink-on-dark, its paper levelled (level_shadow, level_light)."""
     levelled = level_light(level_shadow(gray))
-    if levelled is not gray:  # level paper (most images) keeps its border: no second pass
-        gray, border = levelled, _border(levelled)
+    floor = _floor(_border(levelled))
+    top = _ink_top(levelled, floor)
+    return None if top is None else (levelled, floor, top)
+
+
+def _has_ink(gray: np.ndarray) -> bool:
+    """Whether gray, light-ink-on-dark and not levelled, holds ink at least MIN_INK above its paper's floor."""
+    floor = _floor(_border(gray))
+    top = _ink_top(gray, floor)
+    return top is not None and top - floor >= MIN_INK
+
+
+def _floor(border: np.ndarray) -> float:
+    """The level above which a pixel is ink: the paper's level and noise come from the darker quarter of the
+    border, so that ink running along the frame, even on most of it, never counts as paper; the floor sits
+    above the level by four times that noise (at least MIN_INK)."""
     low, quartile = _quantile(border, 0.01), _quantile(border, 0.25)
     spread = (quartile - low) / 1.65  # a normal's 1% and 25% quantiles lie 1.65 standard deviations apart
-    floor = quartile + 0.67 * spread + max(MIN_INK, 4 * spread)  # the median of the paper, then the margin
+    return quartile + 0.67 * spread + max(MIN_INK, 4 * spread)  # the median of the paper, then the margin
+
+
+def _ink_top(gray: np.ndarray, floor: float) -> float | None:
+    """The ink's brightness, taken among the pixels above the floor (so that a small digit in a large photo is
+    not lost among paper), the brightest 0.5% ignored; None where none is above it."""
     above = gray[gray > floor]
-    if not above.size:
-        return None
-    return gray, floor, float(_quantile(above, 0.995))  # the brightest 0.5% of the ink ignored
+    return float(_quantile(above, 0.995)) if above.size else None
 
 
 def box3(a: np.ndarray) -> np.ndarray:

@@ -292,20 +292,39 @@ const mnistPreprocess = (() => {
 
   // preprocessing.ink_levels: polarity from the border, the paper's level and noise from its darker quarter,
   // the ink's top among the pixels above the floor; null where none is
+  // dark ink unless three quarters of the border are dark; the other side where that one holds no ink before
+  // levelling and the other does, or none once levelled
   function inkLevels(gray, h, w) {
-    let bd = border(gray, h, w);
-    if (quantile(bd, 0.75) > 127) {  // dark ink unless three quarters of the border are dark
-      gray = gray.map((v) => 255 - v);
-      bd = bd.map((v) => 255 - v);
-    }
+    const inverse = gray.map((v) => 255 - v);
+    let [side, other] = quantile(border(gray, h, w), 0.75) > 127 ? [inverse, gray] : [gray, inverse];
+    if (!hasInk(side, h, w) && hasInk(other, h, w)) [side, other] = [other, side];
+    const levels = levelsOf(side, h, w);
+    if (levels === null || levels[2] - levels[1] < MIN_INK) return levelsOf(other, h, w) || levels;
+    return levels;
+  }
+
+  function levelsOf(gray, h, w) {  // inkLevels for gray already light ink on dark
     const levelled = levelLight(levelShadow(gray, h, w), h, w);
-    if (levelled !== gray) [gray, bd] = [levelled, border(levelled, h, w)];
+    const floor = inkFloor(border(levelled, h, w));
+    const top = inkTop(levelled, floor);
+    return top === null ? null : [levelled, floor, top];
+  }
+
+  function hasInk(gray, h, w) {  // before any levelling
+    const floor = inkFloor(border(gray, h, w));
+    const top = inkTop(gray, floor);
+    return top !== null && top - floor >= MIN_INK;
+  }
+
+  function inkFloor(bd) {
     const low = quantile(bd, 0.01), quartile = quantile(bd, 0.25);
     const spread = (quartile - low) / 1.65;
-    const floor = quartile + 0.67 * spread + Math.max(MIN_INK, 4 * spread);
+    return quartile + 0.67 * spread + Math.max(MIN_INK, 4 * spread);
+  }
+
+  function inkTop(gray, floor) {
     const above = gray.filter((v) => v > floor);
-    if (above.length === 0) return null;
-    return [gray, floor, quantile(above, 0.995)];
+    return above.length === 0 ? null : quantile(above, 0.995);
   }
 
   // Pillow's Image.reduce((fx, fy), box) for a float32 image (ImagingReduceNxN_32bpc and
