@@ -7,7 +7,8 @@ def deletion_test(model, images: np.ndarray, fraction: float = 0.1, seed: int = 
     """Mean fall of the predicted class's probability when the most salient ink pixels are blanked,
     and when as many random ink pixels are."""
     rng = np.random.default_rng(seed)
-    salient, random_ = [], []
+    salient: list[float] = []
+    random_: list[float] = []
     for img in images:
         pred = model.predict_pixels(img, explain=True)
         ink = np.flatnonzero(img.ravel() > 0)

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 # (format, mode, save options): every format Pillow both writes and reads here, in the modes
 # people's files come in, including the unusual ones (16-bit, float, LAB, CMYK, 1-bit, palette)
-VARIANTS = [
+VARIANTS: list[tuple[str, str, dict]] = [
     ("PNG", "L", {}), ("PNG", "RGB", {}), ("PNG", "RGBA", {}), ("PNG", "P", {"transparency": 0}),
     ("PNG", "I;16", {}), ("PNG", "1", {}), ("PNG", "LA", {}),
     ("JPEG", "L", {}), ("JPEG", "RGB", {"progressive": True}), ("JPEG", "CMYK", {}),
