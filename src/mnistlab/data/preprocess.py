@@ -408,27 +408,33 @@ def ink_levels(gray: np.ndarray) -> tuple[np.ndarray, float, float] | None:
     board lighter (levelling the wrong side would lift paper around the digit into false ink). Where the side
     taken holds no ink once levelled, the other is tried."""
     side, other = (255 - gray, gray) if _quantile(_border(gray), 0.75) > 127 else (gray, 255 - gray)
-    if not _has_ink(side) and _has_ink(other):
-        side, other = other, side
-    levels = _levels(side)
-    if levels is None or levels[2] - levels[1] < MIN_INK:
+    raw = _unlevelled(side)
+    if not _enough(raw) and _enough(other_raw := _unlevelled(other)):
+        side, other, raw = other, side, other_raw
+    levels = _levels(side, raw)
+    if not _enough(levels):
         return _levels(other) or levels
     return levels
 
 
-def _levels(gray: np.ndarray) -> tuple[np.ndarray, float, float] | None:
-    """ink_levels for gray already light-ink-on-dark, its paper levelled (level_shadow, level_light)."""
-    levelled = level_light(level_shadow(gray))
-    floor = _floor(_border(levelled))
-    top = _ink_top(levelled, floor)
-    return None if top is None else (levelled, floor, top)
+def _enough(levels: tuple[np.ndarray, float, float] | None) -> bool:
+    """Whether ink_levels found ink at least MIN_INK above the floor."""
+    return levels is not None and levels[2] - levels[1] >= MIN_INK
 
 
-def _has_ink(gray: np.ndarray) -> bool:
-    """Whether gray, light-ink-on-dark and not levelled, holds ink at least MIN_INK above its paper's floor."""
+def _unlevelled(gray: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """ink_levels for gray already light-ink-on-dark, as it is."""
     floor = _floor(_border(gray))
     top = _ink_top(gray, floor)
-    return top is not None and top - floor >= MIN_INK
+    return None if top is None else (gray, floor, top)
+
+
+def _levels(gray: np.ndarray, unlevelled: tuple[np.ndarray, float, float] | None = None
+            ) -> tuple[np.ndarray, float, float] | None:
+    """ink_levels for gray already light-ink-on-dark, its paper levelled (level_shadow, level_light); level paper
+    (most images) keeps gray's own levels where they were found already (`unlevelled`), with no second pass."""
+    levelled = level_light(level_shadow(gray))
+    return unlevelled if levelled is gray and unlevelled is not None else _unlevelled(levelled)
 
 
 def _floor(border: np.ndarray) -> float:
@@ -480,7 +486,7 @@ def preprocess(source, name: str | None = None) -> np.ndarray:
 
 def _preprocess(source, name: str | None, label: str) -> np.ndarray:
     levels = ink_levels(to_gray(open_image(source, name)))
-    if levels is None or levels[2] - levels[1] < MIN_INK:
+    if levels is None or not _enough(levels):
         raise NoDigitError(f"{label}: no digit found (the image has no ink).")
     gray, floor, top = levels
     mask = gray > floor + 0.05 * (top - floor)

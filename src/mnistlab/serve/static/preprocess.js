@@ -290,10 +290,9 @@ const mnistPreprocess = (() => {
     return out;
   }
 
-  // preprocessing.ink_levels: polarity from the border, the paper's level and noise from its darker quarter,
-  // the ink's top among the pixels above the floor; null where none is
-  // dark ink unless three quarters of the border are dark; the other side where that one holds no ink before
-  // levelling and the other does, or none once levelled
+  // preprocessing.ink_levels: dark ink unless three quarters of the border are dark, the other side where that
+  // one holds no ink before levelling and the other does, or none once levelled; the paper's level and noise
+  // from the border's darker quarter, the ink's top among the pixels above the floor; null where none is
   function inkLevels(gray, h, w) {
     const inverse = gray.map((v) => 255 - v);
     let [side, other] = quantile(border(gray, h, w), 0.75) > 127 ? [inverse, gray] : [gray, inverse];
