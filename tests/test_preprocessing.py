@@ -133,6 +133,16 @@ def test_16_bit_and_float_images_are_scaled_not_clipped():
         assert 19 <= np.ptp(np.flatnonzero(out.max(1) > 30)) + 1 <= 21, mode
 
 
+@pytest.mark.parametrize("mode, dtype, dead", [("I", np.int32, -2 ** 31), ("I", np.int32, 2 ** 31 - 1),
+                                                ("I;16", np.uint16, 65535), ("F", np.float32, 3e38)])
+def test_a_dead_or_hot_pixel_does_not_squeeze_a_deep_image(mode, dtype, dead):
+    bar = (np.asarray(bar_image(), dtype=np.float64) / 255 * 4000).astype(dtype)  # a faint 12-bit sensor's range
+    bar[0, 0] = dead
+    out = preprocess(png_bytes(Image.fromarray(bar), "PNG" if mode == "I;16" else "TIFF"))
+    assert 19 <= np.ptp(np.flatnonzero(out.max(1) > 30)) + 1 <= 21
+    assert out.max() == 255
+
+
 @pytest.mark.parametrize("size, message", [((5000, 4000), "too large"), ((4000, 150), "too thin"),
                                            ((1, 2000), "too thin")])
 def test_sizes_are_checked_before_decoding(size, message):

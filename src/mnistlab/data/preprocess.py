@@ -170,7 +170,7 @@ def to_gray(img: Image.Image) -> np.ndarray:
         pass
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = float(a.min()), float(a.max())
+        lo, hi = _range(a)
         with np.errstate(all="ignore"):  # a range too wide for float64 gives NaN, cleared below
             scaled = np.nan_to_num(np.clip((a - lo) / (hi - lo) * 255, 0, 255)) if hi > lo else np.zeros(a.shape)
         return np.round(scaled).astype(np.uint8)
@@ -187,6 +187,16 @@ def to_gray(img: Image.Image) -> np.ndarray:
         bg = 255.0 if not opaque.any() or gray[opaque].mean() < 127.5 else 0.0
         return np.round(gray * alpha + bg * (1 - alpha)).astype(np.uint8)
     return np.asarray(img.convert("L"))
+
+
+def _range(a: np.ndarray) -> tuple[float, float]:
+    """The values' range less the few most extreme pixels at each end (two, and one in 100,000 more):
+    a dead or hot pixel of a 16- or 32-bit sensor must not squeeze the picture into a few grey levels,
+    while a digit always has far more pixels than that, so its ink still reaches the end of the range."""
+    flat = a.ravel()
+    k = min(2 + flat.size // 100_000, (flat.size - 1) // 2)
+    part = np.partition(flat, (k, flat.size - 1 - k))
+    return float(part[k]), float(part[flat.size - 1 - k])
 
 
 def _quantile(a: np.ndarray, q: float) -> int:
