@@ -3,7 +3,7 @@
     python benchmarks/realworld.py [--model robust-real] [--n 500] [--seed 0] [--sets printed,edge,...]
                                    [--data-dir ../shared/data] [--json PATH] [--save-images DIR]
 
-Nine sets of `--n` images each, made here from a seed, as PNG files. Each file takes the path of
+Ten sets of `--n` images each, made here from a seed, as PNG files. Each file takes the path of
 `mnistlab predict FILE`: preprocessing of the file's bytes, then the model with its reject threshold.
 Each image ends in one of four outcomes: accepted and right, accepted and wrong, rejected ("not a
 digit") or unreadable ("no digit found": preprocessing raised NoDigitError).
@@ -23,6 +23,9 @@ digit") or unreadable ("no digit found": preprocessing raised NoDigitError).
   faint pencil, uneven light or a shadow, a tilted or turned page, grey paper.
 - edge: ink on the image's edge: 7s whose bar is 0-12 px from the top, digits filling the image,
   digits cut off by 1-3 px at one side.
+- lined: handwritten (MNIST validation) and printed digits on ruled or squared paper, as in an
+  exercise book: light blue, grey or dark lines, spaced about a digit's height, half of the pages
+  then photographed.
 - non-digits: letters (not O, o, I, l, i), symbols, scribbles and shapes, in the suite's fonts and
   drawn: the share rejected is the score.
 
@@ -88,7 +91,7 @@ NEVER_READ = ("dejavu", "liberation", "urw", "nimbus", "base35", "gsfonts", "tex
               "noto", "roboto", "opensans", "open-sans", "plex", "klee", "kristi", "rufscript", "sjfonts", "purisa",
               "tlwg", "yozvox", "yozfont")
 SETS = ("printed", "handwriting-fonts", "mnist-tight", "mnist-small", "mnist-pens", "drawings", "photos", "edge",
-        "non-digits")
+        "lined", "non-digits")
 NON_DIGIT_SETS = ("non-digits",)
 OUTCOMES = ("right", "wrong", "rejected", "unreadable")
 VAL_SIZE = 5000  # the validation split of every shipped model and of the benchmarks
@@ -370,6 +373,29 @@ def photographed(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return img
 
 
+def ruled(sheet: Image.Image, rng: np.random.Generator, height: int) -> Image.Image:
+    """The sheet's paper ruled (lines about 1-1.6 digits apart) or squared (0.45-1 digit), in light blue, grey or
+    dark lines of 1-3 px, under the ink (a line is drawn only where it is darker than the page)."""
+    squared = rng.random() < 0.5
+    step = max(6, round(height * (rng.uniform(0.45, 1.0) if squared else rng.uniform(1.0, 1.6))))
+    width = int(np.clip(round(height / 60 * rng.uniform(0.6, 1.6)), 1, 3))
+    r = rng.random()
+    colour = (tuple(int(v) for v in (rng.integers(140, 201), rng.integers(170, 221), rng.integers(225, 256)))
+              if r < 0.6 else (int(rng.integers(120, 201)),) * 3 if r < 0.9 else (int(rng.integers(40, 111)),) * 3)
+    lines = Image.new("RGB", sheet.size, (255, 255, 255))
+    draw = ImageDraw.Draw(lines)
+    w, h = sheet.size
+    for y in range(int(rng.integers(0, step)), h, step):
+        draw.line([(0, y), (w, y)], fill=colour, width=width)
+    for x in range(int(rng.integers(0, step)), w, step) if squared else ():
+        draw.line([(x, 0), (x, h)], fill=colour, width=width)
+    if not squared and rng.random() < 0.3:  # the margin's red line
+        x = int(rng.integers(0, w))
+        draw.line([(x, 0), (x, h)], fill=(230, 80, 80), width=width)
+    a = np.asarray(sheet, np.float32) * np.asarray(lines, np.float32) / 255  # printed lines darken paper and ink alike
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
 def tilted(img: Image.Image, rng: np.random.Generator, paper) -> Image.Image:
     """The page turned a little, or seen at a slant (its corners moved by up to 7% of its size)."""
     if rng.random() < 0.5:
@@ -436,7 +462,7 @@ class Builder:
         self.hand_fonts, handwriting_notes = find_fonts(HANDWRITING_FONTS)
         self.notes = printed_notes + handwriting_notes
         self.digits = self.labels = np.zeros(0)
-        if any(s.startswith("mnist-") for s in sets):
+        if any(s.startswith("mnist-") or s == "lined" for s in sets):
             root = data_dir or os.environ.get("MNISTLAB_DATA") or REPO.parent / "shared" / "data"
             images, labels = load_split("mnist", "validation", root, val_size=VAL_SIZE, download=False)
             self.digits, self.labels = images.numpy(), labels.numpy()
@@ -541,6 +567,22 @@ class Builder:
         else:
             around[rng.integers(4)] = -int(rng.integers(1, 4))
         return on_paper(ink, tuple(around), *paper_and_pen(rng, plain=0.9)), label
+
+    def lined(self, rng: np.random.Generator, i: int):
+        """A digit, handwritten (3 in 5) or printed, on ruled or squared paper, several lines showing; half
+        of the pages photographed."""
+        if i % 5 < 3:
+            ink, label = self.mnist_ink(i)
+            height = int(rng.integers(40, 161))
+            ink = ink.resize((max(1, round(ink.width * height / ink.height)), height), Image.Resampling.LANCZOS)
+            ink = ink.point(lambda v: min(255, int(v * 1.4)))
+        else:
+            label = i % 10
+            ink = self.font_digit(rng, label, self.print_fonts, 30, 160)
+            assert ink is not None, "makes() found a font for every digit"
+        paper, pen = paper_and_pen(rng, plain=0.8)
+        sheet = on_paper(ink, margins(rng, ink, 0.6, 2.0), paper, pen)
+        return (photographed(ruled(sheet, rng, ink.height), rng) if i % 2 else ruled(sheet, rng, ink.height)), label
 
     def non_digits(self, rng: np.random.Generator, i: int):
         """A letter or symbol in the suite's fonts, or a drawn letter, shape or scribble."""

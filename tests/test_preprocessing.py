@@ -265,17 +265,37 @@ def test_tight_crops_are_read_as_with_a_margin(train_digits):
 
 
 @pytest.mark.parametrize("maker", ["faint_photo", "small_in_a_photo", "vignette_photo", "shadowed_photo", "dim_photo",
-                                   "chalk_on_a_board"])
-def test_faint_small_vignetted_shadowed_dim_and_chalk_photos_are_read_as_plain_ones(train_digits, maker):
+                                   "chalk_on_a_board", "lined_page"])
+def test_faint_small_vignetted_shadowed_dim_chalk_and_lined_photos_are_read_as_plain_ones(train_digits, maker):
     """Pencil 25-40 grey levels darker than the paper; a digit a twentieth of the photo's height; paper 70 levels
     darker in the corners than in the middle; a straight-edged shadow over part of the page; paper in dim light,
-    darker than mid-grey; light chalk on a board lighter than mid-grey (the border says the other polarity)."""
+    darker than mid-grey; light chalk on a board lighter than mid-grey (the border says the other polarity); a
+    ruled or squared page, turned a little, whose lines would stretch the digit's box to the whole page."""
     from mnistlab_testkit import hard_inputs
 
     make = getattr(hard_inputs, maker)
     likeness = [_likeness(*make(d, np.random.default_rng(i))) for i, d in enumerate(train_digits[:30])]
     # a stray dot in an MNIST image may join a faint or dim digit's box or not: a few are less alike, none is lost
     assert np.median(likeness) > 0.95 and min(likeness) > 0.65, likeness
+
+
+@pytest.mark.parametrize("brush", [6, 18])
+def test_a_digits_straight_strokes_are_not_taken_for_a_ruled_page(brush):
+    """Two parallel strokes (an N, a boxy 8 or 3, a 4's bar and stem) stop short of the image's edge: no ruling.
+    A boxy 8 drawn from edge to edge has lines that run across the page, but as dark as the ink: kept whole."""
+    from mnistlab.data.preprocess import ink_levels, ruling_cells, to_gray, without_ruling
+    from mnistlab_testkit.hard_inputs import strokes_image
+
+    shapes = [[[(60, 240), (60, 40), (220, 240), (220, 40)]],
+              [[(30, 30), (250, 30), (250, 250), (30, 250), (30, 30)], [(30, 140), (250, 140)]],
+              [[(30, 30), (250, 30), (250, 250), (30, 250)], [(60, 140), (250, 140)]],
+              [[(180, 250), (180, 30), (30, 180), (250, 180)]]]
+    for strokes in shapes:
+        gray, floor, _ = ink_levels(to_gray(strokes_image(strokes, brush)))
+        assert ruling_cells(gray > floor) is None, strokes
+    edge_to_edge = [[(2, 30), (277, 30), (277, 250), (2, 250), (2, 30)], [(2, 140), (277, 140)]]
+    gray, floor, top = ink_levels(to_gray(strokes_image(edge_to_edge, brush)))
+    assert (without_ruling(gray, floor, top) == gray).all()
 
 
 def test_a_shadow_is_found_only_where_one_falls(train_digits):

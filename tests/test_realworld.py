@@ -55,7 +55,7 @@ def test_the_mnist_sets_come_from_the_validation_split(freefont_only, data_dir, 
     asked = []
     real = realworld.load_split
     monkeypatch.setattr(realworld, "load_split", lambda *a, **k: asked.append((a, k)) or real(*a, **k))
-    realworld.build_suite(2, data_dir=data_dir, sets=["mnist-tight", "mnist-small", "mnist-pens"])
+    realworld.build_suite(2, data_dir=data_dir, sets=["mnist-tight", "mnist-small", "mnist-pens", "lined"])
     assert [(a[:2], k["val_size"]) for a, k in asked] == [(("mnist", "validation"), realworld.VAL_SIZE)]
     asked.clear()
     realworld.build_suite(2, sets=["drawings", "edge"])

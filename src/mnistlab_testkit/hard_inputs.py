@@ -1,6 +1,7 @@
 """Digits that people make and that preprocessing has lost: ink along the frame, tight crops, faint pencil,
-a small digit in a large photo, a lens's vignette. Each maker returns the hard image and the same digit made
-easy (a margin, full contrast, level paper), so that a test can ask for the same 28x28 result from both."""
+a small digit in a large photo, a lens's vignette, an exercise book's ruled page. Each maker returns the hard
+image and the same digit made easy (a margin, full contrast, level paper), so that a test can ask for the same
+28x28 result from both."""
 
 from __future__ import annotations
 
@@ -91,6 +92,31 @@ def chalk_on_a_board(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image
     chalk = _on_paper(digit, rng, 140, 100, board, board + contrast, 3)
     rng.bit_generator.state = state
     return chalk, _on_paper(digit, rng, 140, 100, 230, 30, 3)
+
+
+def lined_page(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """(a digit on a ruled or squared page, as in an exercise book: lines 1-3 px wide, 18-40 px apart, 30-120 grey
+    levels darker than the paper, turned up to 8 degrees, edge to edge; the same page without its lines)."""
+    side, size = 300, int(rng.integers(90, 160))
+    paper, depth = rng.uniform(215, 245), rng.uniform(30, 120)
+    step, width, turn = int(rng.integers(18, 41)), int(rng.integers(1, 4)), np.radians(rng.uniform(-8, 8))
+    squared = rng.random() < 0.5
+    lines = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(lines)
+    ends = np.array([-side, 2 * side], float)
+    for offset in range(-side, 2 * side, step):  # lines through the whole page, turned about its centre
+        for across in (True, False) if squared else (True,):
+            along, at = ends, np.full(2, float(offset))
+            x, y = (along, at) if across else (at, along)
+            u, v = x - side / 2, y - side / 2
+            xr = u * np.cos(turn) - v * np.sin(turn) + side / 2
+            yr = u * np.sin(turn) + v * np.cos(turn) + side / 2
+            draw.line(list(zip(xr.tolist(), yr.tolist())), fill=255, width=width)
+    page = paper - depth * np.asarray(lines, np.float64) / 255
+    state = rng.bit_generator.state
+    ruled = _on_paper(digit, rng, side, size, page, 40, 3)
+    rng.bit_generator.state = state
+    return ruled, _on_paper(digit, rng, side, size, paper, 40, 3)
 
 
 def small_in_a_photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:

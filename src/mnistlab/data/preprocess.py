@@ -37,6 +37,13 @@ SHADOW_TILES = 3  # of the sample's LIGHT_TILES ** 2 tiles, at least this many i
 OUTSIDE = 256  # above any level: a running median's place beyond the full bins (_light_along)
 MIN_SIDE = 4  # pixels a digit's ink spans at least, unless the image is smaller: less is dust
 MIN_INK = 8  # grey levels above the paper's noise that ink stands out by, at least
+RULING_CELLS = 128  # ruling lines are looked for among cells of about this many a side, any ink making a cell ink
+RULING_SLANT = 24  # slopes up to this many cells over RULING_CELLS (10.6 degrees), in steps of one
+RULING_FULL = 0.75  # the share of its length inside the image that a ruling line's cells hold ink in, at least
+RULING_LEAST = 48  # cells on the shorter side, at least: in a smaller image a digit's strokes are as thin as lines
+RULING_END = 2  # cells from the image's edge that a ruling line reaches, at both of its ends
+RULING_FAINTER = 0.85  # a page's lines are this much of the ink's height above the paper, at most
+RULING_THICK = 3  # the bands of two cells that a ruling line fills, at most, one beside the next
 WORKING_SIDE = 1024  # larger images are decoded (JPEG) or reduced to about this before anything else
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, at the same size
 
@@ -476,6 +483,141 @@ def center_of_mass(a: np.ndarray) -> tuple[float, float]:
     return float((rows * a).sum() / total), float((cols * a).sum() / total)
 
 
+def ruling_cells(mask: np.ndarray) -> np.ndarray | None:
+    """The cells [H, W] (of RULING_CELLS a side at most, each k x k pixels) that hold a ruled or squared
+    page's lines, or None where the page has none: an exercise book's lines are ink to any threshold, and
+    they stretch the digit's box to the whole page.
+
+    A line is a thin straight band of ink, nearly along the rows (or the columns), with paper beside it
+    (_lines). A page is ruled where one slope holds two lines that run from edge to edge, one of them away
+    from the image's edge: a digit's own straight strokes stop short of the edge, or lie along it where the
+    digit is cropped tight, and a 4's bar or a 1's stem is one line alone. Then every line of that direction
+    is taken, at any slope (lines converge in a photo's perspective, and a turned page's corners hold short
+    ones), with the lines of the other direction that run from edge to edge (a margin's line). Images under
+    RULING_LEAST cells a side are left as they are."""
+    h, w = mask.shape
+    k = -(-max(h, w) // RULING_CELLS)
+    rows, cols = -(-h // k), -(-w // k)
+    ring = (RULING_END + 1) * k  # pixels, about the cells in which a line reaching the edge holds ink
+    if min(rows, cols) < RULING_LEAST or not (mask[:ring].any() or mask[(rows - RULING_END - 1) * k:].any()
+                                             or mask[:, :ring].any() or mask[:, (cols - RULING_END - 1) * k:].any()):
+        return None  # too small, or no ink near the edge (most images, at once)
+    padded = np.zeros((rows * k, cols * k), bool)
+    padded[:h, :w] = mask
+    cells = np.asarray(padded.reshape(rows, k, cols, k).any(axis=(1, 3)))
+    if not (_ends(cells).sum(axis=1) >= 2).any() and not (_ends(cells.T).sum(axis=1) >= 2).any():
+        return None  # no slope has two bands that reach both edges: most images, at a small cost
+    (across, ruled), (down, squared) = _lines(cells), _lines(cells.T)
+    if not (ruled or squared):
+        return None
+    across = across if ruled else [line for line in across if line[3]]
+    down = down if squared else [line for line in down if line[3]]
+    return _cells_of(across, rows, cols) | _cells_of(down, cols, rows).T
+
+
+def _sheared(rows: int, cols: int) -> tuple[np.ndarray, int]:
+    """(the bin of row 0 in each column at each slope up to RULING_SLANT [slopes, cols], how many bins): cells
+    sheared so that a line of that slope lies in one row of bins."""
+    shifts = np.arange(-RULING_SLANT, RULING_SLANT + 1)[:, None] * np.arange(cols) // RULING_CELLS
+    shifts -= shifts.min(axis=1, keepdims=True)
+    return shifts, rows + int(shifts.max())
+
+
+def _per_band(shifts: np.ndarray, n: int, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """How many of the cells (y, x) fall in each of the n bins, at each slope [slopes, n]."""
+    slopes = len(shifts)
+    bins = (np.arange(slopes)[:, None] * (n + 1) + y + shifts[:, x]).ravel()
+    return np.bincount(bins, minlength=slopes * (n + 1)).reshape(slopes, n + 1)[:, :n]
+
+
+def _inked(cells: np.ndarray) -> np.ndarray:
+    """Where band d (bins d and d + 1) holds ink: where the cell, or the one below it, does."""
+    return cells | np.pad(cells[1:], ((0, 1), (0, 0)))
+
+
+def _ends(cells: np.ndarray) -> np.ndarray:
+    """[slopes, bins]: the bands that hold ink within RULING_END cells of the image's edge both in the left half of
+    the columns and in the right."""
+    rows, cols = cells.shape
+    shifts, n = _sheared(rows, cols)
+    near = np.zeros_like(cells)
+    near[:RULING_END], near[-RULING_END:], near[:, :RULING_END], near[:, -RULING_END:] = True, True, True, True
+    left = np.arange(cols) < cols // 2
+    inked = _inked(cells) & near
+    return ((_per_band(shifts, n, *np.nonzero(inked & left)) > 0)
+            & (_per_band(shifts, n, *np.nonzero(inked & ~left)) > 0))
+
+
+def _lines(cells: np.ndarray) -> tuple[list[tuple[np.ndarray, int, int, bool]], bool]:
+    """(the lines along the rows of `cells`, at any slope, each as (the bin of row 0 in each column, its first
+    bin, its last, whether it runs from edge to edge across half the image or more); whether the rows are
+    ruled, as ruling_cells says).
+
+    At each slope the cells are sheared (_sheared). A band (bins d and d + 1) is full where RULING_FULL of the
+    columns in which it lies inside the image hold ink; a line is a run of at most RULING_THICK full bands with
+    paper beside it (under half of the band two bins away holds ink): a stroke is thicker. It runs from edge to
+    edge where one of its bands does (_ends)."""
+    rows, cols = cells.shape
+    shifts, n = _sheared(rows, cols)
+    every = np.arange(cols)
+    # band d lies inside the image in the columns where bin d does
+    span = (_per_band(shifts, n, np.zeros(cols, int), every) - _per_band(shifts, n, np.full(cols, rows), every))
+    span = span.cumsum(axis=1)
+    covered = _per_band(shifts, n, *np.nonzero(_inked(cells)))
+    full = (span > 0) & (covered >= RULING_FULL * span)
+    ends = np.pad((full & _ends(cells)).cumsum(axis=1), ((0, 0), (1, 0)))
+    # the runs of full bands, all slopes at once: (slope, first band, the band after the last)
+    steps = np.diff(np.pad(full.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    slope, start = np.nonzero(steps == 1)
+    stop = np.nonzero(steps == -1)[1]
+    line = stop - start <= RULING_THICK
+    for d in (start - 2, stop + 1):  # paper beside (outside the image too)
+        b = np.clip(d, 0, n - 1)
+        line &= (d != b) | (2 * covered[slope, b] < span[slope, b]) | (span[slope, b] == 0)
+    slope, start, stop = slope[line], start[line], stop[line]
+    long = (2 * span[slope, start] >= cols) & (2 * span[slope, stop - 1] >= cols)  # across half the image
+    reaches = long & (ends[slope, stop] > ends[slope, start])
+    middle = (start + stop) / 2 - shifts[slope, cols // 2]  # the line's row at the middle column
+    edge = max(1, rows // 8)
+    inner = (edge <= middle) & (middle <= rows - 1 - edge)
+
+    def count(which: np.ndarray) -> np.ndarray:
+        return np.bincount(slope[which], minlength=len(shifts))
+
+    ruled = (count(reaches) >= 2) & (count(reaches & inner) >= 1)
+    lines = [(shifts[k], a, b, r) for k, a, b, r in zip(slope, start.tolist(), stop.tolist(), reaches.tolist())]
+    return lines, bool(ruled.any())
+
+
+def _cells_of(lines: list[tuple[np.ndarray, int, int, bool]], rows: int, cols: int) -> np.ndarray:
+    """The cells [rows, cols] of _lines' lines: the bins from each one's first to its last (the bin after its
+    last band's first)."""
+    out = np.zeros((rows, cols), bool)
+    for shift, first, last, _ in lines:
+        bins = np.arange(rows)[:, None] + shift
+        out |= (bins >= first) & (bins <= last)
+    return out
+
+
+def without_ruling(gray: np.ndarray, floor: float, top: float) -> np.ndarray:
+    """gray with a ruled or squared page's lines (ruling_cells, of the pixels above the floor) taken out: in
+    their cells, a pixel no brighter than halfway from the lines' median ink to the ink's top becomes paper,
+    so that a digit's stroke brighter than the lines survives where it crosses one. gray itself where the
+    page has no lines, or where they are as bright as the ink (RULING_FAINTER): a boxy 8 drawn from edge to
+    edge has two such lines, and its strokes are all there is to read."""
+    above = gray > floor
+    cells = ruling_cells(above)
+    if cells is None:
+        return gray
+    h, w = gray.shape
+    k = -(-max(h, w) // RULING_CELLS)
+    on_lines = np.repeat(np.repeat(cells, k, axis=0), k, axis=1)[:h, :w]
+    level = _quantile(gray[on_lines & above], 0.5)  # never empty: the cells were found among those pixels
+    if level - floor > RULING_FAINTER * (top - floor):
+        return gray
+    return np.where(on_lines & (gray <= (level + top) / 2), 0, gray).astype(np.uint8)
+
+
 def preprocess(source, name: str | None = None) -> np.ndarray:
     """Any image -> uint8 [28, 28], light ink on black, MNIST-normalised in size and position.
 
@@ -499,6 +641,7 @@ def _preprocess(source, name: str | None, label: str) -> np.ndarray:
     if levels is None or not _enough(levels):
         raise NoDigitError(f"{label}: no digit found (the image has no ink).")
     gray, floor, top = levels
+    gray = without_ruling(gray, floor, top)
     mask = gray > floor + 0.05 * (top - floor)
     # isolated specks (no other ink in their 3x3 neighbourhood) do not stretch the box
     mask &= box3(mask.astype(np.uint8)) >= 2

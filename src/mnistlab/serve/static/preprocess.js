@@ -477,11 +477,113 @@ const mnistPreprocess = (() => {
     return resample(img, iw, ih, outW, outH, box);
   }
 
+  // preprocessing.ruling_cells and without_ruling: a ruled or squared page's lines taken out of gray
+  const RULING_CELLS = 128, RULING_SLANT = 24, RULING_FULL = 0.75, RULING_LEAST = 48, RULING_END = 2;
+  const RULING_FAINTER = 0.85, RULING_THICK = 3;
+
+  // preprocessing._lines: the lines along the rows of cells (rows x cols, row by row), each as
+  // {shift, start, stop, reaches}, and whether the rows are ruled
+  function rulingLines(cells, rows, cols) {
+    const inked = new Uint8Array(rows * cols);
+    for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) {
+      inked[y * cols + x] = cells[y * cols + x] || (y + 1 < rows && cells[(y + 1) * cols + x]) ? 1 : 0;
+    }
+    const half = Math.floor(cols / 2), edge = Math.max(1, Math.floor(rows / 8));
+    const near = (y, x) => y < RULING_END || y >= rows - RULING_END || x < RULING_END || x >= cols - RULING_END;
+    const shifts = [];
+    let most = 0;
+    for (let slope = -RULING_SLANT; slope <= RULING_SLANT; slope++) {
+      const shift = new Int32Array(cols);
+      let least = Infinity;
+      for (let x = 0; x < cols; x++) { shift[x] = Math.floor(slope * x / RULING_CELLS); least = Math.min(least, shift[x]); }
+      for (let x = 0; x < cols; x++) { shift[x] -= least; most = Math.max(most, shift[x]); }
+      shifts.push(shift);
+    }
+    const n = rows + most, lines = [];
+    let ruled = false;
+    for (const shift of shifts) {
+      const span = new Int32Array(n + 1), covered = new Int32Array(n), left = new Uint8Array(n), right = new Uint8Array(n);
+      for (let x = 0; x < cols; x++) { span[shift[x]]++; span[shift[x] + rows]--; }
+      for (let d = 1; d <= n; d++) span[d] += span[d - 1];
+      for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) {
+        if (!inked[y * cols + x]) continue;
+        const d = y + shift[x];
+        covered[d]++;
+        if (near(y, x)) { if (x < half) left[d] = 1; else right[d] = 1; }
+      }
+      const full = (d) => span[d] > 0 && covered[d] >= RULING_FULL * span[d];
+      let reaching = 0, reachingInner = 0;
+      for (let d = 0; d < n;) {
+        if (!full(d)) { d++; continue; }
+        const start = d;
+        let ends = false;
+        for (; d < n && full(d); d++) if (left[d] && right[d]) ends = true;
+        const stop = d;
+        const paper = [start - 2, stop + 1].every((b) => b < 0 || b >= n || 2 * covered[b] < span[b] || span[b] === 0);
+        if (stop - start > RULING_THICK || !paper) continue;
+        const reaches = ends && 2 * span[start] >= cols && 2 * span[stop - 1] >= cols;  // across half the image
+        const middle = (start + stop) / 2 - shift[half];
+        const inner = edge <= middle && middle <= rows - 1 - edge;
+        lines.push({ shift, start, stop, reaches });
+        reaching += reaches; reachingInner += reaches && inner;
+      }
+      if (reaching >= 2 && reachingInner >= 1) ruled = true;
+    }
+    return [lines, ruled];
+  }
+
+  function rulingCells(above, h, w) {  // Uint8Array(rows * cols), or null where the page has no lines
+    const k = Math.ceil(Math.max(h, w) / RULING_CELLS), rows = Math.ceil(h / k), cols = Math.ceil(w / k);
+    if (Math.min(rows, cols) < RULING_LEAST) return null;
+    const cells = new Uint8Array(rows * cols), turned = new Uint8Array(rows * cols);
+    for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
+      if (!above[r * w + c]) continue;
+      const cr = Math.floor(r / k), cc = Math.floor(c / k);
+      cells[cr * cols + cc] = 1;
+      turned[cc * rows + cr] = 1;
+    }
+    const [across, ruled] = rulingLines(cells, rows, cols), [down, squared] = rulingLines(turned, cols, rows);
+    if (!ruled && !squared) return null;
+    const out = new Uint8Array(rows * cols);
+    for (const { shift, start, stop, reaches } of across) {
+      if (!ruled && !reaches) continue;
+      for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) {
+        const b = y + shift[x];
+        if (b >= start && b <= stop) out[y * cols + x] = 1;
+      }
+    }
+    for (const { shift, start, stop, reaches } of down) {  // rows and columns turned: y runs along the shift
+      if (!squared && !reaches) continue;
+      for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) {
+        const b = x + shift[y];
+        if (b >= start && b <= stop) out[y * cols + x] = 1;
+      }
+    }
+    return out;
+  }
+
+  function withoutRuling(gray, h, w, floor, top) {
+    const above = gray.map((v) => (v > floor ? 1 : 0));
+    const cells = rulingCells(above, h, w);
+    if (cells === null) return gray;
+    const k = Math.ceil(Math.max(h, w) / RULING_CELLS), cols = Math.ceil(w / k);
+    const onLines = new Uint8Array(h * w), lineInk = [];
+    for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
+      if (!cells[Math.floor(r / k) * cols + Math.floor(c / k)]) continue;
+      onLines[r * w + c] = 1;
+      if (above[r * w + c]) lineInk.push(gray[r * w + c]);
+    }
+    const level = quantile(lineInk, 0.5);
+    if (level - floor > RULING_FAINTER * (top - floor)) return gray;  // lines as dark as the ink: a digit's own
+    return gray.map((v, i) => (onLines[i] && v <= (level + top) / 2 ? 0 : v));
+  }
+
   // preprocessing._preprocess on RGBA pixels: Uint8Array(784), or throws Error("no digit found ...")
   function fromRGBA(rgba, w, h) {
     const levels = inkLevels(toGray(rgba, w * h), h, w);
     if (levels === null || levels[2] - levels[1] < MIN_INK) throw new Error("no digit found (the image has no ink)");
-    const [gray, floor, top] = levels;
+    const [levelled, floor, top] = levels;
+    const gray = withoutRuling(levelled, h, w, floor, top);
     const threshold = floor + 0.05 * (top - floor);
     const mask = new Uint8Array(w * h);
     for (let i = 0; i < w * h; i++) if (gray[i] > threshold) mask[i] = 1;
