@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from mnistlab import MnistlabError, load_split
-from mnistlab.data.preprocess import NoDigitError, center_of_mass, preprocess
+from mnistlab.data.preprocess import NoDigitError, center_of_mass, ink_levels, preprocess, to_gray
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +283,7 @@ def test_faint_small_vignetted_shadowed_dim_chalk_and_lined_photos_are_read_as_p
 def test_a_digits_straight_strokes_are_not_taken_for_a_ruled_page(brush):
     """Two parallel strokes (an N, a boxy 8 or 3, a 4's bar and stem) stop short of the image's edge: no ruling.
     A boxy 8 drawn from edge to edge has lines that run across the page, but as dark as the ink: kept whole."""
-    from mnistlab.data.preprocess import ink_levels, ruling_cells, to_gray, without_ruling
+    from mnistlab.data.preprocess import ruling_cells, without_ruling
     from mnistlab_testkit.hard_inputs import strokes_image
 
     shapes = [[[(60, 240), (60, 40), (220, 240), (220, 40)]],
@@ -296,6 +296,30 @@ def test_a_digits_straight_strokes_are_not_taken_for_a_ruled_page(brush):
     edge_to_edge = [[(2, 30), (277, 30), (277, 250), (2, 250), (2, 30)], [(2, 140), (277, 140)]]
     gray, floor, top = ink_levels(to_gray(strokes_image(edge_to_edge, brush)))
     assert (without_ruling(gray, floor, top) == gray).all()
+
+
+@pytest.mark.parametrize("strokes", [
+    [[(2, 60), (277, 60), (2, 220), (277, 220)]],  # a Z-shaped 2
+    [[(2, 40), (277, 40), (277, 240), (2, 240)], [(60, 140), (277, 140)]],  # a boxy 3
+    [[(2, 30), (277, 30), (120, 270)], [(2, 150), (277, 150)]],  # a 7 with a bar across
+    [[(2, 30), (277, 30), (277, 250), (2, 250), (2, 30)], [(2, 140), (277, 140)]],  # a boxy 8
+    [[(2, 40), (277, 40), (277, 240), (2, 240), (2, 40)]]])  # a boxy 0
+def test_a_digit_cropped_tight_across_its_bars_keeps_them_in_a_photo(strokes):
+    """Drawn with a fine pen and photographed (blur, noise, JPEG), its bars are fainter than its joints, and they run
+    from edge to edge as a page's lines do; but the ink off them runs to the same edges, or there is none."""
+    from PIL import ImageDraw, ImageFilter
+
+    from mnistlab.data.preprocess import without_ruling
+
+    rng = np.random.default_rng(0)
+    for pen, size in ((2, 400), (3, 600), (5, 300)):
+        img = Image.new("L", (size, size), 215)
+        for line in strokes:
+            ImageDraw.Draw(img).line([(x * size / 280, y * size / 280) for x, y in line], fill=50, width=pen)
+        noisy = np.asarray(img.filter(ImageFilter.GaussianBlur(1.0)), float) + rng.normal(0, 3, (size, size))
+        photo = Image.open(io.BytesIO(png_bytes(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), "JPEG")))
+        gray, floor, top = ink_levels(to_gray(photo))
+        assert (without_ruling(gray, floor, top) == gray).all(), (pen, size)
 
 
 def test_a_shadow_is_found_only_where_one_falls(train_digits):

@@ -43,6 +43,7 @@ RULING_FULL = 0.75  # the share of its length inside the image that a ruling lin
 RULING_LEAST = 48  # cells on the shorter side, at least: in a smaller image a digit's strokes are as thin as lines
 RULING_END = 2  # cells from the image's edge that a ruling line reaches, at both of its ends
 RULING_FAINTER = 0.85  # a page's lines are this much of the ink's height above the paper, at most
+RULING_DIGIT = 12  # cells of ink left once the lines are out, at least: a digit, not specks
 RULING_THICK = 3  # the bands of two cells that a ruling line fills, at most, one beside the next
 WORKING_SIDE = 1024  # larger images are decoded (JPEG) or reduced to about this before anything else
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, at the same size
@@ -483,10 +484,10 @@ def center_of_mass(a: np.ndarray) -> tuple[float, float]:
     return float((rows * a).sum() / total), float((cols * a).sum() / total)
 
 
-def ruling_cells(mask: np.ndarray) -> np.ndarray | None:
-    """The cells [H, W] (of RULING_CELLS a side at most, each k x k pixels) that hold a ruled or squared
-    page's lines, or None where the page has none: an exercise book's lines are ink to any threshold, and
-    they stretch the digit's box to the whole page.
+def ruling_cells(mask: np.ndarray) -> tuple[np.ndarray, bool, bool] | None:
+    """(the cells [H, W] (of RULING_CELLS a side at most, each k x k pixels) that hold a ruled or squared
+    page's lines, whether the rows are ruled, whether the columns are), or None where the page has none: an
+    exercise book's lines are ink to any threshold, and they stretch the digit's box to the whole page.
 
     A line is a thin straight band of ink, nearly along the rows (or the columns), with paper beside it
     (_lines). A page is ruled where one slope holds two lines that run from edge to edge, one of them away
@@ -502,9 +503,7 @@ def ruling_cells(mask: np.ndarray) -> np.ndarray | None:
     if min(rows, cols) < RULING_LEAST or not (mask[:ring].any() or mask[(rows - RULING_END - 1) * k:].any()
                                              or mask[:, :ring].any() or mask[:, (cols - RULING_END - 1) * k:].any()):
         return None  # too small, or no ink near the edge (most images, at once)
-    padded = np.zeros((rows * k, cols * k), bool)
-    padded[:h, :w] = mask
-    cells = np.asarray(padded.reshape(rows, k, cols, k).any(axis=(1, 3)))
+    cells = _pooled(mask, k)
     if not (_ends(cells).sum(axis=1) >= 2).any() and not (_ends(cells.T).sum(axis=1) >= 2).any():
         return None  # no slope has two bands that reach both edges: most images, at a small cost
     (across, ruled), (down, squared) = _lines(cells), _lines(cells.T)
@@ -512,7 +511,15 @@ def ruling_cells(mask: np.ndarray) -> np.ndarray | None:
         return None
     across = across if ruled else [line for line in across if line[3]]
     down = down if squared else [line for line in down if line[3]]
-    return _cells_of(across, rows, cols) | _cells_of(down, cols, rows).T
+    return _cells_of(across, rows, cols) | _cells_of(down, cols, rows).T, ruled, squared
+
+
+def _pooled(mask: np.ndarray, k: int) -> np.ndarray:
+    """Cells of k x k pixels (the last ones partial), each True where any of its pixels is."""
+    h, w = mask.shape
+    padded = np.zeros((-(-h // k) * k, -(-w // k) * k), bool)
+    padded[:h, :w] = mask
+    return np.asarray(padded.reshape(padded.shape[0] // k, k, padded.shape[1] // k, k).any(axis=(1, 3)))
 
 
 def _sheared(rows: int, cols: int) -> tuple[np.ndarray, int]:
@@ -603,19 +610,30 @@ def without_ruling(gray: np.ndarray, floor: float, top: float) -> np.ndarray:
     """gray with a ruled or squared page's lines (ruling_cells, of the pixels above the floor) taken out: in
     their cells, a pixel no brighter than halfway from the lines' median ink to the ink's top becomes paper,
     so that a digit's stroke brighter than the lines survives where it crosses one. gray itself where the
-    page has no lines, or where they are as bright as the ink (RULING_FAINTER): a boxy 8 drawn from edge to
-    edge has two such lines, and its strokes are all there is to read."""
+    page has no lines, where they are as bright as the ink (RULING_FAINTER: a boxy 8 drawn from edge to edge
+    has two such lines, and its strokes are all there is to read), or where what is left is no digit clear of
+    the lines' ends."""
     above = gray > floor
-    cells = ruling_cells(above)
-    if cells is None:
+    found = ruling_cells(above)
+    if found is None:
         return gray
+    cells, ruled, squared = found
     h, w = gray.shape
     k = -(-max(h, w) // RULING_CELLS)
     on_lines = np.repeat(np.repeat(cells, k, axis=0), k, axis=1)[:h, :w]
     level = _quantile(gray[on_lines & above], 0.5)  # never empty: the cells were found among those pixels
     if level - floor > RULING_FAINTER * (top - floor):
         return gray
-    return np.where(on_lines & (gray <= (level + top) / 2), 0, gray).astype(np.uint8)
+    erased = on_lines & (gray <= (level + top) / 2)
+    # the digit is the ink left: there must be one, and it keeps an eighth of the image clear at both ends of the
+    # lines (a digit cropped tight across its bars, a Z-shaped 2 or a boxy 3 with a fine pen, runs to those
+    # edges; a page is seldom cropped as close)
+    left = _pooled(above & ~erased, k)
+    r8, c8 = cells.shape[0] // 8, cells.shape[1] // 8
+    if (left.sum() < RULING_DIGIT or ruled and (left[:, :c8].sum() >= 2 or left[:, -c8:].sum() >= 2)
+            or squared and (left[:r8].sum() >= 2 or left[-r8:].sum() >= 2)):
+        return gray
+    return np.where(erased, 0, gray).astype(np.uint8)
 
 
 def preprocess(source, name: str | None = None) -> np.ndarray:

@@ -479,7 +479,7 @@ const mnistPreprocess = (() => {
 
   // preprocessing.ruling_cells and without_ruling: a ruled or squared page's lines taken out of gray
   const RULING_CELLS = 128, RULING_SLANT = 24, RULING_FULL = 0.75, RULING_LEAST = 48, RULING_END = 2;
-  const RULING_FAINTER = 0.85, RULING_THICK = 3;
+  const RULING_FAINTER = 0.85, RULING_DIGIT = 12, RULING_THICK = 3;
 
   // preprocessing._lines: the lines along the rows of cells (rows x cols, row by row), each as
   // {shift, start, stop, reaches}, and whether the rows are ruled
@@ -559,14 +559,15 @@ const mnistPreprocess = (() => {
         if (b >= start && b <= stop) out[y * cols + x] = 1;
       }
     }
-    return out;
+    return { cells: out, rows, cols, ruled, squared };
   }
 
   function withoutRuling(gray, h, w, floor, top) {
     const above = gray.map((v) => (v > floor ? 1 : 0));
-    const cells = rulingCells(above, h, w);
-    if (cells === null) return gray;
-    const k = Math.ceil(Math.max(h, w) / RULING_CELLS), cols = Math.ceil(w / k);
+    const found = rulingCells(above, h, w);
+    if (found === null) return gray;
+    const { cells, rows, cols, ruled, squared } = found;
+    const k = Math.ceil(Math.max(h, w) / RULING_CELLS);
     const onLines = new Uint8Array(h * w), lineInk = [];
     for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
       if (!cells[Math.floor(r / k) * cols + Math.floor(c / k)]) continue;
@@ -575,7 +576,22 @@ const mnistPreprocess = (() => {
     }
     const level = quantile(lineInk, 0.5);
     if (level - floor > RULING_FAINTER * (top - floor)) return gray;  // lines as dark as the ink: a digit's own
-    return gray.map((v, i) => (onLines[i] && v <= (level + top) / 2 ? 0 : v));
+    const keep = (level + top) / 2;
+    // the digit is the ink left: there must be one, clear of an eighth of the image where the lines end
+    const left = new Uint8Array(rows * cols);
+    for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
+      const i = r * w + c;
+      if (above[i] && !(onLines[i] && gray[i] <= keep)) left[Math.floor(r / k) * cols + Math.floor(c / k)] = 1;
+    }
+    const r8 = Math.floor(rows / 8), c8 = Math.floor(cols / 8);
+    let cellsLeft = 0, nearLeft = 0, nearRight = 0, nearTop = 0, nearBottom = 0;
+    for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) {
+      if (!left[y * cols + x]) continue;
+      cellsLeft++; nearLeft += x < c8; nearRight += x >= cols - c8; nearTop += y < r8; nearBottom += y >= rows - r8;
+    }
+    if (cellsLeft < RULING_DIGIT || (ruled && (nearLeft >= 2 || nearRight >= 2)) ||
+        (squared && (nearTop >= 2 || nearBottom >= 2))) return gray;
+    return gray.map((v, i) => (onLines[i] && v <= keep ? 0 : v));
   }
 
   // preprocessing._preprocess on RGBA pixels: Uint8Array(784), or throws Error("no digit found ...")
