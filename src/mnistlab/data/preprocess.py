@@ -504,9 +504,10 @@ def ruling_cells(mask: np.ndarray) -> tuple[np.ndarray, bool, bool] | None:
                                              or mask[:, :ring].any() or mask[:, (cols - RULING_END - 1) * k:].any()):
         return None  # too small, or no ink near the edge (most images, at once)
     cells = _pooled(mask, k)
-    if not (_ends(cells).sum(axis=1) >= 2).any() and not (_ends(cells.T).sum(axis=1) >= 2).any():
+    ends, ends_down = _ends(cells), _ends(cells.T)
+    if not (ends.sum(axis=1) >= 2).any() and not (ends_down.sum(axis=1) >= 2).any():
         return None  # no slope has two bands that reach both edges: most images, at a small cost
-    (across, ruled), (down, squared) = _lines(cells), _lines(cells.T)
+    (across, ruled), (down, squared) = _lines(cells, ends), _lines(cells.T, ends_down)
     if not (ruled or squared):
         return None
     across = across if ruled else [line for line in across if line[3]]
@@ -555,7 +556,7 @@ def _ends(cells: np.ndarray) -> np.ndarray:
             & (_per_band(shifts, n, *np.nonzero(inked & ~left)) > 0))
 
 
-def _lines(cells: np.ndarray) -> tuple[list[tuple[np.ndarray, int, int, bool]], bool]:
+def _lines(cells: np.ndarray, ends: np.ndarray) -> tuple[list[tuple[np.ndarray, int, int, bool]], bool]:
     """(the lines along the rows of `cells`, at any slope, each as (the bin of row 0 in each column, its first
     bin, its last, whether it runs from edge to edge across half the image or more); whether the rows are
     ruled, as ruling_cells says).
@@ -563,7 +564,7 @@ def _lines(cells: np.ndarray) -> tuple[list[tuple[np.ndarray, int, int, bool]], 
     At each slope the cells are sheared (_sheared). A band (bins d and d + 1) is full where RULING_FULL of the
     columns in which it lies inside the image hold ink; a line is a run of at most RULING_THICK full bands with
     paper beside it (under half of the band two bins away holds ink): a stroke is thicker. It runs from edge to
-    edge where one of its bands does (_ends)."""
+    edge where one of its bands does (`ends`, _ends of the same cells)."""
     rows, cols = cells.shape
     shifts, n = _sheared(rows, cols)
     every = np.arange(cols)
@@ -572,7 +573,7 @@ def _lines(cells: np.ndarray) -> tuple[list[tuple[np.ndarray, int, int, bool]], 
     span = span.cumsum(axis=1)
     covered = _per_band(shifts, n, *np.nonzero(_inked(cells)))
     full = (span > 0) & (covered >= RULING_FULL * span)
-    ends = np.pad((full & _ends(cells)).cumsum(axis=1), ((0, 0), (1, 0)))
+    ends = np.pad((full & ends).cumsum(axis=1), ((0, 0), (1, 0)))
     # the runs of full bands, all slopes at once: (slope, first band, the band after the last)
     steps = np.diff(np.pad(full.astype(np.int8), ((0, 0), (1, 1))), axis=1)
     slope, start = np.nonzero(steps == 1)
