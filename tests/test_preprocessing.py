@@ -349,6 +349,38 @@ def test_a_shadow_is_found_only_where_one_falls(train_digits):
     assert [find_shadow(ink_light(img)) for img in strokes] == [None] * len(strokes)
 
 
+def test_most_photos_without_a_shadow_end_the_search_at_its_coarse_step(train_digits, monkeypatch):
+    """Most photos have no shadow: the light along their coarse direction steps nowhere, which ends the search
+    there. The finer search runs only where a shadow may be: on every shadowed photo, and on some lamp-lit ones."""
+    from mnistlab.data import preprocess as pre
+    from mnistlab_testkit import hard_inputs as hard
+    from mnistlab_testkit.browsing import lit_photo
+
+    original, looks = pre._light_along, []
+
+    def counted(*args):
+        looks.append(args)
+        return original(*args)
+
+    def directions_looked_at(make) -> list[int]:
+        """For each of ten digits, how many directions find_shadow looked along in its photo."""
+        counts = []
+        for i, d in enumerate(train_digits[:10]):
+            looks.clear()
+            pre.find_shadow(255 - to_gray(make(d, np.random.default_rng(i))))
+            counts.append(len(looks))
+        return counts
+
+    monkeypatch.setattr(pre, "_light_along", counted)
+    coarse, finer = 4 * pre.SHADOW_STEPS + 1, 2 * pre.SHADOW_FINER + 1
+    vignetted = directions_looked_at(lambda d, rng: hard.vignette_photo(d, rng)[0])
+    lamp_lit = directions_looked_at(lambda d, rng: lit_photo(d, rng, tilt=80))
+    shadowed = directions_looked_at(lambda d, rng: hard.shadowed_photo(d, rng)[0])
+    assert vignetted == [coarse] * 10
+    assert lamp_lit.count(coarse) > 5 and set(lamp_lit) <= {coarse, coarse + finer}
+    assert shadowed == [coarse + finer] * 10
+
+
 @pytest.mark.parametrize("level", [40, 100, 127, 128, 160, 230])
 def test_a_blank_page_of_any_grey_is_no_digit_either_way_round(level):
     rng = np.random.default_rng(level)

@@ -331,7 +331,7 @@ def find_shadow(gray: np.ndarray) -> tuple[int, int, int, int] | None:
     The image, sampled every k-th pixel, is summed up along each direction by its light (_light_along); the
     direction whose light leaves the least behind (the sum of |pixel - light|) is the shadow's, as a straight edge
     lies along one direction only. It is a shadow if the light steps up once along it, covers a tenth to nine
-    tenths of the image, and keeps SHADOW_LIGHT of the paper's light."""
+    tenths of the image, and keeps SHADOW_LIGHT of the paper's light (_lit_side)."""
     h, w = gray.shape
     if min(h, w) < 2 * LIGHT_TILES:
         return None
@@ -349,10 +349,23 @@ def find_shadow(gray: np.ndarray) -> tuple[int, int, int, int] | None:
         d, light, pixels, lo, hi = _light_along(image, a, b, m)
         return int(np.abs(image.astype(np.int64) - light[d]).sum()), (a, b, m, d, light, pixels, lo, hi)
 
-    coarse = min(range(4 * SHADOW_STEPS), key=lambda i: fitted(sample[::2, ::2], i, SHADOW_STEPS)[0])
+    small = sample[::2, ::2]
+    coarse = min(range(4 * SHADOW_STEPS), key=lambda i: fitted(small, i, SHADOW_STEPS)[0])
+    # the coarse direction's light, held to the test with twice the slack, spares most pictures the finer search
+    if _lit_side(*fitted(small, coarse, SHADOW_STEPS)[1][4:], slack=2) is None:
+        return None
     _, (a, b, m, d, light, pixels, lo, hi) = min(
         (fitted(sample, SHADOW_FINER * coarse + j, SHADOW_FINER * SHADOW_STEPS)
          for j in range(-SHADOW_FINER, SHADOW_FINER + 1)), key=lambda f: f[0])
+    lit = _lit_side(light, pixels, lo, hi)
+    return None if lit is None else (a, b, m, lit)
+
+
+def _lit_side(light: np.ndarray, pixels: np.ndarray, lo: int, hi: int, slack: int = 1) -> int | None:
+    """The lit paper's level where the light along a direction (_light_along) steps up once, the shade covers a tenth
+    to nine tenths of the image and keeps SHADOW_LIGHT of the paper's light; else None. With `slack` 2, each side
+    may stray twice as far from its level and the shade cover a twentieth to nineteen twentieths."""
+    dark, bright = SHADOW_LIGHT
     span = max(2, (hi - lo + 1) // 8)
     if hi - lo + 1 <= span:
         return None
@@ -366,12 +379,13 @@ def find_shadow(gray: np.ndarray) -> tuple[int, int, int, int] | None:
     q_lit, q_shade = int(np.sort(lit)[(len(lit) - 1) // 2]), int(np.sort(shade)[(len(shade) - 1) // 2])
     shaded = int(pixels[edge:].sum() if rise[j] > 0 else pixels[:edge].sum())
     # a step, not a lamp's slope or a stroke: each side strays from its level by a tenth of the step, on average
-    level = all(10 * int(np.abs(side - q).sum()) <= (q_shade - q_lit) * len(side)
+    level = all(10 * int(np.abs(side - q).sum()) <= slack * (q_shade - q_lit) * len(side)
                 for side, q in ((lit, q_lit), (shade, q_shade)))
+    total = int(pixels.sum())
     if not (dark * (255 - q_lit) <= 255 - q_shade <= bright * (255 - q_lit)
-            and pixels.sum() <= 10 * shaded <= 9 * pixels.sum() and level):
+            and total <= 10 * slack * shaded <= (10 * slack - 1) * total and level):
         return None
-    return a, b, m, q_lit
+    return q_lit
 
 
 def level_shadow(gray: np.ndarray) -> np.ndarray:

@@ -214,12 +214,19 @@ const mnistPreprocess = (() => {
       const err = fitted(coarseImg, ch, cw, i, SHADOW_STEPS).err;
       if (err < coarseErr) [coarse, coarseErr] = [i, err];
     }
+    // the coarse direction's light, held to the test with twice the slack, spares most pictures the finer search
+    if (litSide(fitted(coarseImg, ch, cw, coarse, SHADOW_STEPS), 2) === null) return null;
     let best = null;
     for (let j = -SHADOW_FINER; j <= SHADOW_FINER; j++) {
       const f = fitted(sample, sh, sw, SHADOW_FINER * coarse + j, SHADOW_FINER * SHADOW_STEPS);
       if (best === null || f.err < best.err) best = f;
     }
-    const { a, b, m, light, pixels, lo, hi } = best;
+    const lit = litSide(best, 1);
+    return lit === null ? null : { a: best.a, b: best.b, m: best.m, lit };
+  }
+
+  // preprocessing._lit_side: the lit paper's level where the light steps up once; slack 2 is twice as lenient
+  function litSide({ light, pixels, lo, hi }, slack) {
     const span = Math.max(2, Math.floor((hi - lo + 1) / 8));
     if (hi - lo + 1 <= span) return null;
     let j = 0, rise = 0;
@@ -238,10 +245,11 @@ const mnistPreprocess = (() => {
       if (rise > 0 ? t >= edge : t < edge) shaded += pixels[t];
     }
     const astray = (side, q) => side.reduce((acc, v) => acc + Math.abs(v - q), 0);
-    const level = [[lit, qLit], [shade, qShade]].every(([side, q]) => 10 * astray(side, q) <= (qShade - qLit) * side.length);
+    const level = [[lit, qLit], [shade, qShade]].every(
+      ([side, q]) => 10 * astray(side, q) <= slack * (qShade - qLit) * side.length);
     if (!(SHADOW_DARK * (255 - qLit) <= 255 - qShade && 255 - qShade <= SHADOW_BRIGHT * (255 - qLit)
-          && total <= 10 * shaded && 10 * shaded <= 9 * total && level)) return null;
-    return { a, b, m, lit: qLit };
+          && total <= 10 * slack * shaded && 10 * slack * shaded <= (10 * slack - 1) * total && level)) return null;
+    return qLit;
   }
 
   // preprocessing.level_shadow: the light taken again at full resolution along the shadow's direction, and each
