@@ -349,6 +349,14 @@ def test_a_shadow_is_found_only_where_one_falls(train_digits):
     assert [find_shadow(ink_light(img)) for img in strokes] == [None] * len(strokes)
 
 
+def test_a_centre_half_way_between_pixels_is_exactly_there():
+    """A float32 sum of 200 pixels of 0.7 is off by a millionth, and 4.5 became 4.5000009: the digit was placed a
+    pixel from where the page places it, which sums in float64."""
+    for value in (0.1, 0.3, 0.7, 0.9):
+        assert center_of_mass(np.full((20, 10), value, np.float32)) == (9.5, 4.5), value
+        assert center_of_mass(np.full((20, 14), value, np.float32)) == (9.5, 6.5), value
+
+
 def test_most_photos_without_a_shadow_end_the_search_at_its_coarse_step(train_digits, monkeypatch):
     """Most photos have no shadow: the light along their coarse direction steps nowhere, which ends the search
     there. The finer search runs only where a shadow may be: on every shadowed photo, and on some lamp-lit ones."""

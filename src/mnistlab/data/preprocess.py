@@ -493,7 +493,9 @@ def box3(a: np.ndarray) -> np.ndarray:
 
 
 def center_of_mass(a: np.ndarray) -> tuple[float, float]:
-    total = a.sum()
+    """(row, column) of the ink's centre, summed in float64 as preprocess.js sums it: a float32 sum is off by a
+    millionth, enough to round a centre at x.5 the other way and shift the digit a pixel from the page's."""
+    total = a.sum(dtype=np.float64)
     rows, cols = np.indices(a.shape)
     return float((rows * a).sum() / total), float((cols * a).sum() / total)
 
