@@ -155,6 +155,28 @@ def shadowed_photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.I
     return _on_paper(digit, rng, side, size, 215.0 * light, 50 * light, 3), level
 
 
+def dashed_page(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """(a digit photographed on a page whose faint lines show only in pieces, near its edges, with specks of
+    dirt there too, as a ruled page under uneven light shows them; the same page clean)."""
+    side, paper, ink = 300, rng.uniform(200, 230), rng.uniform(40, 70)
+    state = rng.bit_generator.state
+    clean = np.asarray(_on_paper(digit, rng, side, int(rng.integers(90, 121)), paper, ink, 3, margin=side // 4))
+    dashed, band = clean.copy(), side // 8
+    for _ in range(int(rng.integers(6, 11))):
+        length, faint = int(rng.integers(10, 31)), paper - rng.uniform(20, 35)
+        along = int(rng.integers(0, side - length))
+        across = int(rng.integers(0, band - 2)) if rng.random() < 0.5 else int(rng.integers(side - band, side - 2))
+        if rng.random() < 0.5:
+            dashed[across:across + 2, along:along + length] = faint
+        else:
+            dashed[along:along + length, across:across + 2] = faint
+    for _ in range(3):
+        y, x = (int(v) if rng.random() < 0.5 else side - 3 - int(v) for v in rng.integers(0, band - 3, 2))
+        dashed[y:y + 3, x:x + 3] = paper - 30
+    rng.bit_generator.state = state
+    return Image.fromarray(dashed), Image.fromarray(clean)
+
+
 def alike(a: np.ndarray, b: np.ndarray) -> float:
     """The best correlation of two 28x28 images within a pixel's shift (the centre of mass rounds to whole pixels)."""
     return max(np.corrcoef(np.roll(a, (dy, dx), (0, 1)).ravel().astype(float), b.ravel().astype(float))[0, 1]

@@ -34,6 +34,9 @@ SHADOW_STEPS = 12  # directions per eighth of a turn, even in slope (in a sample
 SHADOW_FINER = 8  # times finer around the best
 SHADOW_LIGHT = (0.35, 0.88)  # the light in a shadow, as a share of the paper's: darker is ink, lighter is no shadow
 SHADOW_TILES = 3  # of the sample's LIGHT_TILES ** 2 tiles, at least this many in a shadow's light to look for one
+# _near_the_digit: ink this far from the paper to the ink's top is strong; faint ink within this share of the
+# strong ink's side of its box stays; ink is joined on cells of at most this many a side
+BOX_STRONG, BOX_REACH, BOX_CELLS = 0.3, 0.25, 128
 OUTSIDE = 256  # above any level: a running median's place beyond the full bins (_light_along)
 MIN_SIDE = 4  # pixels a digit's ink spans at least, unless the image is smaller: less is dust
 MIN_INK = 8  # grey levels above the paper's noise that ink stands out by, at least
@@ -671,6 +674,32 @@ def preprocess(source, name: str | None = None) -> np.ndarray:
         raise MnistlabError(f"{label}: the image cannot be read ({type(e).__name__}: {first_line(e)}).") from None
 
 
+def _near_the_digit(mask: np.ndarray, strong: np.ndarray) -> np.ndarray:
+    """mask (the ink that makes the digit's box) less the faint ink far from the strong ink: a faint line's
+    pieces in a photo of a ruled page, or dirt near its edge, would stretch the box and shrink the digit. Faint
+    ink stays where a path of ink joins it to the strong ink (a pencil's lighter stroke, a blurred edge), or
+    where it lies within BOX_REACH of the strong ink's box (a lighter stroke drawn apart, a 5's bar). Joined on
+    cells of k x k pixels, BOX_CELLS a side at most, so a gap narrower than a cell joins too."""
+    strong = strong & mask
+    rows, cols = np.flatnonzero(strong.any(1)), np.flatnonzero(strong.any(0))
+    if not len(rows):
+        return mask
+    reach = int(BOX_REACH * (max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1))
+    near = np.zeros_like(mask)
+    near[max(0, rows[0] - reach):rows[-1] + reach + 1, max(0, cols[0] - reach):cols[-1] + reach + 1] = True
+    if not (mask & ~near).any():
+        return mask  # all the ink is near the strong ink (most images, at once)
+    h, w = mask.shape
+    k = -(-max(h, w) // BOX_CELLS)
+    cells, reached = _pooled(mask, k), _pooled(strong, k)
+    while True:  # grown a cell at a time through the ink's cells, until nothing more is reached
+        grown = (box3(reached.astype(np.uint8)) > 0) & cells
+        if (grown == reached).all():
+            break
+        reached = grown
+    return mask & (near | np.repeat(np.repeat(reached, k, axis=0), k, axis=1)[:h, :w])
+
+
 def _preprocess(source, name: str | None, label: str) -> np.ndarray:
     levels = ink_levels(to_gray(open_image(source, name)))
     if levels is None or not _enough(levels):
@@ -680,6 +709,7 @@ def _preprocess(source, name: str | None, label: str) -> np.ndarray:
     mask = gray > floor + 0.05 * (top - floor)
     # isolated specks (no other ink in their 3x3 neighbourhood) do not stretch the box
     mask &= box3(mask.astype(np.uint8)) >= 2
+    mask = _near_the_digit(mask, gray > floor + BOX_STRONG * (top - floor))
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if not len(rows) or max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 < min(MIN_SIDE, *gray.shape):
         raise NoDigitError(f"{label}: no digit found (only specks).")

@@ -603,6 +603,43 @@ const mnistPreprocess = (() => {
   }
 
   // preprocessing._preprocess on RGBA pixels: Uint8Array(784), or throws Error("no digit found ...")
+  const BOX_STRONG = 0.3, BOX_REACH = 0.25, BOX_CELLS = 128;
+
+  // preprocessing._near_the_digit: the ink less what is neither joined to the strong ink (on cells of k x k
+  // pixels, 8-connected) nor within BOX_REACH of the strong ink's box
+  function nearTheDigit(ink, gray, h, w, strongLevel) {
+    const k = Math.ceil(Math.max(h, w) / BOX_CELLS), rows = Math.ceil(h / k), cols = Math.ceil(w / k);
+    const cells = new Uint8Array(rows * cols), reached = new Uint8Array(rows * cols), queue = [];
+    let r0 = h, r1 = -1, c0 = w, c1 = -1;
+    for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
+      if (!ink[r * w + c]) continue;
+      const cell = Math.floor(r / k) * cols + Math.floor(c / k);
+      cells[cell] = 1;
+      if (gray[r * w + c] > strongLevel) {
+        if (!reached[cell]) { reached[cell] = 1; queue.push(cell); }
+        r0 = Math.min(r0, r); r1 = Math.max(r1, r); c0 = Math.min(c0, c); c1 = Math.max(c1, c);
+      }
+    }
+    if (r1 < 0) return ink;
+    while (queue.length) {  // the cells of ink joined to the strong ink's
+      const cell = queue.pop(), cr = Math.floor(cell / cols), cc = cell % cols;
+      for (let dr = -1; dr <= 1; dr++) for (let dc = -1; dc <= 1; dc++) {
+        const rr = cr + dr, c2 = cc + dc, next = rr * cols + c2;
+        if (rr >= 0 && rr < rows && c2 >= 0 && c2 < cols && cells[next] && !reached[next]) {
+          reached[next] = 1;
+          queue.push(next);
+        }
+      }
+    }
+    const reach = Math.floor(BOX_REACH * (Math.max(r1 - r0, c1 - c0) + 1));
+    const out = new Uint8Array(w * h);
+    for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
+      const near = r >= r0 - reach && r <= r1 + reach && c >= c0 - reach && c <= c1 + reach;
+      if (ink[r * w + c] && (near || reached[Math.floor(r / k) * cols + Math.floor(c / k)])) out[r * w + c] = 1;
+    }
+    return out;
+  }
+
   function fromRGBA(rgba, w, h) {
     const levels = inkLevels(toGray(rgba, w * h), h, w);
     if (levels === null || levels[2] - levels[1] < MIN_INK) throw new Error("no digit found (the image has no ink)");
@@ -612,7 +649,6 @@ const mnistPreprocess = (() => {
     const mask = new Uint8Array(w * h);
     for (let i = 0; i < w * h; i++) if (gray[i] > threshold) mask[i] = 1;
     const kept = new Uint8Array(w * h);  // isolated specks (no other ink in their 3x3 neighbourhood) dropped
-    let r0 = h, r1 = -1, c0 = w, c1 = -1;
     for (let r = 0; r < h; r++) {
       for (let c = 0; c < w; c++) {
         if (!mask[r * w + c]) continue;
@@ -621,8 +657,13 @@ const mnistPreprocess = (() => {
           const rr = r + dr, cc = c + dc;
           if (rr >= 0 && rr < h && cc >= 0 && cc < w) n += mask[rr * w + cc];
         }
-        if (n >= 2) { kept[r * w + c] = 1; r0 = Math.min(r0, r); r1 = Math.max(r1, r); c0 = Math.min(c0, c); c1 = Math.max(c1, c); }
+        if (n >= 2) kept[r * w + c] = 1;
       }
+    }
+    const ink = nearTheDigit(kept, gray, h, w, floor + BOX_STRONG * (top - floor));
+    let r0 = h, r1 = -1, c0 = w, c1 = -1;
+    for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
+      if (ink[r * w + c]) { r0 = Math.min(r0, r); r1 = Math.max(r1, r); c0 = Math.min(c0, c); c1 = Math.max(c1, c); }
     }
     const ch = r1 - r0 + 1, cw = c1 - c0 + 1;
     if (r1 < 0 || Math.max(ch, cw) < Math.min(MIN_SIDE, h, w)) throw new Error("no digit found (only specks)");
