@@ -355,7 +355,8 @@ def find_shadow(gray: np.ndarray) -> tuple[int, int, int, int] | None:
     small = sample[::2, ::2]
     coarse = min(range(4 * SHADOW_STEPS), key=lambda i: fitted(small, i, SHADOW_STEPS)[0])
     # the coarse direction's light, held to the test with twice the slack, spares most pictures the finer search
-    if _lit_side(*fitted(small, coarse, SHADOW_STEPS)[1][4:], slack=2) is None:
+    light, pixels, lo, hi = fitted(small, coarse, SHADOW_STEPS)[1][4:]
+    if _lit_side(light, pixels, lo, hi, slack=2) is None:
         return None
     _, (a, b, m, d, light, pixels, lo, hi) = min(
         (fitted(sample, SHADOW_FINER * coarse + j, SHADOW_FINER * SHADOW_STEPS)
