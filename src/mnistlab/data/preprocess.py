@@ -35,8 +35,9 @@ SHADOW_FINER = 8  # times finer around the best
 SHADOW_LIGHT = (0.35, 0.88)  # the light in a shadow, as a share of the paper's: darker is ink, lighter is no shadow
 SHADOW_TILES = 3  # of the sample's LIGHT_TILES ** 2 tiles, at least this many in a shadow's light to look for one
 # _near_the_digit: ink this far from the paper to the ink's top is strong; faint ink within this share of the
-# strong ink's side of its box stays; ink is joined on cells of at most this many a side
-BOX_STRONG, BOX_REACH, BOX_CELLS = 0.3, 0.25, 128
+# strong ink's side of the square about it stays; ink is joined on cells of at most this many a side; nothing
+# leaves where more than this share of the ink that stays would
+BOX_STRONG, BOX_REACH, BOX_CELLS, BOX_LEAVE = 0.3, 0.25, 128, 0.25
 OUTSIDE = 256  # above any level: a running median's place beyond the full bins (_light_along)
 MIN_SIDE = 4  # pixels a digit's ink spans at least, unless the image is smaller: less is dust
 MIN_INK = 8  # grey levels above the paper's noise that ink stands out by, at least
@@ -677,17 +678,22 @@ def preprocess(source, name: str | None = None) -> np.ndarray:
 
 def _near_the_digit(mask: np.ndarray, strong: np.ndarray) -> np.ndarray:
     """mask (the ink that makes the digit's box) less the faint ink far from the strong ink: a faint line's
-    pieces in a photo of a ruled page, or dirt near its edge, would stretch the box and shrink the digit. Faint
-    ink stays where a path of ink joins it to the strong ink (a pencil's lighter stroke, a blurred edge), or
-    where it lies within BOX_REACH of the strong ink's box (a lighter stroke drawn apart, a 5's bar). Joined on
-    cells of k x k pixels, BOX_CELLS a side at most, so a gap narrower than a cell joins too."""
+    pieces in a photo of a ruled page, or dirt near its edge, would stretch the box and shrink the digit.
+
+    Faint ink stays where a path of ink joins it to the strong ink (a pencil's lighter stroke, a blurred edge),
+    joined on cells of k x k pixels, BOX_CELLS a side at most. It also stays where it lies within BOX_REACH of
+    the square about the strong ink's box (a lighter stroke drawn apart: an open 4's, a 5's bar). And all of it
+    stays where more than BOX_LEAVE of the ink that would stay would leave: then the strong ink is not the
+    digit (a dark speck beside a faint pencil digit) or not all of it (a dry pen's dashes)."""
     strong = strong & mask
     rows, cols = np.flatnonzero(strong.any(1)), np.flatnonzero(strong.any(0))
     if not len(rows):
         return mask
-    reach = int(BOX_REACH * (max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1))
+    side = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+    reach = int(BOX_REACH * side)
+    top, left = (rows[0] + rows[-1] + 1 - side) // 2 - reach, (cols[0] + cols[-1] + 1 - side) // 2 - reach
     near = np.zeros_like(mask)
-    near[max(0, rows[0] - reach):rows[-1] + reach + 1, max(0, cols[0] - reach):cols[-1] + reach + 1] = True
+    near[max(0, top):top + side + 2 * reach, max(0, left):left + side + 2 * reach] = True
     if not (mask & ~near).any():
         return mask  # all the ink is near the strong ink (most images, at once)
     h, w = mask.shape
@@ -698,7 +704,8 @@ def _near_the_digit(mask: np.ndarray, strong: np.ndarray) -> np.ndarray:
         if (grown == reached).all():
             break
         reached = grown
-    return mask & (near | np.repeat(np.repeat(reached, k, axis=0), k, axis=1)[:h, :w])
+    kept = mask & (near | np.repeat(np.repeat(reached, k, axis=0), k, axis=1)[:h, :w])
+    return mask if int(mask.sum()) - int(kept.sum()) > BOX_LEAVE * int(kept.sum()) else kept
 
 
 def _preprocess(source, name: str | None, label: str) -> np.ndarray:

@@ -603,10 +603,11 @@ const mnistPreprocess = (() => {
   }
 
   // preprocessing._preprocess on RGBA pixels: Uint8Array(784), or throws Error("no digit found ...")
-  const BOX_STRONG = 0.3, BOX_REACH = 0.25, BOX_CELLS = 128;
+  const BOX_STRONG = 0.3, BOX_REACH = 0.25, BOX_CELLS = 128, BOX_LEAVE = 0.25;
 
   // preprocessing._near_the_digit: the ink less what is neither joined to the strong ink (on cells of k x k
-  // pixels, 8-connected) nor within BOX_REACH of the strong ink's box
+  // pixels, 8-connected) nor within BOX_REACH of the square about the strong ink's box; all of it where more
+  // than BOX_LEAVE of what stays would leave
   function nearTheDigit(ink, gray, h, w, strongLevel) {
     const k = Math.ceil(Math.max(h, w) / BOX_CELLS), rows = Math.ceil(h / k), cols = Math.ceil(w / k);
     const cells = new Uint8Array(rows * cols), reached = new Uint8Array(rows * cols), queue = [];
@@ -631,12 +632,17 @@ const mnistPreprocess = (() => {
         }
       }
     }
-    const reach = Math.floor(BOX_REACH * (Math.max(r1 - r0, c1 - c0) + 1));
+    const side = Math.max(r1 - r0, c1 - c0) + 1, reach = Math.floor(BOX_REACH * side);
+    const top = Math.floor((r0 + r1 + 1 - side) / 2) - reach, left = Math.floor((c0 + c1 + 1 - side) / 2) - reach;
     const out = new Uint8Array(w * h);
+    let all = 0, kept = 0;
     for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
-      const near = r >= r0 - reach && r <= r1 + reach && c >= c0 - reach && c <= c1 + reach;
-      if (ink[r * w + c] && (near || reached[Math.floor(r / k) * cols + Math.floor(c / k)])) out[r * w + c] = 1;
+      if (!ink[r * w + c]) continue;
+      all++;
+      const near = r >= top && r < top + side + 2 * reach && c >= left && c < left + side + 2 * reach;
+      if (near || reached[Math.floor(r / k) * cols + Math.floor(c / k)]) { out[r * w + c] = 1; kept++; }
     }
+    if (all - kept > BOX_LEAVE * kept) return ink;  // the strong ink must be the digit
     return out;
   }
 
