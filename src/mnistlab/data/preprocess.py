@@ -544,6 +544,11 @@ def _pooled(mask: np.ndarray, k: int) -> np.ndarray:
     return np.asarray(padded.reshape(padded.shape[0] // k, k, padded.shape[1] // k, k).any(axis=(1, 3)))
 
 
+def _unpooled(cells: np.ndarray, k: int, shape: tuple[int, ...]) -> np.ndarray:
+    """_pooled's cells back at pixels: each pixel of `shape` takes its k x k cell's value."""
+    return np.repeat(np.repeat(cells, k, axis=0), k, axis=1)[:shape[0], :shape[1]]
+
+
 def _sheared(rows: int, cols: int) -> tuple[np.ndarray, int]:
     """(the bin of row 0 in each column at each slope up to RULING_SLANT [slopes, cols], how many bins): cells
     sheared so that a line of that slope lies in one row of bins."""
@@ -642,7 +647,7 @@ def without_ruling(gray: np.ndarray, floor: float, top: float) -> np.ndarray:
     cells, ruled, squared = found
     h, w = gray.shape
     k = -(-max(h, w) // RULING_CELLS)
-    on_lines = np.repeat(np.repeat(cells, k, axis=0), k, axis=1)[:h, :w]
+    on_lines = _unpooled(cells, k, gray.shape)
     level = _quantile(gray[on_lines & above], 0.5)  # never empty: the cells were found among those pixels
     if level - floor > RULING_FAINTER * (top - floor):
         return gray
@@ -704,7 +709,7 @@ def _near_the_digit(mask: np.ndarray, strong: np.ndarray) -> np.ndarray:
         if (grown == reached).all():
             break
         reached = grown
-    kept = mask & (near | np.repeat(np.repeat(reached, k, axis=0), k, axis=1)[:h, :w])
+    kept = mask & (near | _unpooled(reached, k, mask.shape))
     return mask if int(mask.sum()) - int(kept.sum()) > BOX_LEAVE * int(kept.sum()) else kept
 
 
