@@ -418,7 +418,7 @@ def test_most_photos_without_a_shadow_end_the_search_at_its_coarse_step(train_di
         return counts
 
     monkeypatch.setattr(pre, "_light_along", counted)
-    coarse, finer = 4 * pre.SHADOW_STEPS + 1, 2 * pre.SHADOW_FINER + 1
+    coarse, finer = 4 * pre.SHADOW_STEPS, 2 * pre.SHADOW_FINER + 1
     vignetted = directions_looked_at(lambda d, rng: hard.vignette_photo(d, rng)[0])
     lamp_lit = directions_looked_at(lambda d, rng: lit_photo(d, rng, tilt=80))
     shadowed = directions_looked_at(lambda d, rng: hard.shadowed_photo(d, rng)[0])

@@ -354,9 +354,9 @@ def find_shadow(gray: np.ndarray) -> tuple[int, int, int, int] | None:
         return int(np.abs(image.astype(np.int64) - light[d]).sum()), (a, b, m, d, light, pixels, lo, hi)
 
     small = sample[::2, ::2]
-    coarse = min(range(4 * SHADOW_STEPS), key=lambda i: fitted(small, i, SHADOW_STEPS)[0])
+    best, coarse = min(((fitted(small, i, SHADOW_STEPS), i) for i in range(4 * SHADOW_STEPS)), key=lambda f: f[0][0])
+    light, pixels, lo, hi = best[1][4:]
     # the coarse direction's light, held to the test with twice the slack, spares most pictures the finer search
-    light, pixels, lo, hi = fitted(small, coarse, SHADOW_STEPS)[1][4:]
     if _lit_side(light, pixels, lo, hi, slack=2) is None:
         return None
     _, (a, b, m, d, light, pixels, lo, hi) = min(

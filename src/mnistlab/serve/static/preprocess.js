@@ -209,13 +209,13 @@ const mnistPreprocess = (() => {
       return { err, a, b, m, ...f };
     };
     const [coarseImg, ch, cw] = sampled(sample, sh, sw, 2);
-    let coarse = 0, coarseErr = Infinity;
+    let coarse = 0, coarseFit = null;
     for (let i = 0; i < 4 * SHADOW_STEPS; i++) {
-      const err = fitted(coarseImg, ch, cw, i, SHADOW_STEPS).err;
-      if (err < coarseErr) [coarse, coarseErr] = [i, err];
+      const f = fitted(coarseImg, ch, cw, i, SHADOW_STEPS);
+      if (coarseFit === null || f.err < coarseFit.err) [coarse, coarseFit] = [i, f];
     }
     // the coarse direction's light, held to the test with twice the slack, spares most pictures the finer search
-    if (litSide(fitted(coarseImg, ch, cw, coarse, SHADOW_STEPS), 2) === null) return null;
+    if (litSide(coarseFit, 2) === null) return null;
     let best = null;
     for (let j = -SHADOW_FINER; j <= SHADOW_FINER; j++) {
       const f = fitted(sample, sh, sw, SHADOW_FINER * coarse + j, SHADOW_FINER * SHADOW_STEPS);
