@@ -94,8 +94,8 @@ class CorruptionReport:
         if self.no_rejected:
             lines.append(f"no 'rejected' column: {self.no_rejected}.")
         if self.rejected:
-            lines.append("rejected: the share the model calls not a digit, at its card's threshold (chosen to keep "
-                         "99% of its validation digits).")
+            lines.append("rejected: the share the model calls not a digit, at the threshold its card records (placed "
+                         "to keep nearly all of its validation digits, or refitted by a fine-tune).")
         return "\n".join(lines)
 
 
