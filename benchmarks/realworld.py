@@ -478,7 +478,8 @@ class Builder:
 
     def build(self, name: str, n: int, seed: int) -> list[tuple[bytes, int | None]]:
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        self.order = rng.permutation(len(self.labels))
+        # drawn for every set, MNIST's or not, so that a set's images are the same whichever others are built
+        self.order = rng.permutation(VAL_SIZE)
         make = getattr(self, name.replace("-", "_"))
         return [(png(img), label) for img, label in (make(rng, i) for i in range(n))]
 

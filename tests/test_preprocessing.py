@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from mnistlab import MnistlabError, load_split
+from mnistlab.data import preprocess as preprocess_module
 from mnistlab.data.preprocess import NoDigitError, center_of_mass, ink_levels, preprocess, to_gray
 
 
@@ -87,6 +88,22 @@ def test_bad_files(tmp_path, make, message):
 def test_missing_file(tmp_path):
     with pytest.raises(MnistlabError, match="no such file"):
         preprocess(tmp_path / "nope.png")
+
+
+@pytest.mark.parametrize("error, message", [
+    (FileNotFoundError(2, "No such file or directory"), "x.png: no such file (it was removed while being read)."),
+    (OSError(5, "Input/output error"), "x.png: the file could not be read (Input/output error)."),
+])
+def test_a_file_that_fails_as_it_is_read_is_not_called_damaged(tmp_path, monkeypatch, error, message):
+    path = tmp_path / "x.png"
+    path.write_bytes(png_bytes(bar_image()))
+
+    def failing(source):  # what open() raises when the file goes away after the checks, or the disk fails
+        raise error
+
+    monkeypatch.setattr(preprocess_module, "_open", failing)
+    with pytest.raises(MnistlabError, match=re.escape(message)):
+        preprocess(path)
 
 
 def test_decompression_bomb_is_refused():

@@ -49,6 +49,8 @@ def test_every_set_holds_n_labelled_pngs_the_same_for_a_seed(freefont_only, data
                 assert label in range(10), (name, label)
     assert realworld.build_suite(6, seed=3, data_dir=data_dir) == suite
     assert realworld.build_suite(6, seed=4, data_dir=data_dir, sets=["drawings"])["drawings"] != suite["drawings"]
+    for name in realworld.SETS:  # a set built alone (`--sets`) holds the images it holds among the others
+        assert realworld.build_suite(6, seed=3, data_dir=data_dir, sets=[name])[name] == suite[name], name
 
 
 def test_the_mnist_sets_come_from_the_validation_split(freefont_only, data_dir, monkeypatch):

@@ -126,7 +126,13 @@ def open_image(source: str | os.PathLike | bytes | Image.Image, name: str | None
         raise MnistlabError(f"{label}: the image is too large (over {MAX_PIXELS:,} pixels).") from None
     except UnidentifiedImageError:
         raise MnistlabError(f"{label}: not an image (or a format Pillow cannot read).") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
+    except FileNotFoundError:  # removed after the checks above
+        raise MnistlabError(f"{label}: no such file (it was removed while being read).") from None
+    except OSError as e:
+        if e.errno is None:  # Pillow's own: truncated or corrupt data
+            raise MnistlabError(f"{label}: the image is damaged or truncated ({first_line(e)}).") from None
+        raise MnistlabError(f"{label}: the file could not be read ({e.strerror or first_line(e)}).") from None
+    except (SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
         raise MnistlabError(f"{label}: the image is damaged or truncated ({first_line(e)}).") from None
     if max(img.size) > 2 * WORKING_SIDE:
         img = _reducible(img).reduce(max(img.size) // WORKING_SIDE)  # box-filtered: no digit stroke is lost
