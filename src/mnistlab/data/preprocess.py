@@ -45,7 +45,8 @@ RULING_CELLS = 128  # ruling lines are looked for among cells of about this many
 RULING_SLANT = 24  # slopes up to this many cells over RULING_CELLS (10.6 degrees), in steps of one
 RULING_FULL = 0.75  # the share of its length inside the image that a ruling line's cells hold ink in, at least
 RULING_LEAST = 48  # cells on the shorter side, at least: in a smaller image a digit's strokes are as thin as lines
-RULING_END = 2  # cells from the image's edge that a ruling line reaches, at both of its ends
+RULING_END = 8  # cells from the image's edge that a ruling line reaches, at both of its ends: a page seen at a
+# slant leaves paper beyond its lines' ends
 RULING_FAINTER = 0.85  # a page's lines are this much of the ink's height above the paper, at most
 RULING_DIGIT = 12  # cells of ink left once the lines are out, at least: a digit, not specks
 RULING_THICK = 3  # the bands of two cells that a ruling line fills, at most, one beside the next
@@ -657,16 +658,23 @@ def without_ruling(gray: np.ndarray, floor: float, top: float) -> np.ndarray:
     level = _quantile(gray[on_lines & above], 0.5)  # never empty: the cells were found among those pixels
     if level - floor > RULING_FAINTER * (top - floor):
         return gray
-    erased = on_lines & (gray <= (level + top) / 2)
-    # the digit is the ink left: there must be one, and it keeps an eighth of the image clear at both ends of the
-    # lines (a digit cropped tight across its bars, a Z-shaped 2 or a boxy 3 with a fine pen, runs to those
-    # edges; a page is seldom cropped as close)
-    left = _pooled(above & ~erased, k)
+    cleaned = np.where(on_lines & (gray <= (level + top) / 2), 0, gray).astype(np.uint8)
+    # the digit is the ink left, as its box is taken (a line's noisy pixels brighter than the cut are specks): there
+    # must be one, and it keeps an eighth of the image clear at both ends of the lines (a digit cropped tight across
+    # its bars, a Z-shaped 2 or a boxy 3 with a fine pen, runs to those edges; a page is seldom cropped as close)
+    left = _pooled(_box_ink(cleaned, floor, top), k)
     r8, c8 = cells.shape[0] // 8, cells.shape[1] // 8
     if (left.sum() < RULING_DIGIT or ruled and (left[:, :c8].sum() >= 2 or left[:, -c8:].sum() >= 2)
             or squared and (left[:r8].sum() >= 2 or left[-r8:].sum() >= 2)):
         return gray
-    return np.where(erased, 0, gray).astype(np.uint8)
+    return cleaned
+
+
+def _box_ink(gray: np.ndarray, floor: float, top: float) -> np.ndarray:
+    """The ink that makes the digit's box: above a twentieth of the way from the paper to the ink's top, less
+    isolated specks (no other ink in their 3x3 neighbourhood)."""
+    mask = gray > floor + 0.05 * (top - floor)
+    return mask & (box3(mask.astype(np.uint8)) >= 2)
 
 
 def preprocess(source, name: str | None = None) -> np.ndarray:
@@ -725,10 +733,7 @@ def _preprocess(source, name: str | None, label: str) -> np.ndarray:
         raise NoDigitError(f"{label}: no digit found (the image has no ink).")
     gray, floor, top = levels
     gray = without_ruling(gray, floor, top)
-    mask = gray > floor + 0.05 * (top - floor)
-    # isolated specks (no other ink in their 3x3 neighbourhood) do not stretch the box
-    mask &= box3(mask.astype(np.uint8)) >= 2
-    mask = _near_the_digit(mask, gray > floor + BOX_STRONG * (top - floor))
+    mask = _near_the_digit(_box_ink(gray, floor, top), gray > floor + BOX_STRONG * (top - floor))
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if not len(rows) or max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 < min(MIN_SIDE, *gray.shape):
         raise NoDigitError(f"{label}: no digit found (only specks).")

@@ -486,7 +486,7 @@ const mnistPreprocess = (() => {
   }
 
   // preprocessing.ruling_cells and without_ruling: a ruled or squared page's lines taken out of gray
-  const RULING_CELLS = 128, RULING_SLANT = 24, RULING_FULL = 0.75, RULING_LEAST = 48, RULING_END = 2;
+  const RULING_CELLS = 128, RULING_SLANT = 24, RULING_FULL = 0.75, RULING_LEAST = 48, RULING_END = 8;
   const RULING_FAINTER = 0.85, RULING_DIGIT = 12, RULING_THICK = 3;
 
   // preprocessing._lines: the lines along the rows of cells (rows x cols, row by row), each as
@@ -585,11 +585,12 @@ const mnistPreprocess = (() => {
     const level = quantile(lineInk, 0.5);
     if (level - floor > RULING_FAINTER * (top - floor)) return gray;  // lines as dark as the ink: a digit's own
     const keep = (level + top) / 2;
-    // the digit is the ink left: there must be one, clear of an eighth of the image where the lines end
-    const left = new Uint8Array(rows * cols);
+    const cleaned = gray.map((v, i) => (onLines[i] && v <= keep ? 0 : v));
+    // the digit is the ink left, as its box is taken: there must be one, clear of an eighth of the image where the
+    // lines end
+    const ink = boxInk(cleaned, h, w, floor, top), left = new Uint8Array(rows * cols);
     for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
-      const i = r * w + c;
-      if (above[i] && !(onLines[i] && gray[i] <= keep)) left[Math.floor(r / k) * cols + Math.floor(c / k)] = 1;
+      if (ink[r * w + c]) left[Math.floor(r / k) * cols + Math.floor(c / k)] = 1;
     }
     const r8 = Math.floor(rows / 8), c8 = Math.floor(cols / 8);
     let cellsLeft = 0, nearLeft = 0, nearRight = 0, nearTop = 0, nearBottom = 0;
@@ -599,7 +600,28 @@ const mnistPreprocess = (() => {
     }
     if (cellsLeft < RULING_DIGIT || (ruled && (nearLeft >= 2 || nearRight >= 2)) ||
         (squared && (nearTop >= 2 || nearBottom >= 2))) return gray;
-    return gray.map((v, i) => (onLines[i] && v <= keep ? 0 : v));
+    return cleaned;
+  }
+
+  // preprocessing._box_ink: the ink above a twentieth of the way to the top, less isolated specks (no other ink in
+  // their 3x3 neighbourhood)
+  function boxInk(gray, h, w, floor, top) {
+    const threshold = floor + 0.05 * (top - floor);
+    const mask = new Uint8Array(w * h);
+    for (let i = 0; i < w * h; i++) if (gray[i] > threshold) mask[i] = 1;
+    const kept = new Uint8Array(w * h);
+    for (let r = 0; r < h; r++) {
+      for (let c = 0; c < w; c++) {
+        if (!mask[r * w + c]) continue;
+        let n = 0;
+        for (let dr = -1; dr <= 1; dr++) for (let dc = -1; dc <= 1; dc++) {
+          const rr = r + dr, cc = c + dc;
+          if (rr >= 0 && rr < h && cc >= 0 && cc < w) n += mask[rr * w + cc];
+        }
+        if (n >= 2) kept[r * w + c] = 1;
+      }
+    }
+    return kept;
   }
 
   // preprocessing._preprocess on RGBA pixels: Uint8Array(784), or throws Error("no digit found ...")
@@ -651,22 +673,7 @@ const mnistPreprocess = (() => {
     if (levels === null || levels[2] - levels[1] < MIN_INK) throw new Error("no digit found (the image has no ink)");
     const [levelled, floor, top] = levels;
     const gray = withoutRuling(levelled, h, w, floor, top);
-    const threshold = floor + 0.05 * (top - floor);
-    const mask = new Uint8Array(w * h);
-    for (let i = 0; i < w * h; i++) if (gray[i] > threshold) mask[i] = 1;
-    const kept = new Uint8Array(w * h);  // isolated specks (no other ink in their 3x3 neighbourhood) dropped
-    for (let r = 0; r < h; r++) {
-      for (let c = 0; c < w; c++) {
-        if (!mask[r * w + c]) continue;
-        let n = 0;
-        for (let dr = -1; dr <= 1; dr++) for (let dc = -1; dc <= 1; dc++) {
-          const rr = r + dr, cc = c + dc;
-          if (rr >= 0 && rr < h && cc >= 0 && cc < w) n += mask[rr * w + cc];
-        }
-        if (n >= 2) kept[r * w + c] = 1;
-      }
-    }
-    const ink = nearTheDigit(kept, gray, h, w, floor + BOX_STRONG * (top - floor));
+    const ink = nearTheDigit(boxInk(gray, h, w, floor, top), gray, h, w, floor + BOX_STRONG * (top - floor));
     let r0 = h, r1 = -1, c0 = w, c1 = -1;
     for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
       if (ink[r * w + c]) { r0 = Math.min(r0, r); r1 = Math.max(r1, r); c0 = Math.min(c0, c); c1 = Math.max(c1, c); }
