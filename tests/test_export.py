@@ -301,3 +301,16 @@ def test_onnx_errors_without_a_message_are_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setattr(ort, "InferenceSession", fail)
     with pytest.raises(MnistlabError, match=r"not a readable ONNX model \(RuntimeError\)"):
         OnnxBackend(tmp_path / "x.onnx")
+
+
+def test_export_never_writes_over_the_model_it_exports_nor_as_a_folder(tmp_path):
+    shutil.copy(catalogue()["classic-cnn"].path, tmp_path / "m.safetensors")
+    before = (tmp_path / "m.safetensors").read_bytes()
+    for fmt in ("onnx", "pt2"):
+        with pytest.raises(MnistlabError, match="that is the model being exported"):
+            export(tmp_path / "m.safetensors", fmt, tmp_path / "m.safetensors")
+    assert (tmp_path / "m.safetensors").read_bytes() == before
+    (tmp_path / "out").mkdir()
+    proc = run_cli("export", tmp_path / "m.safetensors", tmp_path / "out")
+    assert proc.returncode == 1 and "is a folder, and --format onnx writes one file" in proc.stderr
+    assert not any((tmp_path / "out").iterdir())

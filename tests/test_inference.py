@@ -183,6 +183,21 @@ def test_predict_cli_folder_json_and_saved_inputs(trained_cnn, digit_files, tmp_
     assert len(saved) == 10 and Image.open(saved[0]).size == (28, 28)
 
 
+def test_saved_inputs_of_the_same_name_in_two_folders_are_both_kept(trained_cnn, digit_files, tmp_path):
+    one, two = sorted(digit_files.glob("*.png"))[:2]
+    for folder, image in (("a", one), ("b", two)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.png").write_bytes(image.read_bytes())
+    proc = run_cli("predict", trained_cnn, tmp_path / "a" / "x.png", tmp_path / "b" / "x.png",
+                   "--save-preprocessed", tmp_path / "seen")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "seen").iterdir()) == ["a-x.png", "b-x.png"]
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "seen" / "a-x.png")),
+                              np.asarray(Image.open(tmp_path / "seen" / "b-x.png")))
+    proc = run_cli("predict", trained_cnn, one, "--save-preprocessed", one)
+    assert proc.returncode == 1 and "is a file; --save-preprocessed takes a folder" in proc.stderr
+
+
 def test_predict_cli_errors_per_image(trained_cnn, digit_files, tmp_path):
     (tmp_path / "blank.png").write_bytes(b"")
     Image.new("L", (50, 50), 255).save(tmp_path / "white.png")

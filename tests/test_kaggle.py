@@ -56,3 +56,18 @@ def test_submission_refuses_a_labelled_csv_and_other_files(kaggle, tmp_path):
     assert not (tmp_path / "s.csv").exists()
     proc = run("predict", "robust-real", "digit.png", "--submission", tmp_path / "s.csv")
     assert proc.returncode == 1 and "give one .csv file" in proc.stderr
+
+
+def test_a_submission_never_overwrites_its_test_csv_and_test_csv_is_no_training_set(kaggle, tmp_path):
+    folder, _ = kaggle
+    env = {"MNISTLAB_CACHE": str(tmp_path / "c")}
+    before = (folder / "test.csv").read_bytes()
+    proc = run("predict", "robust-real", folder / "test.csv", "--submission", folder / "test.csv", env=env)
+    assert proc.returncode == 1 and "that is the test.csv being classified" in proc.stderr
+    assert (folder / "test.csv").read_bytes() == before
+    # read once without labels (the submission), the same file read as a training set is refused in one sentence
+    proc = run("predict", "robust-real", folder / "test.csv", "--submission", tmp_path / "s.csv", env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = run("datasets", folder / "test.csv", env=env)
+    assert proc.returncode == 1 and "train.csv (label,pixel0..pixel783) has 785" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

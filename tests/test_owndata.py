@@ -61,6 +61,21 @@ def test_duplicates_across_train_and_test_are_refused_and_reported(tmp_path):
     assert "1 test images also appear" in owndata.describe(owndata.open_dataset(tmp_path / "d"))
 
 
+def test_a_folder_of_copies_leaves_no_test_split_and_says_so(tmp_path):
+    make_folder(tmp_path / "d", {"0": 1, "1": 1})
+    for folder in (tmp_path / "d" / "0", tmp_path / "d" / "1"):  # each class: one image and 19 copies of it
+        first = next(folder.iterdir())
+        for i in range(19):
+            (folder / f"copy{i}.png").write_bytes(first.read_bytes())
+    with pytest.raises(DataError, match=r"no test split can be carved from it: .* \(38 of its 40 images are copies\)"):
+        owndata.open_dataset(tmp_path / "d").splits()
+    described = owndata.describe(owndata.open_dataset(tmp_path / "d"))
+    assert "test split: none given, and none can be carved from it" in described and "problems: 2" in described
+    proc = run("train", "--dataset", tmp_path / "d", "--epochs", "1", "--out", tmp_path / "run")
+    assert proc.returncode == 1 and "no test split can be carved" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("layout, message", [
     ({}, "no dataset here"),
     ({"0": 3, "1": 1}, "class '1' has only 1 image"),

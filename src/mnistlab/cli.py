@@ -8,6 +8,8 @@ import gc
 import json
 import os
 import sys
+from collections import Counter
+from pathlib import Path
 from typing import NoReturn
 
 from .errors import MnistlabError
@@ -508,8 +510,11 @@ def cmd_predict(args) -> int:
         raise MnistlabError(f"no images found in {', '.join(images)} "
                             f"(looked for {', '.join(COMMON_SUFFIXES)} and the {len(image_suffixes())} suffixes in all "
                             "that Pillow reads).")
+    if args.save_preprocessed and Path(args.save_preprocessed).exists() and not Path(args.save_preprocessed).is_dir():
+        raise MnistlabError(f"{args.save_preprocessed}: is a file; --save-preprocessed takes a folder.")
     # every image is read before the model is loaded: a missing file or one that is not an image is said at once
     read = [(path, pixels) for path in files if (pixels := _preprocessed(path, args.json)) is not None]
+    saved = _saved_names([path for path, _ in read]) if args.save_preprocessed else {}
     classified = 0
     if read:
         from .inference import load_model
@@ -517,7 +522,7 @@ def cmd_predict(args) -> int:
         # torch_free: a pretrained model runs on its ONNX copy where onnxruntime is installed, the same answers
         predictor = load_model(_default_model(model)[0], args.device, torch_free=True)
         _started()
-        classified = sum(_predicted(predictor, path, pixels, args) for path, pixels in read)
+        classified = sum(_predicted(predictor, path, pixels, args, saved.get(path)) for path, pixels in read)
     failed = len(files) - classified
     if failed and len(files) > 1:  # one image: its own sentence says it all
         print(f"mnistlab: {failed} of {len(files)} images could not be classified.", file=sys.stderr)
@@ -536,22 +541,29 @@ def _preprocessed(path, as_json: bool):
         return None
 
 
-def _predicted(predictor, path, pixels, args) -> bool:
+def _saved_names(paths: list[Path]) -> dict[Path, str]:
+    """The file each image's 28x28 picture is saved as: its name as a PNG, and where two images share a name (the
+    same name in two folders), its folder's name before it, and then its place in the list."""
+    stems = Counter(p.stem for p in paths)
+    names = {p: p.stem if stems[p.stem] == 1 else f"{p.parent.name}-{p.stem}" for p in paths}
+    twice = Counter(names.values())
+    return {p: f"{name}-{i}.png" if twice[name] > 1 else f"{name}.png"
+            for i, (p, name) in enumerate(names.items(), start=1)}
+
+
+def _predicted(predictor, path, pixels, args, save_as: str | None = None) -> bool:
     """Print one image's prediction (or why there is none); whether there was one."""
     try:
         pred = predictor.predict_pixels(pixels, str(path))
     except MnistlabError as e:  # a model that gives no finite answer for this image
         _failed(path, e, args.json)
         return False
-    if args.save_preprocessed:
-        from pathlib import Path
-
+    if save_as:
         from PIL import Image
 
         from .fileio import atomic_write
 
-        out = Path(args.save_preprocessed) / f"{path.stem}.png"
-        atomic_write(out, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+        atomic_write(Path(args.save_preprocessed) / save_as, lambda tmp: Image.fromarray(pixels).save(tmp, "PNG"))
     if args.json:
         print(json.dumps(pred.to_dict(args.top)))
         return True

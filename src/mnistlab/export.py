@@ -144,6 +144,10 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
                         f"({card.reject_score}) needs logits: the exported model will not reject non-digits.")
     suffix = ".int8.onnx" if int8 else SUFFIXES[fmt]
     out = Path(out) if out else Path(checkpoint).with_name(Path(checkpoint).stem + suffix)
+    if Path(checkpoint).exists() and out.exists() and out.resolve() == Path(checkpoint).resolve():
+        raise MnistlabError(f"{out}: that is the model being exported; name another file for the {fmt} export.")
+    if fmt not in ("web", "hf") and out.is_dir():
+        raise MnistlabError(f"{out}: is a folder, and --format {fmt} writes one file: give a file's name.")
     if fmt == "hf":
         return export_hf(model, checkpoint, out)
     module = _graph(model, checkpoint, fmt, probs)

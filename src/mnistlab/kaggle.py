@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.own import light_on_dark, read_csv_images
+from .errors import MnistlabError
 from .fileio import atomic_write
 from .inference import Classifier
 
@@ -34,6 +35,8 @@ def predict_csv(model: Classifier, path: str | os.PathLike) -> np.ndarray:
 
 def write_submission(model: Classifier, test_csv: str | os.PathLike, out: str | os.PathLike) -> int:
     """Write Kaggle's submission format for test.csv into `out`; the number of rows written."""
+    if Path(out).exists() and Path(out).resolve() == Path(test_csv).resolve():
+        raise MnistlabError(f"{out}: that is the test.csv being classified; name another file for the submission.")
     predicted = predict_csv(model, test_csv)
     lines = ["ImageId,Label", *(f"{i},{model.classes[k]}" for i, k in enumerate(predicted, start=1))]
     atomic_write(out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))

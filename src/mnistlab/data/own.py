@@ -89,7 +89,14 @@ class OwnDataset:
                                 f"{self._name(0, i)} and {self._name(1, j)}); remove them so that the held-out "
                                 "figures are honest.")
             return self.train, self.test, False
-        return *stratified_split(*self.train, HELD_OUT), True
+        train, test = stratified_split(*self.train, HELD_OUT)
+        if not len(test[1]):
+            n = len(self.train[1])
+            copies = n - len({_digest(img) for img in self.train[0]})
+            raise DataError(f"{self.source}: no test split can be carved from it: every image that would be held out "
+                            f"is an exact copy of one left to train on ({copies} of its {n} images are copies); add "
+                            "distinct images, or give a test split.")
+        return train, test, True
 
     def _name(self, part: int, i: int) -> str:
         names = self.names[part]
@@ -292,7 +299,7 @@ def read_csv_images(path: Path, labelled: bool) -> tuple[np.ndarray, np.ndarray 
     """Kaggle's train.csv (label,pixel0..pixel783) or test.csv (pixel0..pixel783): uint8 images and the
     labels (None for test.csv), as they are (no polarity check); cached by the file's content."""
     key = _file_digest(path)
-    cached = cache_dir() / f"csv-{key}.npz"
+    cached = cache_dir() / f"csv-{key}{'' if labelled else '-unlabelled'}.npz"  # a file is read either way
     if cached.is_file():
         with np.load(cached) as z:
             return z["images"], (z["labels"] if "labels" in z else None)
@@ -594,13 +601,13 @@ def describe(ds: OwnDataset) -> str:
     problems = list(ds.notes)
     try:
         train, test, carved = ds.splits()
-    except DataError as e:  # duplicates across the given splits: shown, and the counts still given
+    except DataError as e:  # duplicates across the given splits, or none to carve: shown, the counts still given
         problems.append(str(e))
-        train, test, carved = ds.train, ds.test, False  # type: ignore[assignment]  # (test may be None here)
+        train, test, carved = ds.train, ds.test, ds.test is None  # type: ignore[assignment]  # (test may be None)
     repeated = len(train[1]) - len({_digest(img) for img in train[0]})
     if repeated:
         problems.append(f"{repeated} training images are exact copies of others (harmless, but they count twice).")
-    held = ("its own test split" if not carved else
+    held = ("its own test split" if not carved else "none given, and none can be carved from it" if test is None else
             f"none given: {len(test[1])} images carved from it ({HELD_OUT:.0%} of each class, stratified, the same "
             "every run) are its test split")
     lines = [f"{ds.source}: {FORMATS[ds.format]}, {len(ds.classes)} classes, {len(train[1])} training images; "
@@ -608,7 +615,7 @@ def describe(ds: OwnDataset) -> str:
     width = max(5, *map(len, ds.classes))
     lines.append(f"  {'class':<{width}}  {'train':>6}  {'test':>6}")
     train_counts = np.bincount(train[1], minlength=len(ds.classes))
-    test_counts = np.bincount(test[1], minlength=len(ds.classes))
+    test_counts = np.bincount(test[1] if test is not None else [], minlength=len(ds.classes))
     for name, a, b in zip(ds.classes, train_counts, test_counts):
         lines.append(f"  {name:<{width}}  {a:>6}  {b:>6}")
     if ds.unlabelled:
