@@ -3,7 +3,7 @@
     python benchmarks/realworld.py [--model robust-real] [--n 500] [--seed 0] [--sets printed,edge,...]
                                    [--data-dir ../shared/data] [--json PATH] [--save-images DIR]
 
-Ten sets of `--n` images each, made here from a seed, as PNG files. Each file takes the path of
+Eleven sets of `--n` images each, made here from a seed, as PNG files. Each file takes the path of
 `mnistlab predict FILE`: preprocessing of the file's bytes, then the model with its reject threshold.
 Each image ends in one of four outcomes: accepted and right, accepted and wrong, rejected ("not a
 digit") or unreadable ("no digit found": preprocessing raised NoDigitError).
@@ -26,6 +26,8 @@ digit") or unreadable ("no digit found": preprocessing raised NoDigitError).
 - lined: handwritten (MNIST validation) and printed digits on ruled or squared paper, as in an
   exercise book: light blue, grey or dark lines, spaced about a digit's height, half of the pages
   then photographed.
+- fine-pens: the drawings' digits written with a pen of 1-3 px on pages 150-800 px tall (a drawing
+  program's finest brush, a fine pen scanned): strokes under a tenth of a pixel at 20 px.
 - non-digits: letters (not O, o, I, l, i), symbols, scribbles and shapes, in the suite's fonts and
   drawn: the share rejected is the score.
 
@@ -91,7 +93,7 @@ NEVER_READ = ("dejavu", "liberation", "urw", "nimbus", "base35", "gsfonts", "tex
               "noto", "roboto", "opensans", "open-sans", "plex", "klee", "kristi", "rufscript", "sjfonts", "purisa",
               "tlwg", "yozvox", "yozfont")
 SETS = ("printed", "handwriting-fonts", "mnist-tight", "mnist-small", "mnist-pens", "drawings", "photos", "edge",
-        "lined", "non-digits")
+        "lined", "fine-pens", "non-digits")
 NON_DIGIT_SETS = ("non-digits",)
 OUTCOMES = ("right", "wrong", "rejected", "unreadable")
 VAL_SIZE = 5000  # the validation split of every shipped model and of the benchmarks
@@ -542,6 +544,14 @@ class Builder:
     def drawings(self, rng: np.random.Generator, i: int):
         forms = DIGITS[i % 10]
         return drawing(rng, forms[rng.integers(len(forms))], tall=i % 10 != 1), i % 10
+
+    def fine_pens(self, rng: np.random.Generator, i: int):
+        forms = DIGITS[i % 10]
+        strokes, pen = pen_strokes(forms[rng.integers(len(forms))], rng), int(rng.integers(1, 4))
+        height = int(rng.integers(150, 801))
+        width = max(pen, round(pen + aspect(strokes) * (height - pen)))
+        ink = stroke_ink(strokes, width, height, pen)
+        return on_paper(ink, margins(rng, ink, 0.05, 0.5), *paper_and_pen(rng, plain=0.8)), i % 10
 
     def photos(self, rng: np.random.Generator, i: int):
         label = i % 10

@@ -300,6 +300,21 @@ def test_hard_photos_are_read_as_plain_ones(train_digits, maker):
     assert np.median(likeness) > 0.95 and min(likeness) > least, likeness
 
 
+@pytest.mark.parametrize("side, pen", [(400, 1), (800, 2), (1200, 3)])
+def test_a_fine_pen_on_a_large_page_is_read(side, pen):
+    """A pen a few pixels wide on a large page (a drawing program's finest brush, a scan of a fine pen): at 20 px
+    its strokes are a tenth of a pixel wide, and they would fade to nothing; they are brought back to full ink."""
+    from mnistlab import load_model
+    from mnistlab_testkit.hard_inputs import pen_digit
+
+    model = load_model("robust-real")
+    for digit in range(10):
+        pixels = preprocess(png_bytes(pen_digit(digit, side, pen)))
+        assert pixels.max() == 255, digit
+        pred = model.predict_pixels(pixels)
+        assert pred.label == str(digit) and not pred.rejected, (digit, pred.label, pred.rejected)
+
+
 def test_a_page_seen_at_a_slant_loses_its_lines(train_digits):
     """A ruled or squared page whose lines stop 2-6.5% short of its edges, as paper seen at a slant runs on beyond
     them, under a camera's noise. Where the lines are found whole they leave, and the noise they leave behind is

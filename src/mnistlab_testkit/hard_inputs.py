@@ -35,6 +35,31 @@ def eight_along_the_top(brush: int) -> list:
     return [upper, lower]
 
 
+def _ring(cx: float, cy: float, rx: float, ry: float) -> list:
+    return [(cx + rx * np.sin(a), cy - ry * np.cos(a)) for a in np.linspace(0, 2 * np.pi, 40)]
+
+
+# each digit as a pen writes it, in a unit square: its strokes, each a list of (x, y) points
+PEN_DIGITS = {
+    0: [_ring(0.5, 0.5, 0.22, 0.38)],
+    1: [[(0.42, 0.2), (0.55, 0.1), (0.55, 0.9)]],
+    2: [[(0.28, 0.28), (0.38, 0.13), (0.55, 0.1), (0.7, 0.18), (0.72, 0.33), (0.3, 0.88), (0.75, 0.88)]],
+    3: [[(0.3, 0.15), (0.68, 0.15), (0.48, 0.45), (0.66, 0.55), (0.7, 0.72), (0.58, 0.87), (0.4, 0.89), (0.28, 0.8)]],
+    4: [[(0.62, 0.9), (0.62, 0.1), (0.25, 0.65), (0.78, 0.65)]],
+    5: [[(0.7, 0.12), (0.35, 0.12), (0.32, 0.45), (0.55, 0.42), (0.7, 0.55), (0.7, 0.75), (0.55, 0.88), (0.3, 0.85)]],
+    6: [[(0.65, 0.12), (0.45, 0.25), (0.32, 0.5), (0.32, 0.75), (0.45, 0.88), (0.62, 0.85), (0.68, 0.68), (0.55, 0.55),
+         (0.4, 0.57), (0.32, 0.68)]],
+    7: [[(0.28, 0.12), (0.74, 0.12), (0.42, 0.9)]],
+    8: [_ring(0.5, 0.3, 0.17, 0.19), _ring(0.5, 0.7, 0.21, 0.2)],
+    9: [[(0.68, 0.35), (0.55, 0.5), (0.38, 0.45), (0.33, 0.3), (0.45, 0.13), (0.62, 0.15), (0.68, 0.35), (0.6, 0.9)]],
+}
+
+
+def pen_digit(label: int, side: int, pen: int) -> Image.Image:
+    """A digit written with a pen `pen` px wide on a white page `side` px a side (PEN_DIGITS)."""
+    return strokes_image([[(x * side, y * side) for x, y in s] for s in PEN_DIGITS[label]], pen, (side, side))
+
+
 def with_margin(strokes, brush: int) -> tuple[Image.Image, Image.Image]:
     """(the strokes on the 280 px pad, the same strokes with 40 px of paper around them)."""
     return strokes_image(strokes, brush), strokes_image(strokes, brush, (360, 360), (40, 40))

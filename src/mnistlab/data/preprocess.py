@@ -41,6 +41,7 @@ BOX_STRONG, BOX_REACH, BOX_CELLS, BOX_LEAVE = 0.3, 0.25, 128, 0.25
 OUTSIDE = 256  # above any level: a running median's place beyond the full bins (_light_along)
 MIN_SIDE = 4  # pixels a digit's ink spans at least, unless the image is smaller: less is dust
 MIN_INK = 8  # grey levels above the paper's noise that ink stands out by, at least
+THIN_PEAK = 0.5  # a digit whose brightest pixel at 20 px is fainter was drawn with a pen finer than a pixel there
 RULING_CELLS = 128  # ruling lines are looked for among cells of about this many a side, any ink making a cell ink
 RULING_SLANT = 24  # slopes up to this many cells over RULING_CELLS (10.6 degrees), in steps of one
 RULING_FULL = 0.75  # the share of its length inside the image that a ruling line's cells hold ink in, at least
@@ -746,6 +747,9 @@ def _preprocess(source, name: str | None, label: str) -> np.ndarray:
     small = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0),
                        dtype=np.float32)
     small = np.clip(small, 0, 1)
+    peak = small.max()
+    if 0 < peak < THIN_PEAK:  # a fine pen's strokes fade as the image shrinks: brought back to full ink
+        small = small / peak
     if small.sum() <= 0:
         raise NoDigitError(f"{label}: no digit found (the ink vanishes at 20 pixels).")
     cy, cx = center_of_mass(small)

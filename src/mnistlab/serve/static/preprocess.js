@@ -60,7 +60,7 @@ const mnistPreprocess = (() => {
   }
 
   // preprocessing._tile_medians: [u, v, median] of each tile, u and v in half-tile units from the centre
-  const LIGHT_TILT = 8, LIGHT_TILES = 8, LIGHT_ROUNDS = 10, MIN_INK = 8, MIN_SIDE = 4;
+  const LIGHT_TILT = 8, LIGHT_TILES = 8, LIGHT_ROUNDS = 10, MIN_INK = 8, MIN_SIDE = 4, THIN_PEAK = 0.5;
   function tileMedians(a, h, w) {
     const tiles = [];
     for (let i = 0; i < LIGHT_TILES; i++) {
@@ -689,6 +689,8 @@ const mnistPreprocess = (() => {
     const scale = 20.0 / Math.max(ch, cw);
     const sw = Math.max(1, roundHalfEven(cw * scale)), sh = Math.max(1, roundHalfEven(ch * scale));
     const small = resizeLanczos(crop, cw, ch, sw, sh).map((v) => Math.min(1, Math.max(0, v)));
+    const peak = small.reduce((a, v) => Math.max(a, v), 0);
+    if (peak > 0 && peak < THIN_PEAK) for (let i = 0; i < small.length; i++) small[i] = small[i] / peak;  // a fine pen
     let total = 0, my = 0, mx = 0;
     for (let r = 0; r < sh; r++) for (let c = 0; c < sw; c++) {
       const v = small[r * sw + c];
