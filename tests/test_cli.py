@@ -169,7 +169,7 @@ def test_help_and_onnx_predictions_import_no_torch(tmp_path):
     (["--batch-size", "0"], "--batch-size: must be a positive whole number", 2),
     (["--augment", "[1]"], "--augment: must be a JSON object", 2),
     (["--lr", "-1"], "--lr: must be a positive finite number", 2),
-    (["--batch-size", "abc"], "--batch-size: invalid", 2),
+    (["--batch-size", "abc"], "--batch-size: must be a positive whole number, not abc", 2),
     (["--model", "resnet"], "invalid choice: 'resnet'", 2),
     (["--dataset", "cifar"], "invalid choice: 'cifar'", 2),
     # mnistlab's own (exit 1, one sentence)
@@ -188,6 +188,9 @@ def test_help_and_onnx_predictions_import_no_torch(tmp_path):
     *[([flag, value], f"{flag} must be a finite number", 1) for flag in ("--momentum", "--weight-decay")
       for value in ("nan", "inf")],
     (["--epochs", "1e300"], "--epochs 1e+300 is more than", 1),
+    (["--momentum", "5"], "--momentum must lie in [0, 1), not 5.0", 1),
+    (["--epochs", "abc"], "argument --epochs: must be a positive finite number, not abc", 2),
+    (["--processes", "2", "--init", "classic-cnn"], "fine-tuning (--init) runs in one", 1),
 ])
 def test_absurd_and_contradictory_train_flags_are_refused_before_anything_is_written(fake_data, tmp_path, flags,
                                                                                      message, code):
@@ -217,9 +220,21 @@ def test_resume_flags_on_the_command_line(fake_data, tmp_path):
                        "--lr 0.01 differs from the resumed run's 0.1")
     assert_clean_error(run("train", "--resume", ckpt, "--preset", "fast", "--data-dir", fake_data),
                        "--preset starts a new run; it cannot be combined with --resume")
+    # its last checkpoint, "resumed" into another folder, would train nothing
+    assert_clean_error(run("train", "--resume", ckpt, "--out", tmp_path / "elsewhere", "--data-dir", fake_data),
+                       "this run is finished")
+    assert not (tmp_path / "elsewhere").exists()
     proc = run("train", "--resume", ckpt, "--epochs", "2", "--data-dir", fake_data, "--no-report")
     assert proc.returncode == 0, proc.stderr
     assert [e["epoch"] for e in read_run_events(tmp_path / "run") if e["event"] == "epoch"] == [1, 2]
+
+
+def test_a_dry_run_takes_the_epochs_and_images_given():
+    proc = run("train", "--dry-run", "--epochs", "2", "--train-limit", "100", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    assert "epochs = 2.0" in proc.stdout and "train_limit = 100" in proc.stdout
+    proc = run("train", "--dry-run", "--print-config")
+    assert "\nepochs = 1\n" in proc.stdout and "train_limit = 640" in proc.stdout
 
 
 def test_the_library_refuses_what_the_cli_refuses(tmp_path):

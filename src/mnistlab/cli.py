@@ -33,22 +33,30 @@ class _Parser(argparse.ArgumentParser):
             self._inside = False
 
 
+def _number(kind, s: str, what: str):
+    """s as int or float, or argparse's error in words (its own names the parsing function)."""
+    try:
+        return kind(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, not {s}") from None
+
+
 def _positive_int(s: str) -> int:
-    v = int(s)
+    v = _number(int, s, "a positive whole number")
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, not {s}")
     return v
 
 
 def _nonneg_int(s: str) -> int:
-    v = int(s)
+    v = _number(int, s, "a whole number, 0 or more")
     if v < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, not {s}")
     return v
 
 
 def _positive_float(s: str) -> float:
-    v = float(s)
+    v = _number(float, s, "a positive finite number")
     if not 0 < v < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive finite number, not {s}")
     return v
@@ -197,7 +205,7 @@ def _train_hardware_flags(g, d) -> None:
 def _train_run_flags(g, d) -> None:
     g.add_argument("--val-size", type=_nonneg_int,
                    help=f"images held out of training for validation (default: {d.val_size})")
-    g.add_argument("--train-limit", type=_nonneg_int, help="train on only the first N images (default: all)")
+    g.add_argument("--train-limit", type=_nonneg_int, help="train on only the first N images (default, and 0: all)")
     g.add_argument("--log-interval", type=_positive_int,
                    help=f"print the running loss every N steps (default: {d.log_interval})")
     g.add_argument("--eval-every", type=_positive_int,
@@ -219,7 +227,8 @@ def _train_run_flags(g, d) -> None:
 
 
 def _train_output_flags(g, d) -> None:
-    g.add_argument("--dry-run", action="store_true", help="a quick smoke run: 1 epoch on 640 images")
+    g.add_argument("--dry-run", action="store_true",
+                   help="a quick smoke run: 1 epoch on 640 images (unless --epochs or --train-limit say otherwise)")
     g.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
     g.add_argument("--no-report", action="store_true",
                    help="skip the PNG plots and HTML report that are otherwise drawn in the background at the end "
@@ -265,6 +274,8 @@ def _presets_help(presets: dict) -> str:
 def cmd_train(args) -> int:
     from .launch import run_ranks
 
+    if (args.processes or 1) > 1 and args.init:
+        raise MnistlabError("--processes trains a new run on several processes; fine-tuning (--init) runs in one.")
     if (args.processes or 1) > 1 and not launched() and not args.print_config:
         return run_ranks(args.processes, args.argv, args.threads or 0)  # each rank runs this command again
     from .training.config import RunConfig
@@ -296,8 +307,8 @@ def cmd_train(args) -> int:
                                 "combined with --resume (a resumed run keeps its recipe).")
         _print_timings(args, train(resume=args.resume, changes=given, **common))
         return 0
-    if args.dry_run:
-        given |= dict(epochs=1, train_limit=640, log_interval=5)
+    if args.dry_run:  # what it sets, unless given
+        given = dict(epochs=1, train_limit=640, log_interval=5) | given
     cfg = _new_config(options["preset"], given)
     if args.print_config:
         from .training.tomlconfig import config_toml

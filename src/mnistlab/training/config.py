@@ -91,6 +91,8 @@ class RunConfig:
             raise MnistlabError(f"--epochs {self.epochs} is more than the {MAX_EPOCHS:,} mnistlab allows.")
         if not 0 <= self.ema < 1:
             raise MnistlabError(f"--ema must lie in [0, 1), not {self.ema}.")
+        if not 0 <= self.momentum < 1:  # at 1 or more, each step adds to all the ones before: training diverges
+            raise MnistlabError(f"--momentum must lie in [0, 1), not {self.momentum}.")
         if not 0 < self.warmup < 1 or not 0 <= self.label_smoothing < 1:
             raise MnistlabError("--warmup must lie strictly between 0 and 1, --label-smoothing in [0, 1).")
         for name in ("momentum", "weight_decay", "val_size", "train_limit", "threads", "outlier_exposure"):

@@ -55,10 +55,14 @@ def check_steps_left(path: Path, cfg: RunConfig, done: int, total_steps: int, ru
     """A resumed run must have steps left to train: --epochs may not end before the checkpoint, and a
     finished run (the model.pt in `run_dir`, the folder it writes to, records the whole schedule trained)
     is not trained or saved again, from whichever of its checkpoints: an earlier one would train the
-    same steps again and overwrite model.pt."""
+    same steps again and overwrite model.pt. Nor is its last checkpoint "resumed" into another folder (the
+    model.pt beside it records the whole schedule too): no step would be trained."""
     if done > total_steps:
         raise MnistlabError(f"--epochs {cfg.epochs:g} ends before {path}, which has trained {done} of the run's steps.")
     model = run_dir / "model.pt"
+    if done == total_steps:  # a last checkpoint, whose own run saved its weights: nothing is left to train
+        own = (path if path.is_dir() else path.parent) / "model.pt"
+        model = max((model, own), key=_steps_saved)
     if _steps_saved(model) >= total_steps:
         further = ("a one-cycle run cannot be lengthened, so start a new run with more --epochs"
                    if cfg.schedule == "onecycle" else f"to train it further, resume with --epochs above {cfg.epochs:g}")
