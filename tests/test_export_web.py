@@ -207,8 +207,10 @@ def test_the_static_page_keeps_corrections_and_downloads_them_as_a_dataset_zip(s
             page.click("#clear")
             draw(page, [[(x, 40), (x, 240)]])
             page.wait_for_function("document.getElementById('prediction').textContent !== ''", timeout=20000)
-            page.click("#correct button[data-label='7']")
+            page.dblclick("#correct button[data-label='7']")  # a double-click keeps the drawing once
         page.wait_for_function("document.getElementById('correct-note').textContent.includes('2 corrections')")
+        page.wait_for_timeout(500)
+        assert "2 corrections" in page.locator("#correct-note").text_content()
         page.reload()  # kept in the browser across a reload
         page.wait_for_function("document.body.dataset.ready === 'true'", timeout=60000)
         with page.expect_download() as download:

@@ -68,6 +68,9 @@ def save_correction(folder: Path, label: str, classes: tuple[str, ...], body: by
         buf = io.BytesIO()
         Image.open(io.BytesIO(body)).save(buf, format="PNG")
         body, suffix = buf.getvalue(), ".png"
+    for kept in (folder / label).glob(f"*{suffix}"):  # the same drawing sent twice (a double-click) is kept once
+        if kept.read_bytes() == body:
+            return kept
     name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
     seen_png = io.BytesIO()
     Image.fromarray(np.asarray(seen, dtype=np.uint8)).save(seen_png, format="PNG")
@@ -178,8 +181,9 @@ class FineTune:
         code = process.wait()
         if not swapped:
             errors = [ln.removeprefix("mnistlab: error: ") for ln in status["lines"] if "error:" in ln]
+            how = "it was stopped from outside" if code < 0 else "it gave no reason"
             self._finish(status, {"state": "failed", "error": errors[-1] if errors else
-                                  f"the fine-tune stopped (exit code {code}); the served model is unchanged."})
+                                  f"the fine-tune ended before it saved a model ({how})."})
 
     def _swapped(self, out: Path) -> dict:
         """Serve the model the child saved in `out`; its status, done or failed."""

@@ -55,7 +55,7 @@ except ImportError:  # httptools is not installed: h11 it is
 log = logging.getLogger("mnistlab.serve.server")
 REQUEST_TIMEOUT = 10.0  # seconds a client has to send a request's headers, and then its body
 BACKLOG = 1024
-BODY, UPLOAD = "request body", "uploaded file"  # the names a request's image goes by: its prediction's "source"
+BODY, UPLOAD, PIXELS = "request body", "uploaded file", "pixels"  # a request's image's names: its answer's "source"
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -67,7 +67,7 @@ def _said(e: MnistlabError) -> str:
     request's image has none but the one given here ("request body: no digit found …"), which means nothing
     to whoever sent the image, or drew it on the page: it is left out."""
     label, sep, rest = str(e).partition(": ")
-    return rest if sep and label in (BODY, UPLOAD) else str(e)
+    return rest if sep and label in (BODY, UPLOAD, PIXELS) else str(e)
 
 
 class Guard:
@@ -279,7 +279,7 @@ async def _read(request, ctype: str, model):
     explain = request.query_params.get("explain", "0") not in ("", "0", "false")
     if ctype == "application/json":
         body = await request.body()
-        return lambda: model.predict_pixels(_pixels(body), "pixels", explain=explain)
+        return lambda: model.predict_pixels(_pixels(body), PIXELS, explain=explain)
     if ctype == "multipart/form-data":
         upload = await _uploaded_file(request)
         return lambda: model.predict(upload, name=UPLOAD, explain=explain)
@@ -295,9 +295,13 @@ def _pixels(body: bytes):
     import numpy as np
 
     try:
-        pixels = np.asarray(json.loads(body)["pixels"], dtype=np.float64)
+        given = json.loads(body)["pixels"]
+        numbers = np.asarray(given).dtype.kind in "iuf"  # not strings such as "255", nor true and false
+        pixels = np.asarray(given, dtype=np.float64)
     except Exception:  # ValueError, TypeError, KeyError, OverflowError, RecursionError, ...
-        raise MnistlabError("the JSON must be an object {\"pixels\": 28x28 array of numbers 0-255}.") from None
+        numbers = False
+    if not numbers:
+        raise MnistlabError("the JSON must be an object {\"pixels\": 28x28 array of numbers 0-255}.")
     return pixels
 
 

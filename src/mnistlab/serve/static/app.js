@@ -238,14 +238,16 @@ document.addEventListener("keydown", (e) => {
 
 // "Wrong? It's a …": the drawing (as sent) and the 28x28 image the model saw are kept for fine-tuning
 let collecting = false;
+let corrected = null;  // the answer last corrected, and its label: a double-click keeps the drawing once
 async function correct(label) {
   const note = $("correct-note");
-  if (!answer || !source) return;
+  if (!answer || !source || (corrected && corrected.answer === answer && corrected.label === label)) return;
+  corrected = {answer, label};
   try {
     const blob = source.file || await new Promise((done) => source.canvas.toBlob(done, "image/png"));
     note.textContent = await engine.correct(label, blob, answer);
     if (engine.download) $("download").hidden = false;
-  } catch (err) { note.textContent = err.message || String(err); }
+  } catch (err) { corrected = null; note.textContent = err.message || String(err); }
 }
 
 // "Fine-tune on my digits" (mnistlab serve --collect): the server trains in a child process; this page polls it

@@ -136,8 +136,10 @@ window.mnistlabEngine = (() => {
     // Corrections stay in this browser (localStorage, or memory where it is full or off) until downloaded
     // as a zip in the folder layout: <label>/<name>.png, the drawing; <label>/seen/<name>.png, the 28x28 image.
     async correct(label, blob, answer) {
+      const png = await dataURL(blob), seen = await dataURL(await seenPNG(answer.preprocessed));
+      // named once the awaits are over: two corrections made at once get two names
       const name = `${new Date().toISOString().replace(/\D/g, "").slice(0, 14)}-${corrections.length + 1}`;
-      corrections.push({label, name, png: await dataURL(blob), seen: await dataURL(await seenPNG(answer.preprocessed))});
+      corrections.push({label, name, png, seen});
       try { localStorage.setItem(STORE, JSON.stringify(corrections)); } catch (err) { /* kept in memory */ }
       return `Kept in this browser: ${corrections.length} correction${corrections.length === 1 ? "" : "s"}; ` +
              "download them as a zip for mnistlab train --init … --dataset.";
