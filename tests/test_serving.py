@@ -521,6 +521,18 @@ def test_a_failure_is_said_in_plain_words_the_same_on_both_pages(either_page, tm
         page.set_input_files("#upload", str(thin))
         assert message(page, "thin.png") == (
             "thin.png: the image is 400x10, too thin to hold a digit (at most 20 times longer than wide).")
+        noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200), dtype=np.uint8))
+        for name, image, cut, said in (
+                ("empty.png", None, 0, "empty.png: the file is empty."),
+                ("cut.png", noise, 300, "cut.png: the image is damaged or truncated"),
+                ("bomb.png", Image.new("1", (20000, 20000)), None,
+                 "bomb.png: the image is too large (over 16,777,216 pixels).")):
+            buf = io.BytesIO()
+            if image is not None:
+                image.save(buf, format="PNG")
+            (tmp_path / name).write_bytes(buf.getvalue()[:cut])
+            page.set_input_files("#upload", str(tmp_path / name))
+            assert message(page, name).startswith(said), message(page, name)
 
 
 def seen_ink(page) -> int:
