@@ -552,7 +552,7 @@ def test_a_failure_clears_the_picture_of_what_the_model_saw(either_page):
         assert seen_ink(page) == 0  # an empty frame, not the 7 of the answer before
 
 
-def test_nothing_moves_when_a_drawing_is_rejected_unsure_or_fails(either_page):
+def test_nothing_moves_when_a_drawing_is_rejected_unsure_or_fails(either_page, tmp_path):
     parts = ("#pad", "section[aria-label=answer]", "#prediction", "#seen", "#bars")
     with browser_page(either_page) as page:
         # the verdict is the engine's own answer, marked rejected or unsure here: this tests the layout, not the model
@@ -570,10 +570,19 @@ def test_nothing_moves_when_a_drawing_is_rejected_unsure_or_fails(either_page):
                                    timeout=20000)
             assert (page.locator("#nearest").text_content() != "") == (state != "plain")
             boxes[state] = [page.locator(part).bounding_box() for part in parts]
+        if page.locator("#correct-box").is_visible():  # a first correction (the static page: its download button)
+            page.click("#correct button[data-label='1']")
+            page.wait_for_function("document.getElementById('correct-note').textContent !== ''")
+            boxes["corrected"] = [page.locator(part).bounding_box() for part in parts]
         page.fill("#brush", "40")
         draw(page, FILLED)
         message(page)
         boxes["failed"] = [page.locator(part).bounding_box() for part in parts]
+        long = tmp_path / ("my scanned homework page number three from the notebook, with a few extra words" + ".png")
+        long.write_bytes(b"not a picture at all")
+        page.set_input_files("#upload", str(long))
+        message(page, "my scanned")
+        boxes["a long failure"] = [page.locator(part).bounding_box() for part in parts]
     assert all(b == boxes["plain"] for b in boxes.values()), boxes
 
 

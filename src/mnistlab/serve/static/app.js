@@ -68,7 +68,8 @@ function noAnswer(message) {
 // the file's type is not an image's).
 function failure(err, what) {
   const reason = (err.message || String(err)).replace(/\.?$/, ".");
-  const file = what.file ? what.file.name : "";
+  const name = what.file ? what.file.name : "";  // a long one shortened: the message keeps to its three lines
+  const file = name.length > 40 ? `${name.slice(0, 24)}…${name.slice(-14)}` : name;
   if (/no digit found/i.test(reason)) {
     return file ? `No digit found in ${file}: use a picture of one digit whose strokes stand out from the paper.`
       : "No digit found: draw one digit, with a darker or thicker stroke and white space around it.";
