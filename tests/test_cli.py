@@ -199,6 +199,18 @@ def test_absurd_and_contradictory_train_flags_are_refused_before_anything_is_wri
     assert not (tmp_path / "run").exists()
 
 
+def test_predict_says_when_a_model_name_is_mistyped_or_a_second_model_given(tmp_path):
+    from PIL import Image
+
+    bar = Image.new("L", (40, 40), 255)
+    bar.paste(0, (17, 5, 23, 35))
+    bar.save(tmp_path / "bar.png")
+    assert_clean_error(run("predict", "classic-cnn", "robust-real", tmp_path / "bar.png"),
+                       "robust-real is a model too: predict takes one model, before the images")
+    assert_clean_error(run("predict", "robust-rea", tmp_path / "bar.png"),
+                       "robust-rea: no such file, nor a pretrained model (those are: robust-real")
+
+
 def test_predict_refuses_a_missing_device_and_an_empty_folder(trained_cnn, tmp_path):
     from PIL import Image
 

@@ -294,7 +294,11 @@ def cmd_train(args) -> int:
         if args.timings:
             raise MnistlabError("--timings times a training run's parts, which fine-tuning (--init) does not "
                                 "record: leave it out.")
-        return _finetune(args, given, options)
+        try:
+            return _finetune(args, given, options)
+        except KeyboardInterrupt:  # it writes its folder only once it is done
+            print("mnistlab: interrupted: the fine-tune kept nothing.", file=sys.stderr)
+            return 130
     if args.init_head or args.recipe:
         given_flag = "--init-head" if args.init_head else "--recipe"
         raise MnistlabError(f"{given_flag} is for fine-tuning: give --init MODEL too.")
@@ -600,13 +604,17 @@ def _model_and_images(inputs: list[str]) -> tuple[list[str], list[str]]:
     """The first input is the model when it is a pretrained name, a model file (.pt, .pt2,
     .safetensors, .onnx) or a folder in the Hugging Face layout."""
     from .inference import is_model_path
-    from .pretrained import catalogue
+    from .pretrained import catalogue, is_name
 
-    first = inputs[0]
-    if first in catalogue() or is_model_path(first):
+    first, names = inputs[0], catalogue()
+    if first in names or is_model_path(first):
         if len(inputs) == 1:
             raise MnistlabError(f"{first} is a model: give the images to classify after it.")
+        if later := next((i for i in inputs[1:] if i in names and not os.path.exists(i)), None):
+            raise MnistlabError(f"{later} is a model too: predict takes one model, before the images.")
         return [first], inputs[1:]
+    if is_name(first) and not os.path.exists(first):  # a word, not a file: a model's name mistyped
+        raise MnistlabError(f"{first}: no such file, nor a pretrained model (those are: {', '.join(names)}).")
     return [], inputs
 
 

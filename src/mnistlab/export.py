@@ -129,9 +129,10 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
         raise MnistlabError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'.")
     if int8 and fmt != "onnx":
         raise MnistlabError("--int8 applies to ONNX export only.")
-    if (probs and fmt in ("web", "hf")) or (runtime and fmt != "web"):
-        raise MnistlabError("--runtime applies to --format web only, and the web page and the Hugging Face folder "
-                            "take logits, not --probs.")
+    if probs and fmt in ("web", "hf"):
+        raise MnistlabError("the web page and the Hugging Face folder take logits: leave out --probs.")
+    if runtime and fmt != "web":
+        raise MnistlabError("--runtime applies to --format web only.")
     if fmt in ("onnx", "web"):
         _require_onnx()
     if fmt == "torchscript":
