@@ -130,8 +130,11 @@ def test_download_checks_md5_and_renames_into_place(tmp_path, file_server):
     assert dest.read_bytes() == (src / name).read_bytes()
     with pytest.raises(DataError, match="md5"):
         data.download_file([url + name], tmp_path / "dl2" / name, "0" * 32)
-    assert not (tmp_path / "dl2" / name).exists()
-    assert not list((tmp_path / "dl2").iterdir())  # no partial file left behind
+    assert not (tmp_path / "dl2").exists()  # no partial file left behind, nor the folder it made for it
+    (tmp_path / "kept").mkdir()  # a folder that was there stays
+    with pytest.raises(DataError, match="md5"):
+        data.download_file([url + name], tmp_path / "kept" / "a" / "b" / name, "0" * 32)
+    assert (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())
 
 
 def test_epoch_order_is_seeded_and_reshuffled():

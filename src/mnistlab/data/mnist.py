@@ -4,6 +4,7 @@ A split is read by name or path through data.own's `load_split`."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -219,6 +220,7 @@ def download_file(urls: list[str], dest: Path, md5: str, timeout: float = 15.0) 
     """Fetch the first mirror that answers into a temp file, check md5, rename into place."""
     import urllib.request  # here: most runs never download, and the import is not free
 
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # deepest first
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for url in urls:
@@ -238,6 +240,9 @@ def download_file(urls: list[str], dest: Path, md5: str, timeout: float = 15.0) 
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    for folder in made:  # a failed download leaves no empty folders behind
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     raise DataError(f"could not download {dest.name} ({'; '.join(errors)}).")
 
 
