@@ -315,6 +315,29 @@ def test_a_fine_pen_on_a_large_page_is_read(side, pen):
         assert pred.label == str(digit) and not pred.rejected, (digit, pred.label, pred.rejected)
 
 
+@pytest.mark.parametrize("side, inset, width", [(280, 5, 4), (280, 0, 3), (280, 2, 2), (400, 10, 6), (600, 20, 8)])
+def test_a_digit_in_a_drawn_frame_is_read_as_without_it(side, inset, width):
+    """A frame around the digit, as a form's box or a border draws it, is not the digit's: it leaves, and the digit
+    inside gives the 28x28 image it gives on the page without the frame. (The old code read 0-5 of the 10.)"""
+    from mnistlab_testkit.hard_inputs import framed
+
+    for digit in range(10):
+        boxed, plain = framed(digit, side, inset, width)
+        assert np.array_equal(preprocess(png_bytes(boxed)), preprocess(png_bytes(plain))), digit
+
+
+def test_a_box_drawn_as_the_digit_keeps_its_ink():
+    """A 0 drawn as a box, and a boxy 8 from edge to edge: no ink apart inside them, so nothing leaves."""
+    from mnistlab_testkit.hard_inputs import strokes_image
+
+    zero = strokes_image([[(40, 20), (240, 20), (240, 260), (40, 260), (40, 20)]], 12)
+    eight = strokes_image([[(8, 8), (272, 8), (272, 272), (8, 272), (8, 8)], [(8, 140), (272, 140)]], 12)
+    for image in (zero, eight):
+        ink = (preprocess(png_bytes(image)) > 0).sum(axis=0)  # each column's ink
+        first, last = np.flatnonzero(ink)[[0, -1]]
+        assert ink[first] >= 15 and ink[last] >= 15  # both of its sides are there, whole
+
+
 def test_a_page_seen_at_a_slant_loses_its_lines(train_digits):
     """A ruled or squared page whose lines stop 2-6.5% short of its edges, as paper seen at a slant runs on beyond
     them, under a camera's noise. Where the lines are found whole they leave, and the noise they leave behind is

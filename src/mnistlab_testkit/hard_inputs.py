@@ -60,6 +60,16 @@ def pen_digit(label: int, side: int, pen: int) -> Image.Image:
     return strokes_image([[(x * side, y * side) for x, y in s] for s in PEN_DIGITS[label]], pen, (side, side))
 
 
+def framed(label: int, side: int, inset: int, width: int) -> tuple[Image.Image, Image.Image]:
+    """(a pen digit in the middle 70% of a page, inside a frame drawn `inset` px from the page's edge with a line
+    `width` px wide, as a form's box holds it; the same page without the frame)."""
+    page = Image.new("RGB", (side, side), "white")
+    page.paste(pen_digit(label, side, max(3, side // 20)).resize((int(side * 0.7),) * 2), (int(side * 0.15),) * 2)
+    boxed = page.copy()
+    ImageDraw.Draw(boxed).rectangle([inset, inset, side - 1 - inset, side - 1 - inset], outline="black", width=width)
+    return boxed, page
+
+
 def with_margin(strokes, brush: int) -> tuple[Image.Image, Image.Image]:
     """(the strokes on the 280 px pad, the same strokes with 40 px of paper around them)."""
     return strokes_image(strokes, brush), strokes_image(strokes, brush, (360, 360), (40, 40))

@@ -38,6 +38,7 @@ SHADOW_TILES = 3  # of the sample's LIGHT_TILES ** 2 tiles, at least this many i
 # strong ink's side of the square about it stays; ink is joined on cells of at most this many a side; nothing
 # leaves where more than this share of the ink that stays would
 BOX_STRONG, BOX_REACH, BOX_CELLS, BOX_LEAVE = 0.3, 0.25, 128, 0.25
+FRAME_SIDES = 0.75  # of each side of a frame's box, the share its ink runs along, at least
 OUTSIDE = 256  # above any level: a running median's place beyond the full bins (_light_along)
 MIN_SIDE = 4  # pixels a digit's ink spans at least, unless the image is smaller: less is dust
 MIN_INK = 8  # grey levels above the paper's noise that ink stands out by, at least
@@ -718,14 +719,50 @@ def _near_the_digit(mask: np.ndarray, strong: np.ndarray) -> np.ndarray:
         return mask  # all the ink is near the strong ink (most images, at once)
     h, w = mask.shape
     k = -(-max(h, w) // BOX_CELLS)
-    cells, reached = _pooled(mask, k), _pooled(strong, k)
-    while True:  # grown a cell at a time through the ink's cells, until nothing more is reached
-        grown = (box3(reached.astype(np.uint8)) > 0) & cells
-        if (grown == reached).all():
-            break
-        reached = grown
+    reached = _joined(_pooled(mask, k), _pooled(strong, k))
     kept = mask & (near | _unpooled(reached, k, mask.shape))
     return mask if int(mask.sum()) - int(kept.sum()) > BOX_LEAVE * int(kept.sum()) else kept
+
+
+def _joined(cells: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The cells joined to the seed's through cells (8 ways): grown a cell at a time until nothing more is reached."""
+    reached = seed & cells
+    while True:
+        grown = (box3(reached.astype(np.uint8)) > 0) & cells
+        if (grown == reached).all():
+            return reached
+        reached = grown
+
+
+def _without_frame(mask: np.ndarray) -> np.ndarray:
+    """mask less a frame drawn around the digit (a form's box, a border): the ink joined to the image's outer
+    eighth, on cells of BOX_CELLS a side at most, where it is a thin rectangle's outline (every cell of it within a
+    sixteenth of its box's side of the box's edge, and its ink along FRAME_SIDES of each side) and other ink, not
+    joined to it, lies inside (RULING_DIGIT cells at least). A digit drawn as a box, a boxy 8 from edge to edge,
+    or a ruled page's grid has no such outline with ink apart inside it, and keeps all its ink."""
+    h, w = mask.shape
+    k = -(-max(h, w) // BOX_CELLS)
+    cells = _pooled(mask, k)
+    band = max(1, min(cells.shape) // 8)
+    edges = (np.s_[:band], np.s_[-band:], np.s_[:, :band], np.s_[:, -band:])
+    if not all(cells[edge].any() for edge in edges):
+        return mask  # a frame has ink along all four edges (most images have not: at once)
+    ring = np.zeros_like(cells)
+    for edge in edges:
+        ring[edge] = True
+    outer = _joined(cells, ring)
+    if (cells & ~outer).sum() < RULING_DIGIT:
+        return mask
+    ys, xs = np.nonzero(outer)
+    y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+    thick = max(2, min(y1 - y0, x1 - x0) // 16)
+    if np.minimum(np.minimum(ys - y0, y1 - ys), np.minimum(xs - x0, x1 - xs)).max() > thick:
+        return mask
+    sides = (outer[y0:y0 + thick + 1, x0:x1 + 1].any(0), outer[max(0, y1 - thick):y1 + 1, x0:x1 + 1].any(0),
+             outer[y0:y1 + 1, x0:x0 + thick + 1].any(1), outer[y0:y1 + 1, max(0, x1 - thick):x1 + 1].any(1))
+    if min(side.mean() for side in sides) < FRAME_SIDES:
+        return mask
+    return mask & ~_unpooled(outer, k, mask.shape)
 
 
 def _preprocess(source, name: str | None, label: str) -> np.ndarray:
@@ -734,7 +771,7 @@ def _preprocess(source, name: str | None, label: str) -> np.ndarray:
         raise NoDigitError(f"{label}: no digit found (the image has no ink).")
     gray, floor, top = levels
     gray = without_ruling(gray, floor, top)
-    mask = _near_the_digit(_box_ink(gray, floor, top), gray > floor + BOX_STRONG * (top - floor))
+    mask = _near_the_digit(_without_frame(_box_ink(gray, floor, top)), gray > floor + BOX_STRONG * (top - floor))
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if not len(rows) or max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 < min(MIN_SIDE, *gray.shape):
         raise NoDigitError(f"{label}: no digit found (only specks).")

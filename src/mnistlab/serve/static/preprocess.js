@@ -625,7 +625,7 @@ const mnistPreprocess = (() => {
   }
 
   // preprocessing._preprocess on RGBA pixels: Uint8Array(784), or throws Error("no digit found ...")
-  const BOX_STRONG = 0.3, BOX_REACH = 0.25, BOX_CELLS = 128, BOX_LEAVE = 0.25;
+  const BOX_STRONG = 0.3, BOX_REACH = 0.25, BOX_CELLS = 128, BOX_LEAVE = 0.25, FRAME_SIDES = 0.75;
 
   // preprocessing._near_the_digit: the ink less what is neither joined to the strong ink (on cells of k x k
   // pixels, 8-connected) nor within BOX_REACH of the square about the strong ink's box; all of it where more
@@ -668,12 +668,61 @@ const mnistPreprocess = (() => {
     return out;
   }
 
+  // preprocessing._without_frame: the ink less the ink joined to the image's outer eighth (on cells, 8 ways) where
+  // it is a thin rectangle's outline, along FRAME_SIDES of each side, with other ink apart inside it
+  function withoutFrame(ink, h, w) {
+    const k = Math.ceil(Math.max(h, w) / BOX_CELLS), rows = Math.ceil(h / k), cols = Math.ceil(w / k);
+    const cells = new Uint8Array(rows * cols), outer = new Uint8Array(rows * cols), queue = [];
+    for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
+      if (ink[r * w + c]) cells[Math.floor(r / k) * cols + Math.floor(c / k)] = 1;
+    }
+    const band = Math.max(1, Math.floor(Math.min(rows, cols) / 8));
+    let top = false, bottom = false, left = false, right = false;
+    for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) {
+      if (!cells[y * cols + x]) continue;
+      top ||= y < band; bottom ||= y >= rows - band; left ||= x < band; right ||= x >= cols - band;
+      if (y < band || y >= rows - band || x < band || x >= cols - band) { outer[y * cols + x] = 1; queue.push(y * cols + x); }
+    }
+    if (!(top && bottom && left && right)) return ink;
+    while (queue.length) {  // the cells of ink joined to the outer eighth's
+      const cell = queue.pop(), cr = Math.floor(cell / cols), cc = cell % cols;
+      for (let dr = -1; dr <= 1; dr++) for (let dc = -1; dc <= 1; dc++) {
+        const rr = cr + dr, c2 = cc + dc, next = rr * cols + c2;
+        if (rr >= 0 && rr < rows && c2 >= 0 && c2 < cols && cells[next] && !outer[next]) {
+          outer[next] = 1;
+          queue.push(next);
+        }
+      }
+    }
+    let inside = 0, y0 = rows, y1 = -1, x0 = cols, x1 = -1;
+    for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) {
+      const i = y * cols + x;
+      if (cells[i] && !outer[i]) inside++;
+      if (outer[i]) { y0 = Math.min(y0, y); y1 = Math.max(y1, y); x0 = Math.min(x0, x); x1 = Math.max(x1, x); }
+    }
+    if (inside < RULING_DIGIT) return ink;
+    const thick = Math.max(2, Math.floor(Math.min(y1 - y0, x1 - x0) / 16));
+    const along = [new Uint8Array(x1 - x0 + 1), new Uint8Array(x1 - x0 + 1),
+                   new Uint8Array(y1 - y0 + 1), new Uint8Array(y1 - y0 + 1)];  // top, bottom, left, right
+    for (let y = y0; y <= y1; y++) for (let x = x0; x <= x1; x++) {
+      if (!outer[y * cols + x]) continue;
+      if (Math.min(y - y0, y1 - y, x - x0, x1 - x) > thick) return ink;  // not an outline
+      if (y <= y0 + thick) along[0][x - x0] = 1;
+      if (y >= y1 - thick) along[1][x - x0] = 1;
+      if (x <= x0 + thick) along[2][y - y0] = 1;
+      if (x >= x1 - thick) along[3][y - y0] = 1;
+    }
+    if (along.some((side) => side.reduce((a, v) => a + v, 0) < FRAME_SIDES * side.length)) return ink;
+    return ink.map((v, i) => (v && !outer[Math.floor(Math.floor(i / w) / k) * cols + Math.floor((i % w) / k)] ? 1 : 0));
+  }
+
   function fromRGBA(rgba, w, h) {
     const levels = inkLevels(toGray(rgba, w * h), h, w);
     if (levels === null || levels[2] - levels[1] < MIN_INK) throw new Error("no digit found (the image has no ink)");
     const [levelled, floor, top] = levels;
     const gray = withoutRuling(levelled, h, w, floor, top);
-    const ink = nearTheDigit(boxInk(gray, h, w, floor, top), gray, h, w, floor + BOX_STRONG * (top - floor));
+    const ink = nearTheDigit(withoutFrame(boxInk(gray, h, w, floor, top), h, w), gray, h, w,
+                             floor + BOX_STRONG * (top - floor));
     let r0 = h, r1 = -1, c0 = w, c1 = -1;
     for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
       if (ink[r * w + c]) { r0 = Math.min(r0, r); r1 = Math.max(r1, r); c0 = Math.min(c0, c); c1 = Math.max(c1, c); }
