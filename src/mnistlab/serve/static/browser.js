@@ -109,8 +109,8 @@ window.mnistlabEngine = (() => {
     // in preprocessing.py's words: the page says the same for the same file, whichever engine answers
     if (!source.file.size) throw new Error("the file is empty");
     const head = new Uint8Array(await source.file.slice(0, 24).arrayBuffer());
-    const starts = (...bytes) => bytes.every((b, i) => head[i] === b);
-    if (starts(0x89, 0x50, 0x4e, 0x47) && head.length === 24) {  // a PNG's size, from its header, before decoding
+    const starts = (...bytes) => bytes.every((b, i) => head[i] === b), png = starts(0x89, 0x50, 0x4e, 0x47);
+    if (png && head.length === 24) {  // a PNG's size, from its header, before decoding
       const view = new DataView(head.buffer), pw = view.getUint32(16), ph = view.getUint32(20);
       if (pw * ph > 2 * MAX_PIXELS) {  // where Pillow's guard refuses it at once
         throw new Error(`the image is too large (over ${MAX_PIXELS.toLocaleString("en")} pixels)`);
@@ -120,7 +120,7 @@ window.mnistlabEngine = (() => {
       }
     }
     const bitmap = await createImageBitmap(source.file).catch(() => {
-      const image = starts(0x89, 0x50, 0x4e, 0x47) || starts(0xff, 0xd8) || starts(0x47, 0x49, 0x46) ||
+      const image = png || starts(0xff, 0xd8) || starts(0x47, 0x49, 0x46) ||
         starts(0x42, 0x4d) || (starts(0x52, 0x49, 0x46, 0x46) && String.fromCharCode(...head.slice(8, 12)) === "WEBP");
       if (image) throw new Error("the image is damaged or truncated");
       if (starts(0x49, 0x49, 0x2a, 0) || starts(0x4d, 0x4d, 0, 0x2a)) {

@@ -627,6 +627,22 @@ const mnistPreprocess = (() => {
   // preprocessing._preprocess on RGBA pixels: Uint8Array(784), or throws Error("no digit found ...")
   const BOX_STRONG = 0.3, BOX_REACH = 0.25, BOX_CELLS = 128, BOX_LEAVE = 0.25, FRAME_SIDES = 0.75;
 
+  // preprocessing._joined: `reached` (cells marked 1, the same listed in `queue`) grown, 8 ways, through the ink's
+  // cells until nothing more is reached
+  function joined(cells, reached, queue, rows, cols) {
+    while (queue.length) {
+      const cell = queue.pop(), cr = Math.floor(cell / cols), cc = cell % cols;
+      for (let dr = -1; dr <= 1; dr++) for (let dc = -1; dc <= 1; dc++) {
+        const rr = cr + dr, c2 = cc + dc, next = rr * cols + c2;
+        if (rr >= 0 && rr < rows && c2 >= 0 && c2 < cols && cells[next] && !reached[next]) {
+          reached[next] = 1;
+          queue.push(next);
+        }
+      }
+    }
+    return reached;
+  }
+
   // preprocessing._near_the_digit: the ink less what is neither joined to the strong ink (on cells of k x k
   // pixels, 8-connected) nor within BOX_REACH of the square about the strong ink's box; all of it where more
   // than BOX_LEAVE of what stays would leave
@@ -644,16 +660,7 @@ const mnistPreprocess = (() => {
       }
     }
     if (r1 < 0) return ink;
-    while (queue.length) {  // the cells of ink joined to the strong ink's
-      const cell = queue.pop(), cr = Math.floor(cell / cols), cc = cell % cols;
-      for (let dr = -1; dr <= 1; dr++) for (let dc = -1; dc <= 1; dc++) {
-        const rr = cr + dr, c2 = cc + dc, next = rr * cols + c2;
-        if (rr >= 0 && rr < rows && c2 >= 0 && c2 < cols && cells[next] && !reached[next]) {
-          reached[next] = 1;
-          queue.push(next);
-        }
-      }
-    }
+    joined(cells, reached, queue, rows, cols);  // the cells of ink joined to the strong ink's
     const side = Math.max(r1 - r0, c1 - c0) + 1, reach = Math.floor(BOX_REACH * side);
     const top = Math.floor((r0 + r1 + 1 - side) / 2) - reach, left = Math.floor((c0 + c1 + 1 - side) / 2) - reach;
     const out = new Uint8Array(w * h);
@@ -684,16 +691,7 @@ const mnistPreprocess = (() => {
       if (y < band || y >= rows - band || x < band || x >= cols - band) { outer[y * cols + x] = 1; queue.push(y * cols + x); }
     }
     if (!(top && bottom && left && right)) return ink;
-    while (queue.length) {  // the cells of ink joined to the outer eighth's
-      const cell = queue.pop(), cr = Math.floor(cell / cols), cc = cell % cols;
-      for (let dr = -1; dr <= 1; dr++) for (let dc = -1; dc <= 1; dc++) {
-        const rr = cr + dr, c2 = cc + dc, next = rr * cols + c2;
-        if (rr >= 0 && rr < rows && c2 >= 0 && c2 < cols && cells[next] && !outer[next]) {
-          outer[next] = 1;
-          queue.push(next);
-        }
-      }
-    }
+    joined(cells, outer, queue, rows, cols);  // the cells of ink joined to the outer eighth's
     let inside = 0, y0 = rows, y1 = -1, x0 = cols, x1 = -1;
     for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) {
       const i = y * cols + x;
