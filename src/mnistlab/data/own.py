@@ -91,11 +91,9 @@ class OwnDataset:
             return self.train, self.test, False
         train, test = stratified_split(*self.train, HELD_OUT)
         if not len(test[1]):
-            n = len(self.train[1])
-            copies = n - len({_digest(img) for img in self.train[0]})
             raise DataError(f"{self.source}: no test split can be carved from it: every image that would be held out "
-                            f"is an exact copy of one left to train on ({copies} of its {n} images are copies); add "
-                            "distinct images, or give a test split.")
+                            f"is an exact copy of one left to train on ({_copies(self.train[0])} of its "
+                            f"{len(self.train[1])} images are copies); add distinct images, or give a test split.")
         return train, test, True
 
     def _name(self, part: int, i: int) -> str:
@@ -279,6 +277,11 @@ def stratified_split(images: np.ndarray, labels: np.ndarray, share: float):
         if _digest(images[i]) in kept:
             mask[i] = False
     return (images[~mask], labels[~mask]), (images[mask], labels[mask])
+
+
+def _copies(images: np.ndarray) -> int:
+    """How many of the images are exact copies of another one of them."""
+    return len(images) - len({_digest(img) for img in images})
 
 
 def _digest(img: np.ndarray) -> bytes:
@@ -604,7 +607,7 @@ def describe(ds: OwnDataset) -> str:
     except DataError as e:  # duplicates across the given splits, or none to carve: shown, the counts still given
         problems.append(str(e))
         train, test, carved = ds.train, ds.test, ds.test is None  # type: ignore[assignment]  # (test may be None)
-    repeated = len(train[1]) - len({_digest(img) for img in train[0]})
+    repeated = _copies(train[0])
     if repeated:
         problems.append(f"{repeated} training images are exact copies of others (harmless, but they count twice).")
     held = ("its own test split" if not carved else "none given, and none can be carved from it" if test is None else

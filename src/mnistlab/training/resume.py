@@ -59,11 +59,11 @@ def check_steps_left(path: Path, cfg: RunConfig, done: int, total_steps: int, ru
     model.pt beside it records the whole schedule too): no step would be trained."""
     if done > total_steps:
         raise MnistlabError(f"--epochs {cfg.epochs:g} ends before {path}, which has trained {done} of the run's steps.")
-    model = run_dir / "model.pt"
+    saved = [run_dir / "model.pt"]
     if done == total_steps:  # a last checkpoint, whose own run saved its weights: nothing is left to train
-        own = (path if path.is_dir() else path.parent) / "model.pt"
-        model = max((model, own), key=_steps_saved)
-    if _steps_saved(model) >= total_steps:
+        saved.append((path if path.is_dir() else path.parent) / "model.pt")
+    model = next((m for m in dict.fromkeys(saved) if _steps_saved(m) >= total_steps), None)  # each read once
+    if model is not None:
         further = ("a one-cycle run cannot be lengthened, so start a new run with more --epochs"
                    if cfg.schedule == "onecycle" else f"to train it further, resume with --epochs above {cfg.epochs:g}")
         raise MnistlabError(f"{path}: this run is finished (its --epochs {cfg.epochs:g} trained, its weights saved in "
