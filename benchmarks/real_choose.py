@@ -167,6 +167,14 @@ Its first scoring pooled the suite's lined pages, added since round 16, whose ga
 gives the shipped model 1.518 again. real-deep-none was not eligible (33 of the 45 bars against 36), nor would the
 ECE part have chosen it: 2 of the 18 robust sets over 3% against 6, but the lined pages' ECE rose from 4.5% to 8.6%.
 The shipped model stays (BENCHMARKS.md).
+
+Round 18 (`--round 18`): outlier exposure's loss by energy (`outlier_loss="energy"`, heads.OUTLIER_LOSSES). Round
+17 kept the class probabilities of a doubtful digit from being flattened by a head of its own; this keeps one head
+and changes the outliers' loss: squared hinges push the digits' logsumexp up past one margin and the outliers' down
+past another, so that a doubtful training digit is pulled towards the digits and an outlier's probabilities are left
+free. A probe (the shipped model fine-tuned two epochs with it, against two epochs of its own loss, on validation
+digits under MNIST-C's overlays: seen) moved their ECE from 8-9% to about 2%. Round 8's recipe with it, from the
+start (real-deep-energy), scored beside the shipped model by round 17's rule, fixed before it was scored.
 """
 
 import argparse
@@ -212,10 +220,11 @@ ROUND_9 = {"real-deep-k3": dict(augment={**ROBUST_AUGMENT, "pixel_share": 0.35, 
 ROUND_10 = {"real-deep-oe25": dict(outlier_exposure=0.25)}
 ROUND_16 = {"real-deep-1-s2": dict(seed=2)}  # the recipe as robust-real has it, another seed: a measurement
 ROUND_17 = {"real-deep-none": dict(head="none-class")}  # "not a digit" as an 11th output, apart from the classes
+ROUND_18 = {"real-deep-energy": dict(outlier_loss="energy")}  # the outliers' loss by energy, not uniform
 ROUNDS = {1: CANDIDATES, 2: ROUND_2, 3: ROUND_3, 4: ROUND_4, 5: ROUND_5, 6: ROUND_6, 7: ROUND_7, 8: ROUND_8,
-          9: ROUND_9, 10: ROUND_10, 16: ROUND_16, 17: ROUND_17}
+          9: ROUND_9, 10: ROUND_10, 16: ROUND_16, 17: ROUND_17, 18: ROUND_18}
 LATER = (ROUND_2 | ROUND_3 | ROUND_4 | ROUND_5 | ROUND_6 | ROUND_7 | ROUND_8
-         | ROUND_9 | ROUND_10 | ROUND_16 | ROUND_17)  # candidates on the robust-real recipe
+         | ROUND_9 | ROUND_10 | ROUND_16 | ROUND_17 | ROUND_18)  # candidates on the robust-real recipe
 REJECT_SHARE = 0.02
 GATES = {"clean": 0.993, "non_digits": 0.93}
 # The suite's digit sets that the threshold's pool holds: those of rounds 1-16. The lined pages, added to the suite
@@ -330,7 +339,7 @@ def eligible(r: dict, shipped: dict, round_: int) -> bool:
     """Round 2's, 3's, 5's, 6's, 7's, 8's, 9's or 10's gates (the module docstring)."""
     clean = r["clean_correct"] / r["clean_total"] >= GATES["clean"]
     outliers = r["outliers_rejected"] >= GATES["non_digits"]
-    if round_ in (10, 17):
+    if round_ in (10, 17, 18):
         return eligible(r, shipped, 7) and r["non_digits_rejected"] >= 0.95
     if round_ == 9:
         return eligible(r, shipped, 7) and r["non_digits_rejected"] >= shipped["non_digits_rejected"] - 0.01
@@ -441,7 +450,7 @@ def main() -> None:
                                                 if s["ece"] is not None))
             if r["bars_read"] is not None:
                 print(f"{name}: {r['bars_read']} of {len(plain_ones)} plain bars read as 1")
-        rule = {4: 3, 16: 10}.get(args.round, args.round)
+        rule = {4: 3, 16: 10, 18: 17}.get(args.round, args.round)
         able = {n: r for n, r in results.items() if n in LATER and eligible(r, shipped, rule)}
         chosen = choice(able, shipped, rule) or "robust-real (shipped)"
         chosen = "nothing (a measurement)" if args.round == 16 else chosen

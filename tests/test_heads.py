@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mnistlab.card import ModelCard
-from mnistlab.heads import HEADS, head_of
+from mnistlab.heads import ENERGY_MARGINS, HEADS, head_of
 
 T = 1.7
 
@@ -78,6 +78,9 @@ def test_losses_are_the_formulas():
     assert torch.allclose(none_class.loss(z, y, 0.0, 0.5), none[inside].mean() + 0.5 * none[~inside].mean())
     uniform = -F.log_softmax(z[~inside], 1).mean(1).mean()  # cross-entropy against the uniform distribution
     assert torch.allclose(softmax.loss(z, y, 0.0, 0.5), F.cross_entropy(z[inside], y[inside]) + 0.5 * uniform)
+    lse, (digits_least, outliers_most) = torch.logsumexp(z, 1), ENERGY_MARGINS  # energy: two squared hinges
+    energy = (F.relu(digits_least - lse[inside]) ** 2).mean() + (F.relu(lse[~inside] - outliers_most) ** 2).mean()
+    assert torch.allclose(softmax.loss(z, y, 0.0, 0.5, "energy"), F.cross_entropy(z[inside], y[inside]) + 0.5 * energy)
     plain = torch.tensor([3, 1, 4, 1, 5, 9])
     assert torch.equal(softmax.loss(z, plain, 0.1), F.cross_entropy(z, plain, label_smoothing=0.1))
     smoothed = F.one_hot(plain, 10).float() * 0.9 + 0.01

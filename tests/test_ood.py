@@ -339,6 +339,18 @@ def test_the_outlier_families_flag_is_checked(tmp_path):
     assert proc.returncode != 0 and "not clothes" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_the_outlier_loss_flag_is_checked():
+    assert RunConfig(outlier_exposure=0.5, outlier_loss="energy").validate().outlier_loss == "energy"
+    for fields in ({"outlier_loss": "energy"}, {"outlier_loss": "energy", "outlier_exposure": 0.5, "head": "sigmoid"}):
+        with pytest.raises(MnistlabError, match="a softmax head's loss for the outliers of --outlier-exposure"):
+            RunConfig(**fields).validate()  # never silently ignored
+    with pytest.raises(MnistlabError, match="--outlier-loss must be one of uniform, energy, not 'hinge'"):
+        RunConfig(outlier_exposure=0.5, outlier_loss="hinge").validate()
+    shown = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--print-config", "--outlier-exposure", "0.5",
+                            "--outlier-loss", "energy"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "energy" in shown.stdout, shown.stderr
+
+
 def test_eval_corruptions_counts_the_rejected(rejecting, data_dir):
     from mnistlab.data.corruptions import corrupt
     from mnistlab.robustness import evaluate_corruptions

@@ -173,6 +173,10 @@ def _train_reject_flags(g, d) -> None:
     g.add_argument("--outlier-families", metavar="NAMES",
                    help="the outlier families that --outlier-exposure draws, comma-separated, from characters, "
                         "scribbles, noise, fashion and lettering (default: the first four)")
+    g.add_argument("--outlier-loss", choices=("uniform", "energy"),
+                   help="how --outlier-exposure pulls its outliers from the digits: to the uniform distribution "
+                        "(default), or energy: the digits' logsumexp up and the outliers' down, each past a margin, "
+                        "leaving an outlier's class probabilities free (softmax only)")
     g.add_argument("--synthetic-digits", type=float, metavar="SHARE",
                    help="replace this share of each training batch by digits rendered from fonts, in many sizes, "
                         "weights and slants (mnist only; default: 0, off)")

@@ -48,6 +48,17 @@ def logsumexp(z: np.ndarray) -> np.ndarray:
     return m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
 
 
+# How outlier exposure's outliers are pulled away from the digits (--outlier-loss). uniform (Hendrycks et al. 2019):
+# an outlier's target is the uniform distribution. energy (Liu et al. 2020; softmax only): squared hinges on
+# logsumexp(z), the score "not a digit" reads, up for a digit under ENERGY_MARGINS[0] and down for an outlier over
+# ENERGY_MARGINS[1], so that a doubtful digit is pulled towards the digits and an outlier's class probabilities are
+# left free rather than flattened.
+OUTLIER_LOSSES = ("uniform", "energy")
+# The shipped model's logsumexp is 3.5 at the lowest quarter of the validation digits; its outliers sit at log(10),
+# where the uniform target leaves every logit near 0.
+ENERGY_MARGINS = (3.5, 1.5)
+
+
 def _scaled(logits: np.ndarray, temperature: float) -> np.ndarray:
     return np.asarray(logits, dtype=np.float64) / temperature
 
@@ -86,26 +97,32 @@ class Head:
     # ---- torch: training, evaluation, export ----
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0,
-             outlier_weight: float = 0.0) -> torch.Tensor:
+             outlier_weight: float = 0.0, outlier_loss: str = "uniform") -> torch.Tensor:
         """The training loss of a batch. Labels of -1 mark outliers (outlier exposure): their loss, times
-        `outlier_weight`, pulls the head towards "none of these" (`_losses`). Masks, not indexing: shapes stay
-        fixed for a CUDA graph."""
+        `outlier_weight`, pulls the head towards "none of these" (`_losses`; OUTLIER_LOSSES). Masks, not
+        indexing: shapes stay fixed for a CUDA graph."""
         import torch.nn.functional as F
 
         if not outlier_weight:  # no outliers: plain cross-entropy
             return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        return self._loss_with_outliers(logits, y, label_smoothing, outlier_weight)
+        return self._loss_with_outliers(logits, y, label_smoothing, outlier_weight, outlier_loss)
 
     def _loss_with_outliers(self, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float,
-                            outlier_weight: float) -> torch.Tensor:
+                            outlier_weight: float, outlier_loss: str = "uniform") -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
         logits = logits.float()
         inside = (y >= 0).float()
+        outside = 1 - inside
         per, away = self._losses(logits, y, inside, label_smoothing)
         loss = (per * inside).sum() / inside.sum().clamp(min=1)
-        if outlier_weight:
-            outside = 1 - inside
-            loss = loss + outlier_weight * (away * outside).sum() / outside.sum().clamp(min=1)
-        return loss
+        if outlier_loss == "energy":  # softmax only (RunConfig.validate)
+            lse = torch.logsumexp(logits, 1)
+            digits_low = F.relu(ENERGY_MARGINS[0] - lse) ** 2
+            loss = loss + outlier_weight * (digits_low * inside).sum() / inside.sum().clamp(min=1)
+            away = F.relu(lse - ENERGY_MARGINS[1]) ** 2
+        return loss + outlier_weight * (away * outside).sum() / outside.sum().clamp(min=1)
 
     def _losses(self, logits: torch.Tensor, y: torch.Tensor, inside: torch.Tensor,
                 label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +158,7 @@ class SigmoidHead(Head):
     name = "sigmoid"
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0,
-             outlier_weight: float = 0.0) -> torch.Tensor:
+             outlier_weight: float = 0.0, outlier_loss: str = "uniform") -> torch.Tensor:
         return self._loss_with_outliers(logits, y, label_smoothing, outlier_weight)
 
     def _losses(self, logits: torch.Tensor, y: torch.Tensor, inside: torch.Tensor,
@@ -192,7 +209,7 @@ class NoneClassHead(Head):
         return bool(reject_score)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0,
-             outlier_weight: float = 0.0) -> torch.Tensor:
+             outlier_weight: float = 0.0, outlier_loss: str = "uniform") -> torch.Tensor:
         return self._loss_with_outliers(logits, y, label_smoothing, outlier_weight)
 
     def _losses(self, logits: torch.Tensor, y: torch.Tensor, inside: torch.Tensor,

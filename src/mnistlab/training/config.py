@@ -11,6 +11,7 @@ from typing import Any
 from ..card import HEADS, RENAMED_MODELS
 from ..data.outliers import DEFAULT_FAMILIES, FAMILIES, check_families, family_names
 from ..errors import MnistlabError
+from ..heads import OUTLIER_LOSSES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 MAX_THREADS = 256  # torch.set_num_threads(10000) crashed the process
@@ -52,6 +53,8 @@ class RunConfig:
     outlier_exposure: float = 0.0
     # which of the outliers' families it draws (FAMILIES), comma-separated
     outlier_families: str = "characters,scribbles,noise,fashion"
+    # how the outliers are pulled from the digits (heads.OUTLIER_LOSSES): to the uniform distribution, or energy
+    outlier_loss: str = "uniform"
     # the share of each training batch replaced by digits rendered from fonts (mnistlab.data.synthetic), mnist only
     synthetic_digits: float = 0.0
     # the share of the clean validation digits that the "not a digit" threshold keeps (needs val_size)
@@ -109,6 +112,12 @@ class RunConfig:
         if self.calibrate != "clean" and not self.val_size:
             raise MnistlabError(f"calibrate '{self.calibrate}' fits the temperature on the validation split: "
                                 "give --val-size.")
+        if self.outlier_loss not in OUTLIER_LOSSES:
+            raise MnistlabError(f"--outlier-loss must be one of {', '.join(OUTLIER_LOSSES)}, "
+                                f"not '{self.outlier_loss}'.")
+        if self.outlier_loss != "uniform" and (self.head != "softmax" or not self.outlier_exposure):
+            raise MnistlabError(f"--outlier-loss {self.outlier_loss} is a softmax head's loss for the outliers of "
+                                "--outlier-exposure: give --outlier-exposure, and no other --head.")
         if self.head == "none-class" and not self.outlier_exposure:
             raise MnistlabError("--head none-class learns its 'none' output from outliers: give --outlier-exposure.")
         if self.outlier_exposure and self.dataset != "mnist":

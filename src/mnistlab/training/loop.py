@@ -543,7 +543,8 @@ def start(cfg: RunConfig | None, out, resume, data_dir, progress, changes: dict)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     step = (GraphedStep if graphed else EagerStep)(ddp_model, opt, amp_dtype(cfg.precision, device),
-                                                   cfg.label_smoothing, head_of(cfg.head), cfg.outlier_exposure)
+                                                   cfg.label_smoothing, head_of(cfg.head), cfg.outlier_exposure,
+                                                   cfg.outlier_loss)
     with clock.part("data"):  # the rendered outliers and font digits are data too
         outliers, synthetic = outlier_batches(cfg, data, data_dir), synthetic_batches(cfg, data, log)
     run = Run(cfg=cfg, card=card, model=model, ema=ema, opt=opt, sched=sched, step=step,

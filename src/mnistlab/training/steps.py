@@ -18,13 +18,14 @@ from ..heads import Head
 class EagerStep:
     """forward, backward, optimiser step; returns (loss, number correct) as device tensors."""
 
-    def __init__(self, model, opt, amp, label_smoothing: float, head: Head, outlier_weight: float = 0.0):
+    def __init__(self, model, opt, amp, label_smoothing: float, head: Head, outlier_weight: float = 0.0,
+                 outlier_loss: str = "uniform"):
         self.model, self.opt, self.amp, self.label_smoothing = model, opt, amp, label_smoothing
-        self.head, self.outlier_weight = head, outlier_weight
+        self.head, self.outlier_weight, self.outlier_loss = head, outlier_weight, outlier_loss
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The head's training loss (heads.Head.loss); labels of -1 are outliers."""
-        return self.head.loss(logits, y, self.label_smoothing, self.outlier_weight)
+        return self.head.loss(logits, y, self.label_smoothing, self.outlier_weight, self.outlier_loss)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         with autocast(x.device, self.amp):
@@ -51,8 +52,9 @@ class GraphedStep(EagerStep):
 
     WARMUP = 3
 
-    def __init__(self, model, opt, amp, label_smoothing: float, head: Head, outlier_weight: float = 0.0):
-        super().__init__(model, opt, amp, label_smoothing, head, outlier_weight)
+    def __init__(self, model, opt, amp, label_smoothing: float, head: Head, outlier_weight: float = 0.0,
+                 outlier_loss: str = "uniform"):
+        super().__init__(model, opt, amp, label_smoothing, head, outlier_weight, outlier_loss)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.shape: torch.Size | None = None  # of the batches the graph was captured for
         self.calls = 0
