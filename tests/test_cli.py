@@ -62,6 +62,10 @@ def test_eval_of_a_non_checkpoint(tmp_path):
     (tmp_path / "notes.pt").write_text("hello")
     assert_clean_error(run("eval", tmp_path / "notes.pt"), "notes.pt: not a readable checkpoint")
     assert_clean_error(run("eval", tmp_path / "missing.pt"), "missing.pt: no such checkpoint")
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "program.pt"))  # torch.load would warn first
+    proc = run("eval", tmp_path / "program.pt")
+    assert_clean_error(proc, "program.pt: a TorchScript program (torch.jit.save), not an mnistlab checkpoint")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     (tmp_path / "ckpt-epoch001.pt").mkdir()  # a folder of that name is no checkpoint
     assert_clean_error(run("train", "--resume", tmp_path), "no checkpoint here to resume from")
 
@@ -222,6 +226,8 @@ def test_predict_refuses_a_missing_device_and_an_empty_folder(trained_cnn, tmp_p
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     assert_clean_error(run("predict", trained_cnn, tmp_path / "empty"), "no images found in")
+    among = run("predict", trained_cnn, tmp_path / "bar.png", tmp_path / "empty")  # read what is there, say what is not
+    assert among.returncode == 0 and f"{tmp_path / 'empty'}: no images in this folder" in among.stderr
 
 
 def test_resume_flags_on_the_command_line(fake_data, tmp_path):

@@ -314,3 +314,7 @@ def test_export_never_writes_over_the_model_it_exports_nor_as_a_folder(tmp_path)
     proc = run_cli("export", tmp_path / "m.safetensors", tmp_path / "out")
     assert proc.returncode == 1 and "is a folder, and --format onnx writes one file" in proc.stderr
     assert not any((tmp_path / "out").iterdir())
+    for fmt, name in (("onnx", "m.pt2"), ("pt2", "m.onnx")):  # each is read back by its suffix
+        with pytest.raises(MnistlabError, match=f"--format {fmt} writes a .{fmt} file"):
+            export(tmp_path / "m.safetensors", fmt, tmp_path / name)
+        assert not (tmp_path / name).exists()

@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelCard, dict[str, Any]]
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file.")
+    if _is_torchscript(path):
+        raise CheckpointError(f"{path}: a TorchScript program (torch.jit.save), not an mnistlab checkpoint; mnistlab "
+                              "reads its own model.pt, .safetensors, .onnx and .pt2 files.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -74,6 +78,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelCard, dict[str, Any]]
         config = state["config"] if isinstance(state.get("config"), dict) else {}
         card = ModelCard.from_dict({**state, "val_size": config.get("val_size", 0)}, str(path))
     return card, state
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether the file is an archive that torch.jit.save wrote: its program's constants.pkl lies beside the data."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def check_weights(card: ModelCard, weights: dict, path: str | os.PathLike) -> None:

@@ -149,6 +149,9 @@ def export(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os.PathL
         raise MnistlabError(f"{out}: that is the model being exported; name another file for the {fmt} export.")
     if fmt not in ("web", "hf") and out.is_dir():
         raise MnistlabError(f"{out}: is a folder, and --format {fmt} writes one file: give a file's name.")
+    if fmt in ("onnx", "pt2") and out.suffix.lower() != SUFFIXES[fmt]:  # how mnistlab and runtimes know them
+        raise MnistlabError(f"{out}: --format {fmt} writes a {SUFFIXES[fmt]} file, which is known by that suffix: "
+                            f"name it {out.with_suffix(SUFFIXES[fmt]).name}.")
     if fmt == "hf":
         return export_hf(model, checkpoint, out)
     module = _graph(model, checkpoint, fmt, probs)
