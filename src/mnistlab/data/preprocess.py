@@ -261,11 +261,16 @@ def paper_surface(gray: np.ndarray) -> list[float] | None:
     squares, tiles far above it are left out and the surface fitted again, until the set stands still. Ink is
     light here (ink_levels turned the polarity), so a tile that is mostly ink lies above the paper: however much
     ink runs along a side, it never bends the fit. The first fit takes the darker half of the tiles, which is
-    paper wherever ink covers less than half of them."""
+    paper wherever ink covers less than half of them. Where half the tiles or more are nearer the ink than the
+    border's paper, as in a crop as tight as the digit, the tiles cannot show the paper: None."""
     if min(gray.shape) < 2 * LIGHT_TILES:
         return None
     tiles = _tile_medians(gray)
     u, v, m = tiles.T
+    floor = _floor(_border(gray))
+    top = _ink_top(gray, floor)
+    if top is not None and 2 * np.count_nonzero(m > (floor + top) / 2) >= len(m):
+        return None
     kept = m <= np.sort(m)[len(m) // 2 - 1]
     for _ in range(LIGHT_ROUNDS):
         coef = _least_squares(tiles[kept])

@@ -108,10 +108,13 @@ const mnistPreprocess = (() => {
     return coef;
   }
 
-  // preprocessing.paper_surface: a quadratic fitted to the tiles, those far above it (ink) left out
+  // preprocessing.paper_surface: a quadratic fitted to the tiles, those far above it (ink) left out; null where
+  // half the tiles or more are nearer the ink than the paper (a crop as tight as the digit)
   function paperSurface(gray, h, w) {
     if (Math.min(h, w) < 2 * LIGHT_TILES) return null;
     const tiles = tileMedians(gray, h, w);
+    const floor = inkFloor(border(gray, h, w)), top = inkTop(gray, floor);
+    if (top !== null && 2 * tiles.filter((t) => t[2] > (floor + top) / 2).length >= tiles.length) return null;
     const middle = tiles.map((t) => t[2]).sort((x, y) => x - y)[tiles.length / 2 - 1];
     let kept = tiles.filter((t) => t[2] <= middle), coef = null;
     for (let round = 0; round < LIGHT_ROUNDS; round++) {
