@@ -162,7 +162,7 @@ def test_a_pt2_program_goes_on_to_onnx_and_the_web_page_only(tmp_path, test_set)
     assert np.abs(load_model(site / "model.onnx").predict_proba(images[:2000]) - ref).max() <= 1e-5
     for fmt, probs in (("pt2", False), ("torchscript", False), ("onnx", True)):
         with pytest.raises(MnistlabError, match="exports only to ONNX or the web page, as the logits it gives"):
-            export(pt2, fmt, tmp_path / "again", probs=probs)
+            export(pt2, fmt, tmp_path / f"again.{fmt}", probs=probs)
     with pytest.raises(MnistlabError, match="--format hf takes the weights of a model"):
         export(pt2, "hf", tmp_path / "hf")
 
