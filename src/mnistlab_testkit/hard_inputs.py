@@ -89,6 +89,25 @@ def tight_crop(digit: np.ndarray, side: int = 96) -> tuple[Image.Image, Image.Im
     return img, margin
 
 
+def dusty(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """(an MNIST digit a quarter to a half of a 150-400 px page, with 1-3 specks of dust or dots of the pen, 3-9 px
+    across and as dark as ink, more than a third of the digit's size from it, as a scanner or a pen leaves them; the
+    same page without them)."""
+    side = int(rng.integers(150, 400))
+    size = int(rng.integers(side // 4, side // 2))
+    page = Image.new("L", (side, side), int(rng.integers(200, 256)))
+    shape = Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC)
+    top, left = (int(v) for v in rng.integers(side // 8, side - size - side // 8, 2))
+    page.paste(Image.fromarray(255 - np.asarray(shape)), (left, top), shape)
+    dirty = page.copy()
+    draw = ImageDraw.Draw(dirty)
+    for _ in range(int(rng.integers(1, 4))):
+        r, (x, y) = int(rng.integers(1, max(2, side // 100) + 1)), (int(v) for v in rng.integers(2, side - 3, 2))
+        if not (left - size // 3 < x < left + size * 4 // 3 and top - size // 3 < y < top + size * 4 // 3):
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=int(rng.integers(0, 90)))
+    return dirty, page
+
+
 def _on_paper(digit: np.ndarray, rng: np.random.Generator, side: int, size: int, paper, ink: float,
               noise: float, margin: int = 0) -> Image.Image:
     canvas = np.zeros((side, side))

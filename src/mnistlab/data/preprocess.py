@@ -38,6 +38,7 @@ SHADOW_TILES = 3  # of the sample's LIGHT_TILES ** 2 tiles, at least this many i
 # strong ink's side of the square about it stays; ink is joined on cells of at most this many a side; nothing
 # leaves where more than this share of the ink that stays would
 BOX_STRONG, BOX_REACH, BOX_CELLS, BOX_LEAVE = 0.3, 0.25, 128, 0.25
+BOX_SPECKS = 0.1  # of the strong ink, what may lie far from the rest at each side (dust, a dot of the pen)
 FRAME_SIDES = 0.75  # of each side of a frame's box, the share its ink runs along, at least
 OUTSIDE = 256  # above any level: a running median's place beyond the full bins (_light_along)
 MIN_SIDE = 4  # pixels a digit's ink spans at least, unless the image is smaller: less is dust
@@ -51,6 +52,7 @@ RULING_END = 8  # cells from the image's edge that a ruling line reaches, at bot
 # slant leaves paper beyond its lines' ends
 RULING_FAINTER = 0.85  # a page's lines are this much of the ink's height above the paper, at most
 RULING_DIGIT = 12  # cells of ink left once the lines are out, at least: a digit, not specks
+RULING_ENDS_LEFT = 0.05  # of the ink left once the lines are out, what may lie at their ends: the lines' noise
 RULING_THICK = 3  # the bands of two cells that a ruling line fills, at most, one beside the next
 WORKING_SIDE = 1024  # larger images are decoded (JPEG) or reduced to about this before anything else
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, at the same size
@@ -671,8 +673,9 @@ def without_ruling(gray: np.ndarray, floor: float, top: float) -> np.ndarray:
     # its bars, a Z-shaped 2 or a boxy 3 with a fine pen, runs to those edges; a page is seldom cropped as close)
     left = _pooled(_box_ink(cleaned, floor, top), k)
     r8, c8 = cells.shape[0] // 8, cells.shape[1] // 8
-    if (left.sum() < RULING_DIGIT or ruled and (left[:, :c8].sum() >= 2 or left[:, -c8:].sum() >= 2)
-            or squared and (left[:r8].sum() >= 2 or left[-r8:].sum() >= 2)):
+    most = max(2, RULING_ENDS_LEFT * left.sum())  # cells at the lines' ends: more is a digit, fewer the lines' noise
+    if (left.sum() < RULING_DIGIT or ruled and (left[:, :c8].sum() >= most or left[:, -c8:].sum() >= most)
+            or squared and (left[:r8].sum() >= most or left[-r8:].sum() >= most)):
         return gray
     return cleaned
 
@@ -711,7 +714,7 @@ def _near_the_digit(mask: np.ndarray, strong: np.ndarray) -> np.ndarray:
     the square about the strong ink's box (a lighter stroke drawn apart: an open 4's, a 5's bar). And all of it
     stays where more than BOX_LEAVE of the ink that would stay would leave: then the strong ink is not the
     digit (a dark speck beside a faint pencil digit) or not all of it (a dry pen's dashes)."""
-    strong = strong & mask
+    strong = _without_specks(strong & mask)
     rows, cols = np.flatnonzero(strong.any(1)), np.flatnonzero(strong.any(0))
     if not len(rows):
         return mask
@@ -727,6 +730,27 @@ def _near_the_digit(mask: np.ndarray, strong: np.ndarray) -> np.ndarray:
     reached = _joined(_pooled(mask, k), _pooled(strong, k))
     kept = mask & (near | _unpooled(reached, k, mask.shape))
     return mask if int(mask.sum()) - int(kept.sum()) > BOX_LEAVE * int(kept.sum()) else kept
+
+
+def _without_specks(strong: np.ndarray) -> np.ndarray:
+    """The strong ink less what lies far from the rest, however dark: a speck of dust or a dot of the pen. The rest
+    is the box that holds all but BOX_SPECKS of it at each side; what lies beyond BOX_REACH of that box's side
+    from it leaves."""
+    if not strong.any():
+        return strong
+    (r0, r1), (c0, c1) = _trimmed(strong.sum(1)), _trimmed(strong.sum(0))
+    reach = int(BOX_REACH * (max(r1 - r0, c1 - c0) + 1))
+    core = np.zeros_like(strong)
+    core[max(0, r0 - reach):r1 + reach + 1, max(0, c0 - reach):c1 + reach + 1] = True
+    return strong & core
+
+
+def _trimmed(counts: np.ndarray) -> tuple[int, int]:
+    """The first and the last index of `counts` (pixels in each row, or column) once BOX_SPECKS of their sum is
+    left out at each end."""
+    total = np.cumsum(counts)
+    cut = BOX_SPECKS * float(total[-1])
+    return int(np.searchsorted(total, cut, side="right")), int(np.searchsorted(total, total[-1] - cut, side="left"))
 
 
 def _joined(cells: np.ndarray, seed: np.ndarray) -> np.ndarray:

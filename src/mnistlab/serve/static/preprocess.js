@@ -490,7 +490,7 @@ const mnistPreprocess = (() => {
 
   // preprocessing.ruling_cells and without_ruling: a ruled or squared page's lines taken out of gray
   const RULING_CELLS = 128, RULING_SLANT = 24, RULING_FULL = 0.75, RULING_LEAST = 48, RULING_END = 8;
-  const RULING_FAINTER = 0.85, RULING_DIGIT = 12, RULING_THICK = 3;
+  const RULING_FAINTER = 0.85, RULING_DIGIT = 12, RULING_ENDS_LEFT = 0.05, RULING_THICK = 3;
 
   // preprocessing._lines: the lines along the rows of cells (rows x cols, row by row), each as
   // {shift, start, stop, reaches}, and whether the rows are ruled
@@ -601,8 +601,9 @@ const mnistPreprocess = (() => {
       if (!left[y * cols + x]) continue;
       cellsLeft++; nearLeft += x < c8; nearRight += x >= cols - c8; nearTop += y < r8; nearBottom += y >= rows - r8;
     }
-    if (cellsLeft < RULING_DIGIT || (ruled && (nearLeft >= 2 || nearRight >= 2)) ||
-        (squared && (nearTop >= 2 || nearBottom >= 2))) return gray;
+    const most = Math.max(2, RULING_ENDS_LEFT * cellsLeft);  // more at the lines' ends is a digit, fewer their noise
+    if (cellsLeft < RULING_DIGIT || (ruled && (nearLeft >= most || nearRight >= most)) ||
+        (squared && (nearTop >= most || nearBottom >= most))) return gray;
     return cleaned;
   }
 
@@ -628,7 +629,7 @@ const mnistPreprocess = (() => {
   }
 
   // preprocessing._preprocess on RGBA pixels: Uint8Array(784), or throws Error("no digit found ...")
-  const BOX_STRONG = 0.3, BOX_REACH = 0.25, BOX_CELLS = 128, BOX_LEAVE = 0.25, FRAME_SIDES = 0.75;
+  const BOX_STRONG = 0.3, BOX_REACH = 0.25, BOX_CELLS = 128, BOX_LEAVE = 0.25, BOX_SPECKS = 0.1, FRAME_SIDES = 0.75;
 
   // preprocessing._joined: `reached` (cells marked 1, the same listed in `queue`) grown, 8 ways, through the ink's
   // cells until nothing more is reached
@@ -649,20 +650,41 @@ const mnistPreprocess = (() => {
   // preprocessing._near_the_digit: the ink less what is neither joined to the strong ink (on cells of k x k
   // pixels, 8-connected) nor within BOX_REACH of the square about the strong ink's box; all of it where more
   // than BOX_LEAVE of what stays would leave
+  // preprocessing._trimmed: the first and last index once BOX_SPECKS of the counts' sum is left out at each end
+  function trimmed(counts) {
+    let total = 0;
+    for (const v of counts) total += v;
+    const cut = BOX_SPECKS * total;
+    let first = 0, last = 0, sum = 0;
+    while (first < counts.length && sum + counts[first] <= cut) sum += counts[first++];
+    sum = 0;
+    while (last < counts.length && sum + counts[last] < total - cut) sum += counts[last++];
+    return [first, last];
+  }
+
   function nearTheDigit(ink, gray, h, w, strongLevel) {
     const k = Math.ceil(Math.max(h, w) / BOX_CELLS), rows = Math.ceil(h / k), cols = Math.ceil(w / k);
     const cells = new Uint8Array(rows * cols), reached = new Uint8Array(rows * cols), queue = [];
+    const perRow = new Float64Array(h), perCol = new Float64Array(w);
+    let any = false;
+    for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
+      if (ink[r * w + c] && gray[r * w + c] > strongLevel) { perRow[r]++; perCol[c]++; any = true; }
+    }
+    if (!any) return ink;
+    // preprocessing._without_specks: strong ink beyond the reach of the box that holds all but BOX_SPECKS of it
+    const [t0, t1] = trimmed(perRow), [u0, u1] = trimmed(perCol);
+    const spread = Math.floor(BOX_REACH * (Math.max(t1 - t0, u1 - u0) + 1));
+    const core = (r, c) => r >= t0 - spread && r <= t1 + spread && c >= u0 - spread && c <= u1 + spread;
     let r0 = h, r1 = -1, c0 = w, c1 = -1;
     for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
       if (!ink[r * w + c]) continue;
       const cell = Math.floor(r / k) * cols + Math.floor(c / k);
       cells[cell] = 1;
-      if (gray[r * w + c] > strongLevel) {
+      if (gray[r * w + c] > strongLevel && core(r, c)) {
         if (!reached[cell]) { reached[cell] = 1; queue.push(cell); }
         r0 = Math.min(r0, r); r1 = Math.max(r1, r); c0 = Math.min(c0, c); c1 = Math.max(c1, c);
       }
     }
-    if (r1 < 0) return ink;
     joined(cells, reached, queue, rows, cols);  // the cells of ink joined to the strong ink's
     const side = Math.max(r1 - r0, c1 - c0) + 1, reach = Math.floor(BOX_REACH * side);
     const top = Math.floor((r0 + r1 + 1 - side) / 2) - reach, left = Math.floor((c0 + c1 + 1 - side) / 2) - reach;
