@@ -28,6 +28,8 @@ digit") or unreadable ("no digit found": preprocessing raised NoDigitError).
   then photographed.
 - fine-pens: the drawings' digits written with a pen of 1-3 px on pages 150-800 px tall (a drawing
   program's finest brush, a fine pen scanned): strokes under a tenth of a pixel at 20 px.
+- dust: MNIST validation digits on a page with 1-3 specks of dust or dots of the pen, as dark as the ink,
+  away from the digit (more than a third of its height), as a scanner or a pen leaves them.
 - non-digits: letters (not O, o, I, l, i), symbols, scribbles and shapes, in the suite's fonts and
   drawn: the share rejected is the score.
 
@@ -93,7 +95,7 @@ NEVER_READ = ("dejavu", "liberation", "urw", "nimbus", "base35", "gsfonts", "tex
               "noto", "roboto", "opensans", "open-sans", "plex", "klee", "kristi", "rufscript", "sjfonts", "purisa",
               "tlwg", "yozvox", "yozfont")
 SETS = ("printed", "handwriting-fonts", "mnist-tight", "mnist-small", "mnist-pens", "drawings", "photos", "edge",
-        "lined", "fine-pens", "non-digits")
+        "lined", "fine-pens", "dust", "non-digits")
 NON_DIGIT_SETS = ("non-digits",)
 OUTCOMES = ("right", "wrong", "rejected", "unreadable")
 VAL_SIZE = 5000  # the validation split of every shipped model and of the benchmarks
@@ -464,7 +466,7 @@ class Builder:
         self.hand_fonts, handwriting_notes = find_fonts(HANDWRITING_FONTS)
         self.notes = printed_notes + handwriting_notes
         self.digits = self.labels = np.zeros(0)
-        if any(s.startswith("mnist-") or s == "lined" for s in sets):
+        if any(s.startswith("mnist-") or s in ("lined", "dust") for s in sets):
             root = data_dir or os.environ.get("MNISTLAB_DATA") or REPO.parent / "shared" / "data"
             images, labels = load_split("mnist", "validation", root, val_size=VAL_SIZE, download=False)
             self.digits, self.labels = images.numpy(), labels.numpy()
@@ -552,6 +554,22 @@ class Builder:
         width = max(pen, round(pen + aspect(strokes) * (height - pen)))
         ink = stroke_ink(strokes, width, height, pen)
         return on_paper(ink, margins(rng, ink, 0.05, 0.5), *paper_and_pen(rng, plain=0.8)), i % 10
+
+    def dust(self, rng: np.random.Generator, i: int):
+        ink, label = self.mnist_ink(i)
+        height = int(rng.integers(40, 151))
+        ink = ink.resize((max(1, round(ink.width * height / ink.height)), height), Image.Resampling.LANCZOS)
+        paper, pen = paper_and_pen(rng, plain=0.8)
+        around = margins(rng, ink, 0.6, 2.0)
+        sheet = on_paper(ink, around, paper, pen)
+        draw, away = ImageDraw.Draw(sheet), height // 3
+        for _ in range(int(rng.integers(1, 4))):
+            r = int(rng.integers(1, max(2, max(sheet.size) // 100) + 1))
+            x, y = int(rng.integers(r, sheet.width - r)), int(rng.integers(r, sheet.height - r))
+            if not (around[0] - away < x < around[0] + ink.width + away and
+                    around[1] - away < y < around[1] + ink.height + away):
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=pen)
+        return sheet, label
 
     def photos(self, rng: np.random.Generator, i: int):
         label = i % 10

@@ -20,7 +20,7 @@ BANNED = ("dejavu", "liberation", "urw", "nimbus", "texgyre", "dkg-handwriting",
           "humor-sans", "comic-neue", "dancingscript", "ecolier", "cabinsketch",
           "noto", "roboto", "opensans", "open-sans", "plex", "klee", "kristi", "rufscript", "sjfonts", "purisa",
           "yozfont", "yozvox")
-NON_FONT_SETS = ["mnist-tight", "mnist-small", "mnist-pens", "drawings", "fine-pens"]
+NON_FONT_SETS = ["mnist-tight", "mnist-small", "mnist-pens", "drawings", "fine-pens", "dust"]
 
 
 @pytest.fixture
