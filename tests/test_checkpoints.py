@@ -55,6 +55,16 @@ def test_not_a_checkpoint(tmp_path, content):
         load_checkpoint(tmp_path / "x.pt")
 
 
+def test_an_archive_of_an_unknown_zip_version_is_read_as_torch_reads_it(tmp_path):
+    """zipfile raises NotImplementedError for an entry whose version to extract it does not know; torch reads it."""
+    save_checkpoint(_card(), _state(), tmp_path / "c.pt")
+    raw = bytearray((tmp_path / "c.pt").read_bytes())
+    entry = raw.find(b"PK\x01\x02")  # the central directory's first entry
+    raw[entry + 6] = 0xFF  # the version needed to extract it
+    (tmp_path / "c.pt").write_bytes(bytes(raw))
+    assert load_checkpoint(tmp_path / "c.pt")[0] == _card()
+
+
 def test_foreign_torch_file(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "f.pt")
     with pytest.raises(CheckpointError, match="not an mnistlab checkpoint"):

@@ -64,7 +64,8 @@ def test_eval_of_a_non_checkpoint(tmp_path):
     assert_clean_error(run("eval", tmp_path / "missing.pt"), "missing.pt: no such checkpoint")
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "program.pt"))  # torch.load would warn first
     proc = run("eval", tmp_path / "program.pt")
-    assert_clean_error(proc, "program.pt: a TorchScript program (torch.jit.save), not an mnistlab checkpoint")
+    assert_clean_error(proc, "program.pt: a TorchScript program (torch.jit.save, or mnistlab export --format "
+                             "torchscript), which mnistlab writes for other tools but does not read back")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     (tmp_path / "ckpt-epoch001.pt").mkdir()  # a folder of that name is no checkpoint
     assert_clean_error(run("train", "--resume", tmp_path), "no checkpoint here to resume from")
@@ -228,6 +229,8 @@ def test_predict_refuses_a_missing_device_and_an_empty_folder(trained_cnn, tmp_p
     assert_clean_error(run("predict", trained_cnn, tmp_path / "empty"), "no images found in")
     among = run("predict", trained_cnn, tmp_path / "bar.png", tmp_path / "empty")  # read what is there, say what is not
     assert among.returncode == 0 and f"{tmp_path / 'empty'}: no images in this folder" in among.stderr
+    twice = run("predict", trained_cnn, tmp_path / "bar.png", tmp_path / "bar.png")  # each as it is named
+    assert twice.returncode == 0 and twice.stdout.count("bar.png: ") == 2, twice.stdout
 
 
 def test_resume_flags_on_the_command_line(fake_data, tmp_path):

@@ -349,6 +349,9 @@ def test_the_outlier_loss_flag_is_checked():
     shown = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--print-config", "--outlier-exposure", "0.5",
                             "--outlier-loss", "energy"], capture_output=True, text=True)
     assert shown.returncode == 0 and "energy" in shown.stdout, shown.stderr
+    alone = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--print-config", "--outlier-loss", "uniform"],
+                           capture_output=True, text=True)
+    assert alone.returncode != 0 and "give a weight above 0 too" in alone.stderr  # never silently ignored
 
 
 def test_eval_corruptions_counts_the_rejected(rejecting, data_dir):

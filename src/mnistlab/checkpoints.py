@@ -49,8 +49,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelCard, dict[str, Any]]
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file.")
     if _is_torchscript(path):
-        raise CheckpointError(f"{path}: a TorchScript program (torch.jit.save), not an mnistlab checkpoint; mnistlab "
-                              "reads its own model.pt, .safetensors, .onnx and .pt2 files.")
+        raise CheckpointError(f"{path}: a TorchScript program (torch.jit.save, or mnistlab export --format "
+                              "torchscript), which mnistlab writes for other tools but does not read back.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -85,7 +85,7 @@ def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except Exception:  # a damaged archive fails in many ways (BadZipFile, NotImplementedError, ...): torch.load says
         return False
 
 

@@ -524,9 +524,9 @@ def cmd_predict(args) -> int:
         return cmd_submission(args)
     quiet_decoder_warnings()
     model, images = _model_and_images(args.inputs)
-    given = {path: image_files([path]) for path in images}
-    files = [file for found in given.values() for file in found]
-    for path in [path for path, found in given.items() if not found and Path(path).is_dir()] if files else []:
+    given = [(path, image_files([path])) for path in images]  # an image named twice is read twice
+    files = [file for _, found in given for file in found]
+    for path in [path for path, found in given if not found and Path(path).is_dir()] if files else []:
         print(f"mnistlab: note: {path}: no images in this folder.", file=sys.stderr)
     if not files:
         raise MnistlabError(f"no images found in {', '.join(images)} "

@@ -654,8 +654,8 @@ def without_ruling(gray: np.ndarray, floor: float, top: float) -> np.ndarray:
     their cells, a pixel no brighter than halfway from the lines' median ink to the ink's top becomes paper,
     so that a digit's stroke brighter than the lines survives where it crosses one. gray itself where the
     page has no lines, where they are as bright as the ink (RULING_FAINTER: a boxy 8 drawn from edge to edge
-    has two such lines, and its strokes are all there is to read), or where what is left is no digit clear of
-    the lines' ends."""
+    has two such lines, and its strokes are all there is to read), or where what is left is no digit, or holds
+    a digit's share of ink at the lines' ends."""
     above = gray > floor
     found = ruling_cells(above)
     if found is None:
@@ -669,11 +669,12 @@ def without_ruling(gray: np.ndarray, floor: float, top: float) -> np.ndarray:
         return gray
     cleaned = np.where(on_lines & (gray <= (level + top) / 2), 0, gray).astype(np.uint8)
     # the digit is the ink left, as its box is taken (a line's noisy pixels brighter than the cut are specks): there
-    # must be one, and it keeps an eighth of the image clear at both ends of the lines (a digit cropped tight across
-    # its bars, a Z-shaped 2 or a boxy 3 with a fine pen, runs to those edges; a page is seldom cropped as close)
+    # must be one, and under RULING_ENDS_LEFT of it in an eighth of the image at both ends of the lines (a digit
+    # cropped tight across its bars, a Z-shaped 2 or a boxy 3 with a fine pen, runs to those edges; a page is seldom
+    # cropped as close)
     left = _pooled(_box_ink(cleaned, floor, top), k)
     r8, c8 = cells.shape[0] // 8, cells.shape[1] // 8
-    most = max(2, RULING_ENDS_LEFT * left.sum())  # cells at the lines' ends: more is a digit, fewer the lines' noise
+    most = max(2, RULING_ENDS_LEFT * left.sum())  # cells at the lines' ends: as many is a digit, fewer their noise
     if (left.sum() < RULING_DIGIT or ruled and (left[:, :c8].sum() >= most or left[:, -c8:].sum() >= most)
             or squared and (left[:r8].sum() >= most or left[-r8:].sum() >= most)):
         return gray

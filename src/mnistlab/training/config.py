@@ -312,6 +312,9 @@ def from_preset(preset: str | None, **overrides) -> RunConfig:
     cfg = RunConfig(**values).validate()
     # families asked for, but no weight: refused even for all four, never silently ignored (a config file that
     # states both, the exposure 0, states the defaults)
+    if "outlier_loss" in given and "outlier_exposure" not in given and not cfg.outlier_exposure:
+        raise MnistlabError("--outlier-loss chooses how --outlier-exposure pulls its outliers: give a weight above 0 "
+                            "too.")
     if "outlier_families" in given and "outlier_exposure" not in given and not cfg.outlier_exposure:
         raise MnistlabError(FAMILIES_NEED_EXPOSURE)
     return cfg

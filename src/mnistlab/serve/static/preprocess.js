@@ -589,8 +589,8 @@ const mnistPreprocess = (() => {
     if (level - floor > RULING_FAINTER * (top - floor)) return gray;  // lines as dark as the ink: a digit's own
     const keep = (level + top) / 2;
     const cleaned = gray.map((v, i) => (onLines[i] && v <= keep ? 0 : v));
-    // the digit is the ink left, as its box is taken: there must be one, clear of an eighth of the image where the
-    // lines end
+    // the digit is the ink left, as its box is taken: there must be one, with under RULING_ENDS_LEFT of it in an
+    // eighth of the image where the lines end
     const ink = boxInk(cleaned, h, w, floor, top), left = new Uint8Array(rows * cols);
     for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
       if (ink[r * w + c]) left[Math.floor(r / k) * cols + Math.floor(c / k)] = 1;
@@ -601,7 +601,7 @@ const mnistPreprocess = (() => {
       if (!left[y * cols + x]) continue;
       cellsLeft++; nearLeft += x < c8; nearRight += x >= cols - c8; nearTop += y < r8; nearBottom += y >= rows - r8;
     }
-    const most = Math.max(2, RULING_ENDS_LEFT * cellsLeft);  // more at the lines' ends is a digit, fewer their noise
+    const most = Math.max(2, RULING_ENDS_LEFT * cellsLeft);  // as many at the lines' ends is a digit, fewer noise
     if (cellsLeft < RULING_DIGIT || (ruled && (nearLeft >= most || nearRight >= most)) ||
         (squared && (nearTop >= most || nearBottom >= most))) return gray;
     return cleaned;
@@ -647,9 +647,6 @@ const mnistPreprocess = (() => {
     return reached;
   }
 
-  // preprocessing._near_the_digit: the ink less what is neither joined to the strong ink (on cells of k x k
-  // pixels, 8-connected) nor within BOX_REACH of the square about the strong ink's box; all of it where more
-  // than BOX_LEAVE of what stays would leave
   // preprocessing._trimmed: the first and last index once BOX_SPECKS of the counts' sum is left out at each end
   function trimmed(counts) {
     let total = 0;
@@ -662,6 +659,9 @@ const mnistPreprocess = (() => {
     return [first, last];
   }
 
+  // preprocessing._near_the_digit: the ink less what is neither joined to the strong ink (on cells of k x k
+  // pixels, 8-connected) nor within BOX_REACH of the square about the strong ink's box; all of it where more
+  // than BOX_LEAVE of what stays would leave
   function nearTheDigit(ink, gray, h, w, strongLevel) {
     const k = Math.ceil(Math.max(h, w) / BOX_CELLS), rows = Math.ceil(h / k), cols = Math.ceil(w / k);
     const cells = new Uint8Array(rows * cols), reached = new Uint8Array(rows * cols), queue = [];
