@@ -269,9 +269,8 @@ def paper_surface(gray: np.ndarray) -> list[float] | None:
         return None
     tiles = _tile_medians(gray)
     u, v, m = tiles.T
-    floor = _floor(_border(gray))
-    top = _ink_top(gray, floor)
-    if top is not None and 2 * np.count_nonzero(m > (floor + top) / 2) >= len(m):
+    levels = _unlevelled(gray)
+    if levels is not None and 2 * np.count_nonzero(m > (levels[1] + levels[2]) / 2) >= len(m):
         return None
     kept = m <= np.sort(m)[len(m) // 2 - 1]
     for _ in range(LIGHT_ROUNDS):

@@ -113,8 +113,10 @@ const mnistPreprocess = (() => {
   function paperSurface(gray, h, w) {
     if (Math.min(h, w) < 2 * LIGHT_TILES) return null;
     const tiles = tileMedians(gray, h, w);
-    const floor = inkFloor(border(gray, h, w)), top = inkTop(gray, floor);
-    if (top !== null && 2 * tiles.filter((t) => t[2] > (floor + top) / 2).length >= tiles.length) return null;
+    const levels = unlevelled(gray, h, w);
+    if (levels !== null && 2 * tiles.filter((t) => t[2] > (levels[1] + levels[2]) / 2).length >= tiles.length) {
+      return null;
+    }
     const middle = tiles.map((t) => t[2]).sort((x, y) => x - y)[tiles.length / 2 - 1];
     let kept = tiles.filter((t) => t[2] <= middle), coef = null;
     for (let round = 0; round < LIGHT_ROUNDS; round++) {
@@ -314,16 +316,19 @@ const mnistPreprocess = (() => {
   }
 
   function levelsOf(gray, h, w) {  // inkLevels for gray already light ink on dark
-    const levelled = levelLight(levelShadow(gray, h, w), h, w);
-    const floor = inkFloor(border(levelled, h, w));
-    const top = inkTop(levelled, floor);
-    return top === null ? null : [levelled, floor, top];
+    return unlevelled(levelLight(levelShadow(gray, h, w), h, w), h, w);
   }
 
   function hasInk(gray, h, w) {  // before any levelling
+    const levels = unlevelled(gray, h, w);
+    return levels !== null && levels[2] - levels[1] >= MIN_INK;
+  }
+
+  // preprocessing._unlevelled: [gray, its floor, its ink's top] as it is, or null where no pixel is above the floor
+  function unlevelled(gray, h, w) {
     const floor = inkFloor(border(gray, h, w));
     const top = inkTop(gray, floor);
-    return top !== null && top - floor >= MIN_INK;
+    return top === null ? null : [gray, floor, top];
   }
 
   function inkFloor(bd) {
