@@ -103,9 +103,9 @@ def test_the_page_levels_photos_under_uneven_light_as_python_does(site, data_dir
 def test_the_page_reads_hard_inputs_as_python_does(site, data_dir):
     """Ink along the pad's edge (a thick 8 covering most of the border), tight crops, faint pencil, a small digit in
     a large photo, a vignette, a straight-edged shadow, paper in dim light, chalk on a grey board, a ruled or squared
-    page, a page with pieces of faint lines and dirt near its edges, a ruled page seen at a slant, a fine pen, a
-    frame, 1s cropped tight, specks of dust: the paper's light, floor, lines and the digit's box as preprocessing.py
-    finds them, to the pixel."""
+    page, a page with pieces of faint lines and dirt near its edges, a ruled page seen at a slant, one line of a
+    page ruled wider than the crop, a grainy ruled page, a fine pen, a frame, 1s cropped tight, specks of dust: the
+    paper's light, floor, lines and the digit's box as preprocessing.py finds them, to the pixel."""
     from PIL import Image
 
     from mnistlab_testkit import hard_inputs as hard
@@ -118,7 +118,8 @@ def test_the_page_reads_hard_inputs_as_python_does(site, data_dir):
         made += [hard.tight_crop(d)[0], hard.faint_photo(d, rng)[0], hard.small_in_a_photo(d, rng)[0],
                  hard.vignette_photo(d, rng)[0], hard.shadowed_photo(d, rng)[0], hard.dim_photo(d, rng)[0],
                  hard.chalk_on_a_board(d, rng)[0], hard.lined_page(d, rng)[0], hard.dashed_page(d, rng)[0],
-                 hard.slanted_page(d, rng)[0], hard.dusty(d, rng)[0]]
+                 hard.slanted_page(d, rng)[0], hard.dusty(d, rng)[0], hard.one_line_page(d, rng)[0],
+                 hard.grainy_page(d, rng)[0]]
     made += [hard.pen_digit(digit, side, side // 280) for digit in range(10) for side in (280, 560)]  # a fine pen
     made += [hard.framed(digit, 280, inset, width)[0] for digit in range(10) for inset, width in ((5, 4), (0, 3))]
     x, y = load_split("mnist", "train", data_dir)[:2]

@@ -6,7 +6,7 @@ image and the same digit made easy (a margin, full contrast, level paper), so th
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 
 def strokes_image(strokes, brush: int, size: tuple[int, int] = (280, 280), offset=(0, 0)) -> Image.Image:
@@ -166,16 +166,36 @@ def slanted_page(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Ima
     return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8)), clean
 
 
-def _lined(digit: np.ndarray, rng: np.random.Generator, inset: tuple[int, ...]) -> tuple[Image.Image, Image.Image]:
-    """lined_page, its lines left out of `inset` pixels along each edge (left, top, right, bottom)."""
+def one_line_page(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """(lined_page ruled wider than the crop: one line, through the middle third of the page and so through or
+    beside the digit; the same page without it)."""
+    return _lined(digit, rng, (0, 0, 0, 0), lone=True)
+
+
+def grainy_page(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """(lined_page photographed with the paper near white (248-252) under sensor noise (sigma 5-7), blurred (sigma
+    0.8-1.2): the noise's lighter half is cut off at white, which hides how far its darker half reaches, so that it
+    lifts a pixel above the paper's floor in most cells; the same page without its lines or noise, blurred alike)."""
+    ruled, clean = _lined(digit, rng, (0, 0, 0, 0))
+    blur = ImageFilter.GaussianBlur(rng.uniform(0.8, 1.2))
+    lift, noise = rng.uniform(248, 252) - np.median(np.asarray(clean)), rng.uniform(5, 7)
+    noisy = np.asarray(ruled.filter(blur), np.float64) + lift + rng.normal(0, noise, (ruled.height, ruled.width))
+    return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8)), clean.filter(blur)
+
+
+def _lined(digit: np.ndarray, rng: np.random.Generator, inset: tuple[int, ...], lone: bool = False
+           ) -> tuple[Image.Image, Image.Image]:
+    """lined_page, its lines left out of `inset` pixels along each edge (left, top, right, bottom); `lone`: one line
+    across the middle third."""
     side, size = 300, int(rng.integers(90, 160))
     paper, depth = rng.uniform(215, 245), rng.uniform(30, 120)
     step, width, turn = int(rng.integers(18, 41)), int(rng.integers(1, 4)), np.radians(rng.uniform(-8, 8))
-    squared = rng.random() < 0.5
+    squared = rng.random() < 0.5 and not lone
     lines = Image.new("L", (side, side), 0)
     draw = ImageDraw.Draw(lines)
     ends = np.array([-side, 2 * side], float)
-    for offset in range(-side, 2 * side, step):  # lines through the whole page, turned about its centre
+    offsets = [int(rng.integers(side // 3, 2 * side // 3))] if lone else range(-side, 2 * side, step)
+    for offset in offsets:  # lines through the whole page, turned about its centre
         for across in (True, False) if squared else (True,):
             along, at = ends, np.full(2, float(offset))
             x, y = (along, at) if across else (at, along)

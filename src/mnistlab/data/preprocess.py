@@ -51,6 +51,7 @@ RULING_LEAST = 48  # cells on the shorter side, at least: in a smaller image a d
 RULING_END = 8  # cells from the image's edge that a ruling line reaches, at both of its ends: a page seen at a
 # slant leaves paper beyond its lines' ends
 RULING_FAINTER = 0.85  # a page's lines are this much of the ink's height above the paper, at most
+RULING_LONE = 0.6  # a page's single line is this much of the ink's median height off it above the paper, at most
 RULING_DIGIT = 12  # cells of ink left once the lines are out, at least: a digit, not specks
 RULING_ENDS_LEFT = 0.05  # of the ink left once the lines are out, what may lie at their ends: the lines' noise
 RULING_THICK = 3  # the bands of two cells that a ruling line fills, at most, one beside the next
@@ -520,18 +521,21 @@ def center_of_mass(a: np.ndarray) -> tuple[float, float]:
     return float((rows * a).sum() / total), float((cols * a).sum() / total)
 
 
-def ruling_cells(mask: np.ndarray) -> tuple[np.ndarray, bool, bool] | None:
+def ruling_cells(mask: np.ndarray) -> tuple[np.ndarray, bool, bool, bool] | None:
     """(the cells [H, W] (of RULING_CELLS a side at most, each k x k pixels) that hold a ruled or squared
-    page's lines, whether the rows are ruled, whether the columns are), or None where the page has none: an
-    exercise book's lines are ink to any threshold, and they stretch the digit's box to the whole page.
+    page's lines, whether the rows are ruled, whether the columns are, whether those lines are lone ones), or None
+    where the page has none: an exercise book's lines are ink to any threshold, and they stretch the digit's box to
+    the whole page.
 
     A line is a thin straight band of ink, nearly along the rows (or the columns), with paper beside it
     (_lines). A page is ruled where one slope holds two lines that run from edge to edge, one of them away
     from the image's edge: a digit's own straight strokes stop short of the edge, or lie along it where the
     digit is cropped tight, and a 4's bar or a 1's stem is one line alone. Then every line of that direction
     is taken, at any slope (lines converge in a photo's perspective, and a turned page's corners hold short
-    ones), with the lines of the other direction that run from edge to edge (a margin's line). Images under
-    RULING_LEAST cells a side are left as they are."""
+    ones), with the lines of the other direction that run from edge to edge (a margin's line). Where no slope
+    holds two, a line that runs from edge to edge away from the image's edge is taken alone, with the others that
+    run from edge to edge (a page ruled wider than the crop shows one line); without_ruling then asks it to be
+    fainter than a pen's ink. Images under RULING_LEAST cells a side are left as they are."""
     h, w = mask.shape
     k = -(-max(h, w) // RULING_CELLS)
     rows, cols = -(-h // k), -(-w // k)
@@ -541,14 +545,17 @@ def ruling_cells(mask: np.ndarray) -> tuple[np.ndarray, bool, bool] | None:
         return None  # too small, or no ink near the edge (most images, at once)
     cells = _pooled(mask, k)
     ends, ends_down = _ends(cells), _ends(cells.T)
-    if not (ends.sum(axis=1) >= 2).any() and not (ends_down.sum(axis=1) >= 2).any():
-        return None  # no slope has two bands that reach both edges: most images, at a small cost
-    (across, ruled), (down, squared) = _lines(cells, ends), _lines(cells.T, ends_down)
+    if not (ends.any() or ends_down.any()):
+        return None  # no band reaches both edges: most images, at a small cost
+    across, ruled_rows, lone_across = _lines(cells, ends)
+    down, ruled_columns, lone_down = _lines(cells.T, ends_down)
+    lone = not (ruled_rows or ruled_columns)
+    ruled, squared = (lone_across, lone_down) if lone else (ruled_rows, ruled_columns)
     if not (ruled or squared):
         return None
-    across = across if ruled else [line for line in across if line[3]]
-    down = down if squared else [line for line in down if line[3]]
-    return _cells_of(across, rows, cols) | _cells_of(down, cols, rows).T, ruled, squared
+    across = across if ruled and not lone else [line for line in across if line[3]]
+    down = down if squared and not lone else [line for line in down if line[3]]
+    return _cells_of(across, rows, cols) | _cells_of(down, cols, rows).T, ruled, squared, lone
 
 
 def _pooled(mask: np.ndarray, k: int) -> np.ndarray:
@@ -597,10 +604,10 @@ def _ends(cells: np.ndarray) -> np.ndarray:
             & (_per_band(shifts, n, *np.nonzero(inked & ~left)) > 0))
 
 
-def _lines(cells: np.ndarray, ends: np.ndarray) -> tuple[list[tuple[np.ndarray, int, int, bool]], bool]:
+def _lines(cells: np.ndarray, ends: np.ndarray) -> tuple[list[tuple[np.ndarray, int, int, bool]], bool, bool]:
     """(the lines along the rows of `cells`, at any slope, each as (the bin of row 0 in each column, its first
     bin, its last, whether it runs from edge to edge across half the image or more); whether the rows are
-    ruled, as ruling_cells says).
+    ruled, as ruling_cells says; whether a line runs from edge to edge away from the image's edge).
 
     At each slope the cells are sheared (_sheared). A band (bins d and d + 1) is full where RULING_FULL of the
     columns in which it lies inside the image hold ink; a line is a run of at most RULING_THICK full bands with
@@ -635,7 +642,7 @@ def _lines(cells: np.ndarray, ends: np.ndarray) -> tuple[list[tuple[np.ndarray, 
 
     ruled = (count(reaches) >= 2) & (count(reaches & inner) >= 1)
     lines = [(shifts[k], a, b, r) for k, a, b, r in zip(slope, start.tolist(), stop.tolist(), reaches.tolist())]
-    return lines, bool(ruled.any())
+    return lines, bool(ruled.any()), bool((reaches & inner).any())
 
 
 def _cells_of(lines: list[tuple[np.ndarray, int, int, bool]], rows: int, cols: int) -> np.ndarray:
@@ -649,23 +656,28 @@ def _cells_of(lines: list[tuple[np.ndarray, int, int, bool]], rows: int, cols: i
 
 
 def without_ruling(gray: np.ndarray, floor: float, top: float) -> np.ndarray:
-    """gray with a ruled or squared page's lines (ruling_cells, of the pixels above the floor) taken out: in
+    """gray with a ruled or squared page's lines (ruling_cells, of the pixels above the floor; where none are
+    found there, of the ink that makes the digit's box, which a photo's noise does not fill) taken out: in
     their cells, a pixel no brighter than halfway from the lines' median ink to the ink's top becomes paper,
     so that a digit's stroke brighter than the lines survives where it crosses one. gray itself where the
     page has no lines, where they are as bright as the ink (RULING_FAINTER: a boxy 8 drawn from edge to edge
-    has two such lines, and its strokes are all there is to read), or where what is left is no digit, or holds
-    a digit's share of ink at the lines' ends."""
+    has two such lines, and its strokes are all there is to read; for a lone line, RULING_LONE of the ink off it),
+    or where what is left is no digit, or holds a digit's share of ink at the lines' ends."""
     above = gray > floor
-    found = ruling_cells(above)
+    found = ruling_cells(above) or ruling_cells(_box_ink(gray, floor, top))
     if found is None:
         return gray
-    cells, ruled, squared = found
+    cells, ruled, squared, lone = found
     h, w = gray.shape
     k = -(-max(h, w) // RULING_CELLS)
     on_lines = _unpooled(cells, k, gray.shape)
     level = _quantile(gray[on_lines & above], 0.5)  # never empty: the cells were found among those pixels
     if level - floor > RULING_FAINTER * (top - floor):
         return gray
+    if lone:  # a lone line must be fainter than the ink off it: a fine pen's 7 has a bar as faint as its stem
+        rest = gray[above & ~on_lines]
+        if not rest.size or level - floor > RULING_LONE * (_quantile(rest, 0.5) - floor):
+            return gray
     cleaned = np.where(on_lines & (gray <= (level + top) / 2), 0, gray).astype(np.uint8)
     # the digit is the ink left, as its box is taken (a line's noisy pixels brighter than the cut are specks): there
     # must be one, and under RULING_ENDS_LEFT of it in an eighth of the image at both ends of the lines (a digit

@@ -495,10 +495,11 @@ const mnistPreprocess = (() => {
 
   // preprocessing.ruling_cells and without_ruling: a ruled or squared page's lines taken out of gray
   const RULING_CELLS = 128, RULING_SLANT = 24, RULING_FULL = 0.75, RULING_LEAST = 48, RULING_END = 8;
-  const RULING_FAINTER = 0.85, RULING_DIGIT = 12, RULING_ENDS_LEFT = 0.05, RULING_THICK = 3;
+  const RULING_FAINTER = 0.85, RULING_LONE = 0.6, RULING_DIGIT = 12, RULING_ENDS_LEFT = 0.05, RULING_THICK = 3;
 
   // preprocessing._lines: the lines along the rows of cells (rows x cols, row by row), each as
-  // {shift, start, stop, reaches}, and whether the rows are ruled
+  // {shift, start, stop, reaches}, whether the rows are ruled, and whether a line runs from edge to edge away from
+  // the image's edge
   function rulingLines(cells, rows, cols) {
     const inked = new Uint8Array(rows * cols);
     for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) {
@@ -516,7 +517,7 @@ const mnistPreprocess = (() => {
       shifts.push(shift);
     }
     const n = rows + most, lines = [];
-    let ruled = false;
+    let ruled = false, lone = false;
     for (const shift of shifts) {
       const span = new Int32Array(n + 1), covered = new Int32Array(n), left = new Uint8Array(n), right = new Uint8Array(n);
       for (let x = 0; x < cols; x++) { span[shift[x]]++; span[shift[x] + rows]--; }
@@ -544,8 +545,9 @@ const mnistPreprocess = (() => {
         reaching += reaches; reachingInner += reaches && inner;
       }
       if (reaching >= 2 && reachingInner >= 1) ruled = true;
+      if (reachingInner >= 1) lone = true;
     }
-    return [lines, ruled];
+    return [lines, ruled, lone];
   }
 
   function rulingCells(above, h, w) {  // Uint8Array(rows * cols), or null where the page has no lines
@@ -558,40 +560,45 @@ const mnistPreprocess = (() => {
       cells[cr * cols + cc] = 1;
       turned[cc * rows + cr] = 1;
     }
-    const [across, ruled] = rulingLines(cells, rows, cols), [down, squared] = rulingLines(turned, cols, rows);
+    const [across, ruledRows, loneAcross] = rulingLines(cells, rows, cols);
+    const [down, ruledColumns, loneDown] = rulingLines(turned, cols, rows);
+    const lone = !ruledRows && !ruledColumns;  // then a single line across the digit, with the others from edge to edge
+    const ruled = lone ? loneAcross : ruledRows, squared = lone ? loneDown : ruledColumns;
     if (!ruled && !squared) return null;
     const out = new Uint8Array(rows * cols);
     for (const { shift, start, stop, reaches } of across) {
-      if (!ruled && !reaches) continue;
+      if ((!ruled || lone) && !reaches) continue;
       for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) {
         const b = y + shift[x];
         if (b >= start && b <= stop) out[y * cols + x] = 1;
       }
     }
     for (const { shift, start, stop, reaches } of down) {  // rows and columns turned: y runs along the shift
-      if (!squared && !reaches) continue;
+      if ((!squared || lone) && !reaches) continue;
       for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) {
         const b = x + shift[y];
         if (b >= start && b <= stop) out[y * cols + x] = 1;
       }
     }
-    return { cells: out, rows, cols, ruled, squared };
+    return { cells: out, rows, cols, ruled, squared, lone };
   }
 
   function withoutRuling(gray, h, w, floor, top) {
     const above = gray.map((v) => (v > floor ? 1 : 0));
-    const found = rulingCells(above, h, w);
+    const found = rulingCells(above, h, w) ?? rulingCells(boxInk(gray, h, w, floor, top), h, w);  // then, less noise
     if (found === null) return gray;
-    const { cells, rows, cols, ruled, squared } = found;
+    const { cells, rows, cols, ruled, squared, lone } = found;
     const k = Math.ceil(Math.max(h, w) / RULING_CELLS);
-    const onLines = new Uint8Array(h * w), lineInk = [];
+    const onLines = new Uint8Array(h * w), lineInk = [], restInk = [];
     for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
-      if (!cells[Math.floor(r / k) * cols + Math.floor(c / k)]) continue;
-      onLines[r * w + c] = 1;
-      if (above[r * w + c]) lineInk.push(gray[r * w + c]);
+      const on = cells[Math.floor(r / k) * cols + Math.floor(c / k)];
+      onLines[r * w + c] = on;
+      if (above[r * w + c]) (on ? lineInk : restInk).push(gray[r * w + c]);
     }
     const level = quantile(lineInk, 0.5);
     if (level - floor > RULING_FAINTER * (top - floor)) return gray;  // lines as dark as the ink: a digit's own
+    // a lone line must be fainter than the ink off it: a fine pen's 7 has a bar as faint as its stem
+    if (lone && (restInk.length === 0 || level - floor > RULING_LONE * (quantile(restInk, 0.5) - floor))) return gray;
     const keep = (level + top) / 2;
     const cleaned = gray.map((v, i) => (onLines[i] && v <= keep ? 0 : v));
     // the digit is the ink left, as its box is taken: there must be one, with under RULING_ENDS_LEFT of it in an
