@@ -67,8 +67,7 @@ RESERVED_FONTS = ("dejavu", "liberation", "urw", "nimbus", "texgyre", "freefont"
 PARTS = ("train", "validation")
 CANVAS = 80  # the large renderings' page: digits 34-50 pixels tall, room for slant and stroke
 SMALL_SHARE = 0.2  # rendered 8-16 pixels tall, then enlarged
-PLAIN_ONES = 0.4  # the share of 1s drawn as one straight stroke rather than in a font
-UPRIGHT_ONES = 0.4  # of those, the share left upright (turned under 2 degrees, no slant): a 1 drawn straight down
+PLAIN_ONES = 0.3  # the share of 1s drawn as one straight stroke rather than in a font
 CHUNK = 1000  # digits drawn by one worker at a time, from a random stream of their own
 CACHE_VERSION = "1"  # part of the cache key, with this module's and preprocessing's source: bump for other changes
 
@@ -200,13 +199,10 @@ def _digit(digit: str, fonts: dict[str, tuple[Path, ...]], rng: np.random.Genera
         path = pick_font(fonts, rng)
         if digit == "1" and rng.random() < PLAIN_ONES:
             img = _stroke(rng)
-            upright = rng.random() < UPRIGHT_ONES
-            img = img.rotate(rng.uniform(-2, 2), Image.Resampling.BILINEAR, fillcolor=255) if upright else _slanted(
-                img, rng)
         else:
-            img = _slanted(_small(digit, path, rng) if rng.random() < SMALL_SHARE else _large(digit, path, rng), rng)
+            img = _small(digit, path, rng) if rng.random() < SMALL_SHARE else _large(digit, path, rng)
         try:
-            return preprocess(img)
+            return preprocess(_slanted(img, rng))
         except NoDigitError:
             continue
 
