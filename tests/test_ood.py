@@ -341,9 +341,11 @@ def test_the_outlier_families_flag_is_checked(tmp_path):
 
 def test_the_outlier_loss_flag_is_checked():
     assert RunConfig(outlier_exposure=0.5, outlier_loss="energy").validate().outlier_loss == "energy"
-    for fields in ({"outlier_loss": "energy"}, {"outlier_loss": "energy", "outlier_exposure": 0.5, "head": "sigmoid"}):
-        with pytest.raises(MnistlabError, match="a softmax head's loss for the outliers of --outlier-exposure"):
-            RunConfig(**fields).validate()  # never silently ignored
+    # never silently ignored, and the sentence names what is wrong
+    with pytest.raises(MnistlabError, match="the loss of --outlier-exposure's outliers: give --outlier-exposure"):
+        RunConfig(outlier_loss="energy").validate()
+    with pytest.raises(MnistlabError, match="not --head sigmoid's: leave --head out, or the loss"):
+        RunConfig(outlier_loss="energy", outlier_exposure=0.5, head="sigmoid").validate()
     with pytest.raises(MnistlabError, match="--outlier-loss must be one of uniform, energy, not 'hinge'"):
         RunConfig(outlier_exposure=0.5, outlier_loss="hinge").validate()
     shown = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--print-config", "--outlier-exposure", "0.5",

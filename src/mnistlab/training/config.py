@@ -115,9 +115,12 @@ class RunConfig:
         if self.outlier_loss not in OUTLIER_LOSSES:
             raise MnistlabError(f"--outlier-loss must be one of {', '.join(OUTLIER_LOSSES)}, "
                                 f"not '{self.outlier_loss}'.")
-        if self.outlier_loss != "uniform" and (self.head != "softmax" or not self.outlier_exposure):
-            raise MnistlabError(f"--outlier-loss {self.outlier_loss} is a softmax head's loss for the outliers of "
-                                "--outlier-exposure: give --outlier-exposure, and no other --head.")
+        if self.outlier_loss != "uniform" and self.head != "softmax":
+            raise MnistlabError(f"--outlier-loss {self.outlier_loss} is a softmax head's loss for the outliers, not "
+                                f"--head {self.head}'s: leave --head out, or the loss.")
+        if self.outlier_loss != "uniform" and not self.outlier_exposure:
+            raise MnistlabError(f"--outlier-loss {self.outlier_loss} is the loss of --outlier-exposure's outliers: "
+                                "give --outlier-exposure.")
         if self.head == "none-class" and not self.outlier_exposure:
             raise MnistlabError("--head none-class learns its 'none' output from outliers: give --outlier-exposure.")
         if self.outlier_exposure and self.dataset != "mnist":
