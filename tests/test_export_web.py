@@ -104,8 +104,9 @@ def test_the_page_reads_hard_inputs_as_python_does(site, data_dir):
     """Ink along the pad's edge (a thick 8 covering most of the border), tight crops, faint pencil, a small digit in
     a large photo, a vignette, a straight-edged shadow, paper in dim light, chalk on a grey board, a ruled or squared
     page, a page with pieces of faint lines and dirt near its edges, a ruled page seen at a slant, one line of a
-    page ruled wider than the crop, a grainy ruled page, a fine pen, a frame, 1s cropped tight, specks of dust: the
-    paper's light, floor, lines and the digit's box as preprocessing.py finds them, to the pixel."""
+    page ruled wider than the crop, a grainy ruled page, a digit's lighter bar, a fine pen, a frame, 1s cropped tight,
+    specks of dust: the paper's light, floor, lines and the digit's box as preprocessing.py finds them, to the
+    pixel."""
     from PIL import Image
 
     from mnistlab_testkit import hard_inputs as hard
@@ -122,6 +123,7 @@ def test_the_page_reads_hard_inputs_as_python_does(site, data_dir):
                  hard.grainy_page(d, rng)[0]]
     made += [hard.pen_digit(digit, side, side // 280) for digit in range(10) for side in (280, 560)]  # a fine pen
     made += [hard.framed(digit, 280, inset, width)[0] for digit in range(10) for inset, width in ((5, 4), (0, 3))]
+    made += [hard.lighter_bar(digit, grey)[0] for digit in (4, 7) for grey in (160, 200)]  # no page's line
     x, y = load_split("mnist", "train", data_dir)[:2]
     made += [hard.tight_crop(d, 64)[0] for d in x[:400][y[:400] == 1][:16].numpy()]  # ink on most of the tiles
     pngs = []

@@ -166,6 +166,20 @@ def slanted_page(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Ima
     return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8)), clean
 
 
+def lighter_bar(label: int, grey: int) -> tuple[Image.Image, Image.Image]:
+    """(an open 4, or a 7 with a crossbar, in pencil at 40 on paper at 245, its bar drawn lighter (`grey`) and running
+    past its other strokes nearly to the image's edges; the same on a page with a wide margin)."""
+    strokes = {4: [([(200, 40), (80, 170)], 40), ([(200, 40), (200, 260)], 40), ([(20, 170), (260, 170)], grey)],
+               7: [([(40, 40), (240, 40), (120, 260)], 40), ([(12, 150), (268, 150)], grey)]}[label]
+    img = Image.new("L", (280, 280), 245)
+    for points, fill in strokes:
+        ImageDraw.Draw(img).line(points, fill=fill, width=6, joint="curve")
+    img = img.filter(ImageFilter.GaussianBlur(1))
+    wide = Image.new("L", (480, 480), 245)
+    wide.paste(img, (100, 100))
+    return img, wide
+
+
 def one_line_page(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
     """(lined_page ruled wider than the crop: one line, through the middle third of the page and so through or
     beside the digit; the same page without it)."""

@@ -51,7 +51,7 @@ RULING_LEAST = 48  # cells on the shorter side, at least: in a smaller image a d
 RULING_END = 8  # cells from the image's edge that a ruling line reaches, at both of its ends: a page seen at a
 # slant leaves paper beyond its lines' ends
 RULING_FAINTER = 0.85  # a page's lines are this much of the ink's height above the paper, at most
-RULING_LONE = 0.6  # a page's single line is this much of the ink's median height off it above the paper, at most
+RULING_LONE = 0.6  # a page's lone line is this much of the median height above the paper off it, at most
 RULING_DIGIT = 12  # cells of ink left once the lines are out, at least: a digit, not specks
 RULING_ENDS_LEFT = 0.05  # of the ink left once the lines are out, what may lie at their ends: the lines' noise
 RULING_THICK = 3  # the bands of two cells that a ruling line fills, at most, one beside the next
@@ -533,16 +533,14 @@ def ruling_cells(mask: np.ndarray) -> tuple[np.ndarray, bool, bool, bool] | None
     digit is cropped tight, and a 4's bar or a 1's stem is one line alone. Then every line of that direction
     is taken, at any slope (lines converge in a photo's perspective, and a turned page's corners hold short
     ones), with the lines of the other direction that run from edge to edge (a margin's line). Where no slope
-    holds two, a line that runs from edge to edge away from the image's edge is taken alone, with the others that
-    run from edge to edge (a page ruled wider than the crop shows one line); without_ruling then asks it to be
-    fainter than a pen's ink. Images under RULING_LEAST cells a side are left as they are."""
-    h, w = mask.shape
-    k = -(-max(h, w) // RULING_CELLS)
-    rows, cols = -(-h // k), -(-w // k)
-    ring = (RULING_END + 1) * k  # pixels, about the cells in which a line reaching the edge holds ink
-    if min(rows, cols) < RULING_LEAST or not (mask[:ring].any() or mask[(rows - RULING_END - 1) * k:].any()
-                                             or mask[:, :ring].any() or mask[:, (cols - RULING_END - 1) * k:].any()):
-        return None  # too small, or no ink near the edge (most images, at once)
+    holds two, a line away from the image's edge that the image's first and last columns (or rows) both cut is
+    taken alone, with the others that run from edge to edge: a page ruled wider than the crop shows one line.
+    A digit's bar that runs as far is only cut so in a crop as tight as the digit, and without_ruling keeps it
+    where it is as dark as the ink off it, or where the digit's ink reaches the same edges. Images under
+    RULING_LEAST cells a side are left as they are."""
+    if not _may_be_ruled(mask):
+        return None
+    k = -(-max(mask.shape) // RULING_CELLS)
     cells = _pooled(mask, k)
     ends, ends_down = _ends(cells), _ends(cells.T)
     if not (ends.any() or ends_down.any()):
@@ -555,7 +553,20 @@ def ruling_cells(mask: np.ndarray) -> tuple[np.ndarray, bool, bool, bool] | None
         return None
     across = across if ruled and not lone else [line for line in across if line[3]]
     down = down if squared and not lone else [line for line in down if line[3]]
+    rows, cols = cells.shape
     return _cells_of(across, rows, cols) | _cells_of(down, cols, rows).T, ruled, squared, lone
+
+
+def _may_be_ruled(mask: np.ndarray) -> bool:
+    """ruling_cells' first test, at once for most images: the image is RULING_LEAST cells a side or more, and holds
+    ink near its edge."""
+    h, w = mask.shape
+    k = -(-max(h, w) // RULING_CELLS)
+    rows, cols = -(-h // k), -(-w // k)
+    ring = (RULING_END + 1) * k  # pixels, about the cells in which a line reaching the edge holds ink
+    return min(rows, cols) >= RULING_LEAST and bool(
+        mask[:ring].any() or mask[(rows - RULING_END - 1) * k:].any() or mask[:, :ring].any()
+        or mask[:, (cols - RULING_END - 1) * k:].any())
 
 
 def _pooled(mask: np.ndarray, k: int) -> np.ndarray:
@@ -607,7 +618,8 @@ def _ends(cells: np.ndarray) -> np.ndarray:
 def _lines(cells: np.ndarray, ends: np.ndarray) -> tuple[list[tuple[np.ndarray, int, int, bool]], bool, bool]:
     """(the lines along the rows of `cells`, at any slope, each as (the bin of row 0 in each column, its first
     bin, its last, whether it runs from edge to edge across half the image or more); whether the rows are
-    ruled, as ruling_cells says; whether a line runs from edge to edge away from the image's edge).
+    ruled, as ruling_cells says; whether a line runs from edge to edge away from the image's edge, cut by the
+    image's first and last columns as a crop cuts a page's line).
 
     At each slope the cells are sheared (_sheared). A band (bins d and d + 1) is full where RULING_FULL of the
     columns in which it lies inside the image hold ink; a line is a run of at most RULING_THICK full bands with
@@ -642,7 +654,14 @@ def _lines(cells: np.ndarray, ends: np.ndarray) -> tuple[list[tuple[np.ndarray, 
 
     ruled = (count(reaches) >= 2) & (count(reaches & inner) >= 1)
     lines = [(shifts[k], a, b, r) for k, a, b, r in zip(slope, start.tolist(), stop.tolist(), reaches.tolist())]
-    return lines, bool(ruled.any()), bool((reaches & inner).any())
+    lone = any(_cut_at(cells, shifts[k], a, b, 0) and _cut_at(cells, shifts[k], a, b, cols - 1)
+               for k, a, b in zip(slope[reaches & inner], start[reaches & inner], stop[reaches & inner]))
+    return lines, bool(ruled.any()), lone
+
+
+def _cut_at(cells: np.ndarray, shift: np.ndarray, first: int, last: int, x: int) -> bool:
+    """Whether a line of _lines (the bins first to last, sheared by `shift`) holds ink in column x of `cells`."""
+    return bool(cells[max(0, first - shift[x]):max(0, last - shift[x] + 1), x].any())
 
 
 def _cells_of(lines: list[tuple[np.ndarray, int, int, bool]], rows: int, cols: int) -> np.ndarray:
@@ -661,9 +680,12 @@ def without_ruling(gray: np.ndarray, floor: float, top: float) -> np.ndarray:
     their cells, a pixel no brighter than halfway from the lines' median ink to the ink's top becomes paper,
     so that a digit's stroke brighter than the lines survives where it crosses one. gray itself where the
     page has no lines, where they are as bright as the ink (RULING_FAINTER: a boxy 8 drawn from edge to edge
-    has two such lines, and its strokes are all there is to read; for a lone line, RULING_LONE of the ink off it),
+    has two such lines, and its strokes are all there is to read; for a lone line, RULING_LONE of the median of
+    the other pixels above the floor: the digit's ink, and a photo's noise, which makes the rule stricter there),
     or where what is left is no digit, or holds a digit's share of ink at the lines' ends."""
     above = gray > floor
+    if not _may_be_ruled(above):  # the box's ink lies within the pixels above the floor: nothing to look for again
+        return gray
     found = ruling_cells(above) or ruling_cells(_box_ink(gray, floor, top))
     if found is None:
         return gray
@@ -674,7 +696,7 @@ def without_ruling(gray: np.ndarray, floor: float, top: float) -> np.ndarray:
     level = _quantile(gray[on_lines & above], 0.5)  # never empty: the cells were found among those pixels
     if level - floor > RULING_FAINTER * (top - floor):
         return gray
-    if lone:  # a lone line must be fainter than the ink off it: a fine pen's 7 has a bar as faint as its stem
+    if lone:  # a lone line must be fainter than what lies off it: a fine pen's 7 has a bar as faint as its stem
         rest = gray[above & ~on_lines]
         if not rest.size or level - floor > RULING_LONE * (_quantile(rest, 0.5) - floor):
             return gray

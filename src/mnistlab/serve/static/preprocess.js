@@ -499,7 +499,7 @@ const mnistPreprocess = (() => {
 
   // preprocessing._lines: the lines along the rows of cells (rows x cols, row by row), each as
   // {shift, start, stop, reaches}, whether the rows are ruled, and whether a line runs from edge to edge away from
-  // the image's edge
+  // the image's edge, cut by its first and last columns
   function rulingLines(cells, rows, cols) {
     const inked = new Uint8Array(rows * cols);
     for (let y = 0; y < rows; y++) for (let x = 0; x < cols; x++) {
@@ -543,11 +543,27 @@ const mnistPreprocess = (() => {
         const inner = edge <= middle && middle <= rows - 1 - edge;
         lines.push({ shift, start, stop, reaches });
         reaching += reaches; reachingInner += reaches && inner;
+        const cutAt = (x) => {  // preprocessing._cut_at
+          for (let y = Math.max(0, start - shift[x]); y < Math.max(0, stop - shift[x] + 1) && y < rows; y++) {
+            if (cells[y * cols + x]) return true;
+          }
+          return false;
+        };
+        if (reaches && inner && cutAt(0) && cutAt(cols - 1)) lone = true;
       }
       if (reaching >= 2 && reachingInner >= 1) ruled = true;
-      if (reachingInner >= 1) lone = true;
     }
     return [lines, ruled, lone];
+  }
+
+  function mayBeRuled(mask, h, w) {  // preprocessing._may_be_ruled
+    const k = Math.ceil(Math.max(h, w) / RULING_CELLS), rows = Math.ceil(h / k), cols = Math.ceil(w / k);
+    const ring = (RULING_END + 1) * k, bottom = (rows - RULING_END - 1) * k, right = (cols - RULING_END - 1) * k;
+    if (Math.min(rows, cols) < RULING_LEAST) return false;
+    for (let r = 0; r < h; r++) for (let c = 0; c < w; c++) {
+      if (mask[r * w + c] && (r < ring || r >= bottom || c < ring || c >= right)) return true;
+    }
+    return false;
   }
 
   function rulingCells(above, h, w) {  // Uint8Array(rows * cols), or null where the page has no lines
@@ -562,7 +578,7 @@ const mnistPreprocess = (() => {
     }
     const [across, ruledRows, loneAcross] = rulingLines(cells, rows, cols);
     const [down, ruledColumns, loneDown] = rulingLines(turned, cols, rows);
-    const lone = !ruledRows && !ruledColumns;  // then a single line across the digit, with the others from edge to edge
+    const lone = !ruledRows && !ruledColumns;  // then a page's lone line, with the others from edge to edge
     const ruled = lone ? loneAcross : ruledRows, squared = lone ? loneDown : ruledColumns;
     if (!ruled && !squared) return null;
     const out = new Uint8Array(rows * cols);
@@ -585,6 +601,7 @@ const mnistPreprocess = (() => {
 
   function withoutRuling(gray, h, w, floor, top) {
     const above = gray.map((v) => (v > floor ? 1 : 0));
+    if (!mayBeRuled(above, h, w)) return gray;  // nor can the box's ink, which lies within it
     const found = rulingCells(above, h, w) ?? rulingCells(boxInk(gray, h, w, floor, top), h, w);  // then, less noise
     if (found === null) return gray;
     const { cells, rows, cols, ruled, squared, lone } = found;
