@@ -104,7 +104,8 @@ def _key(part: str, n: int, seed: int, families: list[str]) -> str:
     makes it anew (Fashion-MNIST's images are the same in every copy)."""
     from .synthetic import font_digest
 
-    h = hashlib.blake2b(f"{part} {n} {seed} {','.join(families)} {Image.__version__}".encode(), digest_size=12)
+    h = hashlib.blake2b(f"{part} {n} {seed} {','.join(families)} {Image.__version__} {STROKE_ELONGATION}".encode(),
+                        digest_size=12)
     h.update(code_digest(Path(__file__).parent))
     for path in sorted([*_fonts(TRAIN_FONTS), *_fonts((CJK_FONT,))]):
         h.update(f"{path} {path.stat().st_size}".encode())
