@@ -654,8 +654,9 @@ def _lines(cells: np.ndarray, ends: np.ndarray) -> tuple[list[tuple[np.ndarray, 
 
     ruled = (count(reaches) >= 2) & (count(reaches & inner) >= 1)
     lines = [(shifts[k], a, b, r) for k, a, b, r in zip(slope, start.tolist(), stop.tolist(), reaches.tolist())]
+    alone = reaches & inner
     lone = any(_cut_at(cells, shifts[k], a, b, 0) and _cut_at(cells, shifts[k], a, b, cols - 1)
-               for k, a, b in zip(slope[reaches & inner], start[reaches & inner], stop[reaches & inner]))
+               for k, a, b in zip(slope[alone], start[alone], stop[alone]))
     return lines, bool(ruled.any()), lone
 
 

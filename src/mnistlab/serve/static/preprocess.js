@@ -516,6 +516,12 @@ const mnistPreprocess = (() => {
       for (let x = 0; x < cols; x++) { shift[x] -= least; most = Math.max(most, shift[x]); }
       shifts.push(shift);
     }
+    const cutAt = (shift, start, stop, x) => {  // preprocessing._cut_at: the line holds ink in column x
+      for (let y = Math.max(0, start - shift[x]); y < Math.min(rows, stop - shift[x] + 1); y++) {
+        if (cells[y * cols + x]) return true;
+      }
+      return false;
+    };
     const n = rows + most, lines = [];
     let ruled = false, lone = false;
     for (const shift of shifts) {
@@ -543,13 +549,7 @@ const mnistPreprocess = (() => {
         const inner = edge <= middle && middle <= rows - 1 - edge;
         lines.push({ shift, start, stop, reaches });
         reaching += reaches; reachingInner += reaches && inner;
-        const cutAt = (x) => {  // preprocessing._cut_at
-          for (let y = Math.max(0, start - shift[x]); y < Math.max(0, stop - shift[x] + 1) && y < rows; y++) {
-            if (cells[y * cols + x]) return true;
-          }
-          return false;
-        };
-        if (reaches && inner && cutAt(0) && cutAt(cols - 1)) lone = true;
+        if (reaches && inner && cutAt(shift, start, stop, 0) && cutAt(shift, start, stop, cols - 1)) lone = true;
       }
       if (reaching >= 2 && reachingInner >= 1) ruled = true;
     }
