@@ -3,7 +3,7 @@
     python benchmarks/realworld.py [--model robust-real] [--n 500] [--seed 0] [--sets printed,edge,...]
                                    [--data-dir ../shared/data] [--json PATH] [--save-images DIR]
 
-Eleven sets of `--n` images each, made here from a seed, as PNG files. Each file takes the path of
+Thirteen sets of `--n` images each, made here from a seed, as PNG files. Each file takes the path of
 `mnistlab predict FILE`: preprocessing of the file's bytes, then the model with its reject threshold.
 Each image ends in one of four outcomes: accepted and right, accepted and wrong, rejected ("not a
 digit") or unreadable ("no digit found": preprocessing raised NoDigitError).
@@ -30,6 +30,10 @@ digit") or unreadable ("no digit found": preprocessing raised NoDigitError).
   program's finest brush, a fine pen scanned): strokes under a tenth of a pixel at 20 px.
 - dust: MNIST validation digits on a page with 1-3 specks of dust or dots of the pen, as dark as the ink,
   away from the digit (more than a third of its height), as a scanner or a pen leaves them.
+- mnist-8px: MNIST validation digits as old low-resolution scans of handwriting keep them: 8x8 pixels of 17
+  grey levels (the ink counted in 4x4 blocks of a 32x32 black-and-white image), dark on white or light on
+  black, enlarged to 16-256 px by repeating pixels (half of them), bilinear or bicubic; a third with paper
+  added around after.
 - non-digits: letters (not O, o, I, l, i), symbols, scribbles and shapes, in the suite's fonts and
   drawn: the share rejected is the score.
 
@@ -58,6 +62,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont, features
 from mnistlab.data.own import load_split
 from mnistlab.data.preprocess import NoDigitError
 from mnistlab.inference import Classifier, load_model
+from mnistlab_testkit.hard_inputs import low_resolution_scan
 
 REPO = Path(__file__).resolve().parents[1]
 FONT_ROOT = Path("/usr/share/fonts")
@@ -95,7 +100,7 @@ NEVER_READ = ("dejavu", "liberation", "urw", "nimbus", "base35", "gsfonts", "tex
               "noto", "roboto", "opensans", "open-sans", "plex", "klee", "kristi", "rufscript", "sjfonts", "purisa",
               "tlwg", "yozvox", "yozfont")
 SETS = ("printed", "handwriting-fonts", "mnist-tight", "mnist-small", "mnist-pens", "drawings", "photos", "edge",
-        "lined", "fine-pens", "dust", "non-digits")
+        "lined", "fine-pens", "dust", "mnist-8px", "non-digits")
 NON_DIGIT_SETS = ("non-digits",)
 OUTCOMES = ("right", "wrong", "rejected", "unreadable")
 VAL_SIZE = 5000  # the validation split of every shipped model and of the benchmarks
@@ -612,6 +617,23 @@ class Builder:
         paper, pen = paper_and_pen(rng, plain=0.8)
         sheet = on_paper(ink, margins(rng, ink, 0.6, 2.0), paper, pen)
         return (photographed(ruled(sheet, rng, ink.height), rng) if i % 2 else ruled(sheet, rng, ink.height)), label
+
+    def mnist_8px(self, rng: np.random.Generator, i: int):
+        k = self.order[i % len(self.order)]
+        small, paper = low_resolution_scan(self.digits[k]), 255
+        if rng.random() < 0.5:
+            small, paper = 255 - small, 0
+        side = log_uniform(rng, 16, 256)
+        r = rng.random()
+        resample = (Image.Resampling.NEAREST if r < 0.5 else
+                    Image.Resampling.BILINEAR if r < 0.75 else Image.Resampling.BICUBIC)
+        img = Image.fromarray(small).resize((side, side), resample)
+        if rng.random() < 1 / 3:
+            margin = int(rng.integers(1, side // 2 + 1))
+            sheet = Image.new("L", (side + 2 * margin,) * 2, paper)
+            sheet.paste(img, (margin, margin))
+            img = sheet
+        return img, int(self.labels[k])
 
     def non_digits(self, rng: np.random.Generator, i: int):
         """A letter or symbol in the suite's fonts, or a drawn letter, shape or scribble."""

@@ -285,6 +285,34 @@ def dashed_page(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Imag
     return Image.fromarray(dashed), Image.fromarray(clean)
 
 
+def low_resolution_scan(digit: np.ndarray, side: int = 8) -> np.ndarray:
+    """An MNIST digit as an old low-resolution scan of handwriting keeps it, dark on white: its ink's box fitted into
+    a 4 side-pixel square (aspect kept, centred), made black and white, then the ink counted in 4x4 blocks, so
+    each of the side x side pixels has one of 17 grey levels, and the digit fills the image along its longer side."""
+    rows, cols = np.flatnonzero(digit.max(1) > 30), np.flatnonzero(digit.max(0) > 30)
+    ink = Image.fromarray(digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    fine = 4 * side
+    scale = fine / max(ink.size)
+    ink = ink.resize((max(1, round(ink.width * scale)), max(1, round(ink.height * scale))), Image.Resampling.BILINEAR)
+    bits = np.zeros((fine, fine), bool)
+    top, left = (fine - ink.height) // 2, (fine - ink.width) // 2
+    bits[top:top + ink.height, left:left + ink.width] = np.asarray(ink) > 127
+    counts = bits.reshape(side, 4, side, 4).sum((1, 3))
+    return (255 - np.round(counts * 255 / 16)).astype(np.uint8)
+
+
+def enlarged(small: np.ndarray, side: int, margin: int = 0) -> tuple[Image.Image, Image.Image]:
+    """(a small image enlarged to `side` px by repeating its pixels (nearest neighbour), with `margin` px of its
+    corner's colour added around it after; the same enlarged smoothly, by Pillow's Lanczos)."""
+    def framed(img: Image.Image) -> Image.Image:
+        out = Image.new("L", (side + 2 * margin,) * 2, int(small[0, 0]))
+        out.paste(img, (margin, margin))
+        return out
+    img = Image.fromarray(small)
+    return (framed(img.resize((side, side), Image.Resampling.NEAREST)),
+            framed(img.resize((side, side), Image.Resampling.LANCZOS)))
+
+
 def alike(a: np.ndarray, b: np.ndarray) -> float:
     """The best correlation of two 28x28 images within a pixel's shift (the centre of mass rounds to whole pixels)."""
     return max(np.corrcoef(np.roll(a, (dy, dx), (0, 1)).ravel().astype(float), b.ravel().astype(float))[0, 1]

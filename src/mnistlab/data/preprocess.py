@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 import os
 import struct
 import sys
@@ -56,6 +57,8 @@ RULING_DIGIT = 12  # cells of ink left once the lines are out, at least: a digit
 RULING_ENDS_LEFT = 0.05  # of the ink left once the lines are out, what may lie at their ends: the lines' noise
 RULING_THICK = 3  # the bands of two cells that a ruling line fills, at most, one beside the next
 WORKING_SIDE = 1024  # larger images are decoded (JPEG) or reduced to about this before anything else
+BLOCK_CHANGES = 5  # rows and columns where an image of blocks changes, at least, for them to be a small image's
+LATTICE_SLACK = 1.0  # pixels a block's boundary may lie off its lattice: libraries round an enlargement their ways
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, at the same size
 
 
@@ -211,6 +214,78 @@ def to_gray(img: Image.Image) -> np.ndarray:
         bg = 255.0 if not opaque.any() or gray[opaque].mean() < 127.5 else 0.0
         return np.round(gray * alpha + bg * (1 - alpha)).astype(np.uint8)
     return np.asarray(img.convert("L"))
+
+
+def unblocked(gray: np.ndarray) -> np.ndarray:
+    """gray, or, where it is a smaller image enlarged by repeating its pixels (nearest neighbour), that smaller
+    image enlarged again smoothly (Pillow's Lanczos), to the same size.
+
+    A digit of 8 x 8 pixels enlarged into blocks keeps its staircase edges through the shrink to 20 px, and the
+    model, which has seen anti-aliased strokes, takes it for no digit. The blocks are found where every row at
+    which the image changes, and every column, lies on a lattice of blocks at least 2 pixels long (_lattice),
+    with BLOCK_CHANGES changes at least and never two side by side: a photo's noise or a drawn curve changes
+    from one row to the next. The image is the same across each block, so the block's middle pixel is the
+    smaller image's."""
+    rows, cols = _changes(gray, 0), _changes(gray, 1)
+    if (not len(rows) or not len(cols) or len(rows) + len(cols) < BLOCK_CHANGES
+            or min(np.diff(rows, prepend=-2).min(), np.diff(cols, prepend=-2).min()) < 2):
+        return gray
+    step = math.gcd(*np.diff(rows).tolist(), *np.diff(cols).tolist())  # 0 where each axis changes once
+    # the axis with more changes shows the lattice better; the other tries its block first
+    (more, more_side), (fewer, fewer_side) = sorted(((rows, gray.shape[0]), (cols, gray.shape[1])),
+                                                     key=lambda axis: -len(axis[0]))
+    first = _lattice(more, more_side, step)
+    second = None if first is None else _lattice(fewer, fewer_side, step, first[3])
+    if first is None or second is None:
+        return gray
+    (row_at, top, bottom, _), (col_at, left, right, _) = (first, second) if len(rows) >= len(cols) else (second, first)
+    small = Image.fromarray(np.ascontiguousarray(gray[row_at][:, col_at], dtype=np.float32))
+    big = small.resize(gray.shape[::-1], Image.Resampling.LANCZOS, box=(left, top, right, bottom))
+    return np.round(np.clip(np.asarray(big), 0, 255)).astype(np.uint8)
+
+
+def _changes(gray: np.ndarray, axis: int) -> np.ndarray:
+    """The rows (axis 0) or columns (1) that differ from the one before."""
+    return np.flatnonzero((np.diff(gray, axis=axis) != 0).any(axis=1 - axis)) + 1
+
+
+def _lattice(changes: np.ndarray, side: int, step: int, like: float = 0.0
+             ) -> tuple[np.ndarray, float, float, float] | None:
+    """Along one axis of `side` pixels: (the middle pixel of each block, the span of the blocks that the image
+    covers, in blocks, and the block's length), or None where the changes lie on no lattice of blocks.
+
+    Blocks of `step` whole pixels, from the offset of the first change (paper added after the enlarging), where
+    step is 2 or more. Else blocks of a length no whole number: `like` (the other axis's) if the changes fit it,
+    else the longest, of the first and last change's distance over k blocks, that they fit, from k one less than
+    the changes to twice as many (a change at half of the boundaries at least). Libraries round a boundary in their
+    own ways, so a change fits within LATTICE_SLACK pixels; the lattice is then fitted to the changes by least
+    squares, whose sums are whole numbers, exact in any order, or taken as the image's side over a whole number
+    of blocks where that fits as well (the rounding would shift it a little). Pillow's resize of the span puts
+    the image's pixel p at (p + 0.5 - start) / block in the smaller image, as the lattice does."""
+    if step >= 2:
+        start: float = int(changes[0]) % step - (step if int(changes[0]) % step else 0)
+        block: float = step
+    else:
+        span, fits = int(changes[-1] - changes[0]), None
+        for block in [like, *(span / k for k in range(len(changes) - 1, 2 * len(changes)) if k)]:
+            j = np.floor((changes - changes[0]) / block + 0.5) if block >= 2 else None
+            if j is not None and np.abs(changes - changes[0] - j * block).max() <= LATTICE_SLACK:
+                fits = j
+                break
+        if fits is None:
+            return None
+        n, sj, sp, sjj, sjp = len(changes), fits.sum(), changes.sum(), (fits * fits).sum(), (fits * changes).sum()
+        if n * sjj - sj * sj > 0:  # two blocks at least: the least-squares line
+            block = (n * sjp - sj * sp) / (n * sjj - sj * sj)
+        start = (sp - block * sj) / n
+        whole = math.floor(side / block + 0.5)  # the blocks, if the lattice spans the image: no paper added after
+        if whole and np.abs(changes - np.floor(changes * whole / side + 0.5) * side / whole).max() <= LATTICE_SLACK:
+            start, block = 0.0, side / whole
+        if block < 2:
+            return None
+    first, last = math.floor(-start / block), math.ceil((side - start) / block) - 1
+    middle = np.floor(start + (np.arange(first, last + 1) + 0.5) * block).astype(int)
+    return np.clip(middle, 0, side - 1), -start / block - first, (side - start) / block - first, block
 
 
 def _range(a: np.ndarray) -> tuple[float, float]:
@@ -830,7 +905,7 @@ def _without_frame(mask: np.ndarray) -> np.ndarray:
 
 
 def _preprocess(source, name: str | None, label: str) -> np.ndarray:
-    levels = ink_levels(to_gray(open_image(source, name)))
+    levels = ink_levels(unblocked(to_gray(open_image(source, name))))
     if levels is None or not _enough(levels):
         raise NoDigitError(f"{label}: no digit found (the image has no ink).")
     gray, floor, top = levels

@@ -493,6 +493,71 @@ const mnistPreprocess = (() => {
     return resample(img, iw, ih, outW, outH, box);
   }
 
+  // preprocessing.unblocked: a smaller image enlarged by repeating its pixels, enlarged again smoothly
+  const BLOCK_CHANGES = 5, LATTICE_SLACK = 1.0;
+  function changes(gray, h, w, rows) {  // preprocessing._changes: the rows (or columns) that differ from the one before
+    const out = [], [n, m] = rows ? [h, w] : [w, h];
+    const at = rows ? (i, j) => gray[i * w + j] : (i, j) => gray[j * w + i];
+    for (let i = 1; i < n; i++) {
+      for (let j = 0; j < m; j++) if (at(i, j) !== at(i - 1, j)) { out.push(i); break; }
+    }
+    return out;
+  }
+
+  const gcd = (a, b) => (b === 0 ? a : gcd(b, a % b));
+  const gaps = (ch) => ch.slice(1).map((p, i) => p - ch[i]);
+
+  function lattice(ch, side, step, like = 0) {  // preprocessing._lattice: [middles, box start, box end, block]
+    let start, block;
+    if (step >= 2) {
+      start = ch[0] % step ? ch[0] % step - step : 0;
+      block = step;
+    } else {
+      const span = ch[ch.length - 1] - ch[0];
+      const tries = [like];
+      for (let k = ch.length - 1; k < 2 * ch.length; k++) if (k) tries.push(span / k);
+      let fits = null;
+      for (const b of tries) {
+        if (b < 2) continue;
+        const j = ch.map((p) => Math.floor((p - ch[0]) / b + 0.5));
+        if (ch.every((p, i) => Math.abs((p - ch[0]) - j[i] * b) <= LATTICE_SLACK)) { fits = j; block = b; break; }
+      }
+      if (fits === null) return null;
+      const n = ch.length;
+      let sj = 0, sp = 0, sjj = 0, sjp = 0;
+      ch.forEach((p, i) => { sj += fits[i]; sp += p; sjj += fits[i] * fits[i]; sjp += fits[i] * p; });
+      if (n * sjj - sj * sj > 0) block = (n * sjp - sj * sp) / (n * sjj - sj * sj);
+      start = (sp - block * sj) / n;
+      const whole = Math.floor(side / block + 0.5);
+      if (whole && ch.every((p) => Math.abs(p - Math.floor(p * whole / side + 0.5) * side / whole) <= LATTICE_SLACK)) {
+        start = 0;
+        block = side / whole;
+      }
+      if (block < 2) return null;
+    }
+    const first = Math.floor(-start / block), last = Math.ceil((side - start) / block) - 1;
+    const middles = [];
+    for (let c = first; c <= last; c++) middles.push(Math.min(side - 1, Math.max(0, Math.floor(start + (c + 0.5) * block))));
+    return [middles, -start / block - first, (side - start) / block - first, block];
+  }
+
+  function unblocked(gray, h, w) {
+    const rows = changes(gray, h, w, true), cols = changes(gray, h, w, false);
+    if (!rows.length || !cols.length || rows.length + cols.length < BLOCK_CHANGES ||
+        Math.min(...gaps(rows), ...gaps(cols)) < 2) return gray;
+    const step = [...gaps(rows), ...gaps(cols)].reduce(gcd, 0);
+    const rowsFirst = rows.length >= cols.length;  // the axis with more changes, then the other with its block
+    const [more, moreSide, fewer, fewerSide] = rowsFirst ? [rows, h, cols, w] : [cols, w, rows, h];
+    const first = lattice(more, moreSide, step);
+    const second = first === null ? null : lattice(fewer, fewerSide, step, first[3]);
+    if (first === null || second === null) return gray;
+    const [[rowAt, top, bottom], [colAt, left, right]] = rowsFirst ? [first, second] : [second, first];
+    const small = new Float32Array(rowAt.length * colAt.length);
+    rowAt.forEach((r, i) => colAt.forEach((c, j) => { small[i * colAt.length + j] = gray[r * w + c]; }));
+    const big = resample(small, colAt.length, rowAt.length, w, h, [left, top, right, bottom].map(f32));
+    return Uint8Array.from(big, (v) => roundHalfEven(Math.min(255, Math.max(0, v))));
+  }
+
   // preprocessing.ruling_cells and without_ruling: a ruled or squared page's lines taken out of gray
   const RULING_CELLS = 128, RULING_SLANT = 24, RULING_FULL = 0.75, RULING_LEAST = 48, RULING_END = 8;
   const RULING_FAINTER = 0.85, RULING_LONE = 0.6, RULING_DIGIT = 12, RULING_ENDS_LEFT = 0.05, RULING_THICK = 3;
@@ -769,7 +834,7 @@ const mnistPreprocess = (() => {
   }
 
   function fromRGBA(rgba, w, h) {
-    const levels = inkLevels(toGray(rgba, w * h), h, w);
+    const levels = inkLevels(unblocked(toGray(rgba, w * h), h, w), h, w);
     if (levels === null || levels[2] - levels[1] < MIN_INK) throw new Error("no digit found (the image has no ink)");
     const [levelled, floor, top] = levels;
     const gray = withoutRuling(levelled, h, w, floor, top);
