@@ -624,6 +624,8 @@ def test_a_low_resolution_scan_enlarged_into_blocks_is_enlarged_smoothly(side, t
     if side % 8 == 0:
         kron = np.kron(small, np.ones((side // 8, side // 8), np.uint8))
         assert (kron == np.asarray(blocky)).all()
+    wide = np.asarray(Image.fromarray(small).resize((side * 10 // 7, side), Image.Resampling.NEAREST))
+    assert np.abs(unblocked(wide).astype(int) - _smooth(small, wide.shape[::-1])).max() <= 1  # blocks not square
 
 
 def test_blocks_behind_a_margin_are_found_at_their_offset(train_digits):
@@ -649,16 +651,21 @@ def test_blocks_behind_a_margin_are_found_at_their_offset(train_digits):
 
 
 def test_images_that_are_not_enlarged_blocks_are_left_as_they_are(train_digits):
-    """A photo's noise, a drawn digit, an MNIST digit at its own size, and a 1 drawn as one crisp rectangle (too few
-    changes to show a lattice of blocks) all come back unchanged."""
+    """A photo's noise, a drawn digit, an MNIST digit at its own size, a 1 drawn as one crisp rectangle, and a 7 and
+    a shape of two (too few changes to show a lattice of blocks: the gaps between three rows fit many) all come back
+    unchanged."""
     from mnistlab.data.preprocess import unblocked
     from mnistlab_testkit.hard_inputs import faint_photo, seven_along_the_top, with_margin
 
     rng = np.random.default_rng(0)
     bar = np.full((280, 280), 255, np.uint8)
     bar[40:240, 120:160] = 0
+    seven, boxes = np.full((2, 280, 280), 255, np.uint8)  # crisp rectangles: at round coordinates, and at any
+    seven[40:80, 60:220], seven[40:240, 160:200] = 0, 0
+    boxes[112:135, 108:171], boxes[112:183, 144:218] = 0, 0
     for gray in (np.asarray(faint_photo(train_digits[0], rng)[0].convert("L")),
-                 np.asarray(with_margin(seven_along_the_top(30, 18), 18)[0].convert("L")), train_digits[1], bar):
+                 np.asarray(with_margin(seven_along_the_top(30, 18), 18)[0].convert("L")), train_digits[1], bar,
+                 seven, boxes):
         assert unblocked(gray) is gray
 
 

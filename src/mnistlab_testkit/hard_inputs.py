@@ -287,8 +287,9 @@ def dashed_page(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Imag
 
 def low_resolution_scan(digit: np.ndarray, side: int = 8) -> np.ndarray:
     """An MNIST digit as an old low-resolution scan of handwriting keeps it, dark on white: its ink's box fitted into
-    a 4 side-pixel square (aspect kept, centred), made black and white, then the ink counted in 4x4 blocks, so
-    each of the side x side pixels has one of 17 grey levels, and the digit fills the image along its longer side."""
+    a square of 4 side x 4 side pixels (aspect kept, centred), made black and white, then the ink counted in 4x4
+    blocks, so each of the side x side pixels has one of 17 grey levels, and the digit fills the image along its
+    longer side."""
     rows, cols = np.flatnonzero(digit.max(1) > 30), np.flatnonzero(digit.max(0) > 30)
     ink = Image.fromarray(digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
     fine = 4 * side

@@ -59,6 +59,7 @@ RULING_THICK = 3  # the bands of two cells that a ruling line fills, at most, on
 WORKING_SIDE = 1024  # larger images are decoded (JPEG) or reduced to about this before anything else
 BLOCK_CHANGES = 5  # rows and columns where an image of blocks changes, at least, for them to be a small image's
 LATTICE_SLACK = 1.0  # pixels a block's boundary may lie off its lattice: libraries round an enlargement their ways
+LATTICE_LEAST = 4  # changes along an axis, at least, to fit blocks of a length no whole number from them alone
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, at the same size
 
 
@@ -221,24 +222,28 @@ def unblocked(gray: np.ndarray) -> np.ndarray:
     image enlarged again smoothly (Pillow's Lanczos), to the same size.
 
     A digit of 8 x 8 pixels enlarged into blocks keeps its staircase edges through the shrink to 20 px, and the
-    model, which has seen anti-aliased strokes, takes it for no digit. The blocks are found where every row at
-    which the image changes, and every column, lies on a lattice of blocks at least 2 pixels long (_lattice),
-    with BLOCK_CHANGES changes at least and never two side by side: a photo's noise or a drawn curve changes
-    from one row to the next. The image is the same across each block, so the block's middle pixel is the
-    smaller image's."""
+    model, which has seen anti-aliased strokes, takes it for no digit. The blocks are found where the rows at
+    which the image changes, and the columns, lie on a lattice of blocks at least 2 pixels long (_lattice), with
+    BLOCK_CHANGES changes at least and never two side by side: a photo's noise or a drawn curve changes from one
+    row to the next. Each block's middle pixel is taken for the smaller image's."""
     rows, cols = _changes(gray, 0), _changes(gray, 1)
     if (not len(rows) or not len(cols) or len(rows) + len(cols) < BLOCK_CHANGES
-            or min(np.diff(rows, prepend=-2).min(), np.diff(cols, prepend=-2).min()) < 2):
+            or min(np.diff(rows).min(initial=2), np.diff(cols).min(initial=2)) < 2):
         return gray
-    step = math.gcd(*np.diff(rows).tolist(), *np.diff(cols).tolist())  # 0 where each axis changes once
-    # the axis with more changes shows the lattice better; the other tries its block first
-    (more, more_side), (fewer, fewer_side) = sorted(((rows, gray.shape[0]), (cols, gray.shape[1])),
-                                                     key=lambda axis: -len(axis[0]))
-    first = _lattice(more, more_side, step)
-    second = None if first is None else _lattice(fewer, fewer_side, step, first[3])
+    down, across = math.gcd(*np.diff(rows).tolist()), math.gcd(*np.diff(cols).tolist())  # 0 for one change
+    # square blocks where the other axis's divide this one's; the axis with more changes shows the lattice
+    # better, and the other tries its block first
+    down, across = (across if across >= 2 and down % across == 0 else down,
+                    down if down >= 2 and across % down == 0 else across)
+    rows_first = len(rows) >= len(cols)
+    (more, more_side, more_step), (fewer, fewer_side, fewer_step) = (
+        ((rows, gray.shape[0], down), (cols, gray.shape[1], across)) if rows_first else
+        ((cols, gray.shape[1], across), (rows, gray.shape[0], down)))
+    first = _lattice(more, more_side, more_step)
+    second = None if first is None else _lattice(fewer, fewer_side, fewer_step, first[3])
     if first is None or second is None:
         return gray
-    (row_at, top, bottom, _), (col_at, left, right, _) = (first, second) if len(rows) >= len(cols) else (second, first)
+    (row_at, top, bottom, _), (col_at, left, right, _) = (first, second) if rows_first else (second, first)
     small = Image.fromarray(np.ascontiguousarray(gray[row_at][:, col_at], dtype=np.float32))
     big = small.resize(gray.shape[::-1], Image.Resampling.LANCZOS, box=(left, top, right, bottom))
     return np.round(np.clip(np.asarray(big), 0, 255)).astype(np.uint8)
@@ -254,20 +259,25 @@ def _lattice(changes: np.ndarray, side: int, step: int, like: float = 0.0
     """Along one axis of `side` pixels: (the middle pixel of each block, the span of the blocks that the image
     covers, in blocks, and the block's length), or None where the changes lie on no lattice of blocks.
 
-    Blocks of `step` whole pixels, from the offset of the first change (paper added after the enlarging), where
-    step is 2 or more. Else blocks of a length no whole number: `like` (the other axis's) if the changes fit it,
-    else the longest, of the first and last change's distance over k blocks, that they fit, from k one less than
-    the changes to twice as many (a change at half of the boundaries at least). Libraries round a boundary in their
-    own ways, so a change fits within LATTICE_SLACK pixels; the lattice is then fitted to the changes by least
-    squares, whose sums are whole numbers, exact in any order, or taken as the image's side over a whole number
-    of blocks where that fits as well (the rounding would shift it a little). Pillow's resize of the span puts
-    the image's pixel p at (p + 0.5 - start) / block in the smaller image, as the lattice does."""
-    if step >= 2:
+    A change must lie at half of the lattice's boundaries between the first change and the last, at least: a
+    drawing of a few crisp rectangles changes at few rows, whose gaps any coarse lattice would fit. The lattice is
+    blocks of `step` whole pixels (the gaps' greatest common divisor), from the offset of the first change (paper
+    added after the enlarging), where step is 2 or more and the changes fill it. Else (blocks no whole number of
+    pixels long, whose gaps' divisor is 1 or 2) blocks of `like` (the other axis's) if the changes fit it;
+    else, with LATTICE_LEAST changes at least, the longest of the first and last change's distance over k blocks
+    that they fit. Libraries round a boundary in their own ways, so a change fits within LATTICE_SLACK pixels;
+    the lattice is then fitted to the changes by least squares, whose sums are whole numbers, exact in any order,
+    or taken as the image's side over a whole number of blocks where that fits as well (the rounding would shift
+    it a little). Pillow's resize of the span puts the image's pixel p at (p + 0.5 - start) / block in the
+    smaller image, as the lattice does."""
+    span = int(changes[-1] - changes[0])
+    if step >= 2 and 2 * len(changes) >= span // step + 1:
         start: float = int(changes[0]) % step - (step if int(changes[0]) % step else 0)
         block: float = step
     else:
-        span, fits = int(changes[-1] - changes[0]), None
-        for block in [like, *(span / k for k in range(len(changes) - 1, 2 * len(changes)) if k)]:
+        fits = None
+        own = range(len(changes) - 1, 2 * len(changes)) if len(changes) >= LATTICE_LEAST else ()
+        for block in [like, *(span / k for k in own if k)]:
             j = np.floor((changes - changes[0]) / block + 0.5) if block >= 2 else None
             if j is not None and np.abs(changes - changes[0] - j * block).max() <= LATTICE_SLACK:
                 fits = j

@@ -494,7 +494,7 @@ const mnistPreprocess = (() => {
   }
 
   // preprocessing.unblocked: a smaller image enlarged by repeating its pixels, enlarged again smoothly
-  const BLOCK_CHANGES = 5, LATTICE_SLACK = 1.0;
+  const BLOCK_CHANGES = 5, LATTICE_SLACK = 1.0, LATTICE_LEAST = 4;
   function changes(gray, h, w, rows) {  // preprocessing._changes: the rows (or columns) that differ from the one before
     const out = [], [n, m] = rows ? [h, w] : [w, h];
     const at = rows ? (i, j) => gray[i * w + j] : (i, j) => gray[j * w + i];
@@ -508,14 +508,14 @@ const mnistPreprocess = (() => {
   const gaps = (ch) => ch.slice(1).map((p, i) => p - ch[i]);
 
   function lattice(ch, side, step, like = 0) {  // preprocessing._lattice: [middles, box start, box end, block]
+    const span = ch[ch.length - 1] - ch[0];
     let start, block;
-    if (step >= 2) {
+    if (step >= 2 && 2 * ch.length >= Math.floor(span / step) + 1) {
       start = ch[0] % step ? ch[0] % step - step : 0;
       block = step;
     } else {
-      const span = ch[ch.length - 1] - ch[0];
       const tries = [like];
-      for (let k = ch.length - 1; k < 2 * ch.length; k++) if (k) tries.push(span / k);
+      if (ch.length >= LATTICE_LEAST) for (let k = ch.length - 1; k < 2 * ch.length; k++) if (k) tries.push(span / k);
       let fits = null;
       for (const b of tries) {
         if (b < 2) continue;
@@ -544,12 +544,14 @@ const mnistPreprocess = (() => {
   function unblocked(gray, h, w) {
     const rows = changes(gray, h, w, true), cols = changes(gray, h, w, false);
     if (!rows.length || !cols.length || rows.length + cols.length < BLOCK_CHANGES ||
-        Math.min(...gaps(rows), ...gaps(cols)) < 2) return gray;
-    const step = [...gaps(rows), ...gaps(cols)].reduce(gcd, 0);
+        Math.min(2, ...gaps(rows), ...gaps(cols)) < 2) return gray;
+    let down = gaps(rows).reduce(gcd, 0), across = gaps(cols).reduce(gcd, 0);
+    [down, across] = [across >= 2 && down % across === 0 ? across : down, down >= 2 && across % down === 0 ? down : across];
     const rowsFirst = rows.length >= cols.length;  // the axis with more changes, then the other with its block
-    const [more, moreSide, fewer, fewerSide] = rowsFirst ? [rows, h, cols, w] : [cols, w, rows, h];
-    const first = lattice(more, moreSide, step);
-    const second = first === null ? null : lattice(fewer, fewerSide, step, first[3]);
+    const [more, moreSide, moreStep, fewer, fewerSide, fewerStep] =
+      rowsFirst ? [rows, h, down, cols, w, across] : [cols, w, across, rows, h, down];
+    const first = lattice(more, moreSide, moreStep);
+    const second = first === null ? null : lattice(fewer, fewerSide, fewerStep, first[3]);
     if (first === null || second === null) return gray;
     const [[rowAt, top, bottom], [colAt, left, right]] = rowsFirst ? [first, second] : [second, first];
     const small = new Float32Array(rowAt.length * colAt.length);
