@@ -32,8 +32,8 @@ digit") or unreadable ("no digit found": preprocessing raised NoDigitError).
   away from the digit (more than a third of its height), as a scanner or a pen leaves them.
 - mnist-8px: MNIST validation digits as old low-resolution scans of handwriting keep them: 8x8 pixels of 17
   grey levels (the ink counted in 4x4 blocks of a 32x32 black-and-white image), dark on white or light on
-  black, enlarged to 16-256 px by repeating pixels (half of them), bilinear or bicubic; a third with paper
-  added around after.
+  black, a fifth with the 17 levels as they are (0-16 apart, not scaled to 0-255), enlarged to 16-256 px by
+  repeating pixels (half of them), bilinear or bicubic; a third with paper added around after.
 - non-digits: letters (not O, o, I, l, i), symbols, scribbles and shapes, in the suite's fonts and
   drawn: the share rejected is the score.
 
@@ -623,6 +623,9 @@ class Builder:
         small, paper = low_resolution_scan(self.digits[k]), 255
         if rng.random() < 0.5:
             small, paper = 255 - small, 0
+        if rng.random() < 0.2:  # the scan's 17 levels as they are, 0-16, not scaled to 0-255
+            counts = (small if paper == 0 else 255 - small).astype(int) * 16 // 255
+            small = (counts if paper == 0 else 255 - counts).astype(np.uint8)
         side = log_uniform(rng, 16, 256)
         r = rng.random()
         resample = (Image.Resampling.NEAREST if r < 0.5 else

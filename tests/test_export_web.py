@@ -105,8 +105,8 @@ def test_the_page_reads_hard_inputs_as_python_does(site, data_dir):
     a large photo, a vignette, a straight-edged shadow, paper in dim light, chalk on a grey board, a ruled or squared
     page, a page with pieces of faint lines and dirt near its edges, a ruled page seen at a slant, one line of a
     page ruled wider than the crop, a grainy ruled page, a digit's lighter bar, a fine pen, a frame, 1s cropped tight,
-    specks of dust, low-resolution scans enlarged in blocks: the blocks, the paper's light, floor, lines and the
-    digit's box as preprocessing.py finds them, to the pixel."""
+    specks of dust, low-resolution scans enlarged in blocks, their 17 levels saved as they are: the stretch, the
+    blocks, the paper's light, floor, lines and the digit's box as preprocessing.py finds them, to the pixel."""
     from PIL import Image
 
     from mnistlab_testkit import hard_inputs as hard
@@ -129,6 +129,8 @@ def test_the_page_reads_hard_inputs_as_python_does(site, data_dir):
     for d in x[:6].numpy():  # 8x8 and 12x12 scans in blocks: by a whole factor, by none, behind paper added after
         small, finer = hard.low_resolution_scan(d), hard.low_resolution_scan(d, 12)
         made += [hard.enlarged(small, 280)[0], hard.enlarged(255 - finer, 280)[0], hard.enlarged(small, 200, 40)[0]]
+        levels = ((255 - small.astype(int)) * 16 // 255).astype(np.uint8)  # the 17 levels as they are: stretched
+        made += [hard.enlarged(levels, 280)[0], hard.enlarged(255 - levels, 280)[1]]  # in blocks; smooth
     pngs = []
     for img in made:  # on the page's pad, which the test draws each image onto whole
         buf = io.BytesIO()
