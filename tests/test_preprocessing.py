@@ -733,3 +733,22 @@ def test_a_faint_blank_page_stays_no_digit():
     faint = np.full((40, 40), 3, np.uint8)
     faint[10:30, 18:22] = 19
     assert (np.unique(stretched(faint)) == [0, 255]).all()  # flat paper at one end, ink at the other
+    for mark in (1, 4, 10):  # a mark a few levels off the paper is nobody's ink: a bar 1 level off read as a 1
+        page = np.full((200, 200), 255, np.uint8)
+        page[20:180, 99:102] = 255 - mark
+        assert stretched(page) is page
+        with pytest.raises(NoDigitError):
+            preprocess(png_bytes(Image.fromarray(page)))
+
+
+def test_a_faint_pen_with_a_flaw_of_the_paper_is_read_as_before(train_digits):
+    """A pen 24-28 levels darker than white paper, with a strip 4 levels darker along the bottom: its ink stands well
+    above the floor unstretched, so the image is not stretched, and the flaw stays below the steps that tell ink
+    from paper (stretched first, the flaw became 36 levels of ink and the model rejected most of them)."""
+    for d in train_digits[:10]:
+        page = np.full((160, 160), 255, np.int32)
+        ink = np.asarray(Image.fromarray(d).resize((112, 112), Image.Resampling.BILINEAR), np.int32)
+        page[24:136, 24:136] -= ink * 28 // 255
+        flawed = page.copy()
+        flawed[150:] -= 4
+        assert _likeness(Image.fromarray(flawed.astype(np.uint8)), Image.fromarray(page.astype(np.uint8))) > 0.95

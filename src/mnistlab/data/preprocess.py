@@ -61,8 +61,10 @@ BLOCK_CHANGES = 5  # rows and columns where an image of blocks changes, at least
 LATTICE_SLACK = 1.0  # pixels a block's boundary may lie off its lattice: libraries round an enlargement their ways
 LATTICE_LEAST = 4  # changes along an axis, at least, to fit blocks of a length no whole number from them alone
 FAINT_RANGE = 32  # levels between an image's darkest and lightest pixels under which it may be stretched to 0-255
+FAINT_LEAST = 12  # and over which: a mark a few levels off the paper is nobody's ink
+FAINT_INK = 16  # levels that the ink found without the stretch stands above the floor, under which it is stretched
 FAINT_PAPER = 0.1  # of the pixels, at least, at the one level of flat paper at either end of that range
-FAINT_FLAT = 0.8  # of the paper's pixels, at least, whose right-hand neighbour is paper too: flat, not noise
+FAINT_FLAT = 0.8  # of the paper's pixels, at least, whose next pixel across or down is paper too: flat
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own decompression-bomb guard, at the same size
 
 
@@ -222,21 +224,26 @@ def to_gray(img: Image.Image) -> np.ndarray:
 
 def stretched(gray: np.ndarray) -> np.ndarray:
     """gray, or, where it is a faint image on flat paper, gray stretched to 0-255: its darkest and lightest pixels
-    lie fewer than FAINT_RANGE levels apart, and its commonest level is one end of them, held by FAINT_PAPER of the
-    pixels, in runs (FAINT_FLAT): paper, with ink toward the other end, as a scan's 17 grey levels saved as they
-    are (0-16). Ink is told from paper in steps of whole levels (MIN_INK, LIGHT_TILT), too coarse for ink 16 levels
-    above its paper: the paper's light, fitted to the tiles, took such ink for light and levelled it away. A blank
-    page's noise stays as it is: its commonest level lies inside its range, or, cut off at black or white, is
-    scattered."""
+    lie FAINT_LEAST to FAINT_RANGE levels apart, and its commonest level is one end of them, held by FAINT_PAPER of
+    the pixels, in runs across and down (FAINT_FLAT): paper, with ink toward the other end, as a scan's 17 grey
+    levels saved as they are (0-16).
+
+    _preprocess asks for it only where the ink found without it stands less than FAINT_INK above the floor, or none
+    is: ink is told from paper in steps of whole levels (MIN_INK, LIGHT_TILT), too coarse for ink 16 levels above
+    its paper, and the paper's light, fitted to the tiles, took such ink for light and levelled it away. A clearer
+    pen keeps its image as it is, and a flaw of its paper stays below those steps. A mark a few levels off the
+    paper stays as it is, and so does noise whose commonest level lies inside its range, or, cut off at black or
+    white over most of the page, is scattered."""
     lo, hi = int(gray.min()), int(gray.max())
-    if not 0 < hi - lo < FAINT_RANGE:
+    if not FAINT_LEAST <= hi - lo < FAINT_RANGE:
         return gray
     counts = np.bincount(gray.ravel(), minlength=256)
     paper, span = int(np.argmax(counts)), hi - lo
     if paper not in (lo, hi) or counts[paper] < FAINT_PAPER * gray.size:
         return gray
     on = gray == paper
-    if np.count_nonzero(on[:, 1:] & on[:, :-1]) < FAINT_FLAT * np.count_nonzero(on[:, :-1]):
+    pairs = np.count_nonzero(on[:, 1:] & on[:, :-1]) + np.count_nonzero(on[1:] & on[:-1])
+    if pairs < FAINT_FLAT * (np.count_nonzero(on[:, :-1]) + np.count_nonzero(on[:-1])) or not pairs:
         return gray  # scattered: noise cut off at black or white, not flat paper
     return (((gray.astype(np.int32) - lo) * 510 + span) // (2 * span)).astype(np.uint8)  # rounded, in whole numbers
 
@@ -939,7 +946,10 @@ def _without_frame(mask: np.ndarray) -> np.ndarray:
 
 
 def _preprocess(source, name: str | None, label: str) -> np.ndarray:
-    levels = ink_levels(unblocked(stretched(to_gray(open_image(source, name)))))
+    gray = unblocked(to_gray(open_image(source, name)))
+    levels = ink_levels(gray)
+    if (levels is None or levels[2] - levels[1] < FAINT_INK) and (faint := stretched(gray)) is not gray:
+        levels = ink_levels(faint)
     if levels is None or not _enough(levels):
         raise NoDigitError(f"{label}: no digit found (the image has no ink).")
     gray, floor, top = levels

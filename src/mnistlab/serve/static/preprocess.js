@@ -493,24 +493,26 @@ const mnistPreprocess = (() => {
     return resample(img, iw, ih, outW, outH, box);
   }
 
-  // preprocessing.stretched: a faint image on flat paper (a range under FAINT_RANGE) stretched to 0-255
-  const FAINT_RANGE = 32, FAINT_PAPER = 0.1, FAINT_FLAT = 0.8;
+  // preprocessing.stretched: a faint image on flat paper (a range of FAINT_LEAST to FAINT_RANGE) stretched to 0-255
+  const FAINT_RANGE = 32, FAINT_LEAST = 12, FAINT_INK = 16, FAINT_PAPER = 0.1, FAINT_FLAT = 0.8;
   function stretched(gray, h, w) {
     let lo = 255, hi = 0;
     const counts = new Array(256).fill(0);
     for (const v of gray) { lo = Math.min(lo, v); hi = Math.max(hi, v); counts[v]++; }
     const span = hi - lo;
-    if (!(span > 0 && span < FAINT_RANGE)) return gray;
+    if (!(span >= FAINT_LEAST && span < FAINT_RANGE)) return gray;
     let paper = 0;
     for (let v = 1; v < 256; v++) if (counts[v] > counts[paper]) paper = v;
     if ((paper !== lo && paper !== hi) || counts[paper] < FAINT_PAPER * gray.length) return gray;
-    let pairs = 0, lefts = 0;  // paper pixels, but the last column's, and those whose right-hand neighbour is paper
+    let pairs = 0, firsts = 0;  // paper pixels with a next pixel across (then down), and those whose next is paper
     for (let r = 0; r < h; r++) {
-      for (let c = 0; c + 1 < w; c++) {
-        if (gray[r * w + c] === paper) { lefts++; if (gray[r * w + c + 1] === paper) pairs++; }
+      for (let c = 0; c < w; c++) {
+        if (gray[r * w + c] !== paper) continue;
+        if (c + 1 < w) { firsts++; if (gray[r * w + c + 1] === paper) pairs++; }
+        if (r + 1 < h) { firsts++; if (gray[(r + 1) * w + c] === paper) pairs++; }
       }
     }
-    if (pairs < FAINT_FLAT * lefts) return gray;  // scattered: noise cut off at black or white
+    if (pairs < FAINT_FLAT * firsts || !pairs) return gray;  // scattered: noise cut off at black or white
     return gray.map((v) => Math.floor(((v - lo) * 510 + span) / (2 * span)));
   }
 
@@ -857,8 +859,14 @@ const mnistPreprocess = (() => {
   }
 
   function fromRGBA(rgba, w, h) {
-    const levels = inkLevels(unblocked(stretched(toGray(rgba, w * h), h, w), h, w), h, w);
-    if (levels === null || levels[2] - levels[1] < MIN_INK) throw new Error("no digit found (the image has no ink)");
+    const enough = (l) => l !== null && l[2] - l[1] >= MIN_INK;
+    const seen = unblocked(toGray(rgba, w * h), h, w);
+    let levels = inkLevels(seen, h, w);
+    if (levels === null || levels[2] - levels[1] < FAINT_INK) {  // faint ink, or none, on flat paper: stretched
+      const faint = stretched(seen, h, w);
+      if (faint !== seen) levels = inkLevels(faint, h, w);
+    }
+    if (!enough(levels)) throw new Error("no digit found (the image has no ink)");
     const [levelled, floor, top] = levels;
     const gray = withoutRuling(levelled, h, w, floor, top);
     const ink = nearTheDigit(withoutFrame(boxInk(gray, h, w, floor, top), h, w), gray, h, w,
