@@ -620,12 +620,10 @@ class Builder:
 
     def mnist_8px(self, rng: np.random.Generator, i: int):
         k = self.order[i % len(self.order)]
-        small, paper = low_resolution_scan(self.digits[k]), 255
-        if rng.random() < 0.5:
-            small, paper = 255 - small, 0
-        if rng.random() < 0.2:  # the scan's 17 levels as they are, 0-16, not scaled to 0-255
-            counts = (small if paper == 0 else 255 - small).astype(int) * 16 // 255
-            small = (counts if paper == 0 else 255 - counts).astype(np.uint8)
+        light = rng.random() < 0.5
+        depth = 16 if rng.random() < 0.2 else 255  # a fifth: the scan's 17 levels as they are, not scaled to 0-255
+        small = low_resolution_scan(self.digits[k], depth=depth)
+        small, paper = (255 - small, 0) if light else (small, 255)
         side = log_uniform(rng, 16, 256)
         r = rng.random()
         resample = (Image.Resampling.NEAREST if r < 0.5 else

@@ -129,8 +129,8 @@ def test_the_page_reads_hard_inputs_as_python_does(site, data_dir):
     for d in x[:6].numpy():  # 8x8 and 12x12 scans in blocks: by a whole factor, by none, behind paper added after
         small, finer = hard.low_resolution_scan(d), hard.low_resolution_scan(d, 12)
         made += [hard.enlarged(small, 280)[0], hard.enlarged(255 - finer, 280)[0], hard.enlarged(small, 200, 40)[0]]
-        levels = ((255 - small.astype(int)) * 16 // 255).astype(np.uint8)  # the 17 levels as they are: stretched
-        made += [hard.enlarged(levels, 280)[0], hard.enlarged(255 - levels, 280)[1]]  # in blocks; smooth
+        levels = hard.low_resolution_scan(d, depth=16)  # the 17 levels as they are: stretched
+        made += [hard.enlarged(255 - levels, 280)[0], hard.enlarged(levels, 280)[1]]  # in blocks; smooth
     pngs = []
     for img in made:  # on the page's pad, which the test draws each image onto whole
         buf = io.BytesIO()

@@ -702,8 +702,8 @@ def test_a_scan_saved_with_its_17_levels_is_read(data_dir):
         for how in (Image.Resampling.NEAREST, Image.Resampling.BICUBIC):
             right = 0
             for d, label in zip(x[:100].numpy(), y[:100].tolist()):
-                counts = ((255 - low_resolution_scan(d).astype(int)) * 16 // 255).astype(np.uint8)
-                img = Image.fromarray(counts if light else 255 - counts).resize((64, 64), how)
+                dark = low_resolution_scan(d, depth=16)
+                img = Image.fromarray(255 - dark if light else dark).resize((64, 64), how)
                 pred = model.predict(png_bytes(img))
                 right += pred.label == str(label) and not pred.rejected
             assert right >= 90, (light, how, right)

@@ -78,8 +78,7 @@ def with_margin(strokes, brush: int) -> tuple[Image.Image, Image.Image]:
 def tight_crop(digit: np.ndarray, side: int = 96) -> tuple[Image.Image, Image.Image]:
     """(an MNIST digit cropped to its ink and scaled to `side` px, dark on white, as a person crops a scan;
     the same with a fifth of paper around it)."""
-    rows, cols = np.flatnonzero(digit.max(1) > 30), np.flatnonzero(digit.max(0) > 30)
-    ink = digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    ink = ink_box(digit)
     scale = side / max(ink.shape)
     img = Image.fromarray(255 - ink).resize((max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale))),
                                             Image.Resampling.BICUBIC)
@@ -285,13 +284,18 @@ def dashed_page(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Imag
     return Image.fromarray(dashed), Image.fromarray(clean)
 
 
-def low_resolution_scan(digit: np.ndarray, side: int = 8) -> np.ndarray:
+def ink_box(digit: np.ndarray) -> np.ndarray:
+    """An MNIST digit cropped to its ink (the rows and columns with a pixel above 30)."""
+    rows, cols = np.flatnonzero(digit.max(1) > 30), np.flatnonzero(digit.max(0) > 30)
+    return digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def low_resolution_scan(digit: np.ndarray, side: int = 8, depth: int = 255) -> np.ndarray:
     """An MNIST digit as an old low-resolution scan of handwriting keeps it, dark on white: its ink's box fitted into
     a square of 4 side x 4 side pixels (aspect kept, centred), made black and white, then the ink counted in 4x4
     blocks, so each of the side x side pixels has one of 17 grey levels, and the digit fills the image along its
-    longer side."""
-    rows, cols = np.flatnonzero(digit.max(1) > 30), np.flatnonzero(digit.max(0) > 30)
-    ink = Image.fromarray(digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    longer side. A full block is `depth` levels below white: 255, or 16 for the counts saved as they are."""
+    ink = Image.fromarray(ink_box(digit))
     fine = 4 * side
     scale = fine / max(ink.size)
     ink = ink.resize((max(1, round(ink.width * scale)), max(1, round(ink.height * scale))), Image.Resampling.BILINEAR)
@@ -299,7 +303,7 @@ def low_resolution_scan(digit: np.ndarray, side: int = 8) -> np.ndarray:
     top, left = (fine - ink.height) // 2, (fine - ink.width) // 2
     bits[top:top + ink.height, left:left + ink.width] = np.asarray(ink) > 127
     counts = bits.reshape(side, 4, side, 4).sum((1, 3))
-    return (255 - np.round(counts * 255 / 16)).astype(np.uint8)
+    return (255 - np.round(counts * depth / 16)).astype(np.uint8)
 
 
 def enlarged(small: np.ndarray, side: int, margin: int = 0) -> tuple[Image.Image, Image.Image]:
